@@ -1,0 +1,1 @@
+"""One module per ``segtune`` subcommand; each provides ``register(subparsers)``."""

@@ -1,0 +1,607 @@
+"""Reading microscopy images lazily as TCZYX dask arrays, and writing label images safely.
+
+CZI goes through bioio + bioio-czi (mosaics are stitched), TIFF and OME-TIFF through tifffile's
+zarr store (nothing is read until a chunk is computed), PNG/JPEG through imageio. Every reader
+returns the same :class:`ImageData`; every failure to read is an :class:`ImageReadError` that
+names the file and says what is wrong.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import dask.array as da
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "ImageData",
+    "ImageReadError",
+    "PhysicalPixelSizes",
+    "SUPPORTED_EXTENSIONS",
+    "open_image",
+    "read_labels",
+    "write_labels",
+]
+
+DIMS = "TCZYX"
+TIFF_EXTENSIONS = (".ome.tif", ".ome.tiff", ".tif", ".tiff")
+PLAIN_EXTENSIONS = (".png", ".jpg", ".jpeg")
+SUPPORTED_EXTENSIONS = (".czi", *TIFF_EXTENSIONS, *PLAIN_EXTENSIONS)
+
+
+class ImageReadError(Exception):
+    """A file could not be read as an image. The message names the file and the reason."""
+
+    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"cannot read {self.path}: {reason}")
+
+
+class PhysicalPixelSizes(NamedTuple):
+    """Pixel sizes in micrometres along Z, Y, X; None where the file does not say."""
+
+    Z: float | None = None
+    Y: float | None = None
+    X: float | None = None
+
+
+@dataclass
+class ImageData:
+    """An opened image: a lazy TCZYX array and what the file says about it.
+
+    Attributes
+    ----------
+    data
+        dask array with dims ``TCZYX`` (RGB samples are channels). Nothing is read from disk
+        until part of it is computed.
+    physical_pixel_sizes
+        (Z, Y, X) in micrometres, None where unknown.
+    channel_names
+        One name per channel.
+    scenes
+        Names of the scenes (CZI scenes, TIFF series) in the file; ``scene`` is the one opened.
+    """
+
+    path: Path
+    data: da.Array
+    physical_pixel_sizes: PhysicalPixelSizes
+    channel_names: list[str]
+    scenes: list[str]
+    scene: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    dims = DIMS
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(int(s) for s in self.data.shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.data.dtype
+
+    def sizes(self) -> dict[str, int]:
+        """``{"T": 3, "C": 2, "Z": 5, "Y": 170, "X": 240}``."""
+        return dict(zip(DIMS, self.shape, strict=True))
+
+    def plane(self, t: int = 0, c: int = 0, z: int = 0) -> np.ndarray:
+        """Read one YX plane into memory."""
+        return np.asarray(self.data[t, c, z].compute())
+
+
+def open_image(path: str | os.PathLike, scene: int | str | None = None) -> ImageData:
+    """Open an image file lazily as a TCZYX dask array with its metadata.
+
+    Parameters
+    ----------
+    path
+        A ``.czi``, ``.tif``/``.tiff``/``.ome.tif`` or ``.png``/``.jpg`` file.
+    scene
+        Scene (CZI) or series (TIFF) to open, by index or name; the first when None.
+
+    Returns
+    -------
+    ImageData
+
+    Raises
+    ------
+    ImageReadError
+        The file is missing, has an unsupported extension, is truncated or corrupt, or has
+        no such scene. The message names the file.
+
+    Examples
+    --------
+    >>> img = open_image("cells.czi")                    # doctest: +SKIP
+    >>> img.sizes(), img.physical_pixel_sizes            # doctest: +SKIP
+    ({'T': 3, 'C': 2, 'Z': 5, 'Y': 170, 'X': 240}, PhysicalPixelSizes(Z=0.32, Y=0.09, X=0.09))
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ImageReadError(path, "no such file")
+    if path.is_dir():
+        raise ImageReadError(path, "is a folder, not an image file")
+    kind = _kind(path)
+    if kind is None:
+        raise ImageReadError(
+            path,
+            f"unsupported extension {''.join(path.suffixes) or '(none)'!r}; "
+            f"segtune reads {', '.join(SUPPORTED_EXTENSIONS)}",
+        )
+    if path.stat().st_size == 0:
+        raise ImageReadError(path, "the file is empty")
+    reader = {"czi": _open_czi, "tiff": _open_tiff, "plain": _open_plain}[kind]
+    try:
+        return reader(path, scene)
+    except ImageReadError:
+        raise
+    except Exception as e:  # every reader library has its own exceptions; name the file
+        raise ImageReadError(path, f"{type(e).__name__}: {e}".strip()) from e
+
+
+def _kind(path: Path) -> str | None:
+    name = path.name.lower()
+    if name.endswith(".czi"):
+        return "czi"
+    if name.endswith(TIFF_EXTENSIONS):
+        return "tiff"
+    if name.endswith(PLAIN_EXTENSIONS):
+        return "plain"
+    return None
+
+
+def _pick_scene(path: Path, scenes: Sequence[str], scene: int | str | None) -> int:
+    if scene is None:
+        return 0
+    if isinstance(scene, (int, np.integer)):
+        if not 0 <= int(scene) < len(scenes):
+            raise ImageReadError(
+                path, f"scene {scene} does not exist; the file has {len(scenes)} scene(s): {list(scenes)}"
+            )
+        return int(scene)
+    if scene in scenes:
+        return list(scenes).index(scene)
+    raise ImageReadError(path, f"scene {scene!r} does not exist; the file has scenes {list(scenes)}")
+
+
+# --- CZI -------------------------------------------------------------------------------------
+
+
+def _open_czi(path: Path, scene: int | str | None) -> ImageData:
+    import bioio_czi
+    from bioio import BioImage
+
+    _check_czi_complete(path)
+    try:
+        image = BioImage(path, reader=bioio_czi.Reader)
+        scenes = [str(s) for s in image.scenes]
+    except Exception as e:
+        raise ImageReadError(path, f"not a readable CZI file ({type(e).__name__}: {e})") from e
+    index = _pick_scene(path, scenes, scene)
+    image.set_scene(index)
+    data = image.dask_data
+    dims = image.dims.order
+    if "S" in dims:  # RGB(A) samples become channels
+        data, dims = _samples_to_channels(data, dims)
+    if dims != DIMS:
+        raise ImageReadError(path, f"unexpected dimension order {dims!r} from the CZI reader")
+    sizes = image.physical_pixel_sizes
+    channel_names = [str(c) for c in (image.channel_names or [])]
+    if len(channel_names) != data.shape[1]:
+        channel_names = _default_channel_names(data.shape[1])
+        if "S" in image.dims.order and data.shape[1] == 3:
+            channel_names = ["red", "green", "blue"]
+    return ImageData(
+        path=path,
+        data=data,
+        physical_pixel_sizes=PhysicalPixelSizes(*(_positive_or_none(s) for s in (sizes.Z, sizes.Y, sizes.X))),
+        channel_names=channel_names,
+        scenes=scenes,
+        scene=scenes[index],
+    )
+
+
+def _check_czi_complete(path: Path) -> None:
+    """Check the CZI segment structure: every image subblock must lie inside the file.
+
+    The CZI reader opens a truncated file happily and fails only when a missing plane is
+    read; walking the subblock directory (ZISRAW format: file header, then a directory of
+    entries with the file position of each subblock) finds that at open time, cheaply.
+    """
+    import struct
+
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        header = f.read(32 + 92)
+        if len(header) < 124 or not header.startswith(b"ZISRAWFILE"):
+            raise ImageReadError(path, "not a CZI file (no ZISRAWFILE header)")
+        directory_position = struct.unpack_from("<q", header, 32 + 8 + 8 + 32 + 4)[0]
+        if not 0 < directory_position < size - 32 - 128:
+            raise ImageReadError(path, "the file is truncated or corrupt: its subblock directory is missing")
+        f.seek(directory_position)
+        segment = f.read(32 + 128)
+        if not segment.startswith(b"ZISRAWDIRECTORY"):
+            raise ImageReadError(path, "the file is truncated or corrupt: bad subblock directory")
+        (count,) = struct.unpack_from("<i", segment, 32)
+        # an entry is 32 bytes plus 20 per dimension; 16 dimensions bound every real file
+        entries = f.read(count * (32 + 20 * 16))
+        offset, last = 0, 0
+        for _ in range(count):
+            if offset + 32 > len(entries):
+                raise ImageReadError(path, "the file is truncated or corrupt: subblock directory cut short")
+            position = struct.unpack_from("<q", entries, offset + 6)[0]
+            dimensions = struct.unpack_from("<i", entries, offset + 28)[0]
+            last = max(last, position)
+            offset += 32 + 20 * dimensions
+        if last:
+            f.seek(last)
+            block = f.read(32)
+            if len(block) < 32 or not block.startswith(b"ZISRAWSUBBLOCK"):
+                raise ImageReadError(path, "the file is truncated or corrupt: an image subblock is missing")
+            allocated = struct.unpack_from("<q", block, 16)[0]
+            if last + 32 + allocated > size:
+                raise ImageReadError(
+                    path, f"the file is truncated or corrupt: image data runs to byte {last + 32 + allocated} but the file has {size}"
+                )
+
+
+def _samples_to_channels(data: da.Array, dims: str) -> tuple[da.Array, str]:
+    """Fold an ``S`` (samples) axis into ``C``: an RGB image with C=1 becomes C=3."""
+    s_axis, c_axis = dims.index("S"), dims.index("C")
+    data = da.moveaxis(data, s_axis, c_axis + 1)
+    order = [d for d in dims if d != "S"]
+    shape = list(data.shape)
+    shape[c_axis] = shape[c_axis] * shape[c_axis + 1]
+    del shape[c_axis + 1]
+    return data.reshape(shape), "".join(order)
+
+
+# --- TIFF / OME-TIFF -------------------------------------------------------------------------
+
+
+def _open_tiff(path: Path, scene: int | str | None) -> ImageData:
+    import tifffile
+    import zarr
+
+    problems = _CollectProblems()
+    tiff_logger = logging.getLogger("tifffile")
+    tiff_logger.addHandler(problems)
+    propagate, tiff_logger.propagate = tiff_logger.propagate, False  # we report it ourselves
+    try:
+        tif = tifffile.TiffFile(path)
+    except Exception as e:
+        tiff_logger.removeHandler(problems)
+        tiff_logger.propagate = propagate
+        raise ImageReadError(path, f"not a readable TIFF file ({type(e).__name__}: {e})") from e
+    try:
+        series_list = tif.series
+        if not series_list:
+            raise ImageReadError(path, "the TIFF file holds no image data")
+        scenes = [s.name or f"Series {i}" for i, s in enumerate(series_list)]
+        index = _pick_scene(path, scenes, scene)
+        series = series_list[index]
+        _check_tiff_complete(path, series, problems.messages)
+        axes = series.axes
+        shape = series.shape
+        ome = _parse_ome(tif.ome_metadata, index) if tif.is_ome else {}
+        imagej = tif.imagej_metadata or {}
+        resolution = _tiff_resolution(series)
+    finally:
+        tiff_logger.removeHandler(problems)
+        tiff_logger.propagate = propagate
+        tif.close()
+
+    store = tifffile.imread(path, aszarr=True, series=index, level=0)
+    array = zarr.open(store, mode="r")
+    data = da.from_zarr(array)
+    if data.shape != tuple(shape):
+        data = data.reshape(shape)
+    data = _to_tczyx(path, data, axes)
+
+    z = ome.get("Z") or _positive_or_none(imagej.get("spacing"))
+    y = ome.get("Y") or (resolution[0] if resolution else None)
+    x = ome.get("X") or (resolution[1] if resolution else None)
+    channel_names = ome.get("channels") or []
+    if len(channel_names) != data.shape[1]:
+        labels = imagej.get("Labels")
+        channel_names = _default_channel_names(data.shape[1])
+        if isinstance(labels, list) and len(labels) == data.shape[1]:
+            channel_names = [str(s) for s in labels]
+    return ImageData(
+        path=path,
+        data=data,
+        physical_pixel_sizes=PhysicalPixelSizes(z, y, x),
+        channel_names=channel_names,
+        scenes=scenes,
+        scene=scenes[index],
+        metadata={"axes": axes},
+    )
+
+
+def _check_tiff_complete(path: Path, series: Any, problems: list[str]) -> None:
+    """A truncated TIFF often still opens: check that the series' data lies inside the file."""
+    if problems:  # tifffile logged a broken page chain or unreadable tags while opening
+        raise ImageReadError(path, f"the file is truncated or corrupt ({problems[0]})")
+    size = os.path.getsize(path)
+    if series.dataoffset is not None:  # contiguous data: one extent to check
+        end = int(series.dataoffset) + int(series.nbytes)
+    else:
+        pages = series.pages
+        expected = int(np.prod(series.shape)) // max(1, int(np.prod(pages[0].shape)))
+        if len(pages) < expected or pages[-1] is None:
+            raise ImageReadError(
+                path, f"the file is truncated or corrupt: {len(pages)} of {expected} image pages found"
+            )
+        end = 0
+        for page in (pages[0], pages[-1]):
+            offsets = getattr(page, "dataoffsets", ()) or ()
+            counts = getattr(page, "databytecounts", ()) or ()
+            end = max([end, *(o + c for o, c in zip(offsets, counts, strict=False))])
+    if end > size:
+        raise ImageReadError(
+            path, f"the file is truncated or corrupt: image data runs to byte {end} but the file has {size}"
+        )
+
+
+class _CollectProblems(logging.Handler):
+    """Collects what tifffile logs about broken files (it logs and carries on)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if re.search(r"invalid|corrupt|truncat|TiffFileError", message):
+            self.messages.append(message.strip())
+
+
+_AXIS_MAP = {"T": "T", "C": "C", "S": "S", "Z": "Z", "Y": "Y", "X": "X"}
+
+
+def _to_tczyx(path: Path, data: da.Array, axes: str) -> da.Array:
+    """Reorder tifffile's axes (e.g. ``TZCYXS``, ``QYX``, ``IYX``) into TCZYX."""
+    axes = axes.upper()
+    letters = list(axes)
+    # unknown stacking axes (Q, I, R, E, ...) become Z, then T: a plain multi-page TIFF is a stack
+    for i, a in enumerate(letters):
+        if a not in _AXIS_MAP:
+            if "Z" not in letters:
+                letters[i] = "Z"
+            elif "T" not in letters:
+                letters[i] = "T"
+            else:
+                raise ImageReadError(path, f"cannot interpret TIFF axes {axes!r}")
+    if "S" in letters:
+        if "C" in letters:
+            c, s = letters.index("C"), letters.index("S")
+            data = da.moveaxis(data, s, c + 1)
+            moved = letters.pop(s)
+            letters.insert(c + 1, moved)
+            shape = list(data.shape)
+            ci = letters.index("C")
+            shape[ci : ci + 2] = [shape[ci] * shape[ci + 1]]
+            data = data.reshape(shape)
+            letters.remove("S")
+        else:
+            letters[letters.index("S")] = "C"
+    if len(set(letters)) != len(letters):
+        raise ImageReadError(path, f"cannot interpret TIFF axes {axes!r} (an axis repeats)")
+    for a in DIMS:
+        if a not in letters:
+            data = data[np.newaxis]
+            letters.insert(0, a)
+    order = [letters.index(a) for a in DIMS]
+    return data.transpose(order)
+
+
+def _tiff_resolution(series: Any) -> tuple[float, float] | None:
+    """Pixel size (Y, X) in micrometres from TIFF resolution tags, if they say micron/cm/inch."""
+    try:
+        page = series.pages[0]
+        tags = page.tags
+        xres, yres = tags.get("XResolution"), tags.get("YResolution")
+        if xres is None or yres is None:
+            return None
+        unit = tags.get("ResolutionUnit")
+        unit = int(unit.value) if unit is not None else 2
+        def size(value: Any) -> float | None:
+            num, den = value if isinstance(value, tuple) else (value, 1)
+            if not num or not den:
+                return None
+            return den / num
+        sy, sx = size(yres.value), size(xres.value)
+        if sy is None or sx is None:
+            return None
+        description = page.description or ""
+        if "unit=micron" in description or "unit=\\u00B5m" in description or "unit=um" in description:
+            scale = 1.0  # ImageJ stores pixels per micron with ResolutionUnit NONE
+        elif unit == 3:  # centimetre
+            scale = 1e4
+        elif unit == 2 and (sy, sx) != (1.0, 1.0) and "ImageJ" not in description:
+            scale = 25400.0  # inch
+        else:
+            return None
+        return sy * scale, sx * scale
+    except Exception:  # resolution tags are advisory; never fail a read on them
+        return None
+
+
+def _parse_ome(xml: str | None, index: int) -> dict[str, Any]:
+    if not xml:
+        return {}
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return {}
+    ns = {"ome": root.tag.split("}")[0].strip("{")} if root.tag.startswith("{") else {}
+    prefix = "ome:" if ns else ""
+    images = root.findall(f"{prefix}Image", ns)
+    if not images or index >= len(images):
+        return {}
+    pixels = images[index].find(f"{prefix}Pixels", ns)
+    if pixels is None:
+        return {}
+    out: dict[str, Any] = {}
+    for axis in "ZYX":
+        value = pixels.get(f"PhysicalSize{axis}")
+        unit = pixels.get(f"PhysicalSize{axis}Unit", "µm")
+        if value is not None:
+            out[axis] = _positive_or_none(float(value) * _UNIT_TO_UM.get(unit, 1.0))
+    names = [c.get("Name") or c.get("ID") or "" for c in pixels.findall(f"{prefix}Channel", ns)]
+    if names and all(names):
+        out["channels"] = names
+    return out
+
+
+_UNIT_TO_UM = {"µm": 1.0, "um": 1.0, "micron": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6}
+
+
+# --- PNG / JPEG ------------------------------------------------------------------------------
+
+
+def _open_plain(path: Path, scene: int | str | None) -> ImageData:
+    import imageio.v3 as iio
+
+    _pick_scene(path, ["Image 0"], scene)
+    try:
+        array = np.asarray(iio.imread(path))
+    except Exception as e:
+        raise ImageReadError(path, f"not a readable {path.suffix} image ({type(e).__name__}: {e})") from e
+    if array.ndim == 2:
+        array = array[np.newaxis]
+    elif array.ndim == 3:
+        array = np.moveaxis(array, -1, 0)  # samples (RGB/RGBA) become channels
+    else:
+        raise ImageReadError(path, f"unexpected image shape {array.shape}")
+    data = da.from_array(array[np.newaxis, :, np.newaxis], chunks=-1)
+    return ImageData(
+        path=path,
+        data=data,
+        physical_pixel_sizes=PhysicalPixelSizes(),
+        channel_names=_default_channel_names(array.shape[0]) if array.shape[0] != 3 else ["red", "green", "blue"],
+        scenes=["Image 0"],
+        scene="Image 0",
+    )
+
+
+def _default_channel_names(n: int) -> list[str]:
+    return [f"Channel {i}" for i in range(n)]
+
+
+def _positive_or_none(value: Any) -> float | None:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if np.isfinite(value) and value > 0 else None
+
+
+# --- labels ----------------------------------------------------------------------------------
+
+
+def read_labels(path: str | os.PathLike) -> np.ndarray:
+    """Read a label image into memory, squeezed to its spatial (and time) axes.
+
+    A label file written by :func:`write_labels` reads back identical. Raises
+    :class:`ImageReadError` like :func:`open_image`.
+    """
+    image = open_image(path)
+    data = image.data
+    if data.shape[1] != 1:
+        raise ImageReadError(path, f"a label image must have one channel, this one has {data.shape[1]}")
+    return np.asarray(data[:, 0].compute()).squeeze()
+
+
+def write_labels(
+    path: str | os.PathLike,
+    labels: np.ndarray,
+    pixel_sizes: PhysicalPixelSizes | Sequence[float | None] | None = None,
+    overwrite: bool = False,
+    *,
+    axes: str | None = None,
+) -> Path:
+    """Write a label image as OME-TIFF, atomically, never replacing a file unless asked.
+
+    Parameters
+    ----------
+    path
+        Destination ``.tif``/``.tiff``/``.ome.tif``.
+    labels
+        Integer array with spatial axes last: YX, ZYX or TZYX (``axes`` overrides the guess).
+        Stored as uint8 when it fits, else uint16, else uint32.
+    pixel_sizes
+        (Z, Y, X) in micrometres, entries may be None.
+    overwrite
+        Replace an existing file. Without it an existing file raises :class:`FileExistsError`.
+
+    Returns
+    -------
+    Path
+        The written file.
+
+    Raises
+    ------
+    FileExistsError
+        ``path`` exists and ``overwrite`` is False.
+    ValueError
+        ``labels`` is not an integer or boolean array, or has an unsupported number of axes.
+    """
+    import tifffile
+
+    path = Path(path)
+    if not path.name.lower().endswith(TIFF_EXTENSIONS):
+        raise ValueError(f"label file {path} must end in .tif, .tiff or .ome.tif")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass overwrite=True (or --overwrite) to replace it")
+    labels = np.asarray(labels)
+    if labels.dtype == bool:
+        labels = labels.astype(np.uint8)
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be an integer or boolean array, got dtype {labels.dtype}")
+    if labels.size and labels.min() < 0:
+        raise ValueError(f"labels must not be negative (minimum is {labels.min()})")
+    if axes is None:
+        axes = {2: "YX", 3: "ZYX", 4: "TZYX", 5: "TCZYX"}.get(labels.ndim)
+        if axes is None:
+            raise ValueError(f"labels must have 2 to 5 axes (YX ... TCZYX), got shape {labels.shape}")
+    if len(axes) != labels.ndim:
+        raise ValueError(f"axes {axes!r} do not match labels of shape {labels.shape}")
+    top = int(labels.max()) if labels.size else 0
+    dtype = np.uint8 if top <= 255 else np.uint16 if top <= 65535 else np.uint32
+    labels = labels.astype(dtype, copy=False)
+
+    metadata: dict[str, Any] = {"axes": axes}
+    sizes = PhysicalPixelSizes(*pixel_sizes) if pixel_sizes is not None else PhysicalPixelSizes()
+    for axis, value in zip("ZYX", sizes, strict=True):
+        if value is not None:
+            metadata[f"PhysicalSize{axis}"] = float(value)
+            metadata[f"PhysicalSize{axis}Unit"] = "µm"
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        tifffile.imwrite(tmp, labels, ome=True, metadata=metadata, compression="zlib")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def output_name(input_path: str | os.PathLike, suffix: str = "_labels", extension: str = ".tif") -> str:
+    """``cells.ome.tif`` -> ``cells_labels.tif``: the name outputs take after their input."""
+    name = Path(input_path).name
+    stem = re.sub(r"(\.ome)?\.(tiff?|czi|png|jpe?g)$", "", name, flags=re.IGNORECASE)
+    return f"{stem}{suffix}{extension}"
