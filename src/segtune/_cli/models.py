@@ -1,7 +1,31 @@
 """`segtune models`: list the bundled pretrained models."""
 
-from segtune._cli._unavailable import register_unavailable
+from __future__ import annotations
+
+import argparse
 
 
-def register(subparsers):
-    register_unavailable(subparsers, "models", "list the bundled pretrained models", "bundled models is being built")
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "models",
+        help="list the bundled pretrained models",
+        description="List the bundled pretrained models by name. Every command taking --model "
+        "accepts one of these names or the path of a model folder.",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from segtune.core.models.registry import list_models
+
+    models = list_models()
+    if not models:
+        print(
+            "No pretrained models are bundled with this version yet. Train one with "
+            "'segtune train --images ... --labels ... --out MODEL_DIR' and pass that folder as --model."
+        )
+        return 0
+    width = max(len(m.name) for m in models)
+    for model in models:
+        print(f"{model.name:<{width}}  {model.description}")
+    return 0

@@ -1,0 +1,293 @@
+"""A configurable 2D/3D U-Net (Ronneberger et al. 2015) and its construction from a config dict."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["NORMS", "UPSAMPLES", "UNet", "build_model", "default_architecture"]
+
+NORMS = ("batch", "group", "instance", "none")
+UPSAMPLES = ("transpose", "resize")
+_ARCHITECTURE_KEYS = (
+    "spatial_dims",
+    "in_channels",
+    "out_channels",
+    "depth",
+    "base_channels",
+    "norm",
+    "dropout",
+    "upsample",
+)
+
+
+def _conv(spatial_dims: int) -> type[nn.Module]:
+    return nn.Conv2d if spatial_dims == 2 else nn.Conv3d
+
+
+def _norm(kind: str, spatial_dims: int, channels: int) -> nn.Module:
+    if kind == "batch":
+        return (nn.BatchNorm2d if spatial_dims == 2 else nn.BatchNorm3d)(channels)
+    if kind == "instance":
+        return (nn.InstanceNorm2d if spatial_dims == 2 else nn.InstanceNorm3d)(channels, affine=True)
+    if kind == "group":
+        # 8 groups where the width allows (Wu & He 2018 found 8-32 work alike); fewer for thin layers
+        groups = next(g for g in (8, 4, 2, 1) if channels % g == 0)
+        return nn.GroupNorm(groups, channels)
+    return nn.Identity()
+
+
+class _ConvBlock(nn.Sequential):
+    """(conv 3 - norm - ReLU) x 2, then optional dropout."""
+
+    def __init__(self, spatial_dims: int, in_ch: int, out_ch: int, norm: str, dropout: float) -> None:
+        conv = _conv(spatial_dims)
+        bias = norm == "none"  # a bias before a normalisation layer is cancelled by it
+        layers: list[nn.Module] = [
+            conv(in_ch, out_ch, 3, padding=1, bias=bias),
+            _norm(norm, spatial_dims, out_ch),
+            nn.ReLU(inplace=True),
+            conv(out_ch, out_ch, 3, padding=1, bias=bias),
+            _norm(norm, spatial_dims, out_ch),
+            nn.ReLU(inplace=True),
+        ]
+        if dropout > 0:
+            layers.append((nn.Dropout2d if spatial_dims == 2 else nn.Dropout3d)(dropout))
+        super().__init__(*layers)
+
+
+class _Up(nn.Module):
+    """Double the spatial size and halve the channels: transposed conv, or resize then conv."""
+
+    def __init__(self, spatial_dims: int, in_ch: int, out_ch: int, mode: str) -> None:
+        super().__init__()
+        self.mode = mode
+        self.spatial_dims = spatial_dims
+        if mode == "transpose":
+            self.op = (nn.ConvTranspose2d if spatial_dims == 2 else nn.ConvTranspose3d)(in_ch, out_ch, 2, stride=2)
+        else:
+            self.op = _conv(spatial_dims)(in_ch, out_ch, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "resize":
+            x = F.interpolate(x, scale_factor=2.0, mode="bilinear" if self.spatial_dims == 2 else "trilinear", align_corners=False)
+        return self.op(x)
+
+
+class UNet(nn.Module):
+    """U-Net for 2D or 3D images with any number of input channels and output classes.
+
+    Parameters
+    ----------
+    spatial_dims
+        2 (input ``(N, C, Y, X)``) or 3 (input ``(N, C, Z, Y, X)``).
+    in_channels
+        Channels of the input image.
+    out_channels
+        Output logits: 1 for a binary head, 3 for background/interior/boundary, n for n classes.
+    depth
+        Number of 2x downsampling steps; the encoder has ``depth + 1`` resolution levels, the
+        widest ``base_channels * 2**depth`` channels wide.
+    base_channels
+        Channels of the first level (doubled at each level down).
+    norm
+        ``"batch"``, ``"group"``, ``"instance"`` or ``"none"``.
+    dropout
+        Channel dropout probability after each block of the lower half of the encoder and the
+        bottleneck (0 switches it off).
+    upsample
+        ``"transpose"`` (transposed convolution) or ``"resize"`` (linear resize, then a 3x3
+        convolution; free of checkerboard artefacts).
+
+    Notes
+    -----
+    Any input size is accepted: inputs whose spatial size is not a multiple of ``2**depth`` are
+    padded by reflection inside the forward pass and the output is cropped back, so the output
+    always has the input's spatial shape. Weights use He (Kaiming) initialisation.
+
+    Examples
+    --------
+    >>> model = UNet(spatial_dims=2, in_channels=1, out_channels=3, depth=2, base_channels=8)
+    >>> model(torch.zeros(1, 1, 37, 50)).shape
+    torch.Size([1, 3, 37, 50])
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int = 2,
+        in_channels: int = 1,
+        out_channels: int = 1,
+        depth: int = 4,
+        base_channels: int = 32,
+        norm: str = "batch",
+        dropout: float = 0.0,
+        upsample: str = "transpose",
+    ) -> None:
+        super().__init__()
+        _validate(spatial_dims, in_channels, out_channels, depth, base_channels, norm, dropout, upsample)
+        self.spatial_dims = int(spatial_dims)
+        self.in_channels = int(in_channels)
+        self.out_channels = int(out_channels)
+        self.depth = int(depth)
+        self.base_channels = int(base_channels)
+        self.norm = norm
+        self.dropout = float(dropout)
+        self.upsample = upsample
+
+        widths = [base_channels * 2**level for level in range(depth + 1)]
+        self.encoder = nn.ModuleList()
+        previous = in_channels
+        for level, width in enumerate(widths):
+            # dropout in the deep half only, where the features are abstract (as in the seeds)
+            level_dropout = dropout if level >= (depth + 1) // 2 else 0.0
+            self.encoder.append(_ConvBlock(spatial_dims, previous, width, norm, level_dropout))
+            previous = width
+        pool = nn.MaxPool2d if spatial_dims == 2 else nn.MaxPool3d
+        self.pool = pool(2)
+        self.ups = nn.ModuleList()
+        self.decoder = nn.ModuleList()
+        for level in reversed(range(depth)):
+            self.ups.append(_Up(spatial_dims, widths[level + 1], widths[level], upsample))
+            self.decoder.append(_ConvBlock(spatial_dims, 2 * widths[level], widths[level], norm, 0.0))
+        self.head = _conv(spatial_dims)(widths[0], out_channels, 1)
+        self.reset_parameters()
+
+    @property
+    def architecture(self) -> dict[str, Any]:
+        """The constructor arguments as a JSON-able dict (what :func:`build_model` takes)."""
+        return {
+            "name": "unet",
+            "spatial_dims": self.spatial_dims,
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "depth": self.depth,
+            "base_channels": self.base_channels,
+            "norm": self.norm,
+            "dropout": self.dropout,
+            "upsample": self.upsample,
+        }
+
+    def reset_parameters(self) -> None:
+        """He (Kaiming) normal initialisation for convolutions; norms start as identity."""
+        for module in self.modules():
+            if isinstance(module, (nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, (nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm, nn.InstanceNorm2d, nn.InstanceNorm3d)):
+                if module.weight is not None:
+                    nn.init.ones_(module.weight)
+                    nn.init.zeros_(module.bias)
+
+    def encoder_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters of the contracting path and the bottleneck (what ``--freeze-encoder`` freezes)."""
+        return self.encoder.parameters()
+
+    def encoder_modules(self) -> list[nn.Module]:
+        """The encoder blocks, e.g. to keep their normalisation statistics fixed when frozen."""
+        return list(self.encoder)
+
+    @property
+    def size_multiple(self) -> int:
+        """Spatial sizes that are a multiple of this need no internal padding."""
+        return 2**self.depth
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != self.spatial_dims + 2:
+            raise ValueError(
+                f"a {self.spatial_dims}D U-Net takes input of shape (N, C, {', '.join('ZYX'[-self.spatial_dims:])}), "
+                f"got shape {tuple(x.shape)}"
+            )
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"the U-Net expects {self.in_channels} input channel(s), got {x.shape[1]} (shape {tuple(x.shape)})")
+        spatial = tuple(x.shape[2:])
+        x = _pad_to_multiple(x, self.size_multiple)
+        skips = []
+        for level, block in enumerate(self.encoder):
+            x = block(x)
+            if level < self.depth:
+                skips.append(x)
+                x = self.pool(x)
+        for up, block in zip(self.ups, self.decoder, strict=True):
+            x = up(x)
+            x = block(torch.cat([skips.pop(), x], dim=1))
+        x = self.head(x)
+        return x[(..., *(slice(0, n) for n in spatial))]
+
+
+def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    pads: list[int] = []
+    for n in reversed(x.shape[2:]):
+        pads += [0, (-n) % multiple]
+    if not any(pads):
+        return x
+    # reflection needs the pad to be smaller than the axis; tiny inputs fall back to replication
+    mode = "reflect" if all(p < n for p, n in zip(pads[1::2], reversed(x.shape[2:]), strict=True)) else "replicate"
+    return F.pad(x, pads, mode=mode)
+
+
+def _validate(spatial_dims, in_channels, out_channels, depth, base_channels, norm, dropout, upsample) -> None:
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
+    for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("base_channels", base_channels)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if not isinstance(depth, int) or isinstance(depth, bool) or not 0 <= depth <= 8:
+        raise ValueError(f"depth must be an integer from 0 to 8, got {depth!r}")
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
+    if not 0.0 <= float(dropout) < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    if upsample not in UPSAMPLES:
+        raise ValueError(f"upsample must be one of {', '.join(UPSAMPLES)}, got {upsample!r}")
+
+
+def default_architecture(**overrides: Any) -> dict[str, Any]:
+    """The architecture dict of ``UNet()`` with ``overrides`` applied."""
+    architecture = UNet.__init__.__defaults__  # type: ignore[attr-defined]
+    base = dict(zip(_ARCHITECTURE_KEYS, architecture, strict=True))
+    unknown = set(overrides) - set(_ARCHITECTURE_KEYS)
+    if unknown:
+        raise ValueError(f"unknown architecture keys {sorted(unknown)}; known: {', '.join(_ARCHITECTURE_KEYS)}")
+    base.update(overrides)
+    return {"name": "unet", **base}
+
+
+def build_model(architecture: Mapping[str, Any]) -> nn.Module:
+    """Build the network a config's ``"architecture"`` dict describes.
+
+    Parameters
+    ----------
+    architecture
+        ``{"name": "unet", "spatial_dims": 2, "in_channels": 1, "out_channels": 3, ...}``;
+        keys left out take :class:`UNet`'s defaults.
+
+    Returns
+    -------
+    torch.nn.Module
+        A freshly initialised network (load weights into it separately).
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``name``, unknown keys or invalid values.
+
+    Examples
+    --------
+    >>> build_model({"spatial_dims": 3, "out_channels": 2, "depth": 2}).architecture["spatial_dims"]
+    3
+    """
+    if not isinstance(architecture, Mapping):
+        raise ValueError(f"architecture must be a dict, got {type(architecture).__name__}")
+    arguments = dict(architecture)
+    name = arguments.pop("name", "unet")
+    if name != "unet":
+        raise ValueError(f"architecture name {name!r} is not known; this version builds 'unet' only")
+    unknown = set(arguments) - set(_ARCHITECTURE_KEYS)
+    if unknown:
+        raise ValueError(f"unknown architecture keys {sorted(unknown)}; known: {', '.join(_ARCHITECTURE_KEYS)}")
+    return UNet(**arguments)
