@@ -593,6 +593,9 @@ def write_labels(
     os.close(fd)
     try:
         tifffile.imwrite(tmp, labels, ome=True, metadata=metadata, compression="zlib")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; give it normal permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
