@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# One-step set-up on a fresh Debian/Ubuntu machine or a workstation: system libraries for a
+# headless napari (Xvfb + Mesa; only when run as root and missing), a virtual environment in
+# .venv, PyTorch, and napari-segtune with its napari and test extras.
+#
+#   bash scripts/setup.sh              # editable install, for working on the code
+#   SEGTUNE_EDITABLE=0 bash scripts/setup.sh   # a regular install, as a user gets it (CI uses this)
+#   TORCH_SPEC="torch" bash scripts/setup.sh   # the default CUDA build of torch instead of 2.13.0
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+apt_packages=(xvfb libgl1 libgl1-mesa-dri libegl1 libxkbcommon-x11-0 libxcb-icccm4 libxcb-image0
+  libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 libxcb-xinerama0 libxcb-xfixes0 libxcb-shape0
+  libxcb-cursor0 libdbus-1-3 libfontconfig1)
+if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  missing=()
+  for p in "${apt_packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  if ((${#missing[@]})); then
+    echo "installing system packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+fi
+
+python3 -m venv .venv
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+# torch first: a bare `torch` requirement would pull a multi-GB CUDA build on machines without one
+python -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
+if [ "${SEGTUNE_EDITABLE:-1}" = 1 ]; then
+  python -m pip install -q -e ".[test]"
+else
+  python -m pip install -q ".[test]"
+fi
+echo "set up: run 'source .venv/bin/activate', then 'segtune demo' or 'python -m pytest'"
