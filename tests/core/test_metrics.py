@@ -185,6 +185,15 @@ def test_diagonal_pixels_are_one_object():
     assert n == 1 and set(np.unique(labels)) == {0, 1}
 
 
+def test_binary_or_instance_rule():
+    two_pieces = np.zeros((4, 8), np.uint16)
+    two_pieces[1:3, 0:2] = 1
+    two_pieces[1:3, 5:7] = 1
+    for value, n in ((1, 2), (255, 2), (65535, 2), (7, 1)):
+        assert to_instances(two_pieces * value)[1] == n, value  # mask values split; an id stays one
+    assert to_instances(two_pieces.astype(bool))[1] == 2
+
+
 def test_3d_case():
     truth = np.zeros((10, 10, 10), np.uint8)
     truth[1:5, 1:5, 1:5] = 1  # A, 64 voxels

@@ -145,8 +145,9 @@ def measure(
     Parameters
     ----------
     labels
-        Instance labels (each non-zero id one object) or a binary mask (bool, 0/1, 0/255: its
-        objects are the connected components, 8- / 26-connected, numbered in scan order).
+        Instance labels (each non-zero id one object, ids kept) or a binary mask (bool, or
+        every non-zero pixel 1, or every one 255: its objects are the connected components,
+        8- / 26-connected, numbered 1..n in scan order in each plane / volume measured).
     image
         Optional intensities. Either the shape of ``labels`` (one channel) or with a channel
         axis where C sits in TCZYX: ``CYX`` for YX labels, ``CZYX`` for ZYX, ``TCYX`` for TYX,
@@ -192,10 +193,10 @@ def measure(
 
     Examples
     --------
-    >>> labels = np.zeros((10, 10), np.uint16); labels[2:6, 2:6] = 7; labels[8:, 8:] = 9
+    >>> labels = np.zeros((10, 10), np.uint16); labels[2:6, 2:6] = 7
     >>> table = measure(labels, pixel_sizes=(None, 0.5, 0.5))
     >>> table[["label", "area", "unit", "centroid_y_px", "centroid_y"]].values.tolist()
-    [[7, 4.0, 'um', 3.5, 1.75], [9, 1.0, 'um', 8.5, 4.25]]
+    [[7, 4.0, 'um', 3.5, 1.75]]
     """
     labels = _as_labels(labels, "labels")
     if axes is None:

@@ -22,10 +22,11 @@ matched
 
 Conventions, the same in every section:
 
-* Foreground is ``label > 0``. An input whose non-zero pixels all carry one value (a ``bool``
-  mask, a 0/1 or a 0/255 PNG mask) is *binary*: where instances are needed it is split into
-  objects by connected components. Any other integer image is an *instance* image: each
-  non-zero id is one object (ids need not be consecutive).
+* Foreground is ``label > 0``. A ``bool`` array, or one whose non-zero pixels all hold the
+  same mask value 1, 255 or the largest value of its dtype (0/1 masks, 0/255 PNG masks), is
+  *binary*: where instances are needed it is split into objects by connected components. Any
+  other integer image is an *instance* image: each non-zero id is one object (ids need not be
+  consecutive).
 * Connected components use full connectivity: 8-neighbourhood in 2D, 26 in 3D (pixels touching
   at a corner are one object), the convention of the thesis and of ``skimage.measure.label``.
 * A ratio whose denominator is zero is 1.0 when truth and prediction are both empty (nothing to
@@ -171,11 +172,20 @@ def connected_components(mask: Any) -> tuple[np.ndarray, int]:
 
 
 def _is_binary(labels: np.ndarray) -> bool:
+    """A mask: bool, or every non-zero pixel holds the same mask value (1, 255 or the dtype's top).
+
+    One object with another id (an instance image with a single object left) stays an instance.
+    """
     if labels.dtype == bool:
         return True
     top = labels.max()
     if top == 0:
         return True
+    mask_values = {1, 255}
+    if np.issubdtype(labels.dtype, np.integer):
+        mask_values.add(int(np.iinfo(labels.dtype).max))
+    if int(top) not in mask_values:
+        return False
     foreground = labels[labels > 0]
     return bool(foreground.min() == top)
 
@@ -206,8 +216,8 @@ def to_instances(labels: Any, name: str = "labels") -> tuple[np.ndarray, int]:
     Parameters
     ----------
     labels
-        A binary mask (all non-zero pixels share one value: bool, 0/1, 0/255) or an instance
-        image (distinct non-zero ids, not necessarily consecutive).
+        A binary mask (bool, or all non-zero pixels 1, all 255, or all the dtype's largest
+        value) or an instance image (non-zero ids, not necessarily consecutive).
     name
         What to call the argument in error messages.
 
