@@ -71,6 +71,7 @@ __all__ = [
     "overlay",
     "pixel_metrics",
     "save_overlay_png",
+    "summarize",
     "to_instances",
 ]
 
@@ -590,8 +591,26 @@ def evaluate(pred: Any, truth: Any, *, thresholds: Sequence[float] = DEFAULT_THR
     }
 
 
+def summarize(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Combine per-image :func:`evaluate` results: ratios averaged, counts summed.
+
+    Parameters
+    ----------
+    results
+        One or more results of :func:`evaluate` (same thresholds).
+
+    Returns
+    -------
+    dict
+        The same layout: every float is the mean over ``results``, every int (``tp``, ``fp``,
+        ``fn``, ``n_truth`` ...) the sum; keys that are neither are left out.
+    """
+    if not results:
+        raise ValueError("no results to summarize")
+    return _combine(results)
+
+
 def _combine(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Floats averaged, ints (counts) summed, dicts combined key by key."""
     out: dict[str, Any] = {}
     for key, first in results[0].items():
         values = [r[key] for r in results]
@@ -653,7 +672,7 @@ def evaluate_many(
         except ValueError as e:
             raise ValueError(f"image pair {i}: {e}") from e
         report.step(i + 1, message=f"pair {i + 1}/{len(preds)}")
-    return {"n_images": len(images), **_combine(images), "images": images}
+    return {"n_images": len(images), **summarize(images), "images": images}
 
 
 # --- counting --------------------------------------------------------------------------------
