@@ -394,9 +394,9 @@ def test_matched_equals_brute_force_on_real_masks(nuclei_dir):
 
     disk = np.array([[0, 1, 1, 1, 0], [1, 1, 1, 1, 1], [1, 1, 1, 1, 1], [1, 1, 1, 1, 1], [0, 1, 1, 1, 0]], bool)
     checked = 0
-    for mask in _nuclei_masks(nuclei_dir):
+    for mask in _nuclei_masks(nuclei_dir, count=2):
         assert set(np.unique(mask)) <= {0, 255}
-        truth = mask[::2, ::2]  # 0/255: nuclei by connected components; halved to keep it dense
+        truth = mask[::3, ::3]  # 0/255: nuclei by connected components; subsampled: brute force is dense
         variants = {
             "eroded": ndimage.binary_erosion(truth > 0, disk, iterations=2),
             "dilated": ndimage.binary_dilation(truth > 0, disk, iterations=2),
