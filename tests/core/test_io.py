@@ -177,3 +177,10 @@ def test_write_labels_round_trip_atomic_and_refuses_overwrite(tmp_path: Path) ->
 def test_output_name() -> None:
     assert output_name("/a/cells.ome.tif") == "cells_labels.tif"
     assert output_name("scan.CZI") == "scan_labels.tif"
+
+
+def test_czi_scene_by_name_and_missing_scene(czi_dir: Path) -> None:
+    image = open_image(czi_dir / "mosaic_test.czi", scene="TR1")
+    assert image.scene == "TR1" and image.shape[-2:] == (624, 1756)
+    with pytest.raises(ImageReadError, match=r"mosaic_test.czi: scene 4 does not exist; the file has 1 scene"):
+        open_image(czi_dir / "mosaic_test.czi", scene=4)
