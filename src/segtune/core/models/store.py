@@ -46,7 +46,8 @@ __all__ = [
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "weights.safetensors"
-HEADS = ("binary", "three_class", "semantic")
+# "image": linear outputs, an image-to-image network (a Noise2Noise denoiser), not a segmenter
+HEADS = ("binary", "three_class", "semantic", "image")
 FORMAT = "segtune-model"
 FORMAT_VERSION = 1
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".tar", ".joblib")
