@@ -1,0 +1,77 @@
+"""The segtune dock widget: tabs for Model, Predict, Fine-tune, Evaluate & Export, and Tools.
+
+Each tab is one panel module; they share one :class:`~segtune._napari._state.ModelState` (the
+current model, its config, the device). Every long step runs in a worker thread through
+:class:`~segtune._napari._jobs.Job`, so napari stays responsive, shows a progress bar and can
+cancel. The widget holds no segmentation logic: each button is a call into ``segtune.core``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qtpy.QtWidgets import QScrollArea, QTabWidget, QVBoxLayout, QWidget
+
+from segtune._napari._evaluate_panel import EvaluatePanel
+from segtune._napari._model_panel import ModelPanel
+from segtune._napari._state import ModelState
+
+
+def _scrolling(panel: QWidget) -> QScrollArea:
+    area = QScrollArea()
+    area.setWidgetResizable(True)
+    area.setWidget(panel)
+    return area
+
+
+class SegtuneWidget(QWidget):
+    """Predict, correct, fine-tune in place, evaluate and export, inside napari.
+
+    Parameters
+    ----------
+    napari_viewer
+        The viewer (napari passes it when the widget is opened from the Plugins menu).
+
+    Attributes
+    ----------
+    state
+        The shared current model.
+    tabs
+        The :class:`QTabWidget`; ``model_panel``, ``predict_panel``, ``finetune_panel``,
+        ``evaluate_panel`` and ``tools_panel`` are its pages.
+    """
+
+    def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.state = ModelState()
+        self.setObjectName("segtune")
+
+        self.model_panel = ModelPanel(napari_viewer, self.state)
+        self.evaluate_panel = EvaluatePanel(napari_viewer, self.state, self.model_panel.save)
+
+        self.tabs = QTabWidget()
+        self.tabs.addTab(_scrolling(self.model_panel), "Model")
+        self.tabs.addTab(_scrolling(self.evaluate_panel), "Evaluate && Export")
+        for index, tip in enumerate(self._tab_tips()):
+            self.tabs.setTabToolTip(index, tip)
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(2, 2, 2, 2)
+        layout.addWidget(self.tabs)
+        self.setMinimumWidth(340)
+
+    def _tab_tips(self) -> list[str]:
+        tips = {
+            "Model": "Choose the model: bundled, from a folder, or a new one to train.",
+            "Predict": "Segment an image with the current model.",
+            "Fine-tune": "Teach the model from your corrected masks.",
+            "Evaluate & Export": "Score a segmentation against correct masks; save masks, measurements, ROIs, the model.",
+            "Tools": "Make training labels with less drawing.",
+        }
+        return [tips.get(self.tabs.tabText(i).replace("&&", "&"), "") for i in range(self.tabs.count())]
+
+    @property
+    def busy(self) -> bool:
+        """True while a long job (prediction, fine-tuning ...) is running."""
+        return bool(self.state.busy)
