@@ -1,0 +1,343 @@
+"""Turning probability maps into masks and instance labels: threshold, components, watershed, size filter, holes.
+
+Every function works on 2D (YX) and 3D (ZYX) arrays alike; labels are ``int32`` with 0 for background
+and objects numbered 1..n without gaps. The functions see whole (stitched) probability maps, so an
+object that crossed a tile border during prediction is one object here: tiling never cuts objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import ndimage as ndi
+
+__all__ = [
+    "HEADS",
+    "fill_label_holes",
+    "filter_sizes",
+    "instances_from_binary",
+    "instances_from_three_class",
+    "label_components",
+    "mask_from_probabilities",
+    "postprocess",
+    "relabel_sequential",
+    "split_touching",
+    "threshold",
+]
+
+HEADS = ("binary", "three_class", "semantic")
+
+
+def threshold(probability: np.ndarray, level: float = 0.5) -> np.ndarray:
+    """Foreground where ``probability > level`` (a boolean array of the same shape).
+
+    Examples
+    --------
+    >>> threshold(np.array([0.2, 0.5, 0.7]), 0.5)
+    array([False, False,  True])
+    """
+    _check_level("threshold", level)
+    return np.asarray(probability) > level
+
+
+def mask_from_probabilities(probabilities: np.ndarray, head: str, level: float = 0.5) -> np.ndarray:
+    """A semantic result from a model's activated output ``(K, *spatial)``.
+
+    ``binary``: foreground where the probability exceeds ``level`` (uint8 0/1);
+    ``three_class``: foreground (interior or boundary) where ``1 - p(background) > level`` (uint8 0/1);
+    ``semantic``: the most probable class index (uint8, or uint16 beyond 255 classes; ``level`` unused).
+    """
+    probabilities = np.asarray(probabilities)
+    _check_head(head, probabilities)
+    if head == "binary":
+        return threshold(probabilities[0], level).astype(np.uint8)
+    if head == "three_class":
+        return threshold(1.0 - probabilities[0], level).astype(np.uint8)
+    dtype = np.uint8 if probabilities.shape[0] <= 256 else np.uint16
+    return np.argmax(probabilities, axis=0).astype(dtype)
+
+
+def label_components(mask: np.ndarray, *, connectivity: int | None = None) -> np.ndarray:
+    """Connected components of a boolean mask, numbered 1..n in raster order.
+
+    ``connectivity`` 1 joins face neighbours only (4 in 2D, 6 in 3D, the default); ``mask.ndim``
+    joins every neighbour (8 / 26).
+    """
+    mask = np.asarray(mask, dtype=bool)
+    structure = ndi.generate_binary_structure(mask.ndim, _connectivity(connectivity, mask.ndim))
+    labels, _ = ndi.label(mask, structure=structure, output=np.int32)
+    return labels
+
+
+def relabel_sequential(labels: np.ndarray) -> np.ndarray:
+    """Renumber labels to 1..n keeping their order (0 stays background); int32 result."""
+    labels = np.asarray(labels)
+    if labels.size == 0:
+        return labels.astype(np.int32)
+    present = np.unique(labels)
+    present = present[present != 0]
+    if present.size and present[0] == 1 and present[-1] == present.size and labels.dtype == np.int32:
+        return labels
+    lookup = np.zeros(int(labels.max()) + 1 if labels.size else 1, dtype=np.int32)
+    lookup[present] = np.arange(1, present.size + 1, dtype=np.int32)
+    return lookup[labels]
+
+
+def filter_sizes(labels: np.ndarray, min_size: int = 0, max_size: int | None = None) -> np.ndarray:
+    """Remove objects smaller than ``min_size`` or larger than ``max_size`` pixels (voxels), then renumber."""
+    labels = np.asarray(labels)
+    if min_size < 0 or (max_size is not None and max_size < min_size):
+        raise ValueError(f"sizes must satisfy 0 <= min_size <= max_size, got min_size={min_size}, max_size={max_size}")
+    if labels.size == 0 or labels.max() == 0:
+        return relabel_sequential(labels)
+    counts = np.bincount(labels.ravel())
+    drop = counts < min_size
+    if max_size is not None:
+        drop |= counts > max_size
+    drop[0] = False
+    if drop.any():
+        labels = np.where(drop[labels], 0, labels)
+    return relabel_sequential(labels)
+
+
+def fill_label_holes(labels: np.ndarray) -> np.ndarray:
+    """Fill background holes enclosed by a single object (2D or 3D); labels keep their numbers."""
+    labels = np.array(labels, copy=True)
+    for index, box in enumerate(ndi.find_objects(labels), start=1):
+        if box is None:
+            continue
+        # one pixel of margin so that a hole touching the box edge is not mistaken for outside
+        grown = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in box)
+        crop = labels[grown]
+        filled = ndi.binary_fill_holes(crop == index)
+        crop[filled & (crop == 0)] = index
+    return labels
+
+
+def split_touching(
+    mask: np.ndarray,
+    *,
+    min_distance: int = 5,
+    connectivity: int | None = None,
+    sampling: Sequence[float] | None = None,
+) -> np.ndarray:
+    """Split touching round objects by a watershed on the distance transform of ``mask``.
+
+    Each connected component is flooded from the maxima of its Euclidean distance transform that
+    are at least ``min_distance`` pixels apart (so about a quarter of the object diameter is a good
+    value); components with a single maximum stay whole.
+
+    Parameters
+    ----------
+    mask
+        Boolean foreground, 2D or 3D.
+    min_distance
+        Smallest distance between two seeds, in pixels.
+    connectivity
+        Neighbourhood for the components (see :func:`label_components`).
+    sampling
+        Pixel spacing per axis for the distance transform (anisotropic 3D stacks).
+    """
+    from skimage.feature import peak_local_max
+    from skimage.segmentation import watershed
+
+    mask = np.asarray(mask, dtype=bool)
+    if min_distance < 1:
+        raise ValueError(f"min_distance must be at least 1 pixel, got {min_distance}")
+    components = label_components(mask, connectivity=connectivity)
+    if components.max() == 0:
+        return components
+    distance = ndi.distance_transform_edt(mask, sampling=sampling)
+    peaks = peak_local_max(distance, min_distance=int(min_distance), labels=components, exclude_border=False)
+    seeds = np.zeros(mask.shape, dtype=bool)
+    seeds[tuple(peaks.T)] = True
+    # neighbouring maxima on one plateau are one seed
+    markers = label_components(seeds, connectivity=mask.ndim)
+    structure = ndi.generate_binary_structure(mask.ndim, _connectivity(connectivity, mask.ndim))
+    labels = watershed(-distance, markers, mask=mask, connectivity=structure)
+    return _label_unseeded(labels, mask, connectivity)
+
+
+def instances_from_binary(
+    probability: np.ndarray,
+    level: float = 0.5,
+    *,
+    split: bool = False,
+    min_distance: int = 5,
+    min_size: int = 0,
+    max_size: int | None = None,
+    fill_holes: bool = False,
+    connectivity: int | None = None,
+) -> np.ndarray:
+    """Instance labels from a foreground probability: threshold, connected components (or a split).
+
+    Parameters
+    ----------
+    probability
+        Foreground probability, 2D or 3D (or an already thresholded mask).
+    level
+        Threshold on the probability.
+    split
+        Separate touching objects with :func:`split_touching` instead of plain components.
+    min_distance
+        Seed spacing for ``split``, in pixels.
+    min_size, max_size
+        Objects outside this size range (pixels or voxels) are removed.
+    fill_holes
+        Fill holes inside each object.
+    connectivity
+        1 (faces, the default) or ``ndim`` (all neighbours).
+
+    Returns
+    -------
+    numpy.ndarray
+        int32 labels, 0 background, objects 1..n.
+
+    Examples
+    --------
+    >>> p = np.zeros((5, 7)); p[1:3, 1:3] = 0.9; p[3:5, 5:7] = 0.8
+    >>> int(instances_from_binary(p).max())
+    2
+    """
+    mask = threshold(probability, level) if np.asarray(probability).dtype != bool else np.asarray(probability)
+    labels = split_touching(mask, min_distance=min_distance, connectivity=connectivity) if split else label_components(mask, connectivity=connectivity)
+    return _finish(labels, min_size, max_size, fill_holes)
+
+
+def instances_from_three_class(
+    probabilities: np.ndarray,
+    level: float = 0.5,
+    *,
+    seed_level: float | None = None,
+    min_seed_size: int = 0,
+    min_size: int = 0,
+    max_size: int | None = None,
+    fill_holes: bool = False,
+    connectivity: int | None = None,
+) -> np.ndarray:
+    """Instance labels from background/interior/boundary probabilities by a seeded watershed.
+
+    Seeds are the connected components of ``p(interior) > seed_level``; they grow over the
+    boundary probability (so neighbouring cells meet on their shared boundary) within the
+    foreground ``1 - p(background) > level``. Foreground components that hold no seed become
+    objects of their own rather than being dropped.
+
+    Parameters
+    ----------
+    probabilities
+        ``(3, *spatial)``: background, interior, boundary (softmax output), 2D or 3D.
+    level
+        Foreground threshold.
+    seed_level
+        Interior threshold for seeds (defaults to ``level``).
+    min_seed_size
+        Seeds smaller than this many pixels are ignored (noise).
+    min_size, max_size, fill_holes, connectivity
+        As in :func:`instances_from_binary`.
+
+    Returns
+    -------
+    numpy.ndarray
+        int32 labels.
+    """
+    from skimage.segmentation import watershed
+
+    probabilities = np.asarray(probabilities, dtype=np.float32)
+    _check_head("three_class", probabilities)
+    seed_level = level if seed_level is None else seed_level
+    _check_level("seed_level", seed_level)
+    background, interior, boundary = probabilities
+    foreground = threshold(1.0 - background, level)
+    seeds = label_components(threshold(interior, seed_level) & foreground, connectivity=connectivity)
+    if min_seed_size > 0:
+        seeds = filter_sizes(seeds, min_seed_size)
+    ndim = foreground.ndim
+    structure = ndi.generate_binary_structure(ndim, _connectivity(connectivity, ndim))
+    if seeds.max() > 0:
+        labels = watershed(boundary, seeds, mask=foreground, connectivity=structure)
+    else:
+        labels = np.zeros(foreground.shape, dtype=np.int32)
+    labels = _label_unseeded(labels, foreground, connectivity)
+    return _finish(labels, min_size, max_size, fill_holes)
+
+
+def postprocess(
+    probabilities: np.ndarray,
+    head: str,
+    *,
+    level: float = 0.5,
+    instances: bool = False,
+    split: bool = False,
+    min_distance: int = 5,
+    min_size: int = 0,
+    max_size: int | None = None,
+    fill_holes: bool = False,
+) -> np.ndarray:
+    """Probabilities ``(K, *spatial)`` -> a mask (``instances=False``) or instance labels.
+
+    Binary heads use connected components (optionally split by a distance watershed), three-class
+    heads a seeded watershed; a semantic head gives class indices and cannot give instances.
+    Size limits and hole filling apply to instances and, for binary/three-class masks, to the
+    connected pieces of the mask.
+    """
+    probabilities = np.asarray(probabilities)
+    _check_head(head, probabilities)
+    if not instances:
+        mask = mask_from_probabilities(probabilities, head, level)
+        if head != "semantic" and (min_size > 0 or max_size is not None or fill_holes):
+            mask = (_finish(label_components(mask), min_size, max_size, fill_holes) > 0).astype(np.uint8)
+        return mask
+    if head == "binary":
+        return instances_from_binary(
+            probabilities[0], level, split=split, min_distance=min_distance,
+            min_size=min_size, max_size=max_size, fill_holes=fill_holes,
+        )
+    if head == "three_class":
+        return instances_from_three_class(probabilities, level, min_size=min_size, max_size=max_size, fill_holes=fill_holes)
+    raise ValueError("instances need a 'binary' or 'three_class' head; a 'semantic' head gives class maps only")
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def _finish(labels: np.ndarray, min_size: int, max_size: int | None, fill_holes: bool) -> np.ndarray:
+    if fill_holes:
+        labels = fill_label_holes(labels)
+    return filter_sizes(labels, min_size, max_size)
+
+
+def _label_unseeded(labels: np.ndarray, mask: np.ndarray, connectivity: int | None) -> np.ndarray:
+    """Give foreground that no seed reached labels of its own (after the existing ones)."""
+    labels = np.asarray(labels, dtype=np.int32)
+    rest = mask & (labels == 0)
+    if rest.any():
+        extra = label_components(rest, connectivity=connectivity)
+        top = int(labels.max())
+        labels = np.where(extra > 0, extra + top, labels).astype(np.int32)
+    return labels
+
+
+def _connectivity(connectivity: int | None, ndim: int) -> int:
+    if connectivity is None:
+        return 1
+    if not 1 <= int(connectivity) <= ndim:
+        raise ValueError(f"connectivity must be between 1 and {ndim} for {ndim}D data, got {connectivity}")
+    return int(connectivity)
+
+
+def _check_level(name: str, level: float) -> None:
+    if not 0.0 <= float(level) <= 1.0:
+        raise ValueError(f"{name} must be between 0 and 1, got {level}")
+
+
+def _check_head(head: str, probabilities: np.ndarray) -> None:
+    if head not in HEADS:
+        raise ValueError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
+    if probabilities.ndim < 3:
+        raise ValueError(f"probabilities must have shape (K, Y, X) or (K, Z, Y, X), got {probabilities.shape}")
+    k = probabilities.shape[0]
+    if head == "binary" and k != 1:
+        raise ValueError(f"a binary head has 1 output channel, the probabilities have {k} (shape {probabilities.shape})")
+    if head == "three_class" and k != 3:
+        raise ValueError(f"a three_class head has 3 output channels, the probabilities have {k} (shape {probabilities.shape})")
