@@ -1,7 +1,152 @@
 """`segtune train`: train or fine-tune a model on images and labels."""
 
-from segtune._cli._unavailable import register_unavailable
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import signal
+import sys
+from pathlib import Path
 
 
-def register(subparsers):
-    register_unavailable(subparsers, "train", "train or fine-tune a model on images and labels", "training engine is being built")
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train or fine-tune a model on images and labels",
+        description=(
+            "Train a U-Net from scratch or fine-tune one (--from) on image files and their label "
+            "files (binary masks or instance labels), paired in sorted order; a folder stands for "
+            "the image files in it. The model folder (--out) is loadable at every moment: it holds "
+            "the best model so far, a training_log.csv and a checkpoint/ that --resume continues. "
+            "Ctrl-C stops after the current step and keeps the best model."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--images", nargs="+", required=True, metavar="PATH", help="image files or folders")
+    parser.add_argument("--labels", nargs="+", required=True, metavar="PATH", help="label files or folders, one per image")
+    parser.add_argument("--out", required=True, metavar="MODEL_DIR", help="the model folder to write")
+    parser.add_argument("--from", dest="start", metavar="M", default=None, help="fine-tune this bundled model or model folder")
+    parser.add_argument("--epochs", type=int, default=100)
+    parser.add_argument("--patch", type=int, nargs="+", default=[256], help="patch size (one number, or one per axis)")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--loss", default="bce+dice", help="losses joined by '+': bce, ce, dice, iou, focal, ssim, mae (e.g. ssim+dice, 0.5*bce+dice)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate")
+    parser.add_argument("--schedule", choices=("cosine", "plateau", "none"), default="cosine")
+    parser.add_argument("--val-fraction", type=float, default=0.2, help="images (or area of a single image) held out for validation")
+    parser.add_argument("--patience", type=int, default=10, help="early stopping after this many epochs without improvement (0: never)")
+    parser.add_argument("--steps-per-epoch", type=int, default=None, help="default: enough patches to cover the images once (at least 16)")
+    parser.add_argument("--head", choices=("three_class", "binary", "semantic"), default=None,
+                        help="three_class (background/interior/boundary, separates touching objects; default for new models), "
+                             "binary, or semantic (label values are classes); default: the --from model's")
+    parser.add_argument("--classes", type=int, default=None, help="number of classes of a semantic head")
+    parser.add_argument("--3d", dest="spatial_dims", action="store_const", const=3, default=2, help="a 3D model trained on 3D patches")
+    parser.add_argument("--diameter", type=float, default=None,
+                        help="rescale images so objects are this many pixels across (measured from the labels); "
+                             "prediction rescales new images the same way. Large objects train much faster at ~24-32")
+    parser.add_argument("--scale", type=float, default=None, help="a fixed resize factor instead of --diameter")
+    parser.add_argument("--normalize", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None,
+                        help="percentiles mapped to 0 and 1 (default 1 99.8, or the --from model's)")
+    parser.add_argument("--contrast-stretch", action="store_true", help="normalise by the 5-98 percentiles and clip (the seeds' stretch)")
+    parser.add_argument("--base-channels", type=int, default=16, help="width of the first U-Net level (new models)")
+    parser.add_argument("--depth", type=int, default=4, help="number of 2x downsamplings (new models)")
+    parser.add_argument("--norm", choices=("batch", "group", "instance", "none"), default="batch")
+    parser.add_argument("--dropout", type=float, default=0.0)
+    parser.add_argument("--upsample", choices=("transpose", "resize"), default="transpose")
+    parser.add_argument("--no-augment", action="store_true", help="train without augmentation")
+    parser.add_argument("--min-foreground", type=float, default=0.03, help="skip crops with less labelled foreground than this")
+    parser.add_argument("--ignore-value", type=int, default=None, help="label value whose pixels the loss ignores (e.g. 255)")
+    parser.add_argument("--freeze-encoder", action="store_true", help="train the decoder only")
+    parser.add_argument("--max-minutes", type=float, default=None, help="time budget; stops when spent, keeping the best model")
+    parser.add_argument("--resume", action="store_true", help="continue the interrupted training in --out")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(func=run)
+
+
+def _expand(paths: list[str], option: str) -> list[Path]:
+    from segtune.core.io import SUPPORTED_EXTENSIONS
+
+    files: list[Path] = []
+    for name in paths:
+        path = Path(name)
+        if path.is_dir():
+            found = sorted((p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(SUPPORTED_EXTENSIONS)), key=str)
+            if not found:
+                raise FileNotFoundError(f"{option} folder {path} holds no image files ({', '.join(SUPPORTED_EXTENSIONS)})")
+            files.extend(found)
+        elif not path.exists():
+            raise FileNotFoundError(f"{option}: {path} does not exist")
+        else:
+            files.append(path)
+    return files
+
+
+def _config(args: argparse.Namespace):
+    from segtune.core.train.augment import AugmentConfig
+    from segtune.core.train.trainer import TrainConfig
+
+    normalization = tuple(args.normalize) if args.normalize else None
+    clip = False
+    if args.contrast_stretch:
+        if args.normalize:
+            raise ValueError("give --normalize or --contrast-stretch, not both")
+        normalization, clip = (5.0, 98.0), True
+    patch = args.patch[0] if len(args.patch) == 1 else tuple(args.patch)
+    return TrainConfig(
+        spatial_dims=args.spatial_dims, head=args.head, n_classes=args.classes, patch=patch, batch_size=args.batch_size,
+        epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, loss=args.loss, learning_rate=args.lr,
+        schedule=args.schedule, val_fraction=args.val_fraction, patience=args.patience or None,
+        min_foreground=args.min_foreground, normalization=normalization, clip=clip, object_diameter=args.diameter,
+        scale=args.scale, augmentation=AugmentConfig.none() if args.no_augment else AugmentConfig(),
+        depth=args.depth, base_channels=args.base_channels, norm=args.norm, dropout=args.dropout, upsample=args.upsample,
+        freeze_encoder=args.freeze_encoder, max_minutes=args.max_minutes, device=args.device, amp=not args.no_amp,
+        seed=args.seed, ignore_value=args.ignore_value,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    # idle OpenMP threads sleep instead of spinning: on a few shared cores, spinning threads
+    # slow training several-fold; set before torch starts its thread pool
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+    from segtune.core.progress import CancelToken, tqdm_progress
+    from segtune.core.train.trainer import train_files
+
+    images = _expand(args.images, "--images")
+    labels = _expand(args.labels, "--labels")
+    if len(images) != len(labels):
+        raise ValueError(f"{len(images)} image file(s) but {len(labels)} label file(s); give one label file per image")
+    config = _config(args)
+    config.validate()
+    out = Path(args.out)
+    if args.resume and args.overwrite:
+        raise ValueError("give --resume or --overwrite, not both")
+
+    token = CancelToken()
+    previous = signal.getsignal(signal.SIGINT)
+
+    def on_interrupt(signum, frame):
+        if token.cancelled:  # a second Ctrl-C stops at once
+            signal.signal(signal.SIGINT, previous)
+            raise KeyboardInterrupt
+        print("\nsegtune train: stopping after this step (Ctrl-C again to abort at once)", file=sys.stderr)
+        token.cancel()
+
+    signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        with tqdm_progress("train", file=sys.stderr, mininterval=1.0) as progress:
+            result = train_files(
+                images, labels, config, out=out, model=args.start, overwrite=args.overwrite, resume=args.resume,
+                command=shlex.join(["segtune", *sys.argv[1:]]) if sys.argv else None, progress=progress, cancel=token,
+            )
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    best = result.best_metrics
+    summary = ", ".join(f"{k} {best[k]:.3f}" for k in ("val_matched_f1", "val_f1", "val_iou", "val_loss") if isinstance(best.get(k), float))
+    print(f"{result.stop_reason}: {len(result.history)} epoch(s), best epoch {result.best_epoch}"
+          + (f" ({summary})" if summary else ""))
+    print(f"model: {out} (log: {out / 'training_log.csv'})")
+    return 130 if result.stop_reason == "cancelled" else 0

@@ -1,0 +1,115 @@
+"""`segtune train` and `segtune models` from the command line, on small real-format files."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import tifffile
+
+from segtune.cli import main
+from segtune.core.models.store import load_model
+
+TINY = ["--patch", "32", "--batch-size", "2", "--steps-per-epoch", "2", "--depth", "2", "--base-channels", "4", "--device", "cpu"]
+
+
+def _write_pairs(folder, n=3, shape=(64, 64)):
+    rng = np.random.default_rng(0)
+    (folder / "images").mkdir(parents=True)
+    (folder / "labels").mkdir()
+    yy, xx = np.indices(shape)
+    for i in range(n):
+        labels = np.zeros(shape, np.uint8)
+        for _ in range(5):
+            cy, cx = rng.uniform(8, shape[0] - 8, 2)
+            labels[(yy - cy) ** 2 + (xx - cx) ** 2 < 30] = 255  # binary masks, as the seeds' data
+        image = (labels > 0) * 120 + rng.normal(30, 8, shape)
+        tifffile.imwrite(folder / "images" / f"img{i}.tif", image.astype(np.uint16))
+        tifffile.imwrite(folder / "labels" / f"img{i}.tif", labels)
+    return folder / "images", folder / "labels"
+
+
+def test_models_says_none_are_bundled(capsys):
+    assert main(["models"]) == 0
+    assert "No pretrained models are bundled" in capsys.readouterr().out
+
+
+def test_train_writes_a_model_folder_with_a_log_and_resumes(tmp_path, capsys):
+    images, labels = _write_pairs(tmp_path)
+    out = tmp_path / "model"
+    code = main(["train", "--images", str(images), "--labels", str(labels), "--out", str(out), "--epochs", "2", *TINY])
+    assert code == 0
+    printed = capsys.readouterr()
+    assert "completed: 2 epoch(s)" in printed.out
+    model, config = load_model(out)
+    assert config["head"] == "three_class"
+    assert config["training"]["command"].startswith("segtune ")
+    assert config["training"]["data"]["images"][0].endswith("img0.tif")
+    with open(out / "training_log.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert {"train_loss", "val_loss", "val_f1", "val_iou"} <= set(rows[0])
+
+    # the same command again is refused; --resume with more epochs continues
+    assert main(["train", "--images", str(images), "--labels", str(labels), "--out", str(out), *TINY]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    code = main(["train", "--images", str(images), "--labels", str(labels), "--out", str(out), "--epochs", "3", "--resume", *TINY])
+    assert code == 0
+    with open(out / "training_log.csv") as handle:
+        assert [r["epoch"] for r in csv.DictReader(handle)] == ["1", "2", "3"]
+
+
+def test_fine_tune_from_a_model_folder(tmp_path):
+    images, labels = _write_pairs(tmp_path)
+    base = tmp_path / "base"
+    assert main(["train", "--images", str(images), "--labels", str(labels), "--out", str(base), "--epochs", "1", "--head", "binary", *TINY]) == 0
+    tuned = tmp_path / "tuned"
+    code = main(["train", "--images", str(images), "--labels", str(labels), "--out", str(tuned), "--from", str(base),
+                 "--epochs", "1", "--freeze-encoder", *TINY])
+    assert code == 0
+    _, config = load_model(tuned)
+    assert config["head"] == "binary"
+    assert config["lineage"][0]["from"] == str(base)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("shape", "do not match"),
+        ("empty", "labels are empty"),
+        ("count", "1 label file"),
+    ],
+)
+def test_clear_errors(tmp_path, capsys, change, message):
+    images, labels = _write_pairs(tmp_path, n=2)
+    label_args = [str(labels)]
+    if change == "shape":
+        tifffile.imwrite(labels / "img1.tif", np.zeros((64, 60), np.uint8))
+    elif change == "empty":
+        for path in labels.iterdir():
+            tifffile.imwrite(path, np.zeros((64, 64), np.uint8))
+    else:
+        label_args = [str(labels / "img0.tif")]
+    code = main(["train", "--images", str(images), "--labels", *label_args, "--out", str(tmp_path / "m"), *TINY])
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
+
+
+def test_bad_loss_is_a_usage_error(tmp_path, capsys):
+    images, labels = _write_pairs(tmp_path, n=2)
+    code = main(["train", "--images", str(images), "--labels", str(labels), "--out", str(tmp_path / "m"), "--loss", "bce+dcie", *TINY])
+    assert code == 2
+    assert "'dcie' is not a known loss" in capsys.readouterr().err
+
+
+def test_model_config_is_json(tmp_path):
+    images, labels = _write_pairs(tmp_path, n=2)
+    out = tmp_path / "m"
+    assert main(["train", "--images", str(images), "--labels", str(labels), "--out", str(out), "--epochs", "1",
+                 "--contrast-stretch", "--diameter", "8", *TINY]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["normalization"] == {"method": "percentile", "low": 5.0, "high": 98.0, "clip": True}
+    assert config["object_diameter"] == pytest.approx(8.0, rel=0.01)
