@@ -13,6 +13,7 @@ crashed viewer.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import time
 import traceback
@@ -80,14 +81,35 @@ def guarded(func: Callable[[], Any]) -> Callable[..., None]:
     return slot
 
 
-def _call(func: Callable[..., Any], events: queue.SimpleQueue, token: CancelToken) -> tuple[str, Any]:
+def worker_cpu_threads() -> int:
+    """CPU threads a widget job's torch work may use: all cores but one, which napari keeps.
+
+    PyTorch's OpenMP threads spin while they wait for each other; with every core busy the GUI
+    thread then waits for a core and the viewer stutters, and on a machine whose cores are
+    shared the spinning threads slow each other down several-fold. One core left free avoids both.
+    """
+    return max(1, (os.cpu_count() or 1) - 1)
+
+
+def _call(func: Callable[..., Any], events: queue.SimpleQueue, token: CancelToken, cpu_threads: int | None) -> tuple[str, Any]:
     """Runs in the worker thread; never raises, so napari never shows a raw traceback."""
+    previous = None
     try:
+        if cpu_threads is not None:
+            import torch
+
+            previous = torch.get_num_threads()
+            torch.set_num_threads(cpu_threads)
         return "done", func(progress=events.put, cancel=token)
     except Cancelled as e:
         return "cancelled", e
     except Exception as e:  # noqa: BLE001 - every failure becomes a notification, not a dead thread
         return "error", e
+    finally:
+        if previous is not None:
+            import torch
+
+            torch.set_num_threads(previous)
 
 
 class Job(QObject):
@@ -110,6 +132,8 @@ class Job(QObject):
         Called on the GUI thread with the :class:`Cancelled` exception when the user cancelled.
     on_finally
         Called on the GUI thread last, whatever happened (re-enable buttons here).
+    uses_torch
+        The call runs a model: its torch CPU threads are limited to :func:`worker_cpu_threads`.
 
     Attributes
     ----------
@@ -132,6 +156,7 @@ class Job(QObject):
         on_done: Callable[[Any], None] | None = None,
         on_cancelled: Callable[[Cancelled], None] | None = None,
         on_finally: Callable[[], None] | None = None,
+        uses_torch: bool = False,
         parent: QObject | None = None,
     ) -> None:
         super().__init__(parent)
@@ -141,6 +166,7 @@ class Job(QObject):
         self.on_done = on_done
         self.on_cancelled = on_cancelled
         self.on_finally = on_finally
+        self.cpu_threads = worker_cpu_threads() if uses_torch else None
         self.token = CancelToken()
         self.status = "running"
         self.error: BaseException | None = None
@@ -158,7 +184,7 @@ class Job(QObject):
 
         self.started_at = time.monotonic()
         self._bar = progress(total=0, desc=self.description)
-        self.worker = create_worker(_call, self.func, self._events, self.token, _start_thread=False)
+        self.worker = create_worker(_call, self.func, self._events, self.token, self.cpu_threads, _start_thread=False)
         self.worker.returned.connect(self._returned)
         self._timer.start()
         self.worker.start()
@@ -184,20 +210,23 @@ class Job(QObject):
         if not batch:
             return
         last = batch[-1]
-        if self._bar is not None:
-            if last.total and self._bar.total != last.total:
-                self._bar.total = last.total
-                self._bar.n = 0
-            if last.total:
-                self._bar.update(max(0, min(last.done, last.total) - self._bar.n))
-            text = f"{self.description}: {last.message}" if last.message else self.description
-            if text != self._bar.desc:
-                self._bar.set_description(text)
-        if self.on_events is not None:
-            try:
+        # updating napari's bar can process Qt events, so the job may finish (and close the bar)
+        # inside this method: work on a local reference
+        bar = self._bar
+        try:
+            if bar is not None:
+                if last.total and bar.total != last.total:
+                    bar.total = last.total
+                    bar.n = 0
+                if last.total:
+                    bar.update(max(0, min(last.done, last.total) - bar.n))
+                text = f"{self.description}: {last.message}" if last.message else self.description
+                if text != bar.desc:
+                    bar.set_description(text)
+            if self.on_events is not None:
                 self.on_events(batch)
-            except Exception as e:  # noqa: BLE001 - a drawing error must not kill the job
-                logger.warning("progress display failed: %s", e)
+        except Exception as e:  # noqa: BLE001 - a display error must not kill the job or Qt
+            logger.warning("progress display failed: %s", e)
 
     def _returned(self, outcome: tuple[str, Any]) -> None:
         self._timer.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -129,3 +130,157 @@ def check_same_shape(a: Any, b: Any, what_a: str, what_b: str) -> None:
             f"'{a.name}' ({what_a}) is {' x '.join(map(str, a.data.shape))} pixels but '{b.name}' ({what_b}) is "
             f"{' x '.join(map(str, b.data.shape))}: they must be the same size."
         )
+
+
+# --- which part of a layer a job works on ----------------------------------------------------
+
+SCOPES = ("all", "plane", "range")
+
+
+@dataclass
+class Selection:
+    """The part of a layer a job works on.
+
+    Attributes
+    ----------
+    data
+        That part of the layer's data (lazy where the layer is), channel axis included.
+    axes
+        Letters naming ``data``'s axes, e.g. ``"YX"``, ``"ZYX"``, ``"TZYX"``, ``"CZYX"``, ``"YXC"``.
+    index
+        The slices into the layer's non-channel axes that give ``data``.
+    scale, translate
+        For a new layer lying exactly over the selection (non-channel axes).
+    """
+
+    data: Any
+    axes: str
+    index: tuple[slice, ...]
+    scale: tuple[float, ...]
+    translate: tuple[float, ...]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape on the non-channel axes."""
+        return tuple(s.stop - s.start for s in self.index)
+
+    @property
+    def spatial_axes(self) -> str:
+        return self.axes.replace("C", "")
+
+
+def leading_names(n_leading: int) -> list[str]:
+    """Names of the axes in front of Y and X: planes (Z), then time (T) in front of those."""
+    if n_leading > 2:
+        raise UserError(f"Images with more than 4 dimensions are not supported here (this one has {n_leading + 2} besides channels).")
+    return ["T", "Z"][2 - n_leading :]
+
+
+def current_position(viewer: Any, layer: Any) -> tuple[int, ...]:
+    """The data index of ``layer`` the viewer shows now (one int per layer axis, clipped)."""
+    point = layer.world_to_data(viewer.dims.point)
+    shape = layer.data.shape if not getattr(layer, "rgb", False) else layer.data.shape[:-1]
+    return tuple(int(min(max(round(float(p)), 0), n - 1)) for p, n in zip(point, shape, strict=False))
+
+
+def select(
+    viewer: Any,
+    layer: Any,
+    *,
+    scope: str = "all",
+    channel_first: bool = False,
+    range_axis: int = 0,
+    start: int = 0,
+    stop: int | None = None,
+) -> Selection:
+    """Choose the part of ``layer`` to work on.
+
+    Parameters
+    ----------
+    scope
+        ``"all"``: the whole layer. ``"plane"``: the YX plane the viewer shows. ``"range"``:
+        ``start..stop`` (inclusive) along leading axis ``range_axis`` (0 is the first axis in
+        front of YX); leading axes in front of it stay at the viewer's position, those after it whole.
+    channel_first
+        The layer's first axis holds channels (an RGB layer's last axis always does).
+    """
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+    rgb = bool(getattr(layer, "rgb", False))
+    shape = tuple(int(s) for s in layer.data.shape)
+    if rgb:
+        shape = shape[:-1]
+    channel_axis = 0 if channel_first and not rgb else None
+    plain_shape = shape[1:] if channel_axis == 0 else shape
+    if len(plain_shape) < 2:
+        raise UserError(f"'{layer.name}' has {len(plain_shape)} dimension(s) besides channels; an image needs at least Y and X.")
+    n_leading = len(plain_shape) - 2
+    names = leading_names(n_leading)
+    position = current_position(viewer, layer)
+    if channel_axis == 0:
+        position = position[1:]
+    index = [slice(0, n) for n in plain_shape]
+    if scope == "plane":
+        for axis in range(n_leading):
+            index[axis] = slice(position[axis], position[axis] + 1)
+    elif scope == "range":
+        if n_leading == 0:
+            raise UserError(f"'{layer.name}' is a single 2D image: there is no range of planes to choose.")
+        if not 0 <= range_axis < n_leading:
+            raise ValueError(f"range_axis must be between 0 and {n_leading - 1}, got {range_axis}")
+        size = plain_shape[range_axis]
+        stop = size - 1 if stop is None else stop
+        if not 0 <= start <= stop < size:
+            raise UserError(f"Planes {start} to {stop} do not fit: '{layer.name}' has {size} along that axis (0 to {size - 1}).")
+        for axis in range(range_axis):
+            index[axis] = slice(position[axis], position[axis] + 1)
+        index[range_axis] = slice(start, stop + 1)
+    full = list(index)
+    if channel_axis == 0:
+        full.insert(0, slice(None))
+    data = layer.data[tuple(full)]
+    axes = "".join(names) + "YX"
+    if channel_axis == 0:
+        axes = "C" + axes
+    elif rgb:
+        axes = axes + "C"
+    scale = tuple(float(s) for s in layer.scale)
+    translate = tuple(float(t) for t in layer.translate)
+    if channel_axis == 0:
+        scale, translate = scale[1:], translate[1:]
+    translate = tuple(t + s * i.start for t, s, i in zip(translate, scale, index, strict=True))
+    return Selection(data, axes, tuple(index), scale, translate)
+
+
+def matching_index(image: Any, labels: Any, labels_index: tuple[slice, ...], *, channel_first: bool = False) -> tuple[slice, ...]:
+    """The slices of ``image`` (non-channel axes) lying under ``labels[labels_index]``.
+
+    The layers must share their pixel grid (same scale; the labels may be offset by whole pixels,
+    e.g. a prediction of a few planes of a stack).
+    """
+    image_scale = np.asarray(image.scale, dtype=float)
+    image_translate = np.asarray(image.translate, dtype=float)
+    if channel_first and not image.rgb:
+        image_scale, image_translate = image_scale[1:], image_translate[1:]
+    image_shape = tuple(image.data.shape[:-1] if image.rgb else image.data.shape[1:] if channel_first else image.data.shape)
+    if len(image_shape) != labels.ndim:
+        raise UserError(
+            f"'{labels.name}' has {labels.ndim} dimensions but the image '{image.name}' has {len(image_shape)}: "
+            "the masks must be drawn on the image (add the Labels layer while the image is open)."
+        )
+    labels_scale = np.asarray(labels.scale, dtype=float)
+    if not np.allclose(labels_scale, image_scale, rtol=1e-3):
+        raise UserError(f"'{labels.name}' (pixel size {tuple(labels_scale)}) and '{image.name}' ({tuple(image_scale)}) do not share their pixel size.")
+    offset = (np.asarray(labels.translate, dtype=float) - image_translate) / image_scale
+    if not np.allclose(offset, np.round(offset), atol=1e-3):
+        raise UserError(f"'{labels.name}' is not aligned with the pixels of '{image.name}'.")
+    out = []
+    for axis, (s, o, n) in enumerate(zip(labels_index, np.round(offset).astype(int), image_shape, strict=True)):
+        start, stop = s.start + o, s.stop + o
+        if start < 0 or stop > n:
+            raise UserError(
+                f"'{labels.name}' reaches beyond '{image.name}' on axis {axis} ({start}..{stop - 1} vs 0..{n - 1}): "
+                "the masks must lie on the image."
+            )
+        out.append(slice(int(start), int(stop)))
+    return tuple(out)

@@ -30,8 +30,8 @@ MODEL_SIZES = {
     "tiny (quick experiments)": (8, 2),
 }
 HEADS = {
-    "objects vs background": "binary",
     "objects, touching ones split (interior + border)": "three_class",
+    "objects vs background": "binary",
     "several classes (one label per class)": "semantic",
 }
 

@@ -1,0 +1,327 @@
+"""Predict tab: segment an image layer with the current model, in a worker thread."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from segtune._napari._jobs import Job, guarded, notify_info
+from segtune._napari._layers import LayerChoice, Selection, leading_names, select
+from segtune._napari._state import ModelState, UserError
+
+SCOPE_TEXT = {
+    "whole image / stack": "all",
+    "visible plane (quick look)": "plane",
+    "range of planes": "range",
+}
+OUTPUT_TEXT = {
+    "numbered objects": True,
+    "mask": False,
+}
+AXIS_WORDS = {"Z": "planes (Z)", "T": "time points (T)"}
+
+
+class PredictPanel(QWidget):
+    """Segment the chosen image layer; the result appears as a Labels layer.
+
+    Attributes tests drive: ``image_layer``, ``channel_axis`` (first axis holds channels),
+    ``channel``, ``scope``, ``range_axis``, ``plane_from``, ``plane_to``, ``threshold``,
+    ``output``, ``tile``, ``blend``, ``overlap``, ``probability_check``, ``run_button``,
+    ``cancel_button``, ``status``; ``job`` is the running or last job and ``last_layers`` the
+    layers the last prediction added. ``finished`` is emitted with the job status.
+    """
+
+    finished = Signal(str)
+
+    def __init__(self, viewer: Any, state: ModelState, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = viewer
+        self.state = state
+        self.job: Job | None = None
+        self.last_layers: list[Any] = []
+
+        layout = QVBoxLayout(self)
+        form = QFormLayout()
+        self.image_layer = LayerChoice(viewer, "image")
+        self.image_layer.setToolTip("The image to segment.")
+        self.channel_axis = QCheckBox("first axis holds channels")
+        self.channel_axis.setToolTip("Tick when the image's first axis is its colour channels (not planes or time).")
+        self.channel = QComboBox()
+        self.channel.setToolTip("Which channel the model looks at (e.g. the nuclear stain).")
+        self.scope = QComboBox()
+        self.scope.addItems(list(SCOPE_TEXT))
+        self.scope.setToolTip(
+            "Segment everything, only the plane you are looking at (fast, to check the model "
+            "on a big stack), or a range of planes / time points."
+        )
+        self.range_axis = QComboBox()
+        self.range_axis.setToolTip("Along which axis the range runs.")
+        self.plane_from = QSpinBox()
+        self.plane_to = QSpinBox()
+        for spin in (self.plane_from, self.plane_to):
+            spin.setRange(0, 0)
+            spin.setToolTip("First and last plane (numbers as on napari's slider).")
+        range_row = QHBoxLayout()
+        range_row.addWidget(self.range_axis, 1)
+        range_row.addWidget(self.plane_from)
+        range_row.addWidget(QLabel("to"))
+        range_row.addWidget(self.plane_to)
+        self.threshold = QDoubleSpinBox()
+        self.threshold.setRange(0.01, 0.99)
+        self.threshold.setSingleStep(0.05)
+        self.threshold.setValue(0.5)
+        self.threshold.setToolTip("How sure the model must be that a pixel is an object. Lower finds more (and fainter) objects.")
+        self.output = QComboBox()
+        self.output.addItems(list(OUTPUT_TEXT))
+        self.output.setToolTip("Numbered objects (instance labels: to count and measure them), or a mask saying which pixels belong to objects (or to which class).")
+        self.tile = QSpinBox()
+        self.tile.setRange(0, 4096)
+        self.tile.setSingleStep(64)
+        self.tile.setSpecialValueText("auto")
+        self.tile.setToolTip("The image is processed in tiles of this many pixels; auto picks the largest that fits in memory.")
+        self.blend = QComboBox()
+        self.blend.addItems(["exact", "gaussian"])
+        self.blend.setToolTip("exact: tiles fit together with no seams (same result as one big pass). gaussian: soft blending of overlapping tiles.")
+        self.overlap = QDoubleSpinBox()
+        self.overlap.setRange(0.0, 0.75)
+        self.overlap.setSingleStep(0.05)
+        self.overlap.setValue(0.25)
+        self.overlap.setToolTip("How much neighbouring tiles overlap (gaussian blending only; exact tiling needs none).")
+        self.overlap.setEnabled(False)
+        tile_row = QHBoxLayout()
+        tile_row.addWidget(self.tile)
+        tile_row.addWidget(self.blend)
+        tile_row.addWidget(QLabel("overlap"))
+        tile_row.addWidget(self.overlap)
+        self.probability_check = QCheckBox("also show probabilities")
+        self.probability_check.setToolTip("Adds an image layer with how sure the model is at each pixel (0 to 1).")
+        form.addRow("Image", self.image_layer)
+        form.addRow("", self.channel_axis)
+        form.addRow("Channel", self.channel)
+        form.addRow("Where", self.scope)
+        form.addRow("Range", range_row)
+        form.addRow("Threshold", self.threshold)
+        form.addRow("Output", self.output)
+        form.addRow("Tiles", tile_row)
+        form.addRow(self.probability_check)
+        layout.addLayout(form)
+
+        buttons = QHBoxLayout()
+        self.run_button = QPushButton("Predict")
+        self.run_button.setToolTip("Segment the image with the current model (runs in the background; napari stays usable).")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setToolTip("Stop the prediction.")
+        self.cancel_button.setEnabled(False)
+        buttons.addWidget(self.run_button, 1)
+        buttons.addWidget(self.cancel_button)
+        layout.addLayout(buttons)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+
+        self.image_layer.currentIndexChanged.connect(self._layer_changed)
+        self.channel_axis.toggled.connect(self._layer_changed)
+        self.scope.currentTextChanged.connect(self._scope_changed)
+        self.range_axis.currentIndexChanged.connect(self._range_axis_changed)
+        self.blend.currentTextChanged.connect(lambda text: self.overlap.setEnabled(text == "gaussian"))
+        self.run_button.clicked.connect(guarded(self.run))
+        self.cancel_button.clicked.connect(self.cancel)
+        state.changed.connect(self._layer_changed)
+        state.busy_changed.connect(self._busy_changed)
+        self._layer_changed()
+
+    # --- keeping the choices in step with the layer -------------------------------------------
+
+    def _plain_shape(self) -> tuple[int, ...]:
+        layer = self.image_layer.layer
+        if layer is None:
+            return ()
+        shape = tuple(layer.data.shape)
+        if layer.rgb:
+            return shape[:-1]
+        return shape[1:] if self.channel_axis.isChecked() else shape
+
+    def _layer_changed(self, *_: Any) -> None:
+        layer = self.image_layer.layer
+        rgb = bool(layer is not None and layer.rgb)
+        self.channel_axis.setEnabled(layer is not None and not rgb and layer.ndim >= 3)
+        if not self.channel_axis.isEnabled():
+            self.channel_axis.blockSignals(True)
+            self.channel_axis.setChecked(False)
+            self.channel_axis.blockSignals(False)
+        self.channel.clear()
+        n_channels = 0
+        if rgb:
+            n_channels = layer.data.shape[-1]
+            names = ["red", "green", "blue", "alpha"][:n_channels]
+        elif self.channel_axis.isChecked():
+            n_channels = layer.data.shape[0]
+            names = [f"channel {i}" for i in range(n_channels)]
+        if n_channels:
+            in_channels = self.state.in_channels if self.state.model is not None else 1
+            if in_channels == n_channels:
+                self.channel.addItem("all channels", None)
+            for i, name in enumerate(names):
+                self.channel.addItem(name, i)
+        else:
+            self.channel.addItem("(one channel)", None)
+        self.channel.setEnabled(n_channels > 0)
+        shape = self._plain_shape()
+        n_leading = max(0, len(shape) - 2)
+        self.range_axis.blockSignals(True)
+        self.range_axis.clear()
+        if n_leading <= 2:
+            for name, size in zip(leading_names(n_leading), shape, strict=False):
+                self.range_axis.addItem(f"{AXIS_WORDS[name]}, {size}", size)
+        self.range_axis.blockSignals(False)
+        self._range_axis_changed()
+        self._scope_changed()
+
+    def _range_axis_changed(self, *_: Any) -> None:
+        size = self.range_axis.currentData() or 1
+        for spin in (self.plane_from, self.plane_to):
+            spin.setRange(0, size - 1)
+        self.plane_to.setValue(size - 1)
+
+    def _scope_changed(self, *_: Any) -> None:
+        ranged = SCOPE_TEXT[self.scope.currentText()] == "range" and self.range_axis.count() > 0
+        for widget in (self.range_axis, self.plane_from, self.plane_to):
+            widget.setEnabled(ranged)
+
+    def _busy_changed(self, what: str) -> None:
+        running_here = self.job is not None and self.job.running
+        self.run_button.setEnabled(not what)
+        self.cancel_button.setEnabled(running_here)
+
+    # --- running ------------------------------------------------------------------------------
+
+    def selection(self, layer: Any = None, scope: str | None = None) -> Selection:
+        """The part of the image the next prediction covers."""
+        layer = layer if layer is not None else self.image_layer.require("prediction")
+        return select(
+            self.viewer,
+            layer,
+            scope=scope or SCOPE_TEXT[self.scope.currentText()],
+            channel_first=self.channel_axis.isChecked() and not layer.rgb,
+            range_axis=max(0, self.range_axis.currentIndex()),
+            start=self.plane_from.value(),
+            stop=self.plane_to.value(),
+        )
+
+    def run(self, layer: Any = None, scope: str | None = None) -> Job:
+        """Predict on the chosen image layer (or ``layer``); returns the started job."""
+        from segtune.core.predict import predict
+
+        state = self.state
+        state.require_model()
+        state.require_idle("predicting")
+        layer = layer if layer is not None else self.image_layer.require("prediction")
+        selection = self.selection(layer, scope)
+        spatial_dims = state.spatial_dims
+        if spatial_dims == 3 and "Z" not in selection.axes:
+            raise UserError("This is a 3D model: it needs a stack of planes. Choose the whole stack or a range of planes.")
+        if spatial_dims == 3 and selection.shape[selection.spatial_axes.index("Z")] < 2:
+            raise UserError("A 3D model needs at least 2 planes; choose a wider range or the whole stack.")
+        channel = self.channel.currentData() if self.channel.isEnabled() else None
+        if "C" not in selection.axes and state.in_channels != 1:
+            raise UserError(
+                f"The model looks at {state.in_channels} channels together but '{layer.name}' has one. "
+                "Tick 'first axis holds channels' if it has several, or choose a one-channel model."
+            )
+        instances = OUTPUT_TEXT[self.output.currentText()]
+        tile = self.tile.value() or None
+        options = dict(
+            config=state.config,
+            axes=selection.axes,
+            channel=channel,
+            threshold=self.threshold.value(),
+            instances=instances,
+            tile_shape=tile,
+            blend=self.blend.currentText(),
+            overlap=self.overlap.value() if self.blend.currentText() == "gaussian" else None,
+            device=state.device_choice,
+        )
+        model, data = state.model, selection.data
+        want_probability = self.probability_check.isChecked()
+        model_name = state.name + (" fine-tuned" if state.source.startswith("fine-tuned") else "")
+        where = {"all": "", "plane": " plane", "range": " planes"}[scope or SCOPE_TEXT[self.scope.currentText()]]
+        name = f"{layer.name} [{model_name}{where}]"
+
+        def work(progress: Any = None, cancel: Any = None) -> tuple[np.ndarray, np.ndarray | None]:
+            result = predict(model, data, progress=progress, cancel=cancel, **options)
+            labels = np.asarray(result.labels).reshape(selection.shape)
+            probability = None
+            if want_probability:
+                p = np.asarray(result.probabilities)
+                p = p[:, 0] if p.shape[1] == 1 else 1.0 - p[:, 0]  # foreground: not background
+                probability = p.reshape(selection.shape).astype(np.float32)
+            return labels, probability
+
+        def done(outcome: tuple[np.ndarray, np.ndarray | None]) -> None:
+            labels, probability = outcome
+            added = []
+            if probability is not None:
+                added.append(
+                    self.viewer.add_image(
+                        probability, name=f"{name} probability", scale=selection.scale, translate=selection.translate,
+                        colormap="magma", contrast_limits=(0.0, 1.0), blending="additive", visible=True,
+                    )
+                )
+            labels_layer = self.viewer.add_labels(labels, name=name, scale=selection.scale, translate=selection.translate)
+            added.append(labels_layer)
+            self.viewer.layers.selection.active = labels_layer  # ready to correct with the brush
+            self.last_layers = added
+            count = int(labels.max()) if instances else int(np.count_nonzero(labels))
+            what = f"{count} objects" if instances else f"{count} foreground pixels"
+            self.status.setText(f"Done: {what} in '{labels_layer.name}'. Correct them with napari's brush and eraser.")
+
+        def cancelled(_: Any) -> None:
+            self.status.setText("Cancelled: nothing was added.")
+            notify_info("Prediction cancelled; nothing was added.")
+
+        self.status.setText("Starting…")
+        state.set_busy("predicting")
+        self.cancel_button.setEnabled(True)
+        self.job = Job(
+            work,
+            description=f"Predicting {layer.name}",
+            on_events=self._show_events,
+            on_done=done,
+            on_cancelled=cancelled,
+            on_finally=self._finish,
+            uses_torch=True,
+            parent=self,
+        )
+        self.job.finished.connect(self.finished)
+        return self.job.start()
+
+    def _show_events(self, events: list[Any]) -> None:
+        last = events[-1]
+        if last.total:
+            self.status.setText(f"{last.stage}: {last.done}/{last.total} {last.message}".strip())
+
+    def cancel(self) -> None:
+        if self.job is not None and self.job.running:
+            self.job.cancel()
+            self.status.setText("Cancelling…")
+
+    def _finish(self) -> None:
+        self.cancel_button.setEnabled(False)
+        if self.job is not None and self.job.status == "error":
+            self.status.setText("Failed: see the message (bell icon, bottom right).")
+        self.state.set_busy("")

@@ -1,0 +1,109 @@
+"""The Predict tab in a real viewer: layers of the right shape, scale and content; plane-only; cancel; errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from segtune._resources import sample_file
+from segtune.core.io import open_image
+from segtune.core.predict import predict
+from tests.napari.conftest import wait_for
+
+pytestmark = pytest.mark.gui
+
+SCALE_2D = (0.325, 0.325)
+
+
+def new_tiny_model(widget, dims: str = "2D") -> None:
+    panel = widget.model_panel
+    panel.new_dims.setCurrentText(dims)
+    panel.new_size.setCurrentText("tiny (quick experiments)")
+    panel.new_button.click()
+    assert widget.state.model is not None
+
+
+def test_predict_adds_labels_of_the_image_shape_and_scale(widget, qtbot, sample_2d, errors) -> None:
+    viewer = widget.viewer
+    image = viewer.add_image(sample_2d["image"], name="nuclei", scale=SCALE_2D)
+    new_tiny_model(widget)
+    panel = widget.predict_panel
+    panel.image_layer.set_layer(image)
+    panel.probability_check.setChecked(True)
+    panel.threshold.setValue(0.4)
+    panel.run_button.click()
+    assert wait_for(qtbot, panel.job) == "done"
+
+    probability, labels = panel.last_layers
+    assert labels._type_string == "labels" and labels is viewer.layers[-1]
+    assert labels.data.shape == image.data.shape
+    np.testing.assert_allclose(labels.scale, SCALE_2D)
+    assert "nuclei" in labels.name and widget.state.name in labels.name
+    assert viewer.layers.selection.active is labels  # ready to correct
+    # exactly what the core gives for the same model and settings
+    expected = predict(widget.state.model, sample_2d["image"], config=widget.state.config, axes="YX",
+                       threshold=0.4, instances=True, device="cpu")
+    np.testing.assert_array_equal(labels.data, expected.labels[0, 0])
+    assert probability.data.shape == image.data.shape
+    assert 0.0 <= probability.data.min() and probability.data.max() <= 1.0
+    assert errors() == []
+
+
+def test_predict_visible_plane_of_a_stack_is_placed_on_that_plane(widget, qtbot, errors) -> None:
+    viewer = widget.viewer
+    stack = np.asarray(open_image(sample_file("nuclei_3d.tif")).data[0, 0, :5, :64, :64])
+    scale = (0.65, 0.325, 0.325)
+    image = viewer.add_image(stack, name="stack", scale=scale)
+    new_tiny_model(widget)
+    viewer.dims.set_current_step(0, 3)
+    panel = widget.predict_panel
+    panel.image_layer.set_layer(image)
+    panel.scope.setCurrentText("visible plane (quick look)")
+    panel.output.setCurrentText("mask")
+    panel.run_button.click()
+    assert wait_for(qtbot, panel.job) == "done"
+    (labels,) = panel.last_layers
+    assert labels.data.shape == (1, 64, 64)
+    np.testing.assert_allclose(labels.scale, scale)
+    np.testing.assert_allclose(labels.translate, (3 * 0.65, 0, 0))
+    expected = predict(widget.state.model, stack[3], config=widget.state.config, axes="YX", device="cpu")
+    np.testing.assert_array_equal(labels.data[0], expected.labels[0, 0])
+
+    # the whole stack, plane by plane with the 2D model
+    panel.scope.setCurrentText("whole image / stack")
+    panel.run_button.click()
+    assert wait_for(qtbot, panel.job) == "done"
+    (labels,) = panel.last_layers
+    assert labels.data.shape == stack.shape
+    np.testing.assert_array_equal(labels.data[3], expected.labels[0, 0])
+    assert errors() == []
+
+
+def test_predict_can_be_cancelled_and_adds_nothing(widget, qtbot, errors) -> None:
+    viewer = widget.viewer
+    image = viewer.add_image(np.random.default_rng(0).random((6, 256, 256), dtype=np.float32), name="big")
+    new_tiny_model(widget)
+    panel = widget.predict_panel
+    panel.image_layer.set_layer(image)
+    panel.tile.setValue(64)  # many tiles: time to press Cancel
+    panel.run_button.click()
+    assert widget.busy and panel.cancel_button.isEnabled()
+    panel.cancel_button.click()
+    assert wait_for(qtbot, panel.job) == "cancelled"
+    assert [layer.name for layer in viewer.layers] == ["big"]
+    assert not widget.busy and not panel.cancel_button.isEnabled() and panel.run_button.isEnabled()
+    assert errors() == []
+
+
+def test_predict_errors_are_plain_notifications(widget, qtbot, sample_2d, errors) -> None:
+    viewer = widget.viewer
+    panel = widget.predict_panel
+    panel.run_button.click()
+    assert "Choose a model first" in errors()[-1]
+
+    new_tiny_model(widget, dims="3D")
+    image = viewer.add_image(sample_2d["image"], name="flat")
+    panel.image_layer.set_layer(image)
+    panel.run_button.click()
+    assert "3D model" in errors()[-1] and "stack" in errors()[-1]
+    assert panel.job is None and not widget.busy
