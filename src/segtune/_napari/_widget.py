@@ -10,16 +10,24 @@ from __future__ import annotations
 
 from typing import Any
 
-from qtpy.QtWidgets import QScrollArea, QTabWidget, QVBoxLayout, QWidget
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QComboBox, QScrollArea, QTabWidget, QVBoxLayout, QWidget
 
 from segtune._napari._evaluate_panel import EvaluatePanel
+from segtune._napari._finetune_panel import FinetunePanel
 from segtune._napari._model_panel import ModelPanel
+from segtune._napari._predict_panel import PredictPanel
 from segtune._napari._state import ModelState
 
 
 def _scrolling(panel: QWidget) -> QScrollArea:
+    # long choices shrink (their full text is in the drop-down) so the dock never scrolls sideways
+    for combo in panel.findChildren(QComboBox):
+        combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+        combo.setMinimumContentsLength(8)
     area = QScrollArea()
     area.setWidgetResizable(True)
+    area.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
     area.setWidget(panel)
     return area
 
@@ -48,10 +56,15 @@ class SegtuneWidget(QWidget):
         self.setObjectName("segtune")
 
         self.model_panel = ModelPanel(napari_viewer, self.state)
+        self.predict_panel = PredictPanel(napari_viewer, self.state)
+        self.finetune_panel = FinetunePanel(napari_viewer, self.state)
+        self.finetune_panel.repredict = lambda layer: self.predict_panel.run(layer=layer)
         self.evaluate_panel = EvaluatePanel(napari_viewer, self.state, self.model_panel.save)
 
         self.tabs = QTabWidget()
         self.tabs.addTab(_scrolling(self.model_panel), "Model")
+        self.tabs.addTab(_scrolling(self.predict_panel), "Predict")
+        self.tabs.addTab(_scrolling(self.finetune_panel), "Fine-tune")
         self.tabs.addTab(_scrolling(self.evaluate_panel), "Evaluate && Export")
         for index, tip in enumerate(self._tab_tips()):
             self.tabs.setTabToolTip(index, tip)

@@ -1,0 +1,428 @@
+"""Fine-tune tab: teach the current model from corrected masks, with a live curve and Cancel."""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any
+
+import numpy as np
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+from superqt import QCollapsible
+
+from segtune._napari._curve import TrainingCurve
+from segtune._napari._jobs import Job, format_seconds, guarded, notify_info, run_guarded
+from segtune._napari._layers import LayerChoice, leading_names, matching_index, select
+from segtune._napari._state import ModelState, UserError
+
+REGION_TEXT = {
+    "everywhere": "all",
+    "this plane only": "plane",
+    "a range of planes": "range",
+}
+LOSSES = ("bce+dice", "bce", "dice", "focal+dice", "iou")
+
+
+def shapes_mask(shapes: Any, labels: Any, yx_shape: tuple[int, int], yx_offset: tuple[int, int]) -> np.ndarray:
+    """Pixels of a YX window of ``labels`` (origin ``yx_offset``) inside any rectangle/polygon/ellipse of ``shapes``."""
+    from skimage.draw import ellipse, polygon2mask
+
+    mask = np.zeros(yx_shape, dtype=bool)
+    used = 0
+    for vertices, kind in zip(shapes.data, shapes.shape_type, strict=True):
+        if kind not in ("rectangle", "polygon", "ellipse"):
+            continue
+        world = np.array([shapes.data_to_world(v) for v in vertices])
+        data = np.array([labels.world_to_data(w) for w in world])[:, -2:] - np.asarray(yx_offset)
+        if kind == "ellipse":
+            (y0, x0), (y1, x1) = data.min(axis=0), data.max(axis=0)
+            rr, cc = ellipse((y0 + y1) / 2 - 0.5, (x0 + x1) / 2 - 0.5, (y1 - y0) / 2, (x1 - x0) / 2, shape=yx_shape)
+            mask[rr, cc] = True
+        else:
+            # napari puts pixel centres at integer coordinates, as polygon2mask does
+            mask |= polygon2mask(yx_shape, data)
+        used += 1
+    if not used:
+        raise UserError(f"'{shapes.name}' has no rectangle, polygon or ellipse: draw one around the corrected area.")
+    if not mask.any():
+        raise UserError(f"The shapes in '{shapes.name}' do not cover any of '{labels.name}'.")
+    return mask
+
+
+class FinetunePanel(QWidget):
+    """Fine-tune the current model on an image and its corrected Labels layer.
+
+    Attributes tests drive: ``image_layer``, ``labels_layer``, ``shapes_layer``, ``region``,
+    ``range_axis``, ``plane_from``, ``plane_to``, ``channel``, ``epochs``, ``learning_rate``,
+    ``loss``, ``freeze_encoder``, ``val_fraction``, ``patch``, ``batch_size``,
+    ``steps_per_epoch``, ``repredict_check``, ``run_button``, ``cancel_button``, ``curve``,
+    ``epoch_label``, ``status``; ``job`` (running or last), ``result`` (the core's
+    ``TrainResult`` of the last run). ``repredict(layer)`` is called after training when
+    ``repredict_check`` is ticked (the widget connects it to the Predict tab).
+    """
+
+    finished = Signal(str)
+
+    def __init__(self, viewer: Any, state: ModelState, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = viewer
+        self.state = state
+        self.job: Job | None = None
+        self.result: Any = None
+        self.repredict: Any = None
+        self._timing: dict[str, float] = {}
+
+        layout = QVBoxLayout(self)
+        form = QFormLayout()
+        self.image_layer = LayerChoice(viewer, "image")
+        self.image_layer.setToolTip("The image the masks were drawn on.")
+        self.labels_layer = LayerChoice(viewer, "labels")
+        self.labels_layer.setToolTip("Your corrected masks: the model learns to draw these.")
+        self.channel = QComboBox()
+        self.channel.setToolTip("For colour (RGB) images: the channel the model looks at.")
+        self.region = QComboBox()
+        self.region.addItems(list(REGION_TEXT))
+        self.region.setToolTip(
+            "Where your masks are correct. Pixels elsewhere are not used, so uncorrected planes "
+            "do not teach the model wrong things."
+        )
+        self.range_axis = QComboBox()
+        self.plane_from = QSpinBox()
+        self.plane_to = QSpinBox()
+        for spin in (self.plane_from, self.plane_to):
+            spin.setToolTip("First and last corrected plane (numbers as on napari's slider).")
+        range_row = QHBoxLayout()
+        range_row.addWidget(self.range_axis, 1)
+        range_row.addWidget(self.plane_from)
+        range_row.addWidget(QLabel("to"))
+        range_row.addWidget(self.plane_to)
+        self.shapes_layer = LayerChoice(viewer, "shapes", allow_none=True, none_text="(anywhere)")
+        self.shapes_layer.setToolTip("Optional: a Shapes layer with rectangles around the areas you corrected; only those are used.")
+        form.addRow("Image", self.image_layer)
+        form.addRow("Corrected masks", self.labels_layer)
+        form.addRow("Channel", self.channel)
+        form.addRow("Trusted where", self.region)
+        form.addRow("Planes", range_row)
+        form.addRow("Only inside", self.shapes_layer)
+
+        self.epochs = QSpinBox()
+        self.epochs.setRange(1, 10000)
+        self.epochs.setValue(20)
+        self.epochs.setToolTip("How many rounds of learning. More rounds learn more but take longer; Cancel keeps the best so far.")
+        self.learning_rate = QDoubleSpinBox()
+        self.learning_rate.setDecimals(5)
+        self.learning_rate.setRange(0.00001, 0.1)
+        self.learning_rate.setSingleStep(0.0001)
+        self.learning_rate.setValue(0.001)
+        self.learning_rate.setToolTip("How big each learning step is. Smaller changes a trained model more gently.")
+        self.loss = QComboBox()
+        self.loss.addItems(list(LOSSES))
+        self.loss.setToolTip("How mistakes are counted. bce+dice suits most images; dice helps when objects are small and few.")
+        self.freeze_encoder = QCheckBox("freeze encoder")
+        self.freeze_encoder.setToolTip("Keep what the model already sees in images and let only the part that draws the masks learn: safer with very few corrected objects.")
+        self.val_fraction = QDoubleSpinBox()
+        self.val_fraction.setRange(0.0, 0.5)
+        self.val_fraction.setSingleStep(0.05)
+        self.val_fraction.setValue(0.2)
+        self.val_fraction.setToolTip(
+            "Part of your masks held back to check the model honestly and keep its best version (0: none; then Cancel keeps the starting model)."
+        )
+        self.repredict_check = QCheckBox("predict again when done")
+        self.repredict_check.setChecked(True)
+        self.repredict_check.setToolTip("See straight away what the fine-tuned model does on the image.")
+        form.addRow("Epochs", self.epochs)
+        form.addRow("Learning rate", self.learning_rate)
+        form.addRow("Loss", self.loss)
+        form.addRow(self.freeze_encoder)
+        form.addRow("Held out", self.val_fraction)
+        layout.addLayout(form)
+
+        more = QCollapsible("More settings")
+        more_widget = QWidget()
+        more_form = QFormLayout(more_widget)
+        self.patch = QSpinBox()
+        self.patch.setRange(16, 1024)
+        self.patch.setSingleStep(16)
+        self.patch.setValue(256)
+        self.patch.setToolTip("Size of the image pieces the model learns from (pixels).")
+        self.batch_size = QSpinBox()
+        self.batch_size.setRange(1, 64)
+        self.batch_size.setValue(4)
+        self.batch_size.setToolTip("Pieces per learning step; lower it if memory runs out.")
+        self.steps_per_epoch = QSpinBox()
+        self.steps_per_epoch.setRange(0, 100000)
+        self.steps_per_epoch.setSpecialValueText("auto")
+        self.steps_per_epoch.setToolTip("Learning steps per epoch; auto covers the masks about once.")
+        more_form.addRow("Patch size", self.patch)
+        more_form.addRow("Batch size", self.batch_size)
+        more_form.addRow("Steps per epoch", self.steps_per_epoch)
+        more.addWidget(more_widget)
+        layout.addWidget(more)
+        layout.addWidget(self.repredict_check)
+
+        buttons = QHBoxLayout()
+        self.run_button = QPushButton("Fine-tune")
+        self.run_button.setToolTip("Teach the current model from your masks (runs in the background; napari stays usable).")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setToolTip("Stop now and keep the best model found so far.")
+        self.cancel_button.setEnabled(False)
+        buttons.addWidget(self.run_button, 1)
+        buttons.addWidget(self.cancel_button)
+        layout.addLayout(buttons)
+        self.epoch_label = QLabel("")
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        self.curve = TrainingCurve()
+        layout.addWidget(self.epoch_label)
+        layout.addWidget(self.curve)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+
+        self.image_layer.currentIndexChanged.connect(self._image_changed)
+        self.labels_layer.currentIndexChanged.connect(self._labels_changed)
+        self.region.currentTextChanged.connect(self._region_changed)
+        self.range_axis.currentIndexChanged.connect(self._range_axis_changed)
+        self.run_button.clicked.connect(guarded(self.run))
+        self.cancel_button.clicked.connect(self.cancel)
+        state.changed.connect(self._model_changed)
+        state.busy_changed.connect(lambda what: self.run_button.setEnabled(not what))
+        self._image_changed()
+        self._labels_changed()
+        self._model_changed()
+
+    # --- keeping the choices in step ----------------------------------------------------------
+
+    def _image_changed(self, *_: Any) -> None:
+        layer = self.image_layer.layer
+        self.channel.clear()
+        if layer is not None and layer.rgb:
+            in_channels = self.state.in_channels if self.state.model is not None else 1
+            if in_channels == layer.data.shape[-1]:
+                self.channel.addItem("all channels", None)
+            for i, name in enumerate(["red", "green", "blue", "alpha"][: layer.data.shape[-1]]):
+                self.channel.addItem(name, i)
+            self.channel.setEnabled(True)
+        else:
+            self.channel.addItem("(one channel)", None)
+            self.channel.setEnabled(False)
+
+    def _labels_changed(self, *_: Any) -> None:
+        layer = self.labels_layer.layer
+        shape = tuple(layer.data.shape) if layer is not None else ()
+        n_leading = max(0, len(shape) - 2)
+        self.range_axis.blockSignals(True)
+        self.range_axis.clear()
+        if n_leading <= 2:
+            for name, size in zip(leading_names(n_leading), shape, strict=False):
+                self.range_axis.addItem({"Z": "planes (Z)", "T": "time points (T)"}[name], size)
+        self.range_axis.blockSignals(False)
+        self._range_axis_changed()
+        self._region_changed()
+
+    def _range_axis_changed(self, *_: Any) -> None:
+        size = self.range_axis.currentData() or 1
+        for spin in (self.plane_from, self.plane_to):
+            spin.setRange(0, size - 1)
+        self.plane_to.setValue(size - 1)
+
+    def _region_changed(self, *_: Any) -> None:
+        ranged = REGION_TEXT[self.region.currentText()] == "range" and self.range_axis.count() > 0
+        for widget in (self.range_axis, self.plane_from, self.plane_to):
+            widget.setEnabled(ranged)
+
+    def _model_changed(self) -> None:
+        state = self.state
+        if state.model is None:
+            return
+        # a trained model is changed gently; a new one needs bigger steps
+        self.learning_rate.setValue(0.001 if state.source.startswith("new") else 0.0002)
+        tile = state.config.get("tile_shape")
+        if isinstance(tile, list) and tile:
+            self.patch.setValue(int(max(16, min(1024, tile[-1]))))
+        self._image_changed()
+
+    # --- running ------------------------------------------------------------------------------
+
+    def training_data(self) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray] | None, Any, Any]:
+        """(images, labels, masks, image layer, labels layer) as the trainer gets them (lazy parts stay lazy)."""
+        image = self.image_layer.require("fine-tuning")
+        labels = self.labels_layer.require("the corrected masks")
+        selection = select(
+            self.viewer,
+            labels,
+            scope=REGION_TEXT[self.region.currentText()],
+            range_axis=max(0, self.range_axis.currentIndex()),
+            start=self.plane_from.value(),
+            stop=self.plane_to.value(),
+        )
+        image_index = matching_index(image, labels, selection.index)
+        label_data = selection.data
+        image_data = image.data[image_index + ((slice(None),) if image.rgb else ())]
+        if image.rgb:
+            channel = self.channel.currentData()
+            if channel is not None:
+                image_data = image_data[..., channel]
+            elif self.state.in_channels != image.data.shape[-1]:
+                raise UserError(f"The model looks at {self.state.in_channels} channel(s); choose one channel of the colour image.")
+        elif self.state.in_channels != 1:
+            raise UserError(f"The model looks at {self.state.in_channels} channels together; '{image.name}' has one.")
+
+        mask = None
+        shapes = self.shapes_layer.layer
+        if shapes is not None:
+            yx = tuple(s.start for s in selection.index[-2:])
+            mask = shapes_mask(shapes, labels, selection.shape[-2:], yx)
+            rows, cols = np.nonzero(mask)
+            box = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
+            mask = mask[box]
+            label_data = label_data[(..., *box)]
+            image_data = image_data[(..., *box, slice(None))] if image.rgb and self.channel.currentData() is None else image_data[(..., *box)]
+
+        # one training image per time point; planes of a stack stay together
+        axes = selection.axes
+        if axes.startswith("T"):
+            label_list = [label_data[t] for t in range(label_data.shape[0])]
+            image_list = [image_data[t] for t in range(image_data.shape[0])]
+        else:
+            label_list, image_list = [label_data], [image_data]
+        masks = None
+        if mask is not None:
+            masks = [np.broadcast_to(mask, tuple(lab.shape)) for lab in label_list]
+        if self.state.spatial_dims == 3:
+            for lab in label_list:
+                if lab.ndim < 3 or lab.shape[0] < 2:
+                    raise UserError("This is a 3D model: it learns from stacks of at least 2 planes. Choose more planes.")
+        return image_list, label_list, masks, image, labels
+
+    def run(self) -> Job:
+        """Fine-tune the current model on the chosen layers; returns the started job."""
+        from segtune.core.train.trainer import TrainConfig, train
+
+        state = self.state
+        state.require_model()
+        state.require_idle("fine-tuning")
+        images, labels, masks, image_layer, labels_layer = self.training_data()
+        head = state.config.get("head", "binary")
+        normalization = state.config.get("normalization") or {}
+        settings = TrainConfig(
+            spatial_dims=state.spatial_dims,
+            head=head,
+            n_classes=int(state.config["architecture"]["out_channels"]) if head == "semantic" else None,
+            patch=self.patch.value(),
+            batch_size=self.batch_size.value(),
+            epochs=self.epochs.value(),
+            steps_per_epoch=self.steps_per_epoch.value() or None,
+            loss=self.loss.currentText(),
+            learning_rate=self.learning_rate.value(),
+            val_fraction=self.val_fraction.value(),
+            patience=None,
+            freeze_encoder=self.freeze_encoder.isChecked(),
+            normalization=(float(normalization.get("low", 1.0)), float(normalization.get("high", 99.8))),
+            clip=bool(normalization.get("clip", False)),
+            device=state.device_choice,
+        )
+        settings.validate()
+        start_model = copy.deepcopy(state.model)  # the current model stays as it is until training succeeds
+        start_config = dict(state.config)
+        start_source = state.source
+        names = [image_layer.name] if len(images) == 1 else [f"{image_layer.name} t={t}" for t in range(len(images))]
+        provenance = {"source": "napari widget", "image_layer": image_layer.name, "labels_layer": labels_layer.name}
+
+        def work(progress: Any = None, cancel: Any = None) -> Any:
+            arrays = [np.asarray(a) for a in images]
+            label_arrays = [np.asarray(a) for a in labels]
+            return train(
+                arrays, label_arrays, settings, masks=masks, names=names, model=start_model,
+                provenance=provenance, progress=progress, cancel=cancel,
+            )
+
+        def done(result: Any) -> None:
+            self.result = result
+            best = result.best_metrics
+            score = best.get("val_matched_f1", best.get("val_f1"))
+            if result.stop_reason == "cancelled" and result.best_epoch is None:
+                self.status.setText("Cancelled before the first check: the model is unchanged.")
+                notify_info("Fine-tuning cancelled before the first epoch ended; the model is unchanged.")
+                return
+            config = dict(result.config)
+            config["name"] = start_config.get("name", state.name)
+            if start_config.get("description"):
+                config["description"] = start_config["description"]
+            config["lineage"] = [*start_config.get("lineage", []), {"from": start_source, "metrics": start_config.get("metrics", {})}]
+            state.set_model(result.model.cpu().eval(), config, source=f"fine-tuned ({start_source})", folder=state.folder, unsaved=True)
+            words = {
+                "cancelled": "Cancelled: kept the best model so far",
+                "completed": "Done",
+                "early_stopping": "Stopped early (no more improvement)",
+                "time_budget": "Time is up",
+            }[result.stop_reason]
+            detail = f" (epoch {result.best_epoch}, held-out F1 {score:.3f})" if score is not None and result.best_epoch else ""
+            self.status.setText(f"{words}{detail}. Save it in the Model tab to keep it.")
+            self._repredict_layer = image_layer if self.repredict_check.isChecked() else None
+
+        self._repredict_layer = None
+        self.result = None
+        self.curve.clear(epochs=settings.epochs)
+        self.epoch_label.setText("Preparing the masks…")
+        self.status.setText("")
+        self._timing = {"start": time.monotonic(), "epochs": float(settings.epochs)}
+        state.set_busy("fine-tuning")
+        self.cancel_button.setEnabled(True)
+        self.job = Job(
+            work,
+            description="Fine-tuning",
+            on_events=self._show_events,
+            on_done=done,
+            on_finally=self._finish,
+            uses_torch=True,
+            parent=self,
+        )
+        self.job.finished.connect(self.finished)
+        return self.job.start()
+
+    def _show_events(self, events: list[Any]) -> None:
+        epochs = self._timing.get("epochs", 1.0)
+        for event in events:
+            if event.stage == "train" and event.total:
+                self.curve.add_step(epochs * event.done / event.total, event.metrics.get("loss", float("nan")))
+            elif event.stage == "validate":
+                self.curve.add_epoch(int(event.metrics.get("epoch", event.done)), event.metrics)
+        self.curve.redraw()
+        last_train = next((e for e in reversed(events) if e.stage == "train" and e.total), None)
+        if last_train is not None and last_train.done:
+            elapsed = time.monotonic() - self._timing["start"]
+            left = elapsed / last_train.done * (last_train.total - last_train.done)
+            epoch = last_train.metrics.get("epoch", "?")
+            loss = last_train.metrics.get("loss")
+            loss_text = f", loss {loss:.3f}" if isinstance(loss, float) else ""
+            self.epoch_label.setText(f"Epoch {epoch}/{int(epochs)}{loss_text} — about {format_seconds(left)} left")
+
+    def cancel(self) -> None:
+        if self.job is not None and self.job.running:
+            self.job.cancel()
+            self.epoch_label.setText("Cancelling: finishing the current step…")
+
+    def _finish(self) -> None:
+        self.cancel_button.setEnabled(False)
+        self.curve.redraw(force=True)
+        if self.job is not None and self.job.status == "error":
+            self.epoch_label.setText("Fine-tuning failed: see the message (bell icon, bottom right).")
+        elif self.result is not None:
+            self.epoch_label.setText(f"{len(self.result.history)} epoch(s) run.")
+        self.state.set_busy("")
+        layer = getattr(self, "_repredict_layer", None)
+        self._repredict_layer = None
+        if layer is not None and self.repredict is not None and layer in self.viewer.layers:
+            run_guarded(self.repredict, layer)
