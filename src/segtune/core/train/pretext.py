@@ -294,7 +294,7 @@ def transfer_encoder(
     if freeze:
         for parameter in dst_model.encoder.parameters():
             parameter.requires_grad_(False)
-    logger.info("transferred %d encoder tensors (%d skipped), freeze=%s", len(copied), len(problems), freeze)
+    logger.debug("transferred %d encoder tensors (%d skipped), freeze=%s", len(copied), len(problems), freeze)
     return copied
 
 
@@ -303,7 +303,9 @@ def denoise(
     model: nn.Module,
     image: np.ndarray,
     *,
-    normalization: Sequence[float] = (1.0, 99.8),
+    config: dict | None = None,
+    normalization: Sequence[float] | None = None,
+    residual: bool | None = None,
     device: str | torch.device = "cpu",
     batch_size: int = 4,
 ) -> np.ndarray:
@@ -317,8 +319,13 @@ def denoise(
     image
         ``(Y, X)``, ``(C, Y, X)`` or ``(..., C, Y, X)`` with ``C`` the model's input channels
         (a single-channel model also takes ``(Z, Y, X)`` stacks plane by plane).
+    config
+        The model's config: its ``normalization`` percentiles and whether it is residual
+        (``pretext.residual``, as ``segtune pretrain --method n2n`` makes them).
     normalization
-        The percentiles the model was trained with (its config's ``normalization``).
+        Percentiles to normalise with, overriding the config's (default 1, 99.8).
+    residual
+        The denoised image is the input plus the network's output; overrides the config's.
     device
         Where to compute.
     batch_size
@@ -332,6 +339,12 @@ def denoise(
     from segtune.core.device import select_device
     from segtune.core.normalize import percentiles
 
+    config = config or {}
+    if normalization is None:
+        norm = config.get("normalization") or {}
+        normalization = (float(norm.get("low", 1.0)), float(norm.get("high", 99.8)))
+    if residual is None:
+        residual = bool((config.get("pretext") or {}).get("residual", False))
     device = select_device(device)
     in_channels = int(getattr(model, "in_channels", 1))
     image = np.asarray(image)
@@ -358,7 +371,10 @@ def denoise(
     out = np.empty_like(normalized)
     for start in range(0, len(normalized), batch_size):
         batch = torch.from_numpy(normalized[start : start + batch_size]).to(device)
-        out[start : start + batch_size] = model(batch).float().cpu().numpy()
+        result = model(batch).float()
+        if residual:
+            result = result + batch
+        out[start : start + batch_size] = result.cpu().numpy()
     model.train(was_training)
     return (out * (hi - lo) + lo).reshape(shape).astype(np.float32)
 
