@@ -36,8 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--patch", type=int, default=128, metavar="N", help="square patch size (128)")
     parser.add_argument("--batch-size", type=int, default=8, metavar="N", help="patches per step (8)")
     parser.add_argument("--lr", type=float, default=1e-3, metavar="LR", help="AdamW learning rate (1e-3)")
-    parser.add_argument("--head", default="three_class", choices=("binary", "three_class", "semantic"),
-                        help="segmentation head of the saved model (three_class)")
+    parser.add_argument("--head", default=None, choices=("binary", "three_class", "semantic"),
+                        help="segmentation head of the saved model (default: the --from model's, else three_class)")
     parser.add_argument("--classes", type=int, default=None, metavar="N", help="number of classes of a semantic head")
     parser.add_argument("--depth", type=int, default=4, metavar="N", help="U-Net depth (4)")
     parser.add_argument("--base-channels", type=int, default=32, metavar="N", help="U-Net width of the first level (32)")

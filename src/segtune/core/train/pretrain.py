@@ -69,7 +69,8 @@ class PretrainConfig:
         Percentiles mapped to 0 and 1 (``(5, 98)`` with ``clip=True`` is the contrast stretch);
         recorded as the model's normalisation, so fine-tuning and prediction use the same.
     head, n_classes
-        The segmentation head of the saved model (not used by ``n2n``).
+        The segmentation head of the saved model (not used by ``n2n``); None: the head of
+        ``from_model``, else ``"three_class"`` (as for a new model in ``segtune train``).
     depth, base_channels, norm, upsample
         The U-Net (ignored when starting ``from_model``, whose architecture is kept).
     corruptions, corruption_mode, drop_fraction, blur_sigma, noise_std, restore_loss, l1_weight
@@ -99,7 +100,7 @@ class PretrainConfig:
     weight_decay: float = 1e-4
     normalization: tuple[float, float] = (1.0, 99.8)
     clip: bool = False
-    head: str = "three_class"
+    head: str | None = None
     n_classes: int | None = None
     depth: int = 4
     base_channels: int = 32
@@ -151,7 +152,7 @@ class PretrainConfig:
             raise ValueError(f"patch must be at least 16 and a multiple of 2**depth = {multiple}, got {self.patch}")
         if self.method == "local-contrastive" and self.patch % self.block_size:
             raise ValueError(f"patch {self.patch} must be a multiple of block_size {self.block_size}")
-        if self.head not in ("binary", "three_class", "semantic"):
+        if self.head is not None and self.head not in ("binary", "three_class", "semantic"):
             raise ValueError(f"head must be binary, three_class or semantic, got {self.head!r}")
         if self.head == "semantic" and (self.n_classes is None or self.n_classes < 2):
             raise ValueError(f"a semantic head needs n_classes >= 2, got {self.n_classes}")
@@ -415,6 +416,10 @@ def pretrain(
         arch = base_config["architecture"]
         config.depth, config.base_channels = int(arch.get("depth", config.depth)), int(arch.get("base_channels", config.base_channels))
         config.norm, config.upsample = arch.get("norm", config.norm), arch.get("upsample", config.upsample)
+        if config.head is None and base_config.get("head") in ("binary", "three_class", "semantic"):
+            config.head = base_config["head"]
+            if config.head == "semantic":
+                config.n_classes = int(arch["out_channels"])
         norm = base_config.get("normalization") or {}
         if "low" in norm:
             config.normalization = (float(norm["low"]), float(norm["high"]))
@@ -422,6 +427,8 @@ def pretrain(
         config.validate()
     elif method == "local-contrastive":
         logger.warning("local-contrastive pretraining without a global stage (--from): the encoder starts at random")
+    if config.head is None:
+        config.head = "three_class"
 
     # --- data ---
     if method == "local-contrastive":
