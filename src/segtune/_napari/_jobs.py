@@ -141,6 +141,9 @@ class Job(QObject):
         Signal with ``"done"``, ``"cancelled"`` or ``"error"``, emitted after ``on_finally``.
     status
         The same, once finished; ``"running"`` before.
+    returned_at
+        ``time.monotonic()`` when the worker's result reached the GUI thread (before ``on_done``
+        adds layers), or None while running.
     error
         The exception, when ``status == "error"``.
     """
@@ -171,6 +174,7 @@ class Job(QObject):
         self.status = "running"
         self.error: BaseException | None = None
         self.started_at = 0.0
+        self.returned_at: float | None = None
         self._events: queue.SimpleQueue = queue.SimpleQueue()
         self._timer = QTimer(self)
         self._timer.setInterval(DRAIN_MS)
@@ -229,6 +233,7 @@ class Job(QObject):
             logger.warning("progress display failed: %s", e)
 
     def _returned(self, outcome: tuple[str, Any]) -> None:
+        self.returned_at = time.monotonic()
         self._timer.stop()
         self._drain()
         if self._bar is not None:
