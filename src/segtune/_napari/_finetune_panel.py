@@ -332,6 +332,8 @@ class FinetunePanel(QWidget):
             normalization=(float(normalization.get("low", 1.0)), float(normalization.get("high", 99.8))),
             clip=bool(normalization.get("clip", False)),
             device=state.device_choice,
+            # pseudo-labels mark the pixels the model was unsure of; those take no part in the loss
+            ignore_value=(labels_layer.metadata or {}).get("segtune_ignore_value"),
         )
         settings.validate()
         start_model = copy.deepcopy(state.model)  # the current model stays as it is until training succeeds

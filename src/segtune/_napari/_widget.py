@@ -18,6 +18,7 @@ from segtune._napari._finetune_panel import FinetunePanel
 from segtune._napari._model_panel import ModelPanel
 from segtune._napari._predict_panel import PredictPanel
 from segtune._napari._state import ModelState
+from segtune._napari._tools_panel import ToolsPanel
 
 
 def _scrolling(panel: QWidget) -> QScrollArea:
@@ -60,12 +61,14 @@ class SegtuneWidget(QWidget):
         self.finetune_panel = FinetunePanel(napari_viewer, self.state)
         self.finetune_panel.repredict = lambda layer: self.predict_panel.run(layer=layer)
         self.evaluate_panel = EvaluatePanel(napari_viewer, self.state, self.model_panel.save)
+        self.tools_panel = ToolsPanel(napari_viewer, self.state)
 
         self.tabs = QTabWidget()
         self.tabs.addTab(_scrolling(self.model_panel), "Model")
         self.tabs.addTab(_scrolling(self.predict_panel), "Predict")
         self.tabs.addTab(_scrolling(self.finetune_panel), "Fine-tune")
         self.tabs.addTab(_scrolling(self.evaluate_panel), "Evaluate && Export")
+        self.tabs.addTab(_scrolling(self.tools_panel), "Tools")
         for index, tip in enumerate(self._tab_tips()):
             self.tabs.setTabToolTip(index, tip)
 
