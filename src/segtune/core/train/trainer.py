@@ -270,29 +270,13 @@ def _state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
-def _three_class_instances(probabilities: np.ndarray, min_size: int = 4) -> np.ndarray:
-    """Instances from background/interior/boundary probabilities ``(3, *S)``: interior seeds grown over the foreground."""
-    from skimage.segmentation import watershed
-
-    from segtune.core.metrics import connected_components
-
-    classes = probabilities.argmax(0)
-    foreground = classes > 0
-    seeds, _ = connected_components(classes == 1)
-    if min_size > 1 and seeds.max():
-        sizes = np.bincount(seeds.ravel())
-        seeds[sizes[seeds] < min_size] = 0
-    return watershed(probabilities[2], markers=seeds, mask=foreground)
-
-
 def _instances(probabilities: np.ndarray, head: str) -> np.ndarray | None:
-    from segtune.core.metrics import connected_components
+    """Instance labels for validation: a seeded watershed (three_class) or components (binary)."""
+    from segtune.core.postprocess import postprocess
 
-    if head == "three_class":
-        return _three_class_instances(probabilities)
-    if head == "binary":
-        return connected_components(probabilities[0] > 0.5)[0]
-    return None
+    if head not in ("binary", "three_class"):
+        return None
+    return postprocess(probabilities, head, instances=True, min_size=4)
 
 
 @torch.no_grad()
