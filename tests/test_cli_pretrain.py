@@ -73,3 +73,31 @@ def test_n2n_denoiser_writes_denoised_inputs(czi_dir: Path, tmp_path: Path) -> N
     assert config["head"] == "image" and config["training"]["command"].startswith("segtune")
     with pytest.raises(SystemExit):
         main(["pretrain", "--method", "n2n"])
+
+
+def test_ctrl_c_stops_after_the_step_and_keeps_the_last_epoch(membranes_dir: Path, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    images, _ = _membrane_files(membranes_dir, [6])
+    out = tmp_path / "interrupted"
+    args = [sys.executable, "-m", "segtune.cli", "pretrain", "--method", "restore", "--images", *images, "--out", str(out),
+            "--epochs", "1000", "--steps-per-epoch", "1", "--patch", "32", "--batch-size", "2", "--depth", "2",
+            "--base-channels", "4", "--device", "cpu"]
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "pretrain_log.csv").is_file() and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.2)
+        assert (out / "pretrain_log.csv").is_file(), "no epoch finished"
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, stderr
+    assert "stopping after this step" in stderr and "holds the model of the last finished epoch" in stdout
+    _, config = load_model(out)
+    assert config["training"]["status"] == "cancelled" and 1 <= config["training"]["epochs_run"] < 1000

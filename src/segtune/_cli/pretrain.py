@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -68,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from segtune.cli import UsageError
     from segtune.core.normalize import STRETCH_PERCENTILES
-    from segtune.core.progress import tqdm_progress
+    from segtune.core.progress import CancelToken, tqdm_progress
     from segtune.core.train.pretrain import PretrainConfig, pretrain_files
 
     if args.method == "local-contrastive" and not args.labels:
@@ -94,14 +95,29 @@ def run(args: argparse.Namespace) -> int:
     if args.denoise_out and not args.overwrite:
         _check_denoise_targets(args.images, Path(args.denoise_out))
     command = shlex.join(["segtune", *sys.argv[1:]]) if sys.argv else None
-    with tqdm_progress("pretrain") as progress:
-        result = pretrain_files(
-            args.images, config, label_paths=args.labels, channel=args.channel, out=args.out, from_model=args.from_model,
-            overwrite=args.overwrite, ignore_value=args.ignore_value, command=command, progress=progress,
-        )
+    token = CancelToken()
+    previous = signal.getsignal(signal.SIGINT)
+
+    def on_interrupt(signum, frame):
+        if token.cancelled:  # a second Ctrl-C stops at once
+            signal.signal(signal.SIGINT, previous)
+            raise KeyboardInterrupt
+        print("\nsegtune pretrain: stopping after this step (Ctrl-C again to abort at once)", file=sys.stderr)
+        token.cancel()
+
+    signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        with tqdm_progress("pretrain", file=sys.stderr, mininterval=1.0) as progress:
+            result = pretrain_files(
+                args.images, config, label_paths=args.labels, channel=args.channel, out=args.out, from_model=args.from_model,
+                overwrite=args.overwrite, ignore_value=args.ignore_value, command=command, progress=progress, cancel=token,
+            )
+    finally:
+        signal.signal(signal.SIGINT, previous)
     last = result.history[-1]["loss"] if result.history else float("nan")
     print(f"{args.method} pretraining {result.stop_reason} after {len(result.history)} epoch(s), final loss {last:.4g} -> {args.out}")
     if result.stop_reason == "cancelled":
+        print(f"cancelled: {args.out} holds the model of the last finished epoch" if result.history else "cancelled before the first epoch ended")
         return 130
     if args.method != "n2n":
         print(f"fine-tune it with: segtune train --from {args.out} --images ... --labels ... --out MODEL_DIR")
