@@ -1,7 +1,303 @@
-"""`segtune predict`: segment images with a model."""
+"""`segtune predict`: segment image files with a model, writing one label file per input."""
 
-from segtune._cli._unavailable import register_unavailable
+from __future__ import annotations
+
+import argparse
+import inspect
+import logging
+import os
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
 
 
-def register(subparsers):
-    register_unavailable(subparsers, "predict", "segment images with a model", "tiled prediction is being built")
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "predict",
+        help="segment images with a model",
+        description=(
+            "Segment image files (CZI, TIFF, PNG) with a model, tile by tile: stitched tiles equal one "
+            "untiled pass. For input name.ext writes DIR/name_labels.tif: a uint8 0/1 mask, or uint16 "
+            "instance labels with --instances, carrying the input's pixel sizes. Existing outputs are "
+            "refused unless --overwrite (or skipped with --skip-existing)."
+        ),
+    )
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, or folders of them")
+    parser.add_argument("--model", required=True, metavar="M", help="a bundled model name (see 'segtune models') or a model folder")
+    parser.add_argument("--out", required=True, metavar="DIR", help="folder for the label files (created if missing)")
+    parser.add_argument(
+        "--tile", default=None, metavar="N[,N...]",
+        help="largest tile fed to the model, one size or one per axis (default: as large as memory allows)",
+    )
+    parser.add_argument("--overlap", type=float, default=None, help="window overlap for --blend gaussian (default 0.25)")
+    parser.add_argument("--batch-size", type=int, default=None, metavar="N", help="tiles per forward pass (default: what memory allows)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="where to run the model")
+    parser.add_argument("--channel", default=None, metavar="C", help="input channel by index or name (needed for multi-channel images)")
+    parser.add_argument("--instances", action="store_true", help="write instance labels (uint16) instead of a 0/1 mask")
+    parser.add_argument("--threshold", type=float, default=0.5, help="foreground probability threshold (default 0.5)")
+    parser.add_argument("--min-size", type=int, default=0, metavar="PX", help="drop objects smaller than this (pixels/voxels)")
+    parser.add_argument("--max-size", type=int, default=None, metavar="PX", help="drop objects larger than this")
+    parser.add_argument("--fill-holes", action="store_true", help="fill holes inside objects")
+    parser.add_argument("--split", action="store_true", help="split touching objects (binary models) by a distance watershed")
+    parser.add_argument("--blend", default="exact", choices=("exact", "gaussian"), help="exact stitching (default) or MONAI-style Gaussian blending")
+    parser.add_argument("--precision", default="float32", choices=("float32", "bfloat16", "float16"), help="float32 (default) or half-precision autocast on CUDA")
+    parser.add_argument("--memory-limit", default=None, metavar="SIZE", help="memory one forward pass may use, e.g. 2GB (default: half the free memory)")
+    parser.add_argument("--scene", default=None, metavar="S", help="scene (CZI) or series (TIFF) to read, by index or name")
+    existing = parser.add_mutually_exclusive_group()
+    existing.add_argument("--overwrite", action="store_true", help="replace label files that exist")
+    existing.add_argument("--skip-existing", action="store_true", help="leave inputs whose label file exists alone")
+    parallel = parser.add_mutually_exclusive_group()
+    parallel.add_argument("--workers", type=int, default=None, metavar="N", help="predict N files at a time on this machine")
+    parallel.add_argument("--scheduler", default=None, metavar="ADDRESS", help="a dask.distributed scheduler to spread files over")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from segtune.cli import UsageError
+    from segtune.core.io import output_name
+
+    inputs = _expand(args.inputs)
+    out_dir = Path(args.out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--out {out_dir} exists and is not a folder")
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {args.workers}")
+    if not 0.0 <= args.threshold <= 1.0:
+        raise UsageError(f"--threshold must be between 0 and 1, got {args.threshold}")
+    jobs: list[dict[str, Any]] = []
+    seen: dict[Path, Path] = {}
+    for path in inputs:
+        target = out_dir / output_name(path)
+        if target in seen:
+            raise UsageError(f"{path} and {seen[target]} would both be written to {target}; predict them into different folders")
+        seen[target] = path
+        jobs.append({"input": str(path), "output": str(target)})
+    present = [job for job in jobs if Path(job["output"]).exists()]
+    if present and args.skip_existing:
+        for job in present:
+            print(f"segtune predict: {job['output']} exists; skipping {job['input']}", file=sys.stderr)
+        jobs = [job for job in jobs if not Path(job["output"]).exists()]
+    elif present and not args.overwrite:
+        names = ", ".join(job["output"] for job in present[:3]) + (" ..." if len(present) > 3 else "")
+        raise FileExistsError(f"{len(present)} output(s) exist ({names}); pass --overwrite to replace or --skip-existing to keep them")
+    if not jobs:
+        return 0
+
+    options = _options(args)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if args.scheduler:
+        return _run_distributed(jobs, options, args.scheduler, args.model)
+    from segtune.core.models.store import load_model
+
+    model = load_model(args.model, device="cpu")
+    if args.workers and args.workers > 1 and len(jobs) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=args.workers) as pool:
+            results = list(pool.map(lambda job: _guarded(job, options, model, len(jobs) > 1, bar=False), jobs))
+    else:
+        results = [_guarded(job, options, model, len(jobs) > 1, bar=True) for job in jobs]
+    failed = [r for r in results if r is not None]
+    if failed:
+        raise UsageError(f"{len(failed)} of {len(jobs)} input(s) failed (see above)")
+    return 0
+
+
+def _guarded(job: dict[str, Any], options: dict[str, Any], model: Any, many: bool, bar: bool) -> str | None:
+    """Predict one file; with several inputs a bad file is reported and the others go on."""
+    from segtune.core.io import ImageReadError
+
+    try:
+        predict_file(job["input"], job["output"], model=model, bar=bar, **options)
+    except (ImageReadError, ValueError, FileNotFoundError, FileExistsError) as e:
+        if not many:
+            raise
+        print(f"segtune predict: error: {job['input']}: {e}", file=sys.stderr)
+        return str(e)
+    return None
+
+
+def predict_file(
+    input_path: str | os.PathLike,
+    output_path: str | os.PathLike,
+    *,
+    model: Any,
+    bar: bool = True,
+    scene: str | int | None = None,
+    overwrite: bool = False,
+    **options: Any,
+) -> Path:
+    """Predict one image file and write its labels (the work of one input of ``segtune predict``).
+
+    ``model`` is a ``(module, config)`` pair or a model name/folder; ``options`` go to
+    :func:`segtune.core.predict.predict`.
+    """
+    from segtune.core.io import open_image
+    from segtune.core.predict import predict
+    from segtune.core.progress import tqdm_progress
+
+    if isinstance(model, (str, os.PathLike)):
+        from segtune.core.models.store import load_model
+
+        model = load_model(model, device="cpu")
+    image = open_image(input_path, scene=scene)
+    name = Path(input_path).name
+    if bar:
+        with tqdm_progress(name, leave=False) as callback:
+            result = predict(model, image, progress=lambda e: callback(replace(e, stage=name)), **options)
+    else:
+        result = predict(model, image, **options)
+    if result.labels is None:
+        raise ValueError(f"the model's head {result.head!r} gives no labels to write")
+    labels, axes = _squeeze(result.labels)
+    if options.get("instances"):
+        labels = labels.astype(np.uint16 if labels.max(initial=0) <= np.iinfo(np.uint16).max else np.uint32)
+    else:
+        labels = labels.astype(np.uint8 if labels.max(initial=0) <= 255 else np.uint16)
+    return _write(Path(output_path), labels, image.physical_pixel_sizes, axes, overwrite)
+
+
+def _squeeze(labels: np.ndarray) -> tuple[np.ndarray, str]:
+    """(T, Z, Y, X) -> drop T and Z where they are 1; the axes string for the file."""
+    axes = "TZYX"
+    keep = [i for i, n in enumerate(labels.shape) if i >= 2 or n > 1]
+    return labels.reshape([labels.shape[i] for i in keep]), "".join(axes[i] for i in keep)
+
+
+def _write(path: Path, labels: np.ndarray, pixel_sizes: Any, axes: str, overwrite: bool) -> Path:
+    from segtune.core.io import write_labels
+
+    if "dtype" in inspect.signature(write_labels).parameters:
+        return write_labels(path, labels, pixel_sizes, overwrite=overwrite, axes=axes, dtype=labels.dtype)
+    if labels.dtype == np.uint8 or labels.max(initial=0) > 255:
+        return write_labels(path, labels, pixel_sizes, overwrite=overwrite, axes=axes)
+    return _write_keeping_dtype(path, labels, pixel_sizes, axes, overwrite)
+
+
+def _write_keeping_dtype(path: Path, labels: np.ndarray, pixel_sizes: Any, axes: str, overwrite: bool) -> Path:
+    """An OME-TIFF in ``labels``' own dtype (``write_labels`` narrows few labels to uint8).
+
+    Same layout, metadata and atomic replace as :func:`segtune.core.io.write_labels`.
+    """
+    import tifffile
+
+    from segtune.core.io import PhysicalPixelSizes
+
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass --overwrite to replace it")
+    metadata: dict[str, Any] = {"axes": axes}
+    sizes = PhysicalPixelSizes(*pixel_sizes) if pixel_sizes is not None else PhysicalPixelSizes()
+    for axis, value in zip("ZYX", sizes, strict=True):
+        if value is not None:
+            metadata[f"PhysicalSize{axis}"] = float(value)
+            metadata[f"PhysicalSize{axis}Unit"] = "µm"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        tifffile.imwrite(tmp, labels, ome=True, metadata=metadata, compression="zlib")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    from segtune.cli import UsageError
+
+    tile = None
+    if args.tile:
+        try:
+            sizes = [int(s) for s in str(args.tile).split(",")]
+        except ValueError as e:
+            raise UsageError(f"--tile must be a size or comma-separated sizes like 256 or 32,256,256, got {args.tile!r}") from e
+        if any(s < 1 for s in sizes):
+            raise UsageError(f"--tile sizes must be positive, got {args.tile!r}")
+        tile = sizes[0] if len(sizes) == 1 else tuple(sizes)
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.overlap is not None and not 0.0 <= args.overlap < 1.0:
+        raise UsageError(f"--overlap must be in [0, 1), got {args.overlap}")
+    channel: Any = args.channel
+    if channel is not None and channel.lstrip("-").isdigit():
+        channel = int(channel)
+    scene: Any = args.scene
+    if scene is not None and scene.isdigit():
+        scene = int(scene)
+    return {
+        "tile_shape": tile,
+        "overlap": args.overlap,
+        "batch_size": args.batch_size,
+        "device": args.device,
+        "channel": channel,
+        "instances": args.instances,
+        "threshold": args.threshold,
+        "min_size": args.min_size,
+        "max_size": args.max_size,
+        "fill_holes": args.fill_holes,
+        "split": args.split,
+        "blend": args.blend,
+        "precision": args.precision,
+        "memory_limit": args.memory_limit,
+        "scene": scene,
+        "overwrite": args.overwrite,
+    }
+
+
+def _run_distributed(jobs: list[dict[str, Any]], options: dict[str, Any], address: str, model_name: str) -> int:
+    from segtune.cli import UsageError
+
+    try:
+        from dask.distributed import Client
+    except ImportError as e:
+        raise UsageError("--scheduler needs dask.distributed (pip install distributed)") from e
+    from tqdm.auto import tqdm
+
+    with Client(address) as client:
+        futures = [
+            client.submit(_remote_predict, job["input"], job["output"], model_name, options, pure=False) for job in jobs
+        ]
+        failures = 0
+        for future in tqdm(futures, desc="files"):
+            error = future.result()
+            if error:
+                failures += 1
+                print(f"segtune predict: error: {error}", file=sys.stderr)
+    if failures:
+        raise UsageError(f"{failures} of {len(jobs)} input(s) failed (see above)")
+    return 0
+
+
+def _remote_predict(input_path: str, output_path: str, model_name: str, options: dict[str, Any]) -> str | None:
+    """Run on a dask worker: load the model there (by name or shared path) and predict one file."""
+    from segtune.core.io import ImageReadError
+
+    try:
+        predict_file(input_path, output_path, model=model_name, bar=False, **options)
+    except (ImageReadError, ValueError, FileNotFoundError, FileExistsError) as e:
+        return f"{input_path}: {e}"
+    return None
+
+
+def _expand(paths: list[str]) -> list[Path]:
+    """Files as given; folders stand for the image files directly inside them."""
+    from segtune.core.io import SUPPORTED_EXTENSIONS
+
+    files: list[Path] = []
+    for name in paths:
+        path = Path(name)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(SUPPORTED_EXTENSIONS))
+            if not found:
+                raise FileNotFoundError(f"input folder {path} holds no image files ({', '.join(SUPPORTED_EXTENSIONS)})")
+            files.extend(found)
+        else:
+            files.append(path)
+    return files

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import logging
 import math
 import os
@@ -189,7 +190,25 @@ def _geometry_uncached(
     return cached
 
 
+# geometry depends on the architecture, not the weights: models that describe theirs (segtune's
+# U-Net) share one measurement between instances, e.g. each time a model folder is loaded
+_ARCHITECTURE_CACHE: dict[tuple, ModelGeometry] = {}
+
+
+def _architecture_key(model: Any, key: tuple) -> tuple | None:
+    architecture = getattr(model, "architecture", None)
+    if not isinstance(architecture, Mapping):
+        return None
+    try:
+        return (type(model).__qualname__, json.dumps(architecture, sort_keys=True), *key)
+    except (TypeError, ValueError):
+        return None
+
+
 def _cache_get(model: Any, key: tuple) -> ModelGeometry | None:
+    by_architecture = _architecture_key(model, key)
+    if by_architecture is not None and by_architecture in _ARCHITECTURE_CACHE:
+        return _ARCHITECTURE_CACHE[by_architecture]
     try:
         return _GEOMETRY_CACHE.get(model, {}).get(key)
     except TypeError:  # not weak-referenceable or not hashable: no cache
@@ -197,6 +216,9 @@ def _cache_get(model: Any, key: tuple) -> ModelGeometry | None:
 
 
 def _cache_put(model: Any, key: tuple, geometry: ModelGeometry) -> None:
+    by_architecture = _architecture_key(model, key)
+    if by_architecture is not None:
+        _ARCHITECTURE_CACHE[by_architecture] = geometry
     with contextlib.suppress(TypeError):
         _GEOMETRY_CACHE.setdefault(model, {})[key] = geometry
 
@@ -1451,7 +1473,7 @@ def predict(
         skip_value=skip_value, sigma_scale=0.125, activation=activation, progress=progress, cancel=cancel,
     )
     result_labels = None
-    if labels:
+    if labels and head != "image":
         from segtune.core import postprocess
 
         if min_distance is None:
@@ -1625,18 +1647,20 @@ def _normalizer(data: Any, chosen: list[int], normalization: Any) -> Callable[[n
     return transform
 
 
-def _activation(head: str) -> Callable[[torch.Tensor], torch.Tensor]:
+def _activation(head: str) -> Callable[[torch.Tensor], torch.Tensor] | None:
     if head == "binary":
         return torch.sigmoid
     if head in ("three_class", "semantic"):
         return lambda y: torch.softmax(y, dim=1)
-    raise ValueError(f"head must be one of binary, three_class, semantic; got {head!r}")
+    if head == "image":
+        return None  # an image-to-image model (a denoiser): its output is the result
+    raise ValueError(f"head must be one of binary, three_class, semantic, image; got {head!r}")
 
 
 def _background_probabilities(head: str, out_channels: int) -> list[float]:
     """What a skipped tile reads as: certain background."""
-    if head == "binary":
-        return [0.0]
+    if head in ("binary", "image"):
+        return [0.0] * out_channels
     return [1.0] + [0.0] * (out_channels - 1)
 
 
