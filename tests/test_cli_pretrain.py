@@ -101,3 +101,18 @@ def test_ctrl_c_stops_after_the_step_and_keeps_the_last_epoch(membranes_dir: Pat
     assert "stopping after this step" in stderr and "holds the model of the last finished epoch" in stdout
     _, config = load_model(out)
     assert config["training"]["status"] == "cancelled" and 1 <= config["training"]["epochs_run"] < 1000
+
+
+def test_autolabel_one_channel_then_train_on_the_other(czi_dir: Path, tmp_path: Path) -> None:
+    czi = czi_dir / "CD_s_1_t_3_c_2_z_5.czi"
+    auto = tmp_path / "auto"
+    assert main(["autolabel", "--images", str(czi), "--out", str(auto), "--channel", "0", "--export-channel", "1",
+                 "--diameter", "3", "30", "--window", "12"]) == 0
+    images = sorted(str(p) for p in auto.glob("*_c1.tif"))
+    labels = sorted(str(p) for p in auto.glob("*_labels.tif"))
+    assert len(images) == len(labels) == 12
+    assert main(["train", "--images", *images[:4], "--labels", *labels[:4], "--out", str(tmp_path / "model"), "--head", "binary",
+                 "--epochs", "1", "--steps-per-epoch", "2", "--patch", "32", "--batch-size", "2", "--val-fraction", "0.25",
+                 "--depth", "2", "--base-channels", "4"]) == 0
+    _, config = load_model(tmp_path / "model")
+    assert config["training"]["label_files"] == labels[:4]
