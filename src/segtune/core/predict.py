@@ -57,6 +57,7 @@ __all__ = [
     "PRECISIONS",
     "PredictionResult",
     "TilePlan",
+    "parse_bytes",
     "plan_tiles",
     "predict",
     "predict_raw",
@@ -1242,9 +1243,9 @@ def predict_raw(
         The model's receptive-field halo and grid, when known; measured once per model otherwise
         (:func:`probe_model`).
     skip_threshold, skip_mask
-        Skip tiles whose kept region holds no pixel above ``skip_threshold`` (any channel) or no
-        True pixel of ``skip_mask`` (spatial shape); their output is ``skip_value`` (one value or
-        one per output channel).
+        Exact tiling: skip tiles whose kept region holds no pixel above ``skip_threshold`` (any
+        channel) or no True pixel of ``skip_mask`` (spatial shape); their output is
+        ``skip_value`` (one value or one per output channel).
     sigma_scale
         Gaussian blending: sigma as a fraction of the window (MONAI's default 0.125).
     overwrite
