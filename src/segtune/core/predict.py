@@ -120,7 +120,8 @@ def probe_model(
     inputs, one spatial axis at a time: a slab in the middle is replaced and the spread of the
     change in the output gives the halo; windows of one random input shifted by 1, 2, 4, ... 64
     pixels give the grid (the smallest shift that shifts the output exactly). Results are cached
-    per model object; ``halo`` and ``divisor`` given here are used instead of measuring.
+    per model object, and per architecture for models that describe theirs (segtune's U-Net);
+    ``halo`` and ``divisor`` given here are used instead of measuring.
 
     Parameters
     ----------
@@ -144,6 +145,14 @@ def probe_model(
     ValueError
         If the model's output does not keep the input's spatial shape or it fails on every
         probe size.
+
+    Examples
+    --------
+    >>> from segtune.core.models.unet import UNet
+    >>> net = UNet(spatial_dims=2, depth=3, base_channels=4)
+    >>> geometry = probe_model(net, spatial_dims=2, in_channels=1, device="cpu")
+    >>> geometry.divisor, geometry.halo
+    ((8, 8), (48, 48))
     """
     _check_spatial_dims(spatial_dims)
     torch_device = select_device(device)
@@ -557,8 +566,8 @@ def plan_tiles(
     """Choose tile and core shapes for exact tiling of an image of spatial ``shape``.
 
     Without ``tile_shape`` the planner minimises the pixels computed (halos included) under
-    ``memory_limit`` bytes per forward pass; with it, the tile is that window (rounded down to the
-    grid) and the core what the halo leaves. ``chunks`` (of a zarr output) make cores whole chunks
+    ``memory_limit`` bytes per forward pass; with it, the tile is a ceiling: per axis the fewest
+    tiles no larger than it, each as small as that count allows. ``chunks`` (of a zarr output) make cores whole chunks
     where possible, so every chunk is written once, completely. ``n_items`` images share the plan;
     the batch (unless given) is what memory allows, at most ``max_batch`` tiles and
     ``max_batch_pixels`` pixels.
