@@ -308,14 +308,28 @@ def _local_dask() -> Iterator[None]:
 
 
 def _task(function: Callable) -> Callable:
-    """A function run on the workers: reads dask arrays locally (see :func:`_local_dask`)."""
+    """A function run on the workers: reads dask arrays locally (see :func:`_local_dask`) and runs
+    torch with ``torch_threads`` intra-op threads when given."""
 
     @functools.wraps(function)
-    def run(*args: Any, **kwargs: Any) -> Any:
-        with _local_dask():
+    def run(*args: Any, torch_threads: int | None = None, **kwargs: Any) -> Any:
+        with _local_dask(), _threads(torch_threads):
             return function(*args, **kwargs)
 
     return run
+
+
+@contextlib.contextmanager
+def _threads(count: int | None) -> Iterator[None]:
+    if count is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(count))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 # --- options -----------------------------------------------------------------------------------
@@ -361,6 +375,7 @@ def predict_files(
     overwrite: bool = False,
     retries: int = 2,
     split_above: float | str | None = "auto",
+    torch_threads: int | None = None,
     raise_on_failure: bool = True,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
@@ -398,6 +413,12 @@ def predict_files(
         Files whose prediction (float32 per output channel, all planes) is larger than this (bytes,
         or ``"4GB"``) are split into chunk tasks (:func:`predict_volume`) instead of one task; ``"auto"``:
         a quarter of the smallest worker's memory limit; None: never split.
+    torch_threads
+        Intra-op threads torch uses in each task (None: the worker's setting; :func:`open_client`
+        gives local workers ``cores // workers``). CPU results of some layers depend on the
+        thread count in the last bit, so labels equal a single-process run's bit for bit when
+        this is that process's ``torch.get_num_threads()``; otherwise probabilities agree to
+        about 1e-7 and a label differs only where a probability sits that close to the threshold.
     raise_on_failure
         Raise :class:`PredictionFailed` when some inputs failed (after all others are written);
         False: report them in ``ParallelReport.failed``.
@@ -471,7 +492,7 @@ def predict_files(
         for name, path in whole:
             future = dask_client.submit(
                 _predict_file_task, model_future, str(path), scene, str(destinations[name]), options, output_format,
-                key=_task_key("predict", name, run), retries=retries, pure=False,
+                key=_task_key("predict", name, run), retries=retries, pure=False, torch_threads=torch_threads,
             )
             futures[future] = name
         report.tasks += len(futures)
@@ -481,6 +502,7 @@ def predict_files(
                 volume = _VolumeRun.prepare(
                     dask_client, model_future, payload, ("path", str(path), scene), name, destinations[name],
                     output_format=output_format, overwrite=overwrite, retries=retries, run=run, options=options,
+                    torch_threads=torch_threads,
                 )
             except Exception as e:  # a bad file, or options a split volume cannot honour
                 report.failed[name] = _describe(e)
@@ -717,6 +739,7 @@ def predict_volume(
     axes: str | None = None,
     probabilities: bool = False,
     tasks_per_worker: int = 4,
+    torch_threads: int | None = None,
     overwrite: bool = False,
     retries: int = 2,
     progress: ProgressCallback | None = None,
@@ -749,6 +772,8 @@ def predict_volume(
     tasks_per_worker
         Tasks to aim for per worker (more: finer load balance and retries; fewer: less overhead).
         Each task holds at least one batch of tiles.
+    torch_threads
+        As in :func:`predict_files`.
     overwrite
         Replace an output written with other settings. An output with the same settings is
         resumed: chunks already done are not computed again.
@@ -802,7 +827,7 @@ def predict_volume(
         volume = _VolumeRun.prepare(
             dask_client, model_future, payload, source, name, out, output_format="zarr", overwrite=overwrite,
             retries=retries, run=uuid.uuid4().hex[:8], options=options, probabilities=probabilities,
-            tasks_per_worker=tasks_per_worker,
+            tasks_per_worker=tasks_per_worker, torch_threads=torch_threads,
         )
         report.skipped.extend(volume.skipped)
         report.tasks = len(volume.futures)
@@ -1040,6 +1065,7 @@ class _VolumeRun:
         options: dict[str, Any],
         probabilities: bool = False,
         tasks_per_worker: int = 4,
+        torch_threads: int | None = None,
     ) -> _VolumeRun:
         refused = [k for k in _NOT_CHUNKABLE if options.get(k) not in (None, False, 0)]
         if refused:
@@ -1056,7 +1082,9 @@ class _VolumeRun:
         store = destination if output_format == "zarr" else destination.parent / ".segtune-work" / f"{destination.stem}.zarr"
         self.store = store
         plan_key = _task_key("plan", name, run)
-        info = client.submit(_plan_task, model_future, source, options, key=plan_key, retries=retries, pure=False).result()
+        info = client.submit(
+            _plan_task, model_future, source, options, key=plan_key, retries=retries, pure=False, torch_threads=torch_threads
+        ).result()
         plan = info["plan"]
         jobs = _jobs(info)
         groups = _group_jobs(jobs, plan.batch_size, max(1, _n_workers(client)), tasks_per_worker)
@@ -1076,7 +1104,7 @@ class _VolumeRun:
                 continue
             future = client.submit(
                 _predict_chunk_task, model_future, source, volume, group, str(store), index, probabilities,
-                key=_task_key("chunk", name, run, index), retries=retries, pure=False,
+                key=_task_key("chunk", name, run, index), retries=retries, pure=False, torch_threads=torch_threads,
             )
             self.futures[future] = index
         return self
