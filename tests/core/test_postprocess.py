@@ -10,6 +10,7 @@ from segtune.core.postprocess import (
     filter_sizes,
     instances_from_binary,
     instances_from_three_class,
+    label_blockwise,
     label_components,
     mask_from_probabilities,
     postprocess,
@@ -154,3 +155,22 @@ def test_mask_and_postprocess_per_head():
     np.testing.assert_array_equal(np.unique(postprocess(binary, "binary", instances=True)), [0, 1, 2])
     small_gone = postprocess(binary, "binary", min_size=20)
     assert small_gone[3, 3] == 0 and small_gone[12, 12] == 1
+
+
+@pytest.mark.parametrize("shape, chunks", [((100, 130), (32, 40)), ((20, 50, 45), (8, 16, 16))])
+def test_label_blockwise_equals_labelling_the_whole(tmp_path, shape, chunks):
+    zarr = pytest.importorskip("zarr")
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(0)
+    probability = ndi.gaussian_filter(rng.random(shape), 2.0).astype(np.float32)
+    level = float(np.quantile(probability, 0.6))  # blobs of many sizes, many crossing block borders
+    out = zarr.open_array(str(tmp_path / "labels.zarr"), mode="w", shape=shape, chunks=chunks, dtype="int32")
+    count = label_blockwise(probability, out, level)
+    labels = out[:]
+    whole = label_components(probability > level)
+    assert count == whole.max() > 5
+    assert ((labels > 0) == (whole > 0)).all()
+    pairs = np.unique(np.stack([labels[whole > 0], whole[whole > 0]]), axis=1)
+    assert pairs.shape[1] == count  # one-to-one: the same objects, numbered possibly differently
+    assert set(np.unique(labels)) == set(range(count + 1))
