@@ -29,10 +29,10 @@ THREADS = 1
 
 
 @contextlib.contextmanager
-def single_process_reference():
+def single_process_reference(threads: int = THREADS):
     """Run the reference with the tasks' thread count; the test process's own setting is restored."""
     before = torch.get_num_threads()
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(threads)
     try:
         yield
     finally:
@@ -220,3 +220,27 @@ def test_killed_worker_is_retried_and_the_run_completes(client, crops, tmp_path)
             expected = predict(inner, open_image(path), config=config, device="cpu").labels
         got = read_labels(tmp_path / "out" / path.name.replace(".ome.tif", "_labels.tif"))
         np.testing.assert_array_equal(got, expected[0, 0])
+
+
+def test_cli_workers_write_what_the_single_process_command_writes(crops, model_2d, tmp_path, capsys):
+    from segtune.cli import main
+
+    files = [str(p) for p in crops]
+    common = ["predict", "--model", str(model_2d), "--device", "cpu", "--instances"]
+    # --workers N gives each local worker cores // N torch threads; the reference uses as many
+    with single_process_reference(max(1, (os.cpu_count() or 1) // 2)):
+        assert main([*common, *files, "--out", str(tmp_path / "one")]) == 0
+    broken = tmp_path / "broken.tif"
+    broken.write_bytes(b"II*\x00" + b"\x00" * 20)
+    capsys.readouterr()
+    assert main([*common, *files, str(broken), "--out", str(tmp_path / "two"), "--workers", "2"]) == 2
+    assert "broken.tif" in capsys.readouterr().err  # the one input that failed is named; the others are written
+    for path in crops:
+        name = path.name.replace(".ome.tif", "_labels.tif")
+        single, parallel = tmp_path / "one" / name, tmp_path / "two" / name
+        assert tifffile.imread(parallel).dtype == np.uint16  # the command's own writer ran on the workers
+        np.testing.assert_array_equal(tifffile.imread(parallel), tifffile.imread(single))
+        assert tifffile.imread(single).max() > 1
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "two").iterdir()}
+    assert main([*common, *files, "--out", str(tmp_path / "two"), "--workers", "2", "--skip-existing"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "two").iterdir()} == stamps  # nothing done twice

@@ -53,8 +53,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     existing.add_argument("--overwrite", action="store_true", help="replace label files that exist")
     existing.add_argument("--skip-existing", action="store_true", help="leave inputs whose label file exists alone")
     parallel = parser.add_mutually_exclusive_group()
-    parallel.add_argument("--workers", type=int, default=None, metavar="N", help="predict N files at a time on this machine")
-    parallel.add_argument("--scheduler", default=None, metavar="ADDRESS", help="a dask.distributed scheduler to spread files over")
+    parallel.add_argument(
+        "--workers", type=int, default=None, metavar="N",
+        help="run on a local dask cluster of N worker processes: one task per file, or per chunk of a volume too large for one",
+    )
+    parallel.add_argument(
+        "--scheduler", default=None, metavar="ADDRESS",
+        help="run on a dask.distributed cluster: its scheduler's address (tcp://host:8786) or scheduler file (.json)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -91,18 +97,12 @@ def run(args: argparse.Namespace) -> int:
 
     options = _options(args)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if args.scheduler:
-        return _run_distributed(jobs, options, args.scheduler, args.model)
+    if args.workers is not None or args.scheduler:
+        return _run_distributed(jobs, options, args)
     from segtune.core.models.store import load_model
 
     model = load_model(args.model, device="cpu")
-    if args.workers and args.workers > 1 and len(jobs) > 1:
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(max_workers=args.workers) as pool:
-            results = list(pool.map(lambda job: _guarded(job, options, model, len(jobs) > 1, bar=False), jobs))
-    else:
-        results = [_guarded(job, options, model, len(jobs) > 1, bar=True) for job in jobs]
+    results = [_guarded(job, options, model, len(jobs) > 1, bar=True) for job in jobs]
     failed = [r for r in results if r is not None]
     if failed:
         raise UsageError(f"{len(failed)} of {len(jobs)} input(s) failed (see above)")
@@ -251,39 +251,30 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _run_distributed(jobs: list[dict[str, Any]], options: dict[str, Any], address: str, model_name: str) -> int:
+def _run_distributed(jobs: list[dict[str, Any]], options: dict[str, Any], args: argparse.Namespace) -> int:
+    """--workers / --scheduler: the same per-file work as tasks on a dask cluster (core.parallel_predict)."""
+    from functools import partial
+
     from segtune.cli import UsageError
+    from segtune.core import parallel_predict
+    from segtune.core.progress import tqdm_progress
 
+    options = dict(options)
+    scene, overwrite = options.pop("scene"), options.pop("overwrite")
     try:
-        from dask.distributed import Client
+        with tqdm_progress("files") as callback:
+            parallel_predict.predict_files(
+                args.model, [job["input"] for job in jobs], args.out, workers=args.workers, scheduler=args.scheduler,
+                scene=scene, overwrite=overwrite, file_function=partial(predict_file, bar=False), progress=callback,
+                **options,
+            )
     except ImportError as e:
-        raise UsageError("--scheduler needs dask.distributed (pip install distributed)") from e
-    from tqdm.auto import tqdm
-
-    with Client(address) as client:
-        futures = [
-            client.submit(_remote_predict, job["input"], job["output"], model_name, options, pure=False) for job in jobs
-        ]
-        failures = 0
-        for future in tqdm(futures, desc="files"):
-            error = future.result()
-            if error:
-                failures += 1
-                print(f"segtune predict: error: {error}", file=sys.stderr)
-    if failures:
-        raise UsageError(f"{failures} of {len(jobs)} input(s) failed (see above)")
+        raise UsageError(str(e)) from e
+    except parallel_predict.PredictionFailed as e:
+        for name, message in e.report.failed.items():
+            print(f"segtune predict: error: {name}: {message}", file=sys.stderr)
+        raise UsageError(f"{len(e.report.failed)} of {len(jobs)} input(s) failed (see above)") from None
     return 0
-
-
-def _remote_predict(input_path: str, output_path: str, model_name: str, options: dict[str, Any]) -> str | None:
-    """Run on a dask worker: load the model there (by name or shared path) and predict one file."""
-    from segtune.core.io import ImageReadError
-
-    try:
-        predict_file(input_path, output_path, model=model_name, bar=False, **options)
-    except (ImageReadError, ValueError, FileNotFoundError, FileExistsError) as e:
-        return f"{input_path}: {e}"
-    return None
 
 
 def _expand(paths: list[str]) -> list[Path]:

@@ -55,6 +55,7 @@ __all__ = [
     "ParallelReport",
     "PredictionFailed",
     "open_client",
+    "predict_file",
     "predict_files",
     "predict_volume",
 ]
@@ -376,6 +377,7 @@ def predict_files(
     retries: int = 2,
     split_above: float | str | None = "auto",
     torch_threads: int | None = None,
+    file_function: Callable[..., Any] | None = None,
     raise_on_failure: bool = True,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
@@ -419,6 +421,11 @@ def predict_files(
         thread count in the last bit, so labels equal a single-process run's bit for bit when
         this is that process's ``torch.get_num_threads()``; otherwise probabilities agree to
         about 1e-7 and a label differs only where a probability sits that close to the threshold.
+    file_function
+        What a task does with one file (TIFF output): ``file_function(input_path, output_path,
+        model=(module, config), scene=scene, overwrite=True, **options)``, importable on the workers.
+        Default :func:`predict_file`; ``segtune predict`` passes its own, so that a file predicted
+        on a cluster is written exactly as the single-process command writes it.
     raise_on_failure
         Raise :class:`PredictionFailed` when some inputs failed (after all others are written);
         False: report them in ``ParallelReport.failed``.
@@ -452,6 +459,8 @@ def predict_files(
         raise ValueError(f"output_format must be one of {', '.join(OUTPUT_FORMATS)}, got {output_format!r}")
     if retries < 0:
         raise ValueError(f"retries must be 0 or more, got {retries}")
+    if file_function is not None and output_format != "tif":
+        raise ValueError(f"file_function writes TIFF files; it cannot be combined with output_format={output_format!r}")
     options = _check_options(options)
     paths = [Path(p) for p in inputs]
     if not paths:
@@ -492,7 +501,7 @@ def predict_files(
         for name, path in whole:
             future = dask_client.submit(
                 _predict_file_task, model_future, str(path), scene, str(destinations[name]), options, output_format,
-                key=_task_key("predict", name, run), retries=retries, pure=False, torch_threads=torch_threads,
+                file_function, key=_task_key("predict", name, run), retries=retries, pure=False, torch_threads=torch_threads,
             )
             futures[future] = name
         report.tasks += len(futures)
@@ -634,22 +643,68 @@ def _classify(
 
 @_task
 def _predict_file_task(
-    payload: _ModelPayload, path: str, scene: Any, destination: str, options: dict[str, Any], output_format: str
+    payload: _ModelPayload,
+    path: str,
+    scene: Any,
+    destination: str,
+    options: dict[str, Any],
+    output_format: str,
+    file_function: Callable[..., Any] | None,
 ) -> str:
     """Worker side: one file, predicted exactly as a single process would, written atomically."""
+    model = _worker_model(payload)
+    if output_format == "tif":
+        (file_function or predict_file)(path, destination, model=model, scene=scene, overwrite=True, **options)
+        return destination
     from segtune.core.io import open_image
     from segtune.core.predict import predict
 
-    module, config = _worker_model(payload)
     image = open_image(path, scene)
-    result = predict(module, image, config=config, **options)
-    labels = result.labels
-    assert labels is not None
-    if output_format == "tif":
-        _write_tiff(Path(destination), labels, image.physical_pixel_sizes)
-    else:
-        _write_zarr_whole(Path(destination), labels, image.physical_pixel_sizes, source=path)
+    result = predict(model, image, **options)
+    if result.labels is None:
+        raise ValueError(f"the model's head {result.head!r} gives no labels to write")
+    _write_zarr_whole(Path(destination), result.labels, image.physical_pixel_sizes, source=path)
     return destination
+
+
+def predict_file(
+    input_path: str | os.PathLike,
+    output_path: str | os.PathLike,
+    *,
+    model: Any,
+    scene: int | str | None = None,
+    overwrite: bool = False,
+    **options: Any,
+) -> Path:
+    """Predict one image file and write its labels as an OME-TIFF (what one task of :func:`predict_files` does).
+
+    Parameters
+    ----------
+    input_path, output_path
+        The image and the ``.tif`` to write (atomically).
+    model
+        A model name or folder, or a ``(module, config)`` pair.
+    scene
+        Scene (CZI) or series (TIFF) to read.
+    overwrite
+        Replace ``output_path`` if it exists.
+    **options
+        Keywords of :func:`segtune.core.predict.predict`.
+
+    Returns
+    -------
+    Path
+        The file written: ``(T, Z, Y, X)`` labels without length-1 T and Z, with the input's pixel sizes.
+    """
+    from segtune.core.io import open_image, write_labels
+    from segtune.core.predict import predict
+
+    image = open_image(input_path, scene)
+    result = predict(model, image, **options)
+    if result.labels is None:
+        raise ValueError(f"the model's head {result.head!r} gives no labels to write")
+    labels, axes = _squeeze_labels(np.asarray(result.labels))
+    return write_labels(output_path, labels, image.physical_pixel_sizes, overwrite=overwrite, axes=axes)
 
 
 def _squeeze_labels(labels: np.ndarray) -> tuple[np.ndarray, str]:
@@ -658,13 +713,6 @@ def _squeeze_labels(labels: np.ndarray) -> tuple[np.ndarray, str]:
     keep = [i for i, n in enumerate(labels.shape) if i >= 2 or n > 1]
     squeezed = labels.reshape([labels.shape[i] for i in keep])
     return squeezed, "".join(axes[i] for i in keep)
-
-
-def _write_tiff(destination: Path, labels: np.ndarray, pixel_sizes: Any) -> None:
-    from segtune.core.io import write_labels
-
-    squeezed, axes = _squeeze_labels(np.asarray(labels))
-    write_labels(destination, squeezed, pixel_sizes, overwrite=True, axes=axes)
 
 
 # --- OME-Zarr output ---------------------------------------------------------------------------
