@@ -31,6 +31,7 @@ def test_predict_adds_labels_of_the_image_shape_and_scale(widget, qtbot, sample_
     panel.image_layer.set_layer(image)
     panel.probability_check.setChecked(True)
     panel.threshold.setValue(0.4)
+    panel.min_size.setValue(3)
     panel.run_button.click()
     assert wait_for(qtbot, panel.job) == "done"
 
@@ -42,7 +43,7 @@ def test_predict_adds_labels_of_the_image_shape_and_scale(widget, qtbot, sample_
     assert viewer.layers.selection.active is labels  # ready to correct
     # exactly what the core gives for the same model and settings
     expected = predict(widget.state.model, sample_2d["image"], config=widget.state.config, axes="YX",
-                       threshold=0.4, instances=True, device="cpu")
+                       threshold=0.4, instances=True, min_size=3, device="cpu")
     np.testing.assert_array_equal(labels.data, expected.labels[0, 0])
     assert probability.data.shape == image.data.shape
     assert 0.0 <= probability.data.min() and probability.data.max() <= 1.0
@@ -60,6 +61,7 @@ def test_predict_visible_plane_of_a_stack_is_placed_on_that_plane(widget, qtbot,
     panel.image_layer.set_layer(image)
     panel.scope.setCurrentText("visible plane (quick look)")
     panel.output.setCurrentText("mask")
+    panel.min_size.setValue(0)
     panel.run_button.click()
     assert wait_for(qtbot, panel.job) == "done"
     (labels,) = panel.last_layers

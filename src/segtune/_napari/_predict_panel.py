@@ -40,7 +40,7 @@ class PredictPanel(QWidget):
 
     Attributes tests drive: ``image_layer``, ``channel_axis`` (first axis holds channels),
     ``channel``, ``scope``, ``range_axis``, ``plane_from``, ``plane_to``, ``threshold``,
-    ``output``, ``tile``, ``blend``, ``overlap``, ``probability_check``, ``run_button``,
+    ``output``, ``min_size``, ``tile``, ``blend``, ``overlap``, ``probability_check``, ``run_button``,
     ``cancel_button``, ``status``; ``job`` is the running or last job and ``last_layers`` the
     layers the last prediction added. ``finished`` is emitted with the job status.
     """
@@ -88,6 +88,11 @@ class PredictPanel(QWidget):
         self.output = QComboBox()
         self.output.addItems(list(OUTPUT_TEXT))
         self.output.setToolTip("Numbered objects (instance labels: to count and measure them), or a mask saying which pixels belong to objects (or to which class).")
+        self.min_size = QSpinBox()
+        self.min_size.setRange(0, 1_000_000)
+        self.min_size.setValue(10)
+        self.min_size.setSuffix(" px")
+        self.min_size.setToolTip("Objects smaller than this many pixels (voxels in 3D) are dropped as specks.")
         self.tile = QSpinBox()
         self.tile.setRange(0, 4096)
         self.tile.setSingleStep(64)
@@ -116,6 +121,7 @@ class PredictPanel(QWidget):
         form.addRow("Range", range_row)
         form.addRow("Threshold", self.threshold)
         form.addRow("Output", self.output)
+        form.addRow("Smallest object", self.min_size)
         form.addRow("Tiles", tile_row)
         form.addRow(self.probability_check)
         layout.addLayout(form)
@@ -251,6 +257,7 @@ class PredictPanel(QWidget):
             channel=channel,
             threshold=self.threshold.value(),
             instances=instances,
+            min_size=self.min_size.value(),
             tile_shape=tile,
             blend=self.blend.currentText(),
             overlap=self.overlap.value() if self.blend.currentText() == "gaussian" else None,
