@@ -42,6 +42,7 @@ __all__ = [
     "device_for",
     "init_from_env",
     "is_main_process",
+    "launch_rank",
     "main_only",
     "on_main",
     "rank_seed",
@@ -190,6 +191,12 @@ def device_for(requested: str | torch.device, select: Callable[[Any], torch.devi
     if select is None:
         from segtune.core.device import select_device as select
     return select(requested)
+
+
+def launch_rank() -> int:
+    """This process's rank as torchrun set it (0 when not launched by it); still valid after :func:`release`."""
+    found = _environment()
+    return found[0] if found is not None else 0
 
 
 def is_main_process() -> bool:

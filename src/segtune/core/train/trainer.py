@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from segtune.core import distributed
 from segtune.core.models.store import (
     WEIGHTS_NAME,
     atomic_write_bytes,
@@ -652,7 +653,9 @@ def train(
     architecture = getattr(model, "architecture", None) or dict(base_config.get("architecture", {}))
     if int(architecture.get("in_channels", in_channels)) != in_channels:
         raise ValueError(f"the model takes {architecture.get('in_channels')} channel(s) but the images have {in_channels}")
-    device = select_device(config.device)
+    # torchrun: join the process group and train on this rank's GPU (a single process: no-op)
+    dist = distributed.init_from_env(config.device)
+    device = dist.device or select_device(config.device)
     model.to(device)
     use_amp = bool(config.amp and device.type == "cuda")
     patch_shape = normalize_patch_shape(config.patch, config.spatial_dims)
@@ -662,15 +665,17 @@ def train(
         for parameter in model.encoder_parameters():
             parameter.requires_grad_(False)
     trainable = [p for p in model.parameters() if p.requires_grad]
+    train_model = distributed.wrap_model(model)  # DDP under torchrun: gradients averaged over processes
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler("cuda") if use_amp else None
     loss_fn = parse_loss(config.loss, head)
-    rng = np.random.default_rng(config.seed)
+    rng = np.random.default_rng(distributed.rank_seed(config.seed))  # each process its own patches
     sampler = PatchSampler(train_samples, patch_shape, spatial_dims=config.spatial_dims,
                            min_foreground=config.min_foreground, rng=rng)
     train_pixels = sum(int(s.valid.sum()) for s in train_samples)
     patch_pixels = int(np.prod(patch_shape))
     steps_per_epoch = config.steps_per_epoch or max(16, math.ceil(train_pixels / (patch_pixels * config.batch_size)))
+    steps_per_epoch = distributed.shard_steps(steps_per_epoch)  # N processes take N batches a step
     total_steps = steps_per_epoch * config.epochs
     monitor, larger_is_better = _monitor_name(config, head, bool(val_samples))
     plateau = None
@@ -691,6 +696,7 @@ def train(
         "settings": config.to_dict(),
         "monitor": monitor,
         "device": str(device),
+        **({"processes": dist.world_size} if dist.active else {}),
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "status": "running",
     }
@@ -724,6 +730,8 @@ def train(
         if scaler is not None and header.get("scaler"):
             scaler.load_state_dict(header["scaler"])
         _restore_rng(tensors, header, rng)
+        if dist.rank:  # the checkpoint holds rank 0's generator; other processes draw their own patches
+            rng.bit_generator.state = np.random.default_rng([config.seed, dist.rank, int(header['epoch'])]).bit_generator.state
         history = header["history"]
         best_value, best_epoch, bad_epochs = header["best_value"], header["best_epoch"], header["bad_epochs"]
         first_epoch, global_step = header["epoch"] + 1, header["global_step"]
@@ -735,19 +743,20 @@ def train(
 
             best_state = load_file(str(out_folder / WEIGHTS_NAME), device="cpu")
         logger.info("resuming %s after epoch %d", out_folder, header["epoch"])
-    elif out_folder is not None:
+    elif out_folder is not None and dist.is_main:
         # the folder is a loadable model from the very start (the starting weights)
         save_model(model, model_config, out_folder, overwrite=True)
     initial_state = _state_copy(model) if checkpoint is None else None
 
     budget = config.max_minutes * 60.0 if config.max_minutes else None
     deadline = started + budget if budget else None
-    report = Reporter(progress, cancel, stage="train", total=total_steps)
+    # under torchrun rank 0 reports, and a cancel is shared at each step so that every process stops alike
+    report = Reporter(progress if dist.is_main else None, None if dist.active else cancel, stage="train", total=total_steps)
     stop_reason = "completed"
     last_validation_seconds = 0.0
 
     def save_best(metrics: dict[str, Any]) -> None:
-        if out_folder is None:
+        if out_folder is None or not dist.is_main:
             return
         model_config["metrics"] = _json_safe(metrics)
         save_model(model, model_config, out_folder, overwrite=True)
@@ -792,7 +801,7 @@ def train(
                 valid_t = torch.from_numpy(valid).to(device, non_blocking=True)
                 optimizer.zero_grad(set_to_none=True)
                 with _autocast(device, use_amp):
-                    logits = model(x_t)
+                    logits = train_model(x_t)
                 loss = loss_fn(logits.float(), y_t, valid_t)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"the training loss became {loss.item()} at epoch {epoch}, step {step + 1}; lower the learning rate")
@@ -808,14 +817,21 @@ def train(
                 running += float(loss.detach())
                 report.step(global_step, message=f"epoch {epoch}/{config.epochs}", epoch=epoch, step=step + 1,
                             loss=running / steps_done, lr=optimizer.param_groups[0]["lr"])
-                if deadline is not None and time.monotonic() + last_validation_seconds * 1.2 + 1.0 >= deadline:
+                late = deadline is not None and time.monotonic() + last_validation_seconds * 1.2 + 1.0 >= deadline
+                if dist.active:  # one small collective a step: every process stops at the same step
+                    if distributed.any_rank(cancel is not None and cancel.cancelled):
+                        raise Cancelled
+                    late = distributed.any_rank(late)
+                if late:
                     out_of_time = True
                     break
             validation_start = time.monotonic()
-            entry: dict[str, Any] = {"epoch": epoch, "train_loss": running / max(1, steps_done)}
-            if val_samples:
-                entry.update(_validate(model, val_samples, head=head, n_classes=config.n_classes, loss_fn=loss_fn,
-                                       device=device, spatial_dims=config.spatial_dims, amp=use_amp))
+            distributed.sync_buffers(model)  # rank 0's normalisation statistics everywhere: one model
+            entry: dict[str, Any] = {"epoch": epoch, "train_loss": distributed.all_reduce_mean(running / max(1, steps_done))}
+            if val_samples:  # validated by rank 0, the result shared: every process decides alike
+                entry.update(distributed.on_main(lambda: _validate(
+                    model, val_samples, head=head, n_classes=config.n_classes, loss_fn=loss_fn, device=device,
+                    spatial_dims=config.spatial_dims, amp=use_amp)))
             last_validation_seconds = time.monotonic() - validation_start
             entry.update(lr=optimizer.param_groups[0]["lr"], steps=steps_done, seconds=time.monotonic() - epoch_start,
                          elapsed=elapsed_before + time.monotonic() - started)
@@ -832,7 +848,7 @@ def train(
                 bad_epochs += 1
             if plateau is not None and value is not None and math.isfinite(value):
                 plateau.step(value)
-            if out_folder is not None:
+            if out_folder is not None and dist.is_main:
                 _save_checkpoint(out_folder, model, optimizer, scaler, checkpoint_state(epoch), rng)
                 _write_log(out_folder, history)
             if progress is not None:
@@ -843,7 +859,7 @@ def train(
             if config.patience and bad_epochs >= config.patience:
                 stop_reason = "early_stopping"
                 break
-            if deadline is not None and time.monotonic() >= deadline:
+            if distributed.any_rank(deadline is not None and time.monotonic() >= deadline):
                 stop_reason = "time_budget"
                 break
     except Cancelled:
@@ -858,11 +874,12 @@ def train(
     finish_record(stop_reason)
     best_metrics = next((h for h in history if h["epoch"] == best_epoch), {}) if best_epoch is not None else {}
     model_config["metrics"] = _json_safe(best_metrics)
-    if out_folder is not None:
+    if out_folder is not None and dist.is_main:
         save_model(model, model_config, out_folder, overwrite=True)
         if history:
             _write_log(out_folder, history)
     logger.info("training stopped (%s) after %d epoch(s); best epoch %s", stop_reason, len(history), best_epoch)
+    distributed.release()  # leave a process group this call joined
     return TrainResult(model, model_config, history, best_metrics, best_epoch, stop_reason, out_folder)
 
 
