@@ -144,6 +144,10 @@ def run(args: argparse.Namespace) -> int:
             )
     finally:
         signal.signal(signal.SIGINT, previous)
+    from segtune.core.distributed import launch_rank
+
+    if launch_rank() != 0:  # under torchrun every process trains; rank 0 wrote the folder and speaks
+        return 130 if result.stop_reason == "cancelled" else 0
     best = result.best_metrics
     summary = ", ".join(f"{k} {best[k]:.3f}" for k in ("val_matched_f1", "val_f1", "val_iou", "val_loss") if isinstance(best.get(k), float))
     print(f"{result.stop_reason}: {len(result.history)} epoch(s), best epoch {result.best_epoch}"
