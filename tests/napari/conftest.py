@@ -24,12 +24,10 @@ def sample_2d() -> dict[str, Any]:
 
 @pytest.fixture
 def widget(make_napari_viewer, qtbot):
-    """A viewer with the segtune widget docked, and no layers yet."""
-    from segtune._napari._widget import SegtuneWidget
-
+    """The segtune widget docked from the Plugins menu (as napari makes it: through the manifest, with
+    the proxy viewer napari gives plugins), in a viewer with no layers yet."""
     viewer = make_napari_viewer()
-    widget = SegtuneWidget(viewer)
-    viewer.window.add_dock_widget(widget, name="segtune")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-segtune", "segtune")
     yield widget
     # a test that failed halfway may leave a job running: stop it before the viewer closes
     for panel in (getattr(widget, name, None) for name in ("predict_panel", "finetune_panel", "tools_panel", "evaluate_panel")):

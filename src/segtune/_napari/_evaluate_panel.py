@@ -91,13 +91,13 @@ class EvaluatePanel(QWidget):
         self.job: Job | None = None
 
         layout = QVBoxLayout(self)
-        box = QGroupBox("Evaluate: how good is a segmentation?")
+        box = QGroupBox("Evaluate a segmentation")
         form = QFormLayout(box)
         self.pred_layer = LayerChoice(viewer, "labels")
         self.pred_layer.setToolTip("The segmentation to score (e.g. the model's prediction).")
         self.truth_layer = LayerChoice(viewer, "labels")
         self.truth_layer.setToolTip("The correct masks to compare with (drawn or corrected by hand).")
-        self.overlay_check = QCheckBox("Add a colour overlay layer")
+        self.overlay_check = QCheckBox("add a colour overlay layer")
         self.overlay_check.setChecked(True)
         self.overlay_check.setToolTip("Green: found correctly; red: found but not in the truth; blue: missed.")
         self.overlay_level = QComboBox()
@@ -115,17 +115,15 @@ class EvaluatePanel(QWidget):
             "Pixels: overlap of the masks. Objects: a true object counts as found if any predicted pixel "
             "touches it. Matched: one-to-one pairs overlapping by at least half (splits and merges count as errors)."
         )
-        overlay_row = QHBoxLayout()
-        overlay_row.addWidget(self.overlay_check)
-        overlay_row.addWidget(self.overlay_level)
         form.addRow("Segmentation", self.pred_layer)
         form.addRow("Ground truth", self.truth_layer)
-        form.addRow(overlay_row)
+        form.addRow(self.overlay_check)
+        form.addRow("Colour by", self.overlay_level)
         form.addRow(self.evaluate_button)
         form.addRow(self.table)
         layout.addWidget(box)
 
-        box = QGroupBox("Export (never replaces a file without asking)")
+        box = QGroupBox("Export")
         form = QFormLayout(box)
         self.export_layer = LayerChoice(viewer, "labels")
         self.export_layer.setToolTip("The masks to save.")
@@ -133,7 +131,7 @@ class EvaluatePanel(QWidget):
         self.export_image.setToolTip("Image whose brightness is measured inside each object (optional).")
         folder_row = QHBoxLayout()
         self.export_folder = QLineEdit(str(Path.home() / "segtune-results"))
-        self.export_folder.setToolTip("Where the files go.")
+        self.export_folder.setToolTip("Where the files go. Nothing there is replaced without asking you first.")
         self.browse_button = QPushButton("…")
         self.browse_button.setToolTip("Choose the folder.")
         folder_row.addWidget(self.export_folder, 1)
@@ -202,6 +200,7 @@ class EvaluatePanel(QWidget):
                         name=name,
                         scale=pred_layer.scale,
                         translate=pred_layer.translate,
+                        units=pred_layer.units,
                         blending="additive",
                         opacity=0.7,
                     )

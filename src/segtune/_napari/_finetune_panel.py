@@ -24,7 +24,7 @@ from superqt import QCollapsible
 
 from segtune._napari._curve import TrainingCurve
 from segtune._napari._jobs import Job, format_seconds, guarded, notify_info, run_guarded
-from segtune._napari._layers import LayerChoice, leading_names, matching_index, select
+from segtune._napari._layers import LayerChoice, leading_names, matching_index, same_layer, select
 from segtune._napari._state import ModelState, UserError
 
 REGION_TEXT = {
@@ -104,7 +104,6 @@ class FinetunePanel(QWidget):
         for spin in (self.plane_from, self.plane_to):
             spin.setToolTip("First and last corrected plane (numbers as on napari's slider).")
         range_row = QHBoxLayout()
-        range_row.addWidget(self.range_axis, 1)
         range_row.addWidget(self.plane_from)
         range_row.addWidget(QLabel("to"))
         range_row.addWidget(self.plane_to)
@@ -114,6 +113,7 @@ class FinetunePanel(QWidget):
         form.addRow("Corrected masks", self.labels_layer)
         form.addRow("Channel", self.channel)
         form.addRow("Trusted where", self.region)
+        form.addRow("Range along", self.range_axis)
         form.addRow("Planes", range_row)
         form.addRow("Only inside", self.shapes_layer)
 
@@ -426,5 +426,5 @@ class FinetunePanel(QWidget):
         self.state.set_busy("")
         layer = getattr(self, "_repredict_layer", None)
         self._repredict_layer = None
-        if layer is not None and self.repredict is not None and layer in self.viewer.layers:
+        if layer is not None and self.repredict is not None and any(same_layer(layer, other) for other in self.viewer.layers):
             run_guarded(self.repredict, layer)

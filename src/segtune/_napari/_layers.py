@@ -15,6 +15,24 @@ from segtune._napari._writer import pixel_sizes_from_scale
 KIND_WORDS = {"image": "an Image", "labels": "a Labels", "shapes": "a Shapes"}
 
 
+def kind_of(layer: Any) -> str:
+    """``"image"``, ``"labels"``, ``"shapes"`` or ``"other"`` (public API only: plugins see proxies)."""
+    from napari.layers import Image, Labels, Shapes
+
+    for cls, kind in ((Labels, "labels"), (Image, "image"), (Shapes, "shapes")):
+        if isinstance(layer, cls):
+            return kind
+    return "other"
+
+
+def same_layer(a: Any, b: Any) -> bool:
+    """Whether two references are one layer. napari hands plugin widgets a viewer whose layers
+    are wrapped in proxies, a new wrapper each time, so ``is`` cannot tell."""
+    if a is None or b is None:
+        return a is b
+    return getattr(a, "__wrapped__", a) is getattr(b, "__wrapped__", b)
+
+
 class LayerChoice(QComboBox):
     """A drop-down of the viewer's layers of one kind, kept in step with the layer list.
 
@@ -46,7 +64,7 @@ class LayerChoice(QComboBox):
         self.refresh()
 
     def _layers(self) -> list[Any]:
-        return [layer for layer in self.viewer.layers if layer._type_string == self.kind]
+        return [layer for layer in self.viewer.layers if kind_of(layer) == self.kind]
 
     def _on_layers_changed(self, event: Any = None) -> None:
         value = getattr(event, "value", None)
@@ -67,13 +85,13 @@ class LayerChoice(QComboBox):
             self.addItem(self.none_text, None)
         for layer in layers:
             self.addItem(layer.name, layer)
-        index = next((i for i in range(self.count()) if self.itemData(i) is current and current is not None), -1)
+        index = next((i for i in range(self.count()) if current is not None and same_layer(self.itemData(i), current)), -1)
         if index < 0 and not self.allow_none and layers:
             # a new layer of this kind is most likely the one the user wants next
             index = self.count() - 1
         self.setCurrentIndex(max(index, 0))
         self.blockSignals(False)
-        if self.currentData() is not current:
+        if not same_layer(self.currentData(), current):
             self.currentIndexChanged.emit(self.currentIndex())
 
     @property
@@ -84,7 +102,7 @@ class LayerChoice(QComboBox):
     def set_layer(self, layer: Any) -> None:
         """Choose ``layer`` (it must be in the viewer)."""
         for i in range(self.count()):
-            if self.itemData(i) is layer:
+            if same_layer(self.itemData(i), layer):
                 self.setCurrentIndex(i)
                 return
         raise ValueError(f"layer {getattr(layer, 'name', layer)!r} is not {KIND_WORDS.get(self.kind, self.kind)} layer of this viewer")
@@ -94,11 +112,11 @@ class LayerChoice(QComboBox):
         layer = self.layer
         if layer is None:
             raise UserError(f"Choose {KIND_WORDS.get(self.kind, self.kind)} layer for {what} (open an image or add a layer first).")
-        if layer not in self.viewer.layers:
+        if not any(same_layer(layer, other) for other in self.viewer.layers):
             self.refresh()
             raise UserError(f"The layer chosen for {what} was removed; choose another.")
-        if layer._type_string != self.kind:
-            raise UserError(f"{what[:1].upper()}{what[1:]} needs {KIND_WORDS.get(self.kind, self.kind)} layer, '{layer.name}' is a {layer._type_string} layer.")
+        if kind_of(layer) != self.kind:
+            raise UserError(f"{what[:1].upper()}{what[1:]} needs {KIND_WORDS.get(self.kind, self.kind)} layer, '{layer.name}' is a {kind_of(layer)} layer.")
         return layer
 
 
@@ -149,7 +167,7 @@ class Selection:
         Letters naming ``data``'s axes, e.g. ``"YX"``, ``"ZYX"``, ``"TZYX"``, ``"CZYX"``, ``"YXC"``.
     index
         The slices into the layer's non-channel axes that give ``data``.
-    scale, translate
+    scale, translate, units
         For a new layer lying exactly over the selection (non-channel axes).
     """
 
@@ -158,6 +176,12 @@ class Selection:
     index: tuple[slice, ...]
     scale: tuple[float, ...]
     translate: tuple[float, ...]
+    units: tuple[Any, ...] | None = None
+
+    @property
+    def placement(self) -> dict[str, Any]:
+        """``scale``, ``translate`` and ``units`` keywords for ``viewer.add_labels``/``add_image``."""
+        return {"scale": self.scale, "translate": self.translate, "units": self.units}
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -246,10 +270,11 @@ def select(
         axes = axes + "C"
     scale = tuple(float(s) for s in layer.scale)
     translate = tuple(float(t) for t in layer.translate)
+    units = tuple(layer.units)
     if channel_axis == 0:
-        scale, translate = scale[1:], translate[1:]
+        scale, translate, units = scale[1:], translate[1:], units[1:]
     translate = tuple(t + s * i.start for t, s, i in zip(translate, scale, index, strict=True))
-    return Selection(data, axes, tuple(index), scale, translate)
+    return Selection(data, axes, tuple(index), scale, translate, units)
 
 
 def matching_index(image: Any, labels: Any, labels_index: tuple[slice, ...], *, channel_first: bool = False) -> tuple[slice, ...]:

@@ -87,7 +87,7 @@ class ModelPanel(QWidget):
         )
         layout.addWidget(self.load_folder_button)
 
-        new_box = QGroupBox("New model (untrained: fine-tune it on your labels)")
+        new_box = QGroupBox("New model (untrained)")
         form = QFormLayout(new_box)
         self.new_dims = QComboBox()
         self.new_dims.addItems(["2D", "3D"])
@@ -113,7 +113,7 @@ class ModelPanel(QWidget):
         self.new_size.addItems(list(MODEL_SIZES))
         self.new_size.setToolTip("Bigger models can learn harder images but train and predict more slowly.")
         self.new_button = QPushButton("Start a new model")
-        self.new_button.setToolTip("Create an untrained model with these settings; train it in the Fine-tune tab.")
+        self.new_button.setToolTip("Create an untrained model with these settings; teach it on your masks in the Fine-tune tab.")
         form.addRow("Dimensions", self.new_dims)
         form.addRow("Output", self.new_output)
         form.addRow("Classes", self.new_classes)

@@ -76,7 +76,6 @@ class PredictPanel(QWidget):
             spin.setRange(0, 0)
             spin.setToolTip("First and last plane (numbers as on napari's slider).")
         range_row = QHBoxLayout()
-        range_row.addWidget(self.range_axis, 1)
         range_row.addWidget(self.plane_from)
         range_row.addWidget(QLabel("to"))
         range_row.addWidget(self.plane_to)
@@ -110,19 +109,19 @@ class PredictPanel(QWidget):
         tile_row = QHBoxLayout()
         tile_row.addWidget(self.tile)
         tile_row.addWidget(self.blend)
-        tile_row.addWidget(QLabel("overlap"))
-        tile_row.addWidget(self.overlap)
         self.probability_check = QCheckBox("also show probabilities")
         self.probability_check.setToolTip("Adds an image layer with how sure the model is at each pixel (0 to 1).")
         form.addRow("Image", self.image_layer)
         form.addRow("", self.channel_axis)
         form.addRow("Channel", self.channel)
         form.addRow("Where", self.scope)
-        form.addRow("Range", range_row)
+        form.addRow("Range along", self.range_axis)
+        form.addRow("From", range_row)
         form.addRow("Threshold", self.threshold)
         form.addRow("Output", self.output)
         form.addRow("Smallest object", self.min_size)
         form.addRow("Tiles", tile_row)
+        form.addRow("Overlap", self.overlap)
         form.addRow(self.probability_check)
         layout.addLayout(form)
 
@@ -285,11 +284,11 @@ class PredictPanel(QWidget):
             if probability is not None:
                 added.append(
                     self.viewer.add_image(
-                        probability, name=f"{name} probability", scale=selection.scale, translate=selection.translate,
+                        probability, name=f"{name} probability", **selection.placement,
                         colormap="magma", contrast_limits=(0.0, 1.0), blending="additive", visible=True,
                     )
                 )
-            labels_layer = self.viewer.add_labels(labels, name=name, scale=selection.scale, translate=selection.translate)
+            labels_layer = self.viewer.add_labels(labels, name=name, **selection.placement)
             added.append(labels_layer)
             self.viewer.layers.selection.active = labels_layer  # ready to correct with the brush
             self.last_layers = added

@@ -60,7 +60,7 @@ class ToolsPanel(QWidget):
         form.addRow("Image", self.image_layer)
         layout.addLayout(form)
 
-        box = QGroupBox("Auto-labels from fluorescence")
+        box = QGroupBox("Auto-labels (fluorescence)")
         box_form = QFormLayout(box)
         self.min_diameter = QDoubleSpinBox()
         self.max_diameter = QDoubleSpinBox()
@@ -83,7 +83,7 @@ class ToolsPanel(QWidget):
         box_form.addRow(self.autolabel_button)
         layout.addWidget(box)
 
-        box = QGroupBox("Pseudo-labels from the current model")
+        box = QGroupBox("Pseudo-labels (current model)")
         box_form = QFormLayout(box)
         self.confidence = QDoubleSpinBox()
         self.confidence.setRange(0.51, 1.0)
@@ -99,7 +99,7 @@ class ToolsPanel(QWidget):
         box_form.addRow(self.pseudolabel_button)
         layout.addWidget(box)
 
-        box = QGroupBox("Restoration pretraining (no labels needed)")
+        box = QGroupBox("Pretraining (no masks needed)")
         box_form = QFormLayout(box)
         self.pretrain_epochs = QSpinBox()
         self.pretrain_epochs.setRange(1, 1000)
@@ -169,7 +169,7 @@ class ToolsPanel(QWidget):
             return _stack(out, leading, instances=True)
 
         def done(labels: np.ndarray) -> None:
-            self.last_layer = self.viewer.add_labels(labels, name=f"{layer.name} [auto-labels]", scale=layer.scale, translate=layer.translate)
+            self.last_layer = self.viewer.add_labels(labels, name=f"{layer.name} [auto-labels]", scale=layer.scale, translate=layer.translate, units=layer.units)
             self.status.setText(
                 f"Auto-labels: {_count(labels)} objects in '{self.last_layer.name}'. Correct them, then fine-tune on them."
             )
@@ -204,7 +204,7 @@ class ToolsPanel(QWidget):
 
         def done(labels: np.ndarray) -> None:
             self.last_layer = self.viewer.add_labels(
-                labels, name=f"{layer.name} [pseudo-labels]", scale=layer.scale, translate=layer.translate,
+                labels, name=f"{layer.name} [pseudo-labels]", scale=layer.scale, translate=layer.translate, units=layer.units,
                 metadata={"segtune_ignore_value": IGNORE},
             )
             unsure = float(np.mean(labels == IGNORE))

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QComboBox, QScrollArea, QTabWidget, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QComboBox, QScrollArea, QStyle, QTabWidget, QVBoxLayout, QWidget
 
 from segtune._napari._evaluate_panel import EvaluatePanel
 from segtune._napari._finetune_panel import FinetunePanel
@@ -28,7 +27,6 @@ def _scrolling(panel: QWidget) -> QScrollArea:
         combo.setMinimumContentsLength(8)
     area = QScrollArea()
     area.setWidgetResizable(True)
-    area.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
     area.setWidget(panel)
     return area
 
@@ -75,7 +73,18 @@ class SegtuneWidget(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(2, 2, 2, 2)
         layout.addWidget(self.tabs)
-        self.setMinimumWidth(340)
+        self._fit_width()
+
+    def _fit_width(self) -> None:
+        """Wide enough that no tab needs a sideways scroll bar (the dock is made at least this wide)."""
+        panels = (self.model_panel, self.predict_panel, self.finetune_panel, self.evaluate_panel, self.tools_panel)
+        scrollbar = self.style().pixelMetric(QStyle.PM_ScrollBarExtent)
+        self.setMinimumWidth(max(panel.minimumSizeHint().width() for panel in panels) + scrollbar + 16)
+
+    def showEvent(self, event: Any) -> None:  # noqa: N802 - Qt's name
+        # napari's theme (larger paddings) applies once the widget is docked: measure again
+        self._fit_width()
+        super().showEvent(event)
 
     def _tab_tips(self) -> list[str]:
         tips = {
