@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 from pathlib import Path
 
@@ -178,6 +179,23 @@ def test_volume_in_chunks_equals_single_process_bit_for_bit(client, volume, tmp_
     done = parallel_predict.predict_volume((model, config), volume, out, client=client, probabilities=True,
                                               torch_threads=THREADS, **options)
     assert done.tasks == 0 and done.skipped == ["stack.tif"]
+
+
+def test_a_zooming_model_is_split_only_when_told_not_to_zoom(client, volume, tmp_path):
+    if "diameter" not in inspect.signature(predict).parameters:
+        pytest.skip("this version of predict() does not zoom to the model's object size")
+    model = _tiny_model(3, seed=2)
+    config = {**default_config(model.architecture), "object_diameter": 12.0, "auto_diameter": True}
+    options = {"tile_shape": (16, 72, 72), "batch_size": 2, "device": "cpu"}
+    with pytest.raises(ValueError, match="zooms images"):  # zooming needs the whole image in memory
+        parallel_predict.predict_volume((model, config), volume, tmp_path / "a.zarr", client=client, retries=0,
+                                        torch_threads=THREADS, **options)
+    assert not (tmp_path / "a.zarr").exists()
+    parallel_predict.predict_volume((model, config), volume, tmp_path / "b.zarr", client=client, diameter=0,
+                                    torch_threads=THREADS, **options)
+    with single_process_reference():
+        expected = predict(model, open_image(volume), config=config, diameter=0, **options).labels
+    np.testing.assert_array_equal(zarr.open_group(str(tmp_path / "b.zarr"), mode="r")["0"][:], expected)
 
 
 def test_large_file_split_by_a_2d_model_writes_the_same_tiff(client, volume, model_2d, tmp_path):

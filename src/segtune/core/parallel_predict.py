@@ -953,6 +953,12 @@ def _plan_task(payload: _ModelPayload, source: tuple, options: dict[str, Any]) -
     budget = _budget(torch_device, options.get("memory_limit"))
     padded = tuple(-(-s // d) * d for s, d in zip(shape, geometry.divisor, strict=True))
     tile_shape = options.get("tile_shape")
+    if _zooms(options.get("diameter", "auto"), config):
+        raise ValueError(
+            "the model zooms images to the object size it was trained at (diameter), which needs the whole image in "
+            "memory; predict this one whole (raise split_above), or pass diameter=0 (--diameter 0) to predict it "
+            "unzoomed in chunks"
+        )
     if not geometry.local:
         raise ValueError(
             "the model's output depends on the whole input (e.g. instance or group normalisation), so no tiling of it "
@@ -975,6 +981,20 @@ def _plan_task(payload: _ModelPayload, source: tuple, options: dict[str, Any]) -
         "head": str(config.get("head", "binary")), "classes": list(config.get("classes") or []),
         "pixel_sizes": _pixel_sizes(source),
     }
+
+
+def _zooms(diameter: Any, config: Mapping[str, Any]) -> bool:
+    """Whether predict() would zoom the image (see segtune.core.diameter.resolve_diameter)."""
+    from segtune.core.predict import predict
+
+    if "diameter" not in inspect.signature(predict).parameters:
+        return False
+    model_diameter = config.get("object_diameter")
+    if not model_diameter or diameter is None or (not isinstance(diameter, str) and float(diameter) == 0):
+        return False
+    if isinstance(diameter, str):
+        return bool(config.get("auto_diameter"))
+    return float(diameter) != float(model_diameter)
 
 
 def _budget(device: torch.device, memory_limit: Any) -> float:
@@ -1064,10 +1084,12 @@ def _predict_chunk_task(
     # the engine's own window reader: padding at the far end, then the image-wide normalisation
     windows = _Source(read, volume.shape, volume.pad_mode, volume.transform)
     stacked = np.stack([windows.window(job.item, job.window)[1] for job in jobs])
-    # each window an item of its own, one tile each, batched as the engine batched them
+    # each window an item of its own, one tile each, batched as the engine batched them (and never zoomed:
+    # the windows are already the image's own pixels)
+    unzoomed = {"diameter": None} if "diameter" in inspect.signature(predict).parameters else {}
     result = predict(
         module, stacked, config=config, axes="TCYX" if volume.spatial_dims == 2 else "TCZYX", normalize=False,
-        labels=False, tile_shape=volume.tile, batch_size=volume.batch_size, **volume.options,
+        labels=False, tile_shape=volume.tile, batch_size=volume.batch_size, **unzoomed, **volume.options,
     )
     group = zarr.open_group(out, mode="r+")
     labels_out = group[LABELS_ARRAY]
