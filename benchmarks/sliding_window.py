@@ -148,12 +148,18 @@ def run_segtune(model: torch.nn.Module, image: np.ndarray, memory_limit: Any = N
     return predict_raw(model, image[None], spatial_dims=image.ndim, device="cpu", memory_limit=memory_limit)
 
 
-def run_monai(model: torch.nn.Module, image: np.ndarray, roi: tuple[int, ...], batch: int) -> np.ndarray:
+def run_monai(model: torch.nn.Module, image: np.ndarray, roi: tuple[int, ...], batch: int, fast: bool = False) -> np.ndarray:
+    """MONAI's sliding window; ``fast`` gives it segtune's optimised model copy (channels last, BN folded)."""
     from monai.inferers import sliding_window_inference
 
+    predictor: Any = model
+    if fast:
+        from segtune.core.predict import _Runner
+
+        predictor = _Runner(model, torch.device("cpu"), "float32", image.ndim).forward
     with torch.inference_mode():
         out = sliding_window_inference(
-            torch.from_numpy(image)[None, None], roi, batch, model, overlap=0.25, mode="gaussian"
+            torch.from_numpy(image)[None, None], roi, batch, predictor, overlap=0.25, mode="gaussian"
         )
     return out[0].numpy()
 
@@ -165,6 +171,7 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 def bench_case(
     name: str, model: torch.nn.Module, image: np.ndarray, roi: tuple[int, ...], batch: int, repeats: int, limit: str,
     extras: bool = True,
+    monai_fast: bool = False,
 ) -> dict:
     from segtune.core.predict import _geometry, _memory_budget, _Runner, plan_tiles
 
@@ -187,6 +194,8 @@ def bench_case(
         "untiled-fast": lambda: run_untiled_fast(model, image),
         f"segtune-{limit}": lambda: run_segtune(model, image, limit),
     } if extras else {}
+    if monai_fast:
+        once["monai-fast"] = lambda: run_monai(model, image, roi, batch, fast=True)
     times: dict[str, list[float]] = {k: [] for k in [*methods, *once]}
     rss: dict[str, int] = {}
     outputs: dict[str, np.ndarray] = {}
@@ -318,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2, help="rounds for 2D (alternating order)")
     parser.add_argument("--repeats-3d", type=int, default=1, help="rounds for 3D (each costs about 7 min on 2 cores)")
     parser.add_argument("--extras-3d", action="store_true", help="also time the optimised untiled pass and a memory-limited run in 3D")
+    parser.add_argument("--monai-fast", action="store_true", help="also time MONAI given segtune's optimised model copy")
     parser.add_argument("--size-2d", type=int, default=2048)
     parser.add_argument("--shape-3d", default="64,512,512")
     parser.add_argument("--stream-size", type=int, default=16384)
@@ -339,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         model2d = make_model(2, 3, 32, image)
         if args.only in (None, "2d"):
             print(f"2D input: {origin}")
-            bench_case("2D U-Net base 32, 4 levels", model2d, image, (256, 256), 4, args.repeats, "1.5GB")
+            bench_case("2D U-Net base 32, 4 levels", model2d, image, (256, 256), 4, args.repeats, "1.5GB", monai_fast=args.monai_fast)
         exactness_on_real_image(model2d)
         del image, model2d
         gc.collect()
@@ -348,7 +358,10 @@ def main(argv: list[str] | None = None) -> int:
         volume = synthetic_nuclei(shape, seed=3, count_per_mpx=60.0)
         model3d = make_model(3, 2, 16, volume)
         print("3D input: synthetic nuclei")
-        bench_case("3D U-Net base 16, 3 levels", model3d, volume, (64, 128, 128), 2, args.repeats_3d, "3GB", args.extras_3d)
+        bench_case(
+            "3D U-Net base 16, 3 levels", model3d, volume, (64, 128, 128), 2, args.repeats_3d, "3GB", args.extras_3d,
+            monai_fast=args.monai_fast,
+        )
         del volume, model3d
         gc.collect()
     if args.only is None:
