@@ -192,3 +192,40 @@ def test_export_model_folder_and_rois_need_2d(widget, qtbot, tmp_path: Path, err
     panel.export_rois_button.click()
     (message,) = errors()
     assert "2D" in message
+
+
+def test_bundled_model_is_listed_with_its_card_line_and_loads(widget, errors) -> None:
+    from segtune.core.models.registry import list_models
+
+    models = list_models()
+    if not models:
+        pytest.skip("no bundled model in this installation yet")
+    panel = widget.model_panel
+    assert [panel.bundled.itemText(i) for i in range(panel.bundled.count())] == [m.name for m in models]
+    panel.bundled.setCurrentIndex(0)
+    assert panel.bundled_description.text() == models[0].description
+    panel.load_bundled_button.click()
+    assert widget.state.folder == models[0].folder and not widget.state.unsaved
+    assert models[0].name in panel.info.text() and str(models[0].folder) in panel.info.text()
+    assert errors() == []
+
+
+def test_bundled_list_reads_the_registry(make_napari_viewer, monkeypatch, tmp_path: Path, errors) -> None:
+    """A model folder registered as bundled (a tiny stand-in) is listed with its description and loads."""
+    from segtune.core.models import registry
+    from segtune.core.models.store import default_config, save_model
+    from segtune.core.models.unet import build_model, default_architecture
+
+    architecture = default_architecture(spatial_dims=2, in_channels=1, out_channels=3, depth=2, base_channels=8)
+    save_model(build_model(architecture), default_config(architecture, description="Tiny stand-in for nuclei."), tmp_path / "tiny")
+    monkeypatch.setattr(registry, "PRETRAINED_DIR", tmp_path)
+    monkeypatch.setattr(registry, "BUNDLED_MODELS", {"tiny-nuclei": "tiny"})
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-segtune", "segtune")
+    panel = widget.model_panel
+    assert panel.bundled.itemText(0) == "tiny-nuclei"
+    assert panel.bundled_description.text() == "Tiny stand-in for nuclei."
+    panel.load_bundled_button.click()
+    assert widget.state.folder == tmp_path / "tiny" and widget.state.name == "tiny-nuclei"
+    assert "Tiny stand-in for nuclei." in panel.info.text()
+    assert errors() == []
