@@ -11,9 +11,10 @@ from segtune.core.io import open_image, read_labels
 
 def _with_labels(image_name: str, labels_name: str) -> list[tuple[Any, dict[str, Any], str]]:
     layers = image_layers(open_image(sample_file(image_name)))
-    scale = layers[0][1]["scale"]
+    image_meta = layers[0][1]
     labels = read_labels(sample_file(labels_name))
-    layers.append((labels, {"name": f"{image_name} [true labels]", "scale": scale, "opacity": 0.5, "visible": False}, "labels"))
+    meta = {"name": f"{image_name} [true labels]", "scale": image_meta["scale"], "units": image_meta["units"], "opacity": 0.5, "visible": False}
+    layers.append((labels, meta, "labels"))
     return layers
 
 
