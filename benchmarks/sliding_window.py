@@ -268,6 +268,24 @@ def exactness_on_real_image(model: torch.nn.Module) -> None:
         )
 
 
+def floor(model: torch.nn.Module, image: np.ndarray, repeats: int) -> None:
+    """segtune against the same single pass with the same optimisations, alternating, ``repeats`` rounds."""
+    run_segtune(model, image[:256, :256])  # probe and warm up outside the timings
+    times: dict[str, list[float]] = {"segtune": [], "untiled-fast": []}
+    for round_ in range(repeats):
+        for key in ("segtune", "untiled-fast") if round_ % 2 == 0 else ("untiled-fast", "segtune"):
+            start = time.perf_counter()
+            run_segtune(model, image) if key == "segtune" else run_untiled_fast(model, image)
+            times[key].append(time.perf_counter() - start)
+            print(f"  {key:>13}: {times[key][-1]:7.2f} s", flush=True)
+    ratios = [a / b for a, b in zip(times["segtune"], times["untiled-fast"], strict=True)]
+    print(
+        f"medians: segtune {np.median(times['segtune']):.2f} s, untiled-fast {np.median(times['untiled-fast']):.2f} s; "
+        f"ratio of medians {np.median(times['segtune']) / np.median(times['untiled-fast']):.3f}, "
+        f"per-round ratios {', '.join(f'{r:.2f}' for r in ratios)}"
+    )
+
+
 # --- streaming ------------------------------------------------------------------------------
 
 
@@ -323,7 +341,10 @@ def stream(size: int, base: int, memory_limit: str, folder: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=("2d", "3d", "stream", "real"), default=None)
+    parser.add_argument(
+        "--only", choices=("2d", "3d", "stream", "real", "floor"), default=None,
+        help="one part; 'floor' alternates segtune and the equally optimised untiled pass in 2D (--repeats rounds)",
+    )
     parser.add_argument("--repeats", type=int, default=2, help="rounds for 2D (alternating order)")
     parser.add_argument("--repeats-3d", type=int, default=1, help="rounds for 3D (each costs about 7 min on 2 cores)")
     parser.add_argument("--extras-3d", action="store_true", help="also time the optimised untiled pass and a memory-limited run in 3D")
@@ -344,6 +365,12 @@ def main(argv: list[str] | None = None) -> int:
             stream(args.stream_size, args.stream_base, args.stream_memory, folder)
         return 0
 
+    if args.only == "floor":
+        image, origin = real_or_synthetic_2d(args.size_2d)
+        model2d = make_model(2, 3, 32, image)
+        print(f"2D input: {origin}")
+        floor(model2d, image, args.repeats)
+        return 0
     if args.only in (None, "2d", "real"):
         image, origin = real_or_synthetic_2d(args.size_2d)
         model2d = make_model(2, 3, 32, image)
