@@ -170,6 +170,11 @@ def test_write_labels_round_trip_atomic_and_refuses_overwrite(tmp_path: Path) ->
     write_labels(path, np.ones((3, 3), np.uint8), overwrite=True)
     np.testing.assert_array_equal(read_labels(path), np.ones((3, 3)))
     assert [p.name for p in tmp_path.iterdir()] == ["out_labels.tif"]  # no temp files left behind
+    kept = write_labels(tmp_path / "wide.tif", np.eye(3, dtype=np.uint16), dtype=np.uint16)
+    assert read_labels(kept).dtype == np.uint16
+    with pytest.raises(ValueError, match="labels up to 300 cannot be stored as uint8"):
+        write_labels(tmp_path / "narrow.tif", np.full((2, 2), 300), dtype=np.uint8)
+    kept.unlink()
     with pytest.raises(ValueError, match="integer or boolean"):
         write_labels(tmp_path / "f.tif", np.full((3, 3), 0.5))
 

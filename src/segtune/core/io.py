@@ -530,6 +530,7 @@ def write_labels(
     overwrite: bool = False,
     *,
     axes: str | None = None,
+    dtype: np.dtype | type | None = None,
 ) -> Path:
     """Write a label image as OME-TIFF, atomically, never replacing a file unless asked.
 
@@ -544,6 +545,11 @@ def write_labels(
         (Z, Y, X) in micrometres, entries may be None.
     overwrite
         Replace an existing file. Without it an existing file raises :class:`FileExistsError`.
+    axes
+        The axes of ``labels`` (``"YX"``, ``"ZYX"``, ``"TZYX"``, ...); guessed from its rank.
+    dtype
+        Store in this unsigned integer type (e.g. uint16 for instance labels, whatever their
+        count); by default the smallest of uint8/16/32 that holds the largest label.
 
     Returns
     -------
@@ -578,7 +584,11 @@ def write_labels(
     if len(axes) != labels.ndim:
         raise ValueError(f"axes {axes!r} do not match labels of shape {labels.shape}")
     top = int(labels.max()) if labels.size else 0
-    dtype = np.uint8 if top <= 255 else np.uint16 if top <= 65535 else np.uint32
+    if dtype is None:
+        dtype = np.uint8 if top <= 255 else np.uint16 if top <= 65535 else np.uint32
+    dtype = np.dtype(dtype)
+    if dtype.kind != "u" or top > np.iinfo(dtype).max:
+        raise ValueError(f"labels up to {top} cannot be stored as {dtype}; use an unsigned type that holds them")
     labels = labels.astype(dtype, copy=False)
 
     metadata: dict[str, Any] = {"axes": axes}
