@@ -45,6 +45,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-size", type=int, default=None, metavar="PX", help="drop objects larger than this")
     parser.add_argument("--fill-holes", action="store_true", help="fill holes inside objects")
     parser.add_argument("--split", action="store_true", help="split touching objects (binary models) by a distance watershed")
+    parser.add_argument(
+        "--diameter", default="auto", metavar="PX",
+        help="typical object diameter in pixels: the image is zoomed so objects match the size the model was "
+             "trained at, and the labels zoomed back; 'auto' (default) estimates it for models that ask for it "
+             "(the bundled nuclei models), 0 never zooms",
+    )
     parser.add_argument("--blend", default="exact", choices=("exact", "gaussian"), help="exact stitching (default) or MONAI-style Gaussian blending")
     parser.add_argument("--precision", default="float32", choices=("float32", "bfloat16", "float16"), help="float32 (default) or half-precision autocast on CUDA")
     parser.add_argument("--memory-limit", default=None, metavar="SIZE", help="memory one forward pass may use, e.g. 2GB (default: half the free memory)")
@@ -231,6 +237,14 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     scene: Any = args.scene
     if scene is not None and scene.isdigit():
         scene = int(scene)
+    diameter: Any = str(getattr(args, "diameter", "auto")).strip().lower()
+    if diameter != "auto":
+        try:
+            diameter = float(diameter)
+        except ValueError as e:
+            raise UsageError(f"--diameter must be a number of pixels, 'auto' or 0, got {args.diameter!r}") from e
+        if not diameter >= 0:
+            raise UsageError(f"--diameter must be positive (or 0 for no zoom), got {args.diameter!r}")
     return {
         "tile_shape": tile,
         "overlap": args.overlap,
@@ -243,6 +257,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         "max_size": args.max_size,
         "fill_holes": args.fill_holes,
         "split": args.split,
+        "diameter": diameter,
         "blend": args.blend,
         "precision": args.precision,
         "memory_limit": args.memory_limit,

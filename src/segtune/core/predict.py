@@ -1346,6 +1346,7 @@ class PredictionResult:
     labels: np.ndarray | None
     head: str
     classes: list[str]
+    diameter: float | None = None
 
 
 def predict(
@@ -1374,6 +1375,7 @@ def predict(
     memory_limit: float | str | None = None,
     skip_threshold: float | None = None,
     out: Any = None,
+    diameter: float | str | None = "auto",
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
 ) -> PredictionResult:
@@ -1415,12 +1417,20 @@ def predict(
         As in :func:`predict_raw`; skipped tiles read as background.
     out
         Where the probabilities go (see :func:`predict_raw`), shape ``(T, K, Z, Y, X)``.
+    diameter
+        Typical object diameter in the image, in pixels: the image is zoomed in Y and X by
+        ``config["object_diameter"] / diameter`` before prediction and the probabilities are
+        zoomed back, so a model trained on one magnification serves others. ``"auto"``
+        estimates it (from the first time point) for models whose config asks for it
+        (``"auto_diameter": true``, the bundled nuclei models) and leaves other models' input
+        as it is; ``None`` or 0 never zooms. See :func:`segtune.core.diameter.resolve_diameter`.
     progress, cancel
         See :mod:`segtune.core.progress`.
 
     Returns
     -------
     PredictionResult
+        With ``diameter`` the diameter used (None when the image was not zoomed).
 
     Raises
     ------
@@ -1439,6 +1449,20 @@ def predict(
     data, names, pixel_axes = _as_tczyx(image, axes, channel_names)
     n_t, n_c, n_z, n_y, n_x = (int(s) for s in data.shape)
     chosen = _select_channels(channel, names, n_c, in_channels)
+
+    from segtune.core import diameter as sizing
+
+    sample = None
+    if isinstance(diameter, str) and config.get("object_diameter") and config.get("auto_diameter"):
+        sample = np.sum([_compute(data[0, c]) for c in chosen], axis=0, dtype=np.float32)
+        sample = sample[n_z // 2] if spatial_dims == 2 else sample
+    used_diameter, zoom = sizing.resolve_diameter(diameter, config, sample)
+    original_yx, final_out = (n_y, n_x), out
+    if zoom != 1.0:
+        # predict on an in-memory copy zoomed to the model's object size, then zoom back
+        data = sizing.rescale_stack(data, chosen, zoom)
+        chosen, out = list(range(len(chosen))), None
+        n_t, n_c, n_z, n_y, n_x = (int(s) for s in data.shape)
 
     transform = None
     if normalize:
@@ -1482,18 +1506,23 @@ def predict(
         precision=precision, memory_limit=memory_limit, halo=None, divisor=None, skip=skip,
         skip_value=skip_value, sigma_scale=0.125, activation=activation, progress=progress, cancel=cancel,
     )
+    if zoom != 1.0:
+        if isinstance(final_out, (str, os.PathLike)):
+            final_out = _open_output(final_out, (n_t, probabilities.shape[1], n_z, *original_yx),
+                                     (1, 1, 1, *original_yx), False)
+        probabilities = sizing.restore_stack(probabilities, original_yx, final_out)
     result_labels = None
     if labels and head != "image":
         from segtune.core import postprocess
 
         if min_distance is None:
-            diameter = config.get("object_diameter")
-            min_distance = max(1, int(round(float(diameter) / 4))) if diameter else 5
+            object_size = used_diameter or config.get("object_diameter")
+            min_distance = max(1, int(round(float(object_size) / 4))) if object_size else 5
         result_labels = _label_stack(
             probabilities, head, spatial_dims, postprocess, threshold=threshold, instances=instances, split=split,
             min_distance=min_distance, min_size=min_size, max_size=max_size, fill_holes=fill_holes,
         )
-    return PredictionResult(probabilities, result_labels, head, classes)
+    return PredictionResult(probabilities, result_labels, head, classes, used_diameter)
 
 
 def _label_stack(probabilities: Any, head: str, spatial_dims: int, postprocess: Any, **options: Any) -> np.ndarray:

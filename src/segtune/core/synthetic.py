@@ -88,6 +88,7 @@ def synthetic_nuclei(
     halo: float = 0.0,
     coverage: float = 0.25,
     uint8_peak: float = 230.0,
+    out_of_focus: int = 0,
 ) -> SyntheticNuclei:
     """Draw a fluorescent-nucleus image (2D or 3D) with its instance labels.
 
@@ -139,6 +140,9 @@ def synthetic_nuclei(
     uint8_peak
         For ``dtype=numpy.uint8``: the value the 99.9th percentile maps to (low values give
         dim 8-bit images that use a small part of the range).
+    out_of_focus
+        Number of large, blurred, very bright blobs that are not labelled (cells out of the
+        focal plane, clumps of debris): they make real nuclei look dim after normalisation.
 
     Returns
     -------
@@ -250,6 +254,16 @@ def synthetic_nuclei(
     for _ in range(debris):
         point = tuple(int(rng.integers(0, n)) for n in shape)
         signal[point] += brightness * rng.uniform(2, 4)
+    if out_of_focus > 0:
+        haze = np.zeros(shape, dtype=np.float32)
+        for _ in range(out_of_focus):
+            point = tuple(int(rng.integers(0, n)) for n in shape)
+            haze[point] = 1.0
+        sigma = diameter * rng.uniform(0.3, 0.6)
+        haze = ndi.gaussian_filter(haze, [sigma / s for s in scale])
+        peak = float(haze.max())
+        if peak > 0:
+            signal += (haze / peak * brightness * rng.uniform(2, 6)).astype(np.float32)
 
     signal = ndi.gaussian_filter(signal, sigma=[blur / s for s in scale]) if blur > 0 else signal
     grid = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape[-2:]], indexing="ij")
@@ -324,6 +338,7 @@ def random_nuclei_parameters(
         "elastic": float(rng.uniform(0.0, 0.2) * d),
         "texture": {"hoechst": 0.2, "gfp": 0.1, "h2b": 0.55}[str(stain)] * float(rng.uniform(0.6, 1.4)),
         "halo": float(rng.uniform(0.05, 0.3)) if stain == "gfp" else 0.0,
+        "out_of_focus": int(rng.choice([0, 0, 1, 2, 4])),
     }
     if ndim == 3:
         params["z_anisotropy"] = float(rng.uniform(1.0, 3.0))
