@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import shlex
 import sys
 from collections.abc import Sequence
 
@@ -53,7 +54,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from segtune.core.progress import Cancelled
 
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    # what was run, recorded in model provenance (sys.argv is the caller's when called from Python)
+    args.command_line = shlex.join(["segtune", *argv])
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import signal
 import sys
 from pathlib import Path
@@ -94,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.denoise_out and not args.overwrite:
         _check_denoise_targets(args.images, Path(args.denoise_out))
-    command = shlex.join(["segtune", *sys.argv[1:]]) if sys.argv else None
+    command = args.command_line
     token = CancelToken()
     previous = signal.getsignal(signal.SIGINT)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import signal
 import sys
 from pathlib import Path
@@ -140,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
         with tqdm_progress("train", file=sys.stderr, mininterval=1.0) as progress:
             result = train_files(
                 images, labels, config, out=out, model=args.start, overwrite=args.overwrite, resume=args.resume,
-                command=shlex.join(["segtune", *sys.argv[1:]]) if sys.argv else None, progress=progress, cancel=token,
+                command=args.command_line, progress=progress, cancel=token,
             )
     finally:
         signal.signal(signal.SIGINT, previous)
