@@ -31,7 +31,17 @@ def _write_pairs(folder, n=3, shape=(64, 64)):
     return folder / "images", folder / "labels"
 
 
-def test_models_says_none_are_bundled(capsys):
+def test_models_lists_the_bundled_models(capsys, monkeypatch):
+    from segtune.core.models import registry
+
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    bundled = registry.list_models()
+    for model in bundled:
+        assert model.name in out
+    if not bundled:
+        assert "No pretrained models are bundled" in out
+    monkeypatch.setattr(registry, "BUNDLED_MODELS", {})
     assert main(["models"]) == 0
     assert "No pretrained models are bundled" in capsys.readouterr().out
 

@@ -200,6 +200,7 @@ def test_fine_tune_from_a_saved_model_with_frozen_encoder(tmp_path):
     encoder_keys = [k for k in before if k.startswith("encoder.") and "num_batches" not in k]
     assert encoder_keys and all(torch.equal(before[k], after[k]) for k in encoder_keys)
     assert not torch.equal(before["head.weight"], after["head.weight"])
+    assert all(p.requires_grad for p in result.model.parameters())  # frozen only while training
     _, config = load_model(tmp_path / "tuned")
     assert config["head"] == "binary"
     assert config["normalization"]["low"] == 2.0  # the starting model's input pipeline is kept

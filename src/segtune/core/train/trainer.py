@@ -98,8 +98,10 @@ class TrainConfig:
     patience
         Early stopping after this many epochs without improvement (None or 0: never).
     monitor
-        ``"val_f1"`` (pixel F1), ``"val_iou"``, ``"val_matched_f1"`` (instances matched at IoU 0.5),
-        ``"val_loss"``, or ``"auto"``: matched F1 for instance heads, pixel F1 for semantic.
+        ``"val_loss"``, ``"val_f1"`` (pixel F1), ``"val_iou"`` or ``"val_matched_f1"`` (instances
+        matched at IoU 0.5); ``"auto"`` is the validation loss, the smoothest signal when only an
+        image or two validate (the instance F1 of one image jumps between epochs and would pick
+        an early, worse model). Every metric is recorded whichever decides.
     min_foreground
         Crops with less labelled foreground than this fraction are skipped (the seeds' 3 %).
     normalization, clip
@@ -466,13 +468,11 @@ def _lr_factor(config: TrainConfig, step: int, total_steps: int, elapsed: float,
     return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _monitor_name(config: TrainConfig, head: str, has_validation: bool) -> tuple[str, bool]:
+def _monitor_name(config: TrainConfig, has_validation: bool) -> tuple[str, bool]:
     """The metric deciding the best epoch and whether larger is better."""
     if not has_validation:
         return "train_loss", False
-    name = config.monitor
-    if name == "auto":
-        name = "val_matched_f1" if head in ("binary", "three_class") else "val_f1"
+    name = "val_loss" if config.monitor == "auto" else config.monitor
     return name, name != "val_loss"
 
 
@@ -659,6 +659,7 @@ def train(
     model.to(device)
     use_amp = bool(config.amp and device.type == "cuda")
     patch_shape = normalize_patch_shape(config.patch, config.spatial_dims)
+    requires_grad = [p.requires_grad for p in model.parameters()]
     if config.freeze_encoder:
         if not hasattr(model, "encoder_parameters"):
             raise ValueError("freeze_encoder needs a model with encoder_parameters() (a segtune UNet)")
@@ -677,7 +678,7 @@ def train(
     steps_per_epoch = config.steps_per_epoch or max(16, math.ceil(train_pixels / (patch_pixels * config.batch_size)))
     steps_per_epoch = distributed.shard_steps(steps_per_epoch)  # N processes take N batches a step
     total_steps = steps_per_epoch * config.epochs
-    monitor, larger_is_better = _monitor_name(config, head, bool(val_samples))
+    monitor, larger_is_better = _monitor_name(config, bool(val_samples))
     plateau = None
     if config.schedule == "plateau":
         plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max" if larger_is_better else "min", factor=0.5, patience=3)
@@ -866,6 +867,8 @@ def train(
         # the checkpoint of the last finished epoch stays as it is: resume repeats this epoch
         stop_reason = "cancelled"
 
+    for parameter, flag in zip(model.parameters(), requires_grad, strict=True):
+        parameter.requires_grad_(flag)  # the caller's module leaves as it came (frozen or not)
     if best_state is not None:
         model.load_state_dict(best_state)
     elif stop_reason == "cancelled" and initial_state is not None:
