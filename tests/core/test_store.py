@@ -163,7 +163,7 @@ def test_bad_configs_are_refused(tmp_path):
 
 
 def test_missing_model_lists_known_names(tmp_path):
-    with pytest.raises(FileNotFoundError, match="bundled models: none are bundled yet"):
+    with pytest.raises(FileNotFoundError, match=r"no bundled model of that name \(bundled models: nuclei-2d"):
         load_model("no-such-model")
     with pytest.raises(FileNotFoundError, match="not a model folder"):
         (tmp_path / "f.pt").write_bytes(b"x")

@@ -16,8 +16,12 @@ __all__ = ["BUNDLED_MODELS", "PRETRAINED_DIR", "BundledModel", "list_models", "m
 
 PRETRAINED_DIR = Path(__file__).resolve().parents[2] / "pretrained"
 
-# name -> folder under PRETRAINED_DIR. Empty until the bundled models are trained.
-BUNDLED_MODELS: dict[str, str] = {}
+# name -> folder under PRETRAINED_DIR (trained by scripts/train_pretrained.py; see each MODEL_CARD.md)
+BUNDLED_MODELS: dict[str, str] = {
+    "nuclei-2d": "nuclei-2d",
+    "membranes-2d": "membranes-2d",
+    "nuclei-3d": "nuclei-3d",
+}
 
 
 @dataclass(frozen=True)

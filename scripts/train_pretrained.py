@@ -1,0 +1,496 @@
+"""Retrain the bundled pretrained models from scratch (CPU is enough), validate them and write their folders.
+
+Usage::
+
+    python scripts/train_pretrained.py                      # all three, one after the other
+    python scripts/train_pretrained.py nuclei-2d            # one by name
+    python scripts/train_pretrained.py --evaluate-only all  # re-validate the shipped models
+
+Each model is trained with the public training engine (:func:`segtune.core.train.trainer.train`)
+for a fixed time budget, then validated on data it never saw, and written with fp16 weights to
+``src/segtune/pretrained/<name>/`` (``config.json``, ``weights.safetensors``, ``MODEL_CARD.md``;
+the card's numbers are those this script measured). Real data is read from ``../shared/data``
+beside the repository (``--data`` to change). The wall time of each model is printed.
+
+nuclei-2d
+    3-class 2D U-Net trained on 10 of the 14 NIH3T3 Hoechst images plus synthetic nuclei of
+    many microscopes (Hoechst/GFP/H2B-like, 8/16-bit, dim/bright), every image rescaled so its
+    nuclei are about ``NUCLEI_2D_DIAMETER`` pixels across (with scale jitter on top).
+    Validated on the other 4 NIH3T3 images and on unseen synthetic variants at 8-90 px.
+membranes-2d
+    binary 2D U-Net (cell interior vs membrane) trained on ISBI 2012 images 0-14, validated on
+    images 15-19 (pixel F1 of the interior).
+nuclei-3d
+    3-class 3D U-Net trained on synthetic 3D nuclei stacks (anisotropy 1-3), validated on
+    unseen synthetic stacks (matched F1 at IoU 0.5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+PRETRAINED = REPO / "src" / "segtune" / "pretrained"
+DEFAULT_DATA = (REPO / ".." / "shared" / "data").resolve()
+WORK = Path("/tmp/segtune_pretrained_work")
+MODELS = ("nuclei-2d", "membranes-2d", "nuclei-3d")
+
+NUCLEI_2D_DIAMETER = 20.0  # pixels: what nuclei-2d sees after rescaling
+SYNTHETIC_2D_IMAGES = 200
+NUCLEI_3D_DIAMETER = 12.0  # XY pixels for nuclei-3d
+
+# the NIH3T3 images held out from nuclei-2d training (every image not listed here trains)
+NIH3T3_HELD_OUT = ("1.png", "28.png", "32.png", "42.png")
+ISBI_TRAIN = tuple(f"{i}.png" for i in range(15))
+ISBI_HELD_OUT = tuple(f"{i}.png" for i in range(15, 20))
+
+DESCRIPTIONS = {
+    "nuclei-2d": "Fluorescent nuclei, 2D (Hoechst/DAPI, GFP, H2B; 8/16-bit): 3-class U-Net, watershed instances, any nucleus size via --diameter",
+    "membranes-2d": "EM membranes, 2D (ISBI 2012-like serial-section TEM): cell interior vs membrane",
+    "nuclei-3d": "Fluorescent nuclei, 3D stacks: 3-class 3D U-Net, watershed instances",
+}
+
+# minutes of training per model (the wall-time budget; on a contended 2-core machine)
+BUDGET_MINUTES = {"nuclei-2d": 30.0, "membranes-2d": 30.0, "nuclei-3d": 15.0}
+
+logger = logging.getLogger("train_pretrained")
+
+
+# --- data --------------------------------------------------------------------------------------
+
+
+def _read_png(path: Path) -> np.ndarray:
+    import imageio.v3 as iio
+
+    array = iio.imread(path)
+    return array if array.ndim == 2 else array[..., 0]
+
+
+def _resize_pair(image: np.ndarray, labels: np.ndarray, factor: float) -> tuple[np.ndarray, np.ndarray]:
+    from segtune.core.diameter import rescale_for_model
+
+    image = rescale_for_model(image.astype(np.float32), 1.0, factor)
+    labels = rescale_for_model(labels, 1.0, factor, order=0)
+    return image, labels
+
+
+def nuclei_2d_data(data: Path, seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
+    """NIH3T3 training images at three scales around the model diameter, plus synthetic nuclei."""
+    from segtune.core.diameter import labels_diameter
+    from segtune.core.synthetic import random_nuclei_parameters, synthetic_nuclei
+
+    images, labels, names = [], [], []
+    folder = data / "nuclei_nih3t3"
+    for path in sorted((folder / "images").glob("*.png")):
+        if path.name in NIH3T3_HELD_OUT:
+            continue
+        image, mask = _read_png(path), _read_png(folder / "labels" / path.name)
+        diameter = labels_diameter(mask > 0)
+        for jitter in (0.7, 0.85, 1.0, 1.2, 1.4):
+            small_image, small_mask = _resize_pair(image, (mask > 0).astype(np.uint8), NUCLEI_2D_DIAMETER * jitter / diameter)
+            images.append(small_image)
+            labels.append(small_mask)
+            names.append(f"nih3t3/{path.name}@{jitter}")
+    rng = np.random.default_rng(seed)
+    for index in range(SYNTHETIC_2D_IMAGES):
+        # drawn at a native size of 6-90 px, then zoomed to the model's size (with jitter) exactly
+        # as prediction zooms a real image: the network sees upsampled (smooth-noise) small nuclei
+        # and downsampled large ones, not only nuclei born at its own size
+        native = float(np.exp(rng.uniform(np.log(6.0), np.log(90.0))))
+        params = random_nuclei_parameters(rng, diameter=(native, native))
+        target = NUCLEI_2D_DIAMETER * float(np.exp(rng.uniform(np.log(0.8), np.log(1.25))))
+        side = int(np.clip(176 * native / target, 48, 900))
+        sample = synthetic_nuclei((side, side), seed=int(rng.integers(2**31)), **params)
+        image, mask = _resize_pair(sample.image, sample.labels, target / labels_diameter(sample.labels))
+        images.append(image)
+        labels.append(mask)
+        names.append(f"synthetic/{index}")
+    return images, labels, names
+
+
+def membranes_data(data: Path, names: tuple[str, ...]) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
+    folder = data / "membranes_isbi2012"
+    images = [_read_png(folder / "images" / n).astype(np.float32) for n in names]
+    labels = [(_read_png(folder / "labels" / n) > 0).astype(np.uint8) for n in names]
+    return images, labels, [f"isbi2012/{n}" for n in names]
+
+
+def nuclei_3d_data(count: int, seed: int) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
+    from segtune.core.synthetic import random_nuclei_parameters, synthetic_nuclei
+
+    rng = np.random.default_rng(seed)
+    images, labels, names = [], [], []
+    for index in range(count):
+        params = random_nuclei_parameters(rng, ndim=3, diameter=(NUCLEI_3D_DIAMETER * 0.75, NUCLEI_3D_DIAMETER * 1.4))
+        params["z_anisotropy"] = float(rng.uniform(1.0, 2.5))  # keep nuclei at least ~4 planes deep
+        sample = synthetic_nuclei((32, 96, 96), seed=int(rng.integers(2**31)), **params)
+        images.append(sample.image.astype(np.float32))
+        labels.append(sample.labels)
+        names.append(f"synthetic3d/{index}")
+    return images, labels, names
+
+
+# --- training ------------------------------------------------------------------------------------
+
+
+def _train_config(name: str, minutes: float, seed: int, device: str):
+    from segtune.core.train.augment import AugmentConfig
+    from segtune.core.train.trainer import TrainConfig
+
+    common = {"epochs": 10_000, "patience": None, "max_minutes": minutes, "seed": seed, "device": device, "schedule": "cosine"}
+    if name == "nuclei-2d":
+        return TrainConfig(
+            spatial_dims=2, head="three_class", patch=128, batch_size=8, steps_per_epoch=40, loss="ce+dice",
+            learning_rate=3e-3, val_fraction=0.06, min_foreground=0.02, depth=3, base_channels=16,
+            augmentation=AugmentConfig(zoom=0.2, rotation=25.0, affine_probability=0.5, brightness=0.1, contrast=0.3,
+                                       blur_probability=0.2, noise_probability=0.3, noise_std=0.08),
+            **common,
+        )
+    if name == "membranes-2d":
+        return TrainConfig(
+            spatial_dims=2, head="binary", patch=128, batch_size=8, steps_per_epoch=40, loss="bce+dice",
+            learning_rate=3e-3, val_fraction=0.14, monitor="val_f1", min_foreground=0.0, depth=4, base_channels=16,
+            augmentation=AugmentConfig(zoom=0.1, rotation=15.0, shear=0.05, affine_probability=0.5, brightness=0.1,
+                                       contrast=0.2, blur_probability=0.15, noise_probability=0.15, noise_std=0.04,
+                                       salt_pepper_probability=0.0),
+            **common,
+        )
+    if name == "nuclei-3d":
+        return TrainConfig(
+            spatial_dims=3, head="three_class", patch=(16, 56, 56), batch_size=2, steps_per_epoch=40, loss="ce+dice",
+            learning_rate=3e-3, val_fraction=0.1, min_foreground=0.02, depth=3, base_channels=8,
+            augmentation=AugmentConfig(zoom=0.15, rotation=20.0, affine_probability=0.4, brightness=0.1, contrast=0.3,
+                                       blur_probability=0.2, noise_probability=0.3, noise_std=0.08),
+            **common,
+        )
+    raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+
+
+def train_one(name: str, data: Path, *, minutes: float, seed: int, device: str) -> tuple[Any, dict[str, Any], float]:
+    """Train ``name`` from scratch; returns (model, config, seconds)."""
+    from segtune.core.train.trainer import train
+
+    started = time.monotonic()
+    if name == "nuclei-2d":
+        images, labels, names = nuclei_2d_data(data, seed)
+    elif name == "membranes-2d":
+        images, labels, names = membranes_data(data, ISBI_TRAIN)
+    else:
+        images, labels, names = nuclei_3d_data(48, seed)
+    config = _train_config(name, minutes, seed, device)
+    work = WORK / name
+    if work.exists():
+        shutil.rmtree(work)
+    command = "python scripts/train_pretrained.py " + name
+    result = train(images, labels, config, names=names, out=work, overwrite=True,
+                   provenance={"command": command, "note": f"bundled model {name}, trained from scratch"})
+    seconds = time.monotonic() - started
+    model_config = dict(result.config)
+    model_config["description"] = DESCRIPTIONS[name]
+    if name == "nuclei-2d":
+        model_config.update(object_diameter=NUCLEI_2D_DIAMETER, auto_diameter=True)
+    elif name == "nuclei-3d":
+        model_config.update(object_diameter=NUCLEI_3D_DIAMETER, auto_diameter=True)
+    else:
+        model_config.update(object_diameter=None, auto_diameter=False)  # EM: no rescaling by object size
+    model_config["training"] = {**model_config.get("training", {}), "wall_seconds": round(seconds, 1)}
+    logger.info("%s: trained in %.1f min (%s, best epoch %s, %d epochs)", name, seconds / 60, result.stop_reason,
+                result.best_epoch, len(result.history))
+    return result.model, model_config, seconds
+
+
+def write_model(name: str, model: Any, config: dict[str, Any]) -> Path:
+    """Save with fp16 weights (halves the size; predictions are checked to stay within tolerance)."""
+    import copy
+
+    from segtune.core.models.store import save_model
+
+    model = model.cpu().eval()
+    config["fp16_check"] = fp16_check(model)
+    half = copy.deepcopy(model).half()
+    folder = PRETRAINED / name
+    return save_model(half, config, folder, overwrite=True)
+
+
+def fp16_check(model: Any) -> dict[str, Any]:
+    """How far fp16 storage moves the probabilities: the model with its weights rounded to fp16
+    (computing in fp32, as after loading) against the fp32 model, on a synthetic test image."""
+    import copy
+
+    import torch
+
+    from segtune.core.normalize import percentile_normalize
+    from segtune.core.synthetic import synthetic_nuclei
+
+    spatial_dims = model.architecture["spatial_dims"]
+    shape = (128, 128) if spatial_dims == 2 else (16, 64, 64)
+    image = percentile_normalize(synthetic_nuclei(shape, diameter=NUCLEI_3D_DIAMETER, seed=99).image.astype(np.float32))
+    x = torch.from_numpy(image[None, None].astype(np.float32))
+    rounded = copy.deepcopy(model)
+    rounded.load_state_dict({k: v.half().float() if v.is_floating_point() else v for k, v in model.state_dict().items()})
+    with torch.no_grad():
+        logits = model(x), rounded(x)
+    if logits[0].shape[1] == 1:
+        probabilities = [torch.sigmoid(t) for t in logits]
+    else:
+        probabilities = [torch.softmax(t, 1) for t in logits]
+    difference = float((probabilities[0] - probabilities[1]).abs().max())
+    return {"max_probability_difference": round(difference, 6), "input": f"synthetic nuclei {shape}, seed 99"}
+
+
+# --- validation ----------------------------------------------------------------------------------
+
+
+def predict_labels(model_or_name: Any, image: np.ndarray, *, diameter: float | None | str = "auto",
+                   config: dict[str, Any] | None = None) -> np.ndarray:
+    """Instance labels of a 2D or 3D image, as ``segtune predict --instances [--diameter D]`` makes them."""
+    from segtune.core.models.store import load_model
+    from segtune.core.predict import predict
+
+    if isinstance(model_or_name, (str, Path)):
+        model, config = load_model(model_or_name)
+    else:
+        model = model_or_name
+    result = predict((model, config), image, axes="ZYX" if image.ndim == 3 else "YX", instances=True,
+                     diameter=diameter, device="cpu")
+    labels = np.asarray(result.labels)[0]
+    return labels[0] if image.ndim == 2 else labels
+
+
+def predict_mask(model_or_name: Any, image: np.ndarray, config: dict[str, Any] | None = None) -> np.ndarray:
+    from segtune.core.models.store import load_model
+    from segtune.core.predict import predict
+
+    if isinstance(model_or_name, (str, Path)):
+        model, config = load_model(model_or_name)
+    else:
+        model = model_or_name
+    result = predict((model, config), image.astype(np.float32), axes="YX", instances=False, device="cpu")
+    return np.asarray(result.labels)[0, 0]
+
+
+def validate(name: str, data: Path, model_or_name: Any = None, config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Numbers on data the model was not trained on (the model card's)."""
+    from segtune.core.diameter import labels_diameter
+    from segtune.core.metrics import matched_metrics, pixel_metrics
+    from segtune.core.models.store import load_model
+    from segtune.core.synthetic import random_nuclei_parameters, synthetic_nuclei
+
+    if model_or_name is None:
+        model_or_name, config = load_model(PRETRAINED / name)
+    results: dict[str, Any] = {}
+    if name == "nuclei-2d":
+        folder = data / "nuclei_nih3t3"
+        given, auto = [], []
+        for image_name in NIH3T3_HELD_OUT:
+            image = _read_png(folder / "images" / image_name)
+            truth = _read_png(folder / "labels" / image_name) > 0
+            true_diameter = labels_diameter(truth)
+            given.append(matched_metrics(predict_labels(model_or_name, image, diameter=true_diameter, config=config), truth, thresholds=(0.5,))["f1_at_0.5"])
+            auto.append(matched_metrics(predict_labels(model_or_name, image, config=config), truth, thresholds=(0.5,))["f1_at_0.5"])
+        results["nih3t3_heldout_f1_at_0.5_true_diameter"] = round(float(np.mean(given)), 4)
+        results["nih3t3_heldout_f1_at_0.5_auto_diameter"] = round(float(np.mean(auto)), 4)
+        results["nih3t3_heldout_images"] = list(NIH3T3_HELD_OUT)
+        rng = np.random.default_rng(20240)  # seeds never used in training
+        by_size: dict[str, float] = {}
+        for size in (8, 12, 20, 35, 60, 90):
+            scores = []
+            for _ in range(3):
+                params = random_nuclei_parameters(rng, diameter=(size, size))
+                side = int(min(768, max(192, size * 9)))
+                sample = synthetic_nuclei((side, side), seed=int(rng.integers(2**31)), **params)
+                scores.append(matched_metrics(predict_labels(model_or_name, sample.image, config=config), sample.labels, thresholds=(0.5,))["f1_at_0.5"])
+            by_size[str(size)] = round(float(np.mean(scores)), 4)
+        results["synthetic_f1_at_0.5_auto_diameter_by_size"] = by_size
+    elif name == "membranes-2d":
+        f1s = []
+        for image, truth in zip(*membranes_data(data, ISBI_HELD_OUT)[:2], strict=True):
+            f1s.append(pixel_metrics(predict_mask(model_or_name, image, config=config), truth)["f1"])
+        results["isbi_heldout_interior_pixel_f1"] = round(float(np.mean(f1s)), 4)
+        results["isbi_heldout_images"] = list(ISBI_HELD_OUT)
+    elif name == "nuclei-3d":
+        rng = np.random.default_rng(777)
+        scores = []
+        for _ in range(4):
+            params = random_nuclei_parameters(rng, ndim=3, diameter=(NUCLEI_3D_DIAMETER, NUCLEI_3D_DIAMETER * 2))
+            params["z_anisotropy"] = float(rng.uniform(1.0, 2.5))
+            sample = synthetic_nuclei((32, 128, 128), seed=int(rng.integers(2**31)), **params)
+            scores.append(matched_metrics(predict_labels(model_or_name, sample.image, config=config), sample.labels, thresholds=(0.5,))["f1_at_0.5"])
+        results["synthetic3d_f1_at_0.5_auto_diameter"] = round(float(np.mean(scores)), 4)
+    return results
+
+
+# --- model cards -------------------------------------------------------------------------------
+
+CARD_TEXT = {
+    "nuclei-2d": {
+        "intended": "2D fluorescence images of cell nuclei (Hoechst/DAPI, nuclear GFP, H2B-GFP), 8- or 16-bit, dim or "
+                    "bright, nuclei of any size: the image is zoomed so nuclei are about {d:g} px across "
+                    "(`--diameter PX`, estimated automatically when not given). One channel (pick it with `--channel`).",
+        "output": "3 classes (background / interior / boundary); `--instances` gives a seeded watershed of the interior "
+                  "over the boundary probability, so touching nuclei are separated.",
+        "data": "10 of the 14 NIH3T3 Hoechst images of Coelho et al. (2009) (`../shared/data/nuclei_nih3t3`, all but "
+                "{held}), each zoomed so its median nucleus is {d:g} px, and x0.7, x0.85, x1.2 and x1.4 of that "
+                "(scale augmentation), plus {n_syn} synthetic images from `segtune.core.synthetic` "
+                "(`random_nuclei_parameters`: Hoechst/GFP/H2B-like, 8/16-bit, dim to bright, touching and "
+                "overlapping, elastic shapes, uneven illumination, debris, out-of-focus blobs) drawn with nuclei of "
+                "6-90 px and zoomed to {d:g} px x0.8-1.25, as prediction zooms real images. "
+                "NIH3T3 masks are binary, so touching nuclei in them count as one object.",
+        "limits": "Trained on one real cell line (NIH3T3) and synthetic images: expect lower accuracy on crowded "
+                  "tissue, very irregular or fragmented (apoptotic/mitotic) nuclei and brightfield/H&E images. The "
+                  "automatic diameter is estimated from an Otsu threshold of the image (mostly within 15% of the truth "
+                  "on synthetic and NIH3T3 images) and can be wrong on images dominated by bright debris: give "
+                  "`--diameter` then. Trained on a shared 2-core CPU for a fixed time budget: fine-tuning on a few "
+                  "corrected images of your own data (`segtune train --from nuclei-2d`) is the expected next step.",
+    },
+    "membranes-2d": {
+        "intended": "2D serial-section transmission EM of neural tissue like the ISBI 2012 challenge data "
+                    "(Drosophila ventral nerve cord, 4 x 4 nm pixels, 512 x 512), 8-bit; used at the native pixel "
+                    "size (no diameter zoom).",
+        "output": "1 channel: probability of cell interior; the mask (`segtune predict`) is interior = 1, membrane = 0.",
+        "data": "ISBI 2012 training images 0-14 (`../shared/data/membranes_isbi2012`); images 15-19 were held out.",
+        "limits": "One data set from one microscope: other EM modalities (SBEM, FIB-SEM), other tissues or pixel sizes "
+                  "need fine-tuning. Thin, faint membranes and mitochondria/vesicle boundaries are the typical "
+                  "errors. Pixel-level output; for cell instances label the connected interior regions.",
+    },
+    "nuclei-3d": {
+        "intended": "3D fluorescence stacks of nuclei (Z, Y, X), nuclei zoomed in Y and X to about {d:g} px across "
+                    "(`--diameter`, estimated when not given); Z steps 1-2.5 times the XY pixel size.",
+        "output": "3 classes (background / interior / boundary) per voxel; `--instances` gives a 3D seeded watershed.",
+        "data": "48 synthetic 32 x 96 x 96 stacks from `segtune.core.synthetic` (ellipsoids of {lo:g}-{hi:g} px, "
+                "anisotropy 1-2.5, touching/overlapping, elastic shapes, noise, 8/16-bit); no real 3D data was "
+                "available for training.",
+        "limits": "Synthetic training data only: real stacks with strong depth attenuation, very anisotropic sampling "
+                  "(Z step > 3x XY) or dense embryos will need fine-tuning on a few corrected stacks. Z is not "
+                  "rescaled by `--diameter`; resample very anisotropic stacks first.",
+    },
+}
+
+
+def write_card(name: str, config: dict[str, Any]) -> Path:
+    """MODEL_CARD.md from the config's training record and the measured validation numbers."""
+    from segtune.core.models.store import atomic_write_text
+
+    folder = PRETRAINED / name
+    text = CARD_TEXT[name]
+    d = config.get("object_diameter") or 0
+    values = {"d": d, "held": ", ".join(NIH3T3_HELD_OUT), "lo": round(d * 0.7, 1), "hi": round(d * 1.5, 1),
+              "n_syn": SYNTHETIC_2D_IMAGES}
+    if name == "nuclei-3d":
+        values.update(lo=round(d * 0.75, 1), hi=round(d * 1.4, 1))
+    training = config.get("training", {})
+    settings = training.get("settings", {})
+    arch = config["architecture"]
+    weights = folder / "weights.safetensors"
+    size_mb = weights.stat().st_size / 1e6 if weights.exists() else float("nan")
+    validation = config.get("validation", {})
+    patch = settings.get("patch")
+    patch = " x ".join(str(n) for n in patch) if isinstance(patch, list) else f"{patch} x {patch}"
+    best = {k: round(v, 4) if isinstance(v, float) else v for k, v in config.get("metrics", {}).items()
+            if k in ("epoch", "val_f1", "val_matched_f1", "val_loss")}
+    rows = "\n".join(f"| `{k}` | {json.dumps(v)} |" for k, v in validation.items())
+    lines = [
+        f"# {name}",
+        "",
+        config.get("description", ""),
+        "",
+        "## Intended data",
+        "",
+        text["intended"].format(**values),
+        "",
+        "## Output",
+        "",
+        text["output"],
+        "",
+        "## Model",
+        "",
+        f"{arch['spatial_dims']}D U-Net, depth {arch['depth']}, {arch['base_channels']} base channels, {arch['norm']} "
+        f"norm; `{config['head']}` head; input normalised to percentiles {config['normalization']['low']}-"
+        f"{config['normalization']['high']}; trained on {patch} patches; weights stored in float16 "
+        f"({size_mb:.1f} MB), loaded as float32 (largest probability change from the rounding: "
+        f"{config.get('fp16_check', {}).get('max_probability_difference', 'not measured')}).",
+        "",
+        "## Training data",
+        "",
+        text["data"].format(**values),
+        "",
+        "## Training",
+        "",
+        f"Command: `python scripts/train_pretrained.py {name}` (from scratch, CPU, seed {settings.get('seed')}). "
+        f"Loss `{settings.get('loss')}`, AdamW lr {settings.get('learning_rate')} with a cosine schedule over a "
+        f"{settings.get('max_minutes')}-minute budget, batch {settings.get('batch_size')}, augmentation "
+        f"(flips, rotations, zoom +-{settings.get('augmentation', {}).get('zoom')}, brightness/contrast, blur, noise). "
+        f"Wall time on the project's shared 2-core CPU: {training.get('wall_seconds', float('nan')) / 60:.1f} min "
+        f"({training.get('epochs_run')} epochs, stopped by {training.get('stop_reason')}). "
+        f"Model selection used {len(training.get('data', {}).get('validation', []))} images of the training pool held out "
+        f"inside the trainer; its best epoch: {json.dumps(best)}.",
+        "",
+        "## Validation on data it was not trained on",
+        "",
+        f"Measured on the shipped (float16) weights by `python scripts/train_pretrained.py --evaluate-only {name}` "
+        "(matched F1 = instances paired one-to-one at IoU >= 0.5; pixel F1 of the foreground/interior).",
+        "",
+        "| measure | value |",
+        "| --- | --- |",
+        rows,
+        "",
+        "## Known limits",
+        "",
+        text["limits"].format(**values),
+        "",
+    ]
+    return atomic_write_text(folder / "MODEL_CARD.md", "\n".join(lines))
+
+
+# --- main ----------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", default=["all"], help=f"models to train: {', '.join(MODELS)} or all")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the shared real data folder")
+    parser.add_argument("--minutes", type=float, default=None, help="training budget per model (default: per-model)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--evaluate-only", action="store_true", help="validate the shipped models, do not train")
+    parser.add_argument("--update-cards", action="store_true", help="with --evaluate-only: record the numbers in config.json and MODEL_CARD.md")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    names = list(MODELS) if "all" in args.names else args.names
+    for name in names:
+        if name not in MODELS:
+            parser.error(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+    for name in names:
+        if args.evaluate_only:
+            from segtune.core.models.store import atomic_write_text, read_config
+
+            validation = validate(name, args.data)
+            print(name, json.dumps(validation, indent=1), flush=True)
+            if args.update_cards:
+                config = read_config(PRETRAINED / name)
+                config["validation"] = validation
+                atomic_write_text(PRETRAINED / name / "config.json", json.dumps(config, indent=2) + "\n")
+                write_card(name, config)
+            continue
+        minutes = args.minutes or BUDGET_MINUTES[name]
+        model, config, seconds = train_one(name, args.data, minutes=minutes, seed=args.seed, device=args.device)
+        folder = write_model(name, model, config)
+        # the numbers are those of the shipped (fp16) weights
+        config["validation"] = validate(name, args.data)
+        folder = write_model(name, model, config)
+        write_card(name, config)
+        print(f"{name}: wall time {seconds / 60:.1f} min; validation {json.dumps(config['validation'])}; -> {folder}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
