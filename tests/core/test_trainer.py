@@ -65,6 +65,7 @@ def test_real_nuclei_crop_training_reduces_the_loss(nuclei_dir, tmp_path):
     assert config_saved["head"] == "three_class"
     assert config_saved["tile_shape"] == [64, 64]
     assert config_saved["input_scale"] == 0.25
+    assert config_saved["auto_diameter"] is True  # prediction zooms new images to the trained size
     assert 15 < config_saved["object_diameter"] < 30  # ~90 px nuclei at a quarter of the size
     assert config_saved["metrics"]["epoch"] == result.best_epoch
     assert config_saved["training"]["status"] == "finished"

@@ -707,6 +707,9 @@ def train(
         tile_shape=list(patch_shape),
         object_diameter=round(model_diameter, 3) if model_diameter else None,
         input_scale=scale,
+        # trained on rescaled images: prediction must zoom new images to this object size too
+        # (segtune predict --diameter auto estimates their diameter when this is set)
+        auto_diameter=bool(scale != 1.0 and model_diameter),
         training=training_record, metrics={}, lineage=lineage, segtune_version=__version__,
     )
     if "description" in base_config:
