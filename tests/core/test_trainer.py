@@ -147,7 +147,7 @@ def test_kill_9_mid_training_leaves_a_loadable_model_and_resume_continues(tmp_pa
         from test_trainer import _data, TINY
         from segtune.core.train.trainer import TrainConfig, train
         images, labels = _data()
-        train(images, labels, TrainConfig(epochs=1000, **TINY), out={str(out)!r})
+        train(images, labels, TrainConfig(epochs=1000, patience=None, **TINY), out={str(out)!r})
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE)
     checkpoint = out / CHECKPOINT_DIR / CHECKPOINT_NAME
@@ -165,7 +165,7 @@ def test_kill_9_mid_training_leaves_a_loadable_model_and_resume_continues(tmp_pa
     done = len(read_log(out))
     assert done >= 1
     images, labels = _data()
-    resumed = train(images, labels, TrainConfig(epochs=done + 1, **TINY), out=out, resume=True)
+    resumed = train(images, labels, TrainConfig(epochs=done + 1, patience=None, **TINY), out=out, resume=True)
     assert [h["epoch"] for h in resumed.history] == list(range(1, done + 2))
     assert resumed.stop_reason == "completed"
 
@@ -173,7 +173,7 @@ def test_kill_9_mid_training_leaves_a_loadable_model_and_resume_continues(tmp_pa
 def test_time_budget_stops_training_and_keeps_the_best(tmp_path):
     images, labels = _data()
     start = time.monotonic()
-    result = train(images, labels, TrainConfig(epochs=10_000, max_minutes=3 / 60, **TINY), out=tmp_path / "m")
+    result = train(images, labels, TrainConfig(epochs=10_000, max_minutes=3 / 60, patience=None, **TINY), out=tmp_path / "m")
     assert result.stop_reason == "time_budget"
     assert time.monotonic() - start < 3 + 5
     assert result.best_epoch is not None

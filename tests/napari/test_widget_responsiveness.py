@@ -82,7 +82,7 @@ def test_event_loop_keeps_ticking_while_predicting_and_fine_tuning(widget, qtbot
     panel = widget.finetune_panel
     panel.image_layer.set_layer(image)
     panel.labels_layer.set_layer(corrected)
-    quick_settings(panel, epochs=3)
+    quick_settings(panel, epochs=12)  # enough epochs to measure, even on a quiet machine
     panel.repredict_check.setChecked(False)
     gaps = ticker.measure(qtbot, panel.run_button.click, lambda: panel.job)
     assert len(gaps) >= 10, f"fine-tuning took only {len(gaps)} ticks: nothing was measured"
