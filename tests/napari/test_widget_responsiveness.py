@@ -66,8 +66,8 @@ def warm_up(widget, image: np.ndarray) -> None:
 
 def test_event_loop_keeps_ticking_while_predicting_and_fine_tuning(widget, qtbot, sample_2d) -> None:
     viewer = widget.viewer
-    image = viewer.add_image(np.tile(sample_2d["image"], (2, 2)), name="nuclei")
-    corrected = viewer.add_labels(np.tile(sample_2d["labels"], (2, 2)), name="corrected")
+    image = viewer.add_image(np.tile(sample_2d["image"], (3, 3)), name="nuclei")  # big enough to measure
+    corrected = viewer.add_labels(np.tile(sample_2d["labels"], (3, 3)), name="corrected")
     new_tiny_model(widget)
     warm_up(widget, sample_2d["image"])
     ticker = Ticker()
