@@ -220,10 +220,11 @@ class DiesOnce(torch.nn.Module):
         self.marker = marker
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not os.path.exists(self.marker):
-            Path(self.marker).touch()
-            os._exit(1)
-        return self.inner(x)
+        try:  # atomic: of two workers starting at once, exactly one dies
+            os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return self.inner(x)
+        os._exit(1)
 
 
 def test_killed_worker_is_retried_and_the_run_completes(client, crops, tmp_path):

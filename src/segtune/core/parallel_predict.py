@@ -1343,7 +1343,9 @@ def _error_of(future: Any) -> str | None:
     if future.status == "finished":
         return None
     if future.status == "cancelled":
-        return "cancelled"
+        # not by us (our cancel raises before this): the scheduler dropped the task, typically
+        # because every worker holding the model it was sent died at once
+        return "cancelled by the cluster (the workers holding the model were lost); run again to retry"
     try:
         error = future.exception(timeout=10)
     except Exception as e:  # the future is gone (scheduler restarted): say so
