@@ -50,7 +50,8 @@ GEOMETRIC = {
     "shift": (dataclasses.replace(NONE, shift=0.2, affine_probability=1.0), False),
     "shear": (dataclasses.replace(NONE, shear=0.3, affine_probability=1.0), False),
     "zoom": (dataclasses.replace(NONE, zoom=0.3, affine_probability=1.0), False),
-    "all": (AugmentConfig(affine_probability=1.0), False),
+    "elastic": (dataclasses.replace(NONE, elastic_probability=1.0, elastic_magnitude=3.0, elastic_spacing=16.0), False),
+    "all": (AugmentConfig(affine_probability=1.0, elastic_probability=1.0, elastic_spacing=16.0), False),
 }
 
 
@@ -80,6 +81,27 @@ def test_rotation_is_a_rotation():
     y, x = np.argwhere(out)[0]
     assert np.hypot(y - 32, x - 32) == pytest.approx(20, abs=1.5)
     assert (y, x) != (32, 52)
+
+
+def test_elastic_deformation_is_smooth_and_as_large_as_asked():
+    """The displacement field has the requested spread at its control points, varies slowly, and
+    deforms (not merely shifts) the patch."""
+    from segtune.core.train.augment import random_elastic
+
+    config = dataclasses.replace(NONE, elastic_probability=1.0, elastic_magnitude=5.0, elastic_spacing=16.0)
+    rng = np.random.default_rng(0)
+    fields = np.stack([random_elastic(rng, config, (65, 65)) for _ in range(200)])
+    assert fields.shape == (200, 2, 65, 65)
+    corners = fields[:, :, ::16, ::16]  # the control points (65 px, 16 apart: 5 per axis)
+    assert corners.std() == pytest.approx(5.0, rel=0.1)
+    assert np.abs(np.diff(fields, axis=-1)).max() < 5.0  # smooth: neighbouring pixels move together
+    assert np.abs(fields).mean() > 2.0
+    # a 3D patch gets the same in-plane field in every Z plane (no Z displacement)
+    label = _blobs((6, 40, 40))
+    _, (out,) = geometric(np.zeros((1, 6, 40, 40), np.float32), [label], np.random.default_rng(1),
+                          dataclasses.replace(config, flip=False, rotate90=False))
+    assert not np.array_equal(out, label)
+    assert random_elastic(rng, NONE, (65, 65)) is None
 
 
 def test_intensity_augmentations_touch_only_the_image():

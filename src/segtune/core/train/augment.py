@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 from scipy import ndimage as ndi
 
-__all__ = ["AugmentConfig", "augment", "geometric", "intensity", "random_affine"]
+__all__ = ["AugmentConfig", "augment", "geometric", "intensity", "random_affine", "random_elastic"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,11 @@ class AugmentConfig:
     salt_pepper_probability, salt_pepper_amount
         Probability of salt-and-pepper noise and the fraction of pixels it sets to the patch's
         minimum or maximum.
+    elastic_probability, elastic_magnitude, elastic_spacing
+        Probability of an elastic deformation (Ronneberger et al. 2015: random displacements on a
+        coarse grid of control points ``elastic_spacing`` pixels apart, normal with standard
+        deviation ``elastic_magnitude`` pixels, interpolated smoothly over the patch), in the YX
+        plane. Off by default.
     """
 
     flip: bool = True
@@ -70,6 +75,9 @@ class AugmentConfig:
     noise_std: float = 0.05
     salt_pepper_probability: float = 0.1
     salt_pepper_amount: float = 0.005
+    elastic_probability: float = 0.0
+    elastic_magnitude: float = 4.0
+    elastic_spacing: float = 32.0
 
     @classmethod
     def none(cls) -> AugmentConfig:
@@ -77,6 +85,7 @@ class AugmentConfig:
         return cls(
             flip=False, rotate90=False, rotation=0.0, shift=0.0, shear=0.0, zoom=0.0, affine_probability=0.0,
             brightness=0.0, contrast=0.0, blur_probability=0.0, noise_probability=0.0, salt_pepper_probability=0.0,
+            elastic_probability=0.0,
         )
 
     @classmethod
@@ -129,13 +138,47 @@ def random_affine(
     return matrix, offset
 
 
+def random_elastic(
+    rng: np.random.Generator, config: AugmentConfig, spatial_shape: Sequence[int]
+) -> np.ndarray | None:
+    """Draw a smooth displacement field for the YX plane, or None for no deformation.
+
+    Returns a ``(2, Y, X)`` array of displacements in pixels (y then x), the same for every Z
+    plane of a 3D patch: normal displacements at control points about ``elastic_spacing`` apart
+    (at least 3 per axis, the outermost on the patch border), cubic-interpolated.
+    """
+    if not config.elastic_probability or rng.random() >= config.elastic_probability:
+        return None
+    plane = tuple(int(n) for n in spatial_shape[-2:])
+    points = [max(3, int(round(n / config.elastic_spacing)) + 1) for n in plane]
+    coarse = rng.normal(0.0, config.elastic_magnitude, size=(2, *points))
+    # zoom maps the first and last control point onto the patch's first and last pixel
+    zoom = [n / p for n, p in zip(plane, points, strict=True)]
+    field = np.stack([ndi.zoom(c, zoom, order=3, mode="nearest", grid_mode=False) for c in coarse])
+    assert field.shape[1:] == plane, (field.shape, plane)
+    return field.astype(np.float32)
+
+
+def _warp_coordinates(
+    spatial_shape: Sequence[int], warp: tuple[np.ndarray, np.ndarray] | None, field: np.ndarray
+) -> np.ndarray:
+    """Input coordinates of every output pixel: the affine warp (if any), then the elastic field."""
+    grid = np.indices(spatial_shape, dtype=np.float32)
+    if warp is not None:
+        matrix, offset = warp
+        grid = (np.tensordot(matrix.astype(np.float32), grid, axes=1)
+                + offset.astype(np.float32).reshape(-1, *([1] * len(spatial_shape))))
+    grid[-2:] += field.reshape(2, *([1] * (len(spatial_shape) - 2)), *field.shape[1:])  # the same in every Z plane
+    return grid
+
+
 def geometric(
     image: np.ndarray,
     labels: Sequence[np.ndarray],
     rng: np.random.Generator,
     config: AugmentConfig,
 ) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Apply the same random flips, 90-degree rotations and warp to ``image`` and ``labels``.
+    """Apply the same random flips, 90-degree rotations, warp and elastic deformation to ``image`` and ``labels``.
 
     Parameters
     ----------
@@ -170,7 +213,18 @@ def geometric(
             image = np.rot90(image, turns, axes=(-2, -1))
             labels = [np.rot90(label, turns, axes=(-2, -1)) for label in labels]
     warp = random_affine(rng, config, spatial)
-    if warp is not None:
+    field = random_elastic(rng, config, spatial)
+    if field is not None:
+        coordinates = _warp_coordinates(spatial, warp, field)
+        image = np.stack(
+            [ndi.map_coordinates(channel, coordinates, order=1, mode="reflect", prefilter=False) for channel in image]
+        ).astype(image.dtype, copy=False)
+        labels = [
+            ndi.map_coordinates(label.view(np.uint8) if label.dtype == bool else label, coordinates, order=0,
+                                mode="reflect", prefilter=False).astype(label.dtype, copy=False)
+            for label in labels
+        ]
+    elif warp is not None:
         matrix, offset = warp
         image = np.stack(
             [ndi.affine_transform(channel, matrix, offset, order=1, mode="reflect", prefilter=False) for channel in image]
