@@ -387,6 +387,13 @@ CARD_TEXT = {
 }
 
 
+def _elastic_text(augmentation: dict[str, Any]) -> str:
+    if not augmentation.get("elastic_probability"):
+        return ""
+    return (f", elastic deformation in {augmentation['elastic_probability']:.0%} of patches: control points "
+            f"{augmentation['elastic_spacing']:g} px apart moved {augmentation['elastic_magnitude']:g} px (s.d.)")
+
+
 def write_card(name: str, config: dict[str, Any]) -> Path:
     """MODEL_CARD.md from the config's training record and the measured validation numbers."""
     from segtune.core.models.store import atomic_write_text
@@ -439,7 +446,8 @@ def write_card(name: str, config: dict[str, Any]) -> Path:
         f"Command: `python scripts/train_pretrained.py {name}` (from scratch, CPU, seed {settings.get('seed')}). "
         f"Loss `{settings.get('loss')}`, AdamW lr {settings.get('learning_rate')} with a cosine schedule over a "
         f"{settings.get('max_minutes')}-minute budget, batch {settings.get('batch_size')}, augmentation "
-        f"(flips, rotations, zoom +-{settings.get('augmentation', {}).get('zoom')}, brightness/contrast, blur, noise). "
+        f"(flips, rotations, zoom +-{settings.get('augmentation', {}).get('zoom')}, brightness/contrast, blur, noise"
+        f"{_elastic_text(settings.get('augmentation', {}))}). "
         f"Wall time on the project's shared 2-core CPU: {training.get('wall_seconds', float('nan')) / 60:.1f} min "
         f"({training.get('epochs_run')} epochs, stopped by {training.get('stop_reason')}). "
         f"Model selection used {len(training.get('data', {}).get('validation', []))} images of the training pool held out "
