@@ -72,8 +72,19 @@ def test_estimate_3d_gives_the_xy_diameter():
     assert estimate_diameter(stack.image) == pytest.approx(labels_diameter(stack.labels), rel=0.2)
 
 
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize(("shape", "diameter", "anisotropy"), [((64, 128, 128), 16, 1.0), ((24, 128, 128), 20, 2.0)])
+def test_estimate_3d_measures_each_nucleus_at_its_largest_section(shape, diameter, anisotropy, seed):
+    """Nuclei spread through a deep stack are cut off their middle by most planes; the estimate
+    still finds their largest XY section (as labels_diameter measures it). Measuring the brightest
+    planes alone was up to 22% off on these stacks."""
+    stack = synthetic_nuclei(shape, diameter=diameter, z_anisotropy=anisotropy, seed=seed)
+    assert estimate_diameter(stack.image) == pytest.approx(labels_diameter(stack.labels), rel=0.15)
+
+
 def test_estimate_blank_and_bad_input():
     assert np.isnan(estimate_diameter(np.full((64, 64), 7.0)))
+    assert np.isnan(estimate_diameter(np.full((5, 64, 64), 7.0)))
     assert estimate_diameter(_disc(10) * 5, kind="labels") == pytest.approx(labels_diameter(_disc(10)))
     with pytest.raises(ValueError, match="kind"):
         estimate_diameter(np.zeros((8, 8)), kind="mask")

@@ -43,6 +43,9 @@ _EDGE_WIDENING = 1.0
 #: Zoom factors are kept within these bounds (a wrong estimate must not blow an image up 50x).
 ZOOM_LIMITS = (1 / 16, 8.0)
 
+# a 3D image is estimated on at most this many central planes (for speed and memory)
+_MAX_PLANES = 64
+
 def labels_diameter(labels: np.ndarray, *, min_area: int = 1) -> float:
     """The median equivalent-circle diameter of the objects in an instance (or binary) label image.
 
@@ -133,8 +136,11 @@ def estimate_diameter(
     up). Each component is measured by its inscribed circle, which a clump of touching objects
     shares with its members, widened by the typical aspect ratio of the lone elliptical
     components; small specks are dropped relative to the area-weighted median, and the median
-    is taken. The smoothing is then refined to a tenth of that first estimate and the
-    measurement repeated. A 3D image is measured on its brightest planes (XY diameter).
+    is taken. The smoothing is then refined to a sixteenth of that first estimate and the
+    measurement repeated. A 3D image is thresholded as a whole (at most its 64 central planes)
+    and each 3D component measured by the inscribed circle of its largest XY cross-section, as
+    :func:`labels_diameter` measures 3D labels: planes through objects off their middle show
+    smaller sections, so measuring single planes would underestimate.
     On synthetic nuclei of 8 to 90 pixels the estimate is mostly within 15% of the truth and
     on the NIH3T3 images within 25% (``tests/core/test_diameter.py``); the bundled models are
     trained with scale jitter so that such errors do not matter.
@@ -161,37 +167,38 @@ def estimate_diameter(
         array = np.nan_to_num(array, nan=float(np.nanmedian(array)))
     crop = tuple(slice(max(0, (n - max_side) // 2), max(0, (n - max_side) // 2) + max_side) for n in array.shape[-2:])
     array = array[(..., *crop)]
-    if array.ndim == 3:
-        # the planes through the middle of most objects are the brightest ones
-        energy = array.reshape(array.shape[0], -1).mean(axis=1)
-        order = np.argsort(energy)[::-1]
-        planes = [array[i] for i in order[: max(1, min(5, array.shape[0] // 3))]]
-        estimates = [_estimate_plane(p, min_diameter) for p in planes]
-        estimates = [e for e in estimates if np.isfinite(e)]
-        return float(np.median(estimates)) if estimates else float("nan")
-    return _estimate_plane(array, min_diameter)
+    if array.ndim == 3 and array.shape[0] > _MAX_PLANES:
+        start = (array.shape[0] - _MAX_PLANES) // 2
+        array = array[start : start + _MAX_PLANES]
+    return _estimate(array, min_diameter)
 
 
-def _estimate_plane(plane: np.ndarray, min_diameter: float) -> float:
-    first = _measure_plane(plane, 1.0, min_diameter)
+def _estimate(array: np.ndarray, min_diameter: float) -> float:
+    first = _measure(array, 1.0, min_diameter)
     if not np.isfinite(first):
         return first
     # smoothing at a fraction of the object size: noise and chromatin texture no longer split objects
-    refined = _measure_plane(plane, max(1.0, first / 16), min_diameter)
+    refined = _measure(array, max(1.0, first / 16), min_diameter)
     return refined if np.isfinite(refined) else first
 
 
-def _measure_plane(plane: np.ndarray, sigma: float, min_diameter: float) -> float:
+def _measure(array: np.ndarray, sigma: float, min_diameter: float) -> float:
+    """One measurement of a plane ``(Y, X)`` or stack ``(Z, Y, X)`` at XY smoothing ``sigma``."""
     from skimage.filters import threshold_otsu
 
-    smooth = ndi.gaussian_filter(plane, sigma)
-    flat = smooth - _background(smooth)
+    smooth = ndi.gaussian_filter(array, (0.0,) * (array.ndim - 2) + (sigma, sigma))
+    background = np.stack([_background(p) for p in smooth]) if smooth.ndim == 3 else _background(smooth)
+    flat = smooth - background
     lo, hi = np.percentile(flat, [0.5, 99.5])
     if hi - lo <= 1e-6 * max(1.0, abs(float(hi))):
         return float("nan")
     # clip the bright tail (saturated or mitotic cells, debris) so it cannot pull the threshold up
     threshold = threshold_otsu(np.clip(flat, lo, hi))
-    inscribed, aspect, ellipse = _components(flat > threshold, np.pi / 4 * min_diameter**2)
+    min_area = np.pi / 4 * min_diameter**2
+    if flat.ndim == 3:
+        inscribed, aspect, ellipse = _components_stack(flat > threshold, min_area)
+    else:
+        inscribed, aspect, ellipse = _components(flat > threshold, min_area)
     if inscribed.size == 0:
         return float("nan")
     # clumps of touching objects keep the inscribed circle of one of them, so measure every
@@ -207,6 +214,26 @@ def _measure_plane(plane: np.ndarray, sigma: float, min_diameter: float) -> floa
     diameters = diameters[diameters >= weighted_median / 2.5]
     # the threshold cuts edges blurred by the smoothing below half height: objects look wider
     return float(max(np.median(diameters) - _EDGE_WIDENING * sigma, min_diameter))
+
+
+def _components_stack(foreground: np.ndarray, min_area: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_components` for a ``(Z, Y, X)`` foreground: the inscribed-circle radius of each 3D
+    component's largest XY cross-section (the definition of :func:`labels_diameter`; a plane
+    through an object off its middle shows a smaller section), and the aspect ratios and
+    ellipse fits of the 2D sections of every plane (for the typical aspect)."""
+    sections = [_components(plane, min_area) for plane in foreground]
+    aspect = np.concatenate([s[1] for s in sections])
+    ellipse = np.concatenate([s[2] for s in sections])
+    cleaned = np.stack([ndi.binary_fill_holes(ndi.binary_opening(plane)) for plane in foreground])
+    labels, count = ndi.label(cleaned)
+    if count == 0:
+        return np.zeros(0), aspect, ellipse
+    index = np.arange(1, count + 1)
+    distance = np.stack([ndi.distance_transform_edt(np.pad(plane, 1))[1:-1, 1:-1] for plane in cleaned])
+    inscribed = np.asarray(ndi.maximum(distance, labels, index), dtype=float)
+    section_area = np.max([np.bincount(plane.ravel(), minlength=count + 1)[1:] for plane in labels], axis=0)
+    keep = (section_area >= min_area) & (2 * inscribed <= min(foreground.shape[1:]) / 3)
+    return inscribed[keep], aspect, ellipse
 
 
 def _background(plane: np.ndarray) -> np.ndarray:
