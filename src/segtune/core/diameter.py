@@ -46,6 +46,7 @@ ZOOM_LIMITS = (1 / 16, 8.0)
 # a 3D image is estimated on at most this many central planes (for speed and memory)
 _MAX_PLANES = 64
 
+
 def labels_diameter(labels: np.ndarray, *, min_area: int = 1) -> float:
     """The median equivalent-circle diameter of the objects in an instance (or binary) label image.
 
@@ -216,26 +217,6 @@ def _measure(array: np.ndarray, sigma: float, min_diameter: float) -> float:
     return float(max(np.median(diameters) - _EDGE_WIDENING * sigma, min_diameter))
 
 
-def _components_stack(foreground: np.ndarray, min_area: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`_components` for a ``(Z, Y, X)`` foreground: the inscribed-circle radius of each 3D
-    component's largest XY cross-section (the definition of :func:`labels_diameter`; a plane
-    through an object off its middle shows a smaller section), and the aspect ratios and
-    ellipse fits of the 2D sections of every plane (for the typical aspect)."""
-    sections = [_components(plane, min_area) for plane in foreground]
-    aspect = np.concatenate([s[1] for s in sections])
-    ellipse = np.concatenate([s[2] for s in sections])
-    cleaned = np.stack([ndi.binary_fill_holes(ndi.binary_opening(plane)) for plane in foreground])
-    labels, count = ndi.label(cleaned)
-    if count == 0:
-        return np.zeros(0), aspect, ellipse
-    index = np.arange(1, count + 1)
-    distance = np.stack([ndi.distance_transform_edt(np.pad(plane, 1))[1:-1, 1:-1] for plane in cleaned])
-    inscribed = np.asarray(ndi.maximum(distance, labels, index), dtype=float)
-    section_area = np.max([np.bincount(plane.ravel(), minlength=count + 1)[1:] for plane in labels], axis=0)
-    keep = (section_area >= min_area) & (2 * inscribed <= min(foreground.shape[1:]) / 3)
-    return inscribed[keep], aspect, ellipse
-
-
 def _background(plane: np.ndarray) -> np.ndarray:
     """A coarse median-filtered background (the window is a quarter of the image side).
 
@@ -259,18 +240,33 @@ def _background(plane: np.ndarray) -> np.ndarray:
     return np.pad(background, pads, mode="edge")[: plane.shape[0], : plane.shape[1]]
 
 
+def _clean(foreground: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A thresholded plane with specks opened away and holes filled, and its distance to the
+    background (the image edge counts as background)."""
+    foreground = ndi.binary_fill_holes(ndi.binary_opening(foreground))
+    return foreground, ndi.distance_transform_edt(np.pad(foreground, 1))[1:-1, 1:-1]
+
+
+def _plausible(areas: np.ndarray, inscribed: np.ndarray, plane_shape: Sequence[int], min_area: float) -> np.ndarray:
+    """Components large enough to be objects, and not so wide (over a third of the image) that
+    they are background the threshold let in."""
+    return (areas >= min_area) & (2 * inscribed <= min(plane_shape) / 3)
+
+
 def _components(foreground: np.ndarray, min_area: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per component of ``foreground``: inscribed-circle radius (the image edge counts as an
-    edge), aspect ratio of its moment ellipse, and how elliptical it is (its area over its
-    moment ellipse's; 1 for an ellipse; 0 for components cut by the image border)."""
-    foreground = ndi.binary_opening(foreground)
-    foreground = ndi.binary_fill_holes(foreground)
+    """Per component of a thresholded plane: inscribed-circle radius, aspect ratio of its moment
+    ellipse, and how elliptical it is (its area over its moment ellipse's; 1 for an ellipse; 0
+    for components cut by the image border)."""
+    return _sections(*_clean(foreground), min_area)
+
+
+def _sections(foreground: np.ndarray, distance: np.ndarray, min_area: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_components` of a plane already cleaned by :func:`_clean` (``distance`` is its own)."""
     labels, count = ndi.label(foreground)
     if count == 0:
         return np.zeros(0), np.zeros(0), np.zeros(0)
     index = np.arange(1, count + 1)
     areas = np.bincount(labels.ravel(), minlength=count + 1)[1:].astype(float)
-    distance = ndi.distance_transform_edt(np.pad(foreground, 1))[1:-1, 1:-1]
     inscribed = np.asarray(ndi.maximum(distance, labels, index), dtype=float)
     yy, xx = np.indices(labels.shape, dtype=np.float64)
     my = np.asarray(ndi.mean(yy, labels, index))
@@ -283,13 +279,30 @@ def _components(foreground: np.ndarray, min_area: float) -> tuple[np.ndarray, np
     minor = np.clip((vyy + vxx) / 2 - root, 1e-9, None)
     ellipse = areas / (4 * np.pi * np.sqrt(major * minor))
     aspect = np.sqrt(major / minor)
-    # a component wider than a third of the image is background that the threshold let in
-    keep = (areas >= min_area) & (2 * inscribed <= min(foreground.shape) / 3)
+    keep = _plausible(areas, inscribed, foreground.shape, min_area)
     # objects cut by the image border keep their inscribed circle unless cut past the middle,
     # so they count too (small images hold few objects); their shape says nothing, though
     border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
     ellipse[border[border > 0] - 1] = 0.0
     return inscribed[keep], aspect[keep], ellipse[keep]
+
+
+def _components_stack(foreground: np.ndarray, min_area: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_components` for a ``(Z, Y, X)`` foreground: the inscribed-circle radius of each 3D
+    component's largest XY cross-section (the definition of :func:`labels_diameter`; a plane
+    through an object off its middle shows a smaller section), and the aspect ratios and
+    ellipse fits of the 2D sections of every plane (for the typical aspect)."""
+    planes = [_clean(plane) for plane in foreground]
+    sections = [_sections(cleaned, distance, min_area) for cleaned, distance in planes]
+    aspect = np.concatenate([s[1] for s in sections])
+    ellipse = np.concatenate([s[2] for s in sections])
+    labels, count = ndi.label(np.stack([cleaned for cleaned, _ in planes]))
+    if count == 0:
+        return np.zeros(0), aspect, ellipse
+    distance = np.stack([distance for _, distance in planes])
+    inscribed = np.asarray(ndi.maximum(distance, labels, np.arange(1, count + 1)), dtype=float)
+    section_area = np.max([np.bincount(plane.ravel(), minlength=count + 1)[1:] for plane in labels], axis=0)
+    return inscribed[_plausible(section_area, inscribed, foreground.shape[1:], min_area)], aspect, ellipse
 
 
 def scale_factor(diameter: float | None, model_diameter: float | None) -> float:
