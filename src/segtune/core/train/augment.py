@@ -216,21 +216,18 @@ def geometric(
     field = random_elastic(rng, config, spatial)
     if field is not None:
         coordinates = _warp_coordinates(spatial, warp, field)
-        image = np.stack(
-            [ndi.map_coordinates(channel, coordinates, order=1, mode="reflect", prefilter=False) for channel in image]
-        ).astype(image.dtype, copy=False)
-        labels = [
-            ndi.map_coordinates(label.view(np.uint8) if label.dtype == bool else label, coordinates, order=0,
-                                mode="reflect", prefilter=False).astype(label.dtype, copy=False)
-            for label in labels
-        ]
+
+        def resample(array: np.ndarray, order: int) -> np.ndarray:
+            return ndi.map_coordinates(array, coordinates, order=order, mode="reflect", prefilter=False)
     elif warp is not None:
         matrix, offset = warp
-        image = np.stack(
-            [ndi.affine_transform(channel, matrix, offset, order=1, mode="reflect", prefilter=False) for channel in image]
-        ).astype(image.dtype, copy=False)
+
+        def resample(array: np.ndarray, order: int) -> np.ndarray:
+            return ndi.affine_transform(array, matrix, offset, order=order, mode="reflect", prefilter=False)
+    if field is not None or warp is not None:
+        image = np.stack([resample(channel, 1) for channel in image]).astype(image.dtype, copy=False)
         labels = [
-            ndi.affine_transform(label, matrix, offset, order=0, mode="reflect", prefilter=False).astype(label.dtype, copy=False)
+            resample(label.view(np.uint8) if label.dtype == bool else label, 0).astype(label.dtype, copy=False)
             for label in labels
         ]
     return np.ascontiguousarray(image), [np.ascontiguousarray(label) for label in labels]
