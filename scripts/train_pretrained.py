@@ -148,7 +148,17 @@ STARDIST_WHEEL = "stardist==0.9.1"
 STARDIST_FILES = ("img2d.tif", "mask2d.tif", "img3d.tif", "mask3d.tif")
 
 
-def outside_samples() -> Path | None:
+def outside_sample(kind: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """StarDist's example image and instance mask, ``kind`` "2d" or "3d"; None when offline."""
+    import tifffile
+
+    folder = _outside_samples()
+    if folder is None:
+        return None
+    return tifffile.imread(folder / f"img{kind}.tif"), tifffile.imread(folder / f"mask{kind}.tif")
+
+
+def _outside_samples() -> Path | None:
     """The folder holding StarDist's example images, fetching them if needed; None when offline."""
     import subprocess
     import zipfile
@@ -317,6 +327,12 @@ def validate(name: str, data: Path, model_or_name: Any = None, config: dict[str,
 
     if model_or_name is None:
         model_or_name, config = load_model(PRETRAINED / name)
+
+    def f1(image: np.ndarray, truth: np.ndarray, diameter: float | str = "auto", config: dict[str, Any] | None = config) -> float:
+        """Matched F1 at IoU 0.5 of the model's instances of ``image`` against ``truth``."""
+        predicted = predict_labels(model_or_name, image, diameter=diameter, config=config)
+        return float(matched_metrics(predicted, truth, thresholds=(0.5,))["f1_at_0.5"])
+
     results: dict[str, Any] = {}
     if name == "nuclei-2d":
         folder = data / "nuclei_nih3t3"
@@ -328,9 +344,9 @@ def validate(name: str, data: Path, model_or_name: Any = None, config: dict[str,
             image = _read_png(folder / "images" / image_name)
             truth = _read_png(folder / "labels" / image_name) > 0
             true_diameter = labels_diameter(truth)
-            given.append(matched_metrics(predict_labels(model_or_name, image, diameter=true_diameter, config=config), truth, thresholds=(0.5,))["f1_at_0.5"])
-            auto.append(matched_metrics(predict_labels(model_or_name, image, config=config), truth, thresholds=(0.5,))["f1_at_0.5"])
-            unsplit.append(matched_metrics(predict_labels(model_or_name, image, config=unsplit_config), truth, thresholds=(0.5,))["f1_at_0.5"])
+            given.append(f1(image, truth, diameter=true_diameter))
+            auto.append(f1(image, truth))
+            unsplit.append(f1(image, truth, config=unsplit_config))
         results["nih3t3_heldout_f1_at_0.5_true_diameter"] = round(float(np.mean(given)), 4)
         results["nih3t3_heldout_f1_at_0.5_auto_diameter"] = round(float(np.mean(auto)), 4)
         results["nih3t3_heldout_f1_at_0.5_auto_diameter_unsplit"] = round(float(np.mean(unsplit)), 4)
@@ -343,16 +359,12 @@ def validate(name: str, data: Path, model_or_name: Any = None, config: dict[str,
                 params = random_nuclei_parameters(rng, diameter=(size, size))
                 side = int(min(768, max(192, size * 9)))
                 sample = synthetic_nuclei((side, side), seed=int(rng.integers(2**31)), **params)
-                scores.append(matched_metrics(predict_labels(model_or_name, sample.image, config=config), sample.labels, thresholds=(0.5,))["f1_at_0.5"])
+                scores.append(f1(sample.image, sample.labels))
             by_size[str(size)] = round(float(np.mean(scores)), 4)
         results["synthetic_f1_at_0.5_auto_diameter_by_size"] = by_size
-        samples = outside_samples()
-        if samples is not None:
-            import tifffile
-
-            image, truth = tifffile.imread(samples / "img2d.tif"), tifffile.imread(samples / "mask2d.tif")
-            results["dsb2018_stardist_sample_f1_at_0.5_auto_diameter"] = round(float(matched_metrics(
-                predict_labels(model_or_name, image, config=config), truth, thresholds=(0.5,))["f1_at_0.5"]), 4)
+        sample = outside_sample("2d")
+        if sample is not None:
+            results["dsb2018_stardist_sample_f1_at_0.5_auto_diameter"] = round(f1(*sample), 4)
     elif name == "membranes-2d":
         f1s = []
         for image, truth in zip(*membranes_data(data, ISBI_HELD_OUT)[:2], strict=True):
@@ -366,18 +378,15 @@ def validate(name: str, data: Path, model_or_name: Any = None, config: dict[str,
             params = random_nuclei_parameters(rng, ndim=3, diameter=(NUCLEI_3D_DIAMETER, NUCLEI_3D_DIAMETER * 2))
             params["z_anisotropy"] = float(rng.uniform(1.0, 2.5))
             sample = synthetic_nuclei((32, 128, 128), seed=int(rng.integers(2**31)), **params)
-            scores.append(matched_metrics(predict_labels(model_or_name, sample.image, config=config), sample.labels, thresholds=(0.5,))["f1_at_0.5"])
+            scores.append(f1(sample.image, sample.labels))
         results["synthetic3d_f1_at_0.5_auto_diameter"] = round(float(np.mean(scores)), 4)
-        samples = outside_samples()
-        if samples is not None:
-            import tifffile
-
-            image, truth = tifffile.imread(samples / "img3d.tif"), tifffile.imread(samples / "mask3d.tif")
-            results["stardist_synthetic3d_sample_diameter_px"] = [round(estimate_diameter(image), 1), round(labels_diameter(truth), 1)]
-            for key, diameter in (("auto_diameter", "auto"), ("true_diameter", labels_diameter(truth))):
-                results[f"stardist_synthetic3d_sample_f1_at_0.5_{key}"] = round(float(matched_metrics(
-                    predict_labels(model_or_name, image, diameter=diameter, config=config), truth,
-                    thresholds=(0.5,))["f1_at_0.5"]), 4)
+        sample = outside_sample("3d")
+        if sample is not None:
+            image, truth = sample
+            true_diameter = labels_diameter(truth)
+            results["stardist_synthetic3d_sample_diameter_px"] = [round(estimate_diameter(image), 1), round(true_diameter, 1)]
+            for key, diameter in (("auto_diameter", "auto"), ("true_diameter", true_diameter)):
+                results[f"stardist_synthetic3d_sample_f1_at_0.5_{key}"] = round(f1(image, truth, diameter=diameter), 4)
     return results
 
 
