@@ -46,7 +46,7 @@ WORK = Path("/tmp/segtune_pretrained_work")
 MODELS = ("nuclei-2d", "membranes-2d", "nuclei-3d")
 
 NUCLEI_2D_DIAMETER = 20.0  # pixels: what nuclei-2d sees after rescaling
-SYNTHETIC_2D_IMAGES = 200
+SYNTHETIC_2D_IMAGES = 120
 NUCLEI_3D_DIAMETER = 12.0  # XY pixels for nuclei-3d
 
 # the NIH3T3 images held out from nuclei-2d training (every image not listed here trains)
@@ -84,23 +84,90 @@ def _resize_pair(image: np.ndarray, labels: np.ndarray, factor: float) -> tuple[
     return image, labels
 
 
+DSB_FOLDER = "nuclei_dsb2018"
+DSB_SPLIT_FILE = REPO / "scripts" / "dsb2018_split.json"
+DSB_VAL_EVERY = 7  # one image in 7 of each stratum validates (about 14 %)
+
+
+def _dsb_read(data: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
+    import imageio.v3 as iio
+
+    folder = data / DSB_FOLDER
+    image = iio.imread(folder / "images" / f"{name}.png")
+    if image.ndim == 3:
+        image = image[..., :3].mean(-1) if image.shape[-1] >= 3 else image[..., 0]
+    return image.astype(np.float32), iio.imread(folder / "labels" / f"{name}.png").astype(np.int32)
+
+
+def dsb_split(data: Path) -> dict[str, Any]:
+    """The fixed train/validation split of the DSB 2018 images, by image, stratified by kind,
+    image size and median nucleus diameter (terciles within each kind): within each stratum the
+    images, sorted by name, are dealt so that every ``DSB_VAL_EVERY``-th validates. Written once to
+    ``scripts/dsb2018_split.json`` (with each image's diameter) and read from there afterwards,
+    so the split never changes with the code."""
+    import csv
+
+    from segtune.core.diameter import labels_diameter
+
+    if DSB_SPLIT_FILE.exists():
+        return json.loads(DSB_SPLIT_FILE.read_text())
+    rows = list(csv.DictReader(open(data / DSB_FOLDER / "index.csv", newline="")))
+    diameters = {r["name"]: round(labels_diameter(_dsb_read(data, r["name"])[1]), 2) for r in rows}
+    strata: dict[tuple[str, str, int], list[str]] = {}
+    for kind in sorted({r["kind"] for r in rows}):
+        kind_rows = [r for r in rows if r["kind"] == kind]
+        cuts = np.quantile([diameters[r["name"]] for r in kind_rows], [1 / 3, 2 / 3])
+        for r in kind_rows:
+            size = "small" if int(r["height"]) * int(r["width"]) <= 360 * 360 else "large"
+            tercile = int(np.searchsorted(cuts, diameters[r["name"]]))
+            strata.setdefault((kind, size, tercile), []).append(r["name"])
+    split: dict[str, Any] = {"train": {}, "validation": {}, "diameters": diameters,
+                             "rule": f"stratified by kind, image size (<= 360x360 or larger) and diameter tercile; "
+                                     f"sorted by name, every {DSB_VAL_EVERY}th from the 4th validates"}
+    kinds = {r["name"]: r["kind"] for r in rows}
+    for names in strata.values():
+        for i, name in enumerate(sorted(names)):
+            part = "validation" if i % DSB_VAL_EVERY == 3 else "train"
+            split[part].setdefault(kinds[name], []).append(name)
+    for part in ("train", "validation"):
+        split[part] = {k: sorted(v) for k, v in sorted(split[part].items())}
+    DSB_SPLIT_FILE.write_text(json.dumps(split, indent=1) + "\n")
+    return split
+
+
+def dsb_pairs(data: Path, part: str, kinds: tuple[str, ...] = ("fluorescence",), diameter: float | None = None
+              ) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
+    """DSB images of ``part`` ("train" or "validation"), zoomed so nuclei are ``diameter`` px (None: native)."""
+    split = dsb_split(data)
+    images, labels, names = [], [], []
+    for kind in kinds:
+        for name in split[part].get(kind, []):
+            image, mask = _dsb_read(data, name)
+            if diameter is not None:
+                factor = float(np.clip(diameter / split["diameters"][name], 0.25, 4.0))
+                image, mask = _resize_pair(image, mask, factor)
+            images.append(image)
+            labels.append(mask)
+            names.append(f"dsb2018/{name}")
+    return images, labels, names
+
+
 def nuclei_2d_data(data: Path, seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
-    """NIH3T3 training images at three scales around the model diameter, plus synthetic nuclei."""
+    """DSB 2018 fluorescence training images (instance labels) and the NIH3T3 training images,
+    each zoomed so its median nucleus is ``NUCLEI_2D_DIAMETER`` px, plus synthetic nuclei."""
     from segtune.core.diameter import labels_diameter
     from segtune.core.synthetic import random_nuclei_parameters, synthetic_nuclei
 
-    images, labels, names = [], [], []
+    images, labels, names = dsb_pairs(data, "train", diameter=NUCLEI_2D_DIAMETER)
     folder = data / "nuclei_nih3t3"
     for path in sorted((folder / "images").glob("*.png")):
         if path.name in NIH3T3_HELD_OUT:
             continue
         image, mask = _read_png(path), _read_png(folder / "labels" / path.name)
-        diameter = labels_diameter(mask > 0)
-        for jitter in (0.7, 0.85, 1.0, 1.2, 1.4):
-            small_image, small_mask = _resize_pair(image, (mask > 0).astype(np.uint8), NUCLEI_2D_DIAMETER * jitter / diameter)
-            images.append(small_image)
-            labels.append(small_mask)
-            names.append(f"nih3t3/{path.name}@{jitter}")
+        small_image, small_mask = _resize_pair(image, (mask > 0).astype(np.uint8), NUCLEI_2D_DIAMETER / labels_diameter(mask > 0))
+        images.append(small_image)
+        labels.append(small_mask)
+        names.append(f"nih3t3/{path.name}")
     rng = np.random.default_rng(seed)
     for index in range(SYNTHETIC_2D_IMAGES):
         # drawn at a native size of 6-90 px, then zoomed to the model's size (with jitter) exactly
@@ -182,16 +249,20 @@ def _outside_samples() -> Path | None:
 # --- training ------------------------------------------------------------------------------------
 
 
-def _train_config(name: str, minutes: float, seed: int, device: str):
+def _train_config(name: str, minutes: float, seed: int, device: str, depth: int | None = None,
+                  base_channels: int | None = None, warm: bool = False):
     from segtune.core.train.augment import AugmentConfig
     from segtune.core.train.trainer import TrainConfig
 
     common = {"epochs": 10_000, "patience": None, "max_minutes": minutes, "seed": seed, "device": device, "schedule": "cosine"}
     if name == "nuclei-2d":
+        # validated by the DSB validation split given to train() (val_fraction unused); epochs of
+        # 300 steps so that validating costs a small part of each epoch
         return TrainConfig(
-            spatial_dims=2, head="three_class", patch=112, batch_size=4, steps_per_epoch=40, loss="ce+dice",
-            learning_rate=3e-3, val_fraction=0.06, min_foreground=0.02, depth=3, base_channels=16,
-            augmentation=AugmentConfig(zoom=0.2, rotation=25.0, affine_probability=0.5, brightness=0.1, contrast=0.3,
+            spatial_dims=2, head="three_class", patch=128, batch_size=8, steps_per_epoch=300, loss="ce+dice",
+            learning_rate=1e-3 if warm else 3e-3, val_fraction=0.0, scale=1.0, min_foreground=0.02, depth=depth or 4,
+            base_channels=base_channels or 24,
+            augmentation=AugmentConfig(zoom=0.25, rotation=25.0, affine_probability=0.5, brightness=0.1, contrast=0.3,
                                        blur_probability=0.2, noise_probability=0.3, noise_std=0.08),
             **common,
         )
@@ -215,24 +286,35 @@ def _train_config(name: str, minutes: float, seed: int, device: str):
     raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
 
 
-def train_one(name: str, data: Path, *, minutes: float, seed: int, device: str) -> tuple[Any, dict[str, Any], float]:
-    """Train ``name`` from scratch; returns (model, config, seconds)."""
+def train_one(name: str, data: Path, *, minutes: float, seed: int, device: str, depth: int | None = None,
+              base_channels: int | None = None, start: str | None = None, work: Path | None = None,
+              resume: bool = False) -> tuple[Any, dict[str, Any], float]:
+    """Train ``name`` from scratch (or from the model folder ``start``); returns (model, config, seconds).
+
+    The run writes its model folder and checkpoint to ``work`` as it goes; ``resume`` continues
+    an interrupted run there (same data and settings, the time budget may be raised)."""
     from segtune.core.train.trainer import train
 
     started = time.monotonic()
+    validation = None
     if name == "nuclei-2d":
         images, labels, names = nuclei_2d_data(data, seed)
+        # the best epoch is chosen on a third of the DSB validation split (every 3rd image): validating
+        # all 78 images each epoch would cost more than the epoch on 2 CPU cores
+        val_images, val_labels, _ = dsb_pairs(data, "validation", diameter=NUCLEI_2D_DIAMETER)
+        validation = (val_images[::3], val_labels[::3])
     elif name == "membranes-2d":
         images, labels, names = membranes_data(data, ISBI_TRAIN)
     else:
         images, labels, names = nuclei_3d_data(48, seed)
-    config = _train_config(name, minutes, seed, device)
-    work = WORK / name
-    if work.exists():
+    config = _train_config(name, minutes, seed, device, depth, base_channels, warm=start is not None)
+    work = work or WORK / name
+    if work.exists() and not resume:
         shutil.rmtree(work)
     command = "python scripts/train_pretrained.py " + name
-    result = train(images, labels, config, names=names, out=work, overwrite=True,
-                   provenance={"command": command, "note": f"bundled model {name}, trained from scratch"})
+    note = f"bundled model {name}, " + (f"trained further from {start}" if start else "trained from scratch")
+    result = train(images, labels, config, names=names, validation=validation, model=start, out=work,
+                   overwrite=True, resume=resume, provenance={"command": command, "note": note})
     seconds = time.monotonic() - started
     model_config = dict(result.config)
     model_config["description"] = DESCRIPTIONS[name]
@@ -246,6 +328,12 @@ def train_one(name: str, data: Path, *, minutes: float, seed: int, device: str) 
     logger.info("%s: trained in %.1f min (%s, best epoch %s, %d epochs)", name, seconds / 60, result.stop_reason,
                 result.best_epoch, len(result.history))
     return result.model, model_config, seconds
+
+
+def save_model_config(folder: Path, config: dict[str, Any]) -> None:
+    from segtune.core.models.store import atomic_write_text
+
+    atomic_write_text(folder / "config.json", json.dumps(config, indent=2) + "\n")
 
 
 def write_model(name: str, model: Any, config: dict[str, Any]) -> Path:
@@ -325,8 +413,8 @@ def validate(name: str, data: Path, model_or_name: Any = None, config: dict[str,
     from segtune.core.models.store import load_model
     from segtune.core.synthetic import random_nuclei_parameters, synthetic_nuclei
 
-    if model_or_name is None:
-        model_or_name, config = load_model(PRETRAINED / name)
+    if model_or_name is None or isinstance(model_or_name, (str, Path)):
+        model_or_name, config = load_model(model_or_name or PRETRAINED / name)
 
     def f1(image: np.ndarray, truth: np.ndarray, diameter: float | str = "auto", config: dict[str, Any] | None = config) -> float:
         """Matched F1 at IoU 0.5 of the model's instances of ``image`` against ``truth``."""
@@ -362,9 +450,7 @@ def validate(name: str, data: Path, model_or_name: Any = None, config: dict[str,
                 scores.append(f1(sample.image, sample.labels))
             by_size[str(size)] = round(float(np.mean(scores)), 4)
         results["synthetic_f1_at_0.5_auto_diameter_by_size"] = by_size
-        sample = outside_sample("2d")
-        if sample is not None:
-            results["dsb2018_stardist_sample_f1_at_0.5_auto_diameter"] = round(f1(*sample), 4)
+        results.update(dsb_validation(data, lambda image, diameter: predict_labels(model_or_name, image, diameter=diameter, config=config)))
     elif name == "membranes-2d":
         f1s = []
         for image, truth in zip(*membranes_data(data, ISBI_HELD_OUT)[:2], strict=True):
@@ -387,6 +473,34 @@ def validate(name: str, data: Path, model_or_name: Any = None, config: dict[str,
             results["stardist_synthetic3d_sample_diameter_px"] = [round(estimate_diameter(image), 1), round(true_diameter, 1)]
             for key, diameter in (("auto_diameter", "auto"), ("true_diameter", true_diameter)):
                 results[f"stardist_synthetic3d_sample_f1_at_0.5_{key}"] = round(f1(image, truth, diameter=diameter), 4)
+    return results
+
+
+def dsb_validation(data: Path, segment: Any) -> dict[str, Any]:
+    """Matched F1@0.5 and AP@0.5:0.95 on the DSB 2018 validation split (fluorescence), each image
+    at its own scale as a user has it, with the automatic and with the true diameter; the mean
+    over images and per diameter tercile (the split's strata)."""
+    from segtune.core.metrics import matched_metrics
+
+    split = dsb_split(data)
+    images, truths, names = dsb_pairs(data, "validation")
+    diameters = np.array([split["diameters"][n.split("/")[-1]] for n in names])
+    cuts = np.quantile(diameters, [1 / 3, 2 / 3])
+    results: dict[str, Any] = {"dsb2018_validation_images": len(images)}
+    for key, use_true in (("auto_diameter", False), ("true_diameter", True)):
+        f1s, aps = [], []
+        for image, truth, diameter in zip(images, truths, diameters, strict=True):
+            predicted = segment(image, float(diameter) if use_true else "auto")
+            metrics = matched_metrics(predicted, truth)
+            f1s.append(metrics["f1_at_0.5"])
+            aps.append(metrics["ap_mean"])
+        results[f"dsb2018_validation_f1_at_0.5_{key}"] = round(float(np.mean(f1s)), 4)
+        results[f"dsb2018_validation_ap_0.5_0.95_{key}"] = round(float(np.mean(aps)), 4)
+        tercile = np.searchsorted(cuts, diameters)
+        results[f"dsb2018_validation_f1_at_0.5_{key}_by_diameter"] = {
+            f"{lo:.0f}-{hi:.0f} px": round(float(np.mean(np.array(f1s)[tercile == t])), 4)
+            for t, (lo, hi) in enumerate(zip([diameters.min(), *cuts], [*cuts, diameters.max()], strict=True))
+        }
     return results
 
 
@@ -544,7 +658,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=None, help="training budget per model (default: per-model)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--depth", type=int, default=None, help="U-Net depth of a new model (default: per model)")
+    parser.add_argument("--base-channels", type=int, default=None, help="U-Net width of a new model (default: per model)")
+    parser.add_argument("--start", default=None, help="train further from this model folder or bundled name instead of from scratch")
+    parser.add_argument("--work", type=Path, default=None, help=f"the run's folder (default {WORK}/NAME)")
+    parser.add_argument("--resume", action="store_true", help="continue the interrupted run in --work")
+    parser.add_argument("--no-install", action="store_true", help="train and validate, but leave the bundled model as it is")
     parser.add_argument("--evaluate-only", action="store_true", help="validate the shipped models, do not train")
+    parser.add_argument("--model", type=Path, default=None, help="with --evaluate-only: validate this model folder instead of the bundled one")
     parser.add_argument("--update-cards", action="store_true", help="with --evaluate-only: record the numbers in config.json and MODEL_CARD.md")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -556,7 +677,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.evaluate_only:
             from segtune.core.models.store import atomic_write_text, read_config
 
-            validation = validate(name, args.data)
+            validation = validate(name, args.data, *((str(args.model), None) if args.model else ()))
             print(name, json.dumps(validation, indent=1), flush=True)
             if args.update_cards:
                 config = read_config(PRETRAINED / name)
@@ -565,7 +686,15 @@ def main(argv: list[str] | None = None) -> int:
                 write_card(name, config)
             continue
         minutes = args.minutes or BUDGET_MINUTES[name]
-        model, config, seconds = train_one(name, args.data, minutes=minutes, seed=args.seed, device=args.device)
+        model, config, seconds = train_one(name, args.data, minutes=minutes, seed=args.seed, device=args.device,
+                                           depth=args.depth, base_channels=args.base_channels, start=args.start,
+                                           work=args.work, resume=args.resume)
+        if args.no_install:
+            work = args.work or WORK / name
+            save_model_config(work, config)
+            print(f"{name}: wall time {seconds / 60:.1f} min; trained model in {work}; validate it with "
+                  f"--evaluate-only --model {work}", flush=True)
+            continue
         folder = write_model(name, model, config)
         # the numbers are those of the shipped (fp16) weights
         config["validation"] = validate(name, args.data)

@@ -483,6 +483,7 @@ def train(
     *,
     masks: Sequence[np.ndarray | None] | None = None,
     names: Sequence[str] | None = None,
+    validation: tuple[Sequence[np.ndarray], Sequence[np.ndarray]] | None = None,
     model: nn.Module | str | os.PathLike | None = None,
     out: str | os.PathLike | None = None,
     overwrite: bool = False,
@@ -507,6 +508,9 @@ def train(
         Optional per-image arrays: pixels where the mask is 0 are ignored by the loss.
     names
         Names of the images (for messages, the split record and the model's provenance).
+    validation
+        Optional ``(images, labels)`` held out by the caller: they alone validate (rescaled and
+        normalised like the training images) and ``val_fraction`` is not applied.
     model
         None for a new model; a module, a bundled model name or a model folder to fine-tune.
         A starting model's head, normalisation and object diameter are kept.
@@ -642,7 +646,15 @@ def train(
     for sample in samples[1:]:
         if sample.image.shape[0] != in_channels:
             raise ValueError(f"{sample.name} has {sample.image.shape[0]} channel(s) but {samples[0].name} has {in_channels}")
-    train_samples, val_samples = split_samples(samples, config.val_fraction, seed=config.seed)
+    if validation is not None:
+        train_samples = samples
+        val_samples = [
+            make_sample(image, np.asarray(lab), ignore_value=config.ignore_value, normalization=normalization,
+                        clip=config.clip, scale=scale, name=f"validation {i}")
+            for i, (image, lab) in enumerate(zip(*validation, strict=True))
+        ]
+    else:
+        train_samples, val_samples = split_samples(samples, config.val_fraction, seed=config.seed)
     model_diameter = data_diameter * scale if data_diameter else None
 
     # --- model ---
