@@ -254,7 +254,10 @@ def _train_config(name: str, minutes: float, seed: int, device: str, depth: int 
     from segtune.core.train.augment import AugmentConfig
     from segtune.core.train.trainer import TrainConfig
 
-    common = {"epochs": 10_000, "patience": None, "max_minutes": minutes, "seed": seed, "device": device, "schedule": "cosine"}
+    # (re)training on a large data set: none of the fine-tuning guards (frozen normalisation, L2-SP,
+    # keeping the starting model), even when training further from a shipped model
+    common = {"epochs": 10_000, "patience": None, "max_minutes": minutes, "seed": seed, "device": device, "schedule": "cosine",
+              "freeze_norm": False, "l2sp": 0.0, "keep_if_worse": False}
     if name == "nuclei-2d":
         # validated by the DSB validation split given to train() (val_fraction unused); epochs of
         # 300 steps so that validating costs a small part of each epoch

@@ -157,7 +157,7 @@ def run_demo(
     from segtune.core.models.store import save_model
     from segtune.core.models.unet import build_model, default_architecture
     from segtune.core.predict import predict
-    from segtune.core.train.trainer import TrainConfig, train
+    from segtune.core.train.trainer import TrainConfig, held_out_summary, train
 
     started = time.monotonic()
     out = Path(out)
@@ -185,8 +185,8 @@ def run_demo(
 
         start_model, start_config = load_model(bundled, device="cpu")
         start_name = bundled
-        settings = TrainConfig(spatial_dims=2, epochs=1000, max_minutes=minutes, patch=128, batch_size=4,
-                               learning_rate=2e-4, patience=None, device=device)
+        # the defaults of `segtune train --from` and the widget's Fine-tune tab (the trainer's auto_settings)
+        settings = TrainConfig(spatial_dims=2, epochs=10_000, max_minutes=minutes, patience=None, device=device)
     else:
         say("  No bundled model is installed in this copy of segtune, so the demo starts from an UNTRAINED small")
         say("  2D U-Net (objects vs background, touching nuclei split by a watershed): its 'before' scores are")
@@ -219,6 +219,8 @@ def run_demo(
     result = train([image[train_part]], [truth[train_part]], settings, names=[f"{IMAGE} left half"], model=bundled or start_model,
                    provenance={"source": "segtune demo", "start": start_name}, progress=progress)
     say(f"   {len(result.history)} epoch(s) in {time.monotonic() - t0:.0f} s ({result.stop_reason}); best epoch {result.best_epoch}.")
+    say(f"   {held_out_summary(result)}")
+    say("   (that held-out strip is the left half's last fifth; the scores below are on the right half, never trained on)")
 
     after = segment(result.model, result.config)
     scores_after = evaluate(after[test_part], truth[test_part])
@@ -256,7 +258,8 @@ def run_demo(
         "start_model": start_name,
         "bundled_model": bundled is not None,
         "fine_tuning": {"epochs": len(result.history), "stop_reason": result.stop_reason, "best_epoch": result.best_epoch,
-                        "minutes_budget": minutes},
+                        "minutes_budget": minutes, "held_out_before": result.baseline_metrics.get("val_matched_f1"),
+                        "held_out_after": result.best_metrics.get("val_matched_f1"), "kept_start": result.kept_start},
         "fine_tuned_on": "left half of nuclei_2d.tif",
         "evaluated_on": "right half of nuclei_2d.tif",
         "before": {section: scores_before[section] for section in ("pixel", "object", "matched")},

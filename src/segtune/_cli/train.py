@@ -26,14 +26,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--labels", nargs="+", required=True, metavar="PATH", help="label files or folders, one per image")
     parser.add_argument("--out", required=True, metavar="MODEL_DIR", help="the model folder to write")
     parser.add_argument("--from", dest="start", metavar="M", default=None, help="fine-tune this bundled model or model folder")
-    parser.add_argument("--epochs", type=int, default=100)
-    parser.add_argument("--patch", type=int, nargs="+", default=[256], help="patch size (one number, or one per axis)")
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--max-minutes", type=float, default=None,
+                        help="training time: stops when spent, keeping the best model (default: 2 minutes when "
+                             "fine-tuning with --from, 15 for a new model)")
+    parser.add_argument("--epochs", type=int, default=10_000, help="at most this many epochs (the time budget usually ends training first)")
+    parser.add_argument("--patch", type=int, nargs="+", default=None,
+                        help="patch size, one number or one per axis (default: about five object diameters, 128-256 px in 2D)")
+    parser.add_argument("--batch-size", type=int, default=None, help="patches per step (default: 8 for patches up to 160 px, else 4; 2 in 3D)")
     parser.add_argument("--loss", default="bce+dice", help="losses joined by '+': bce, ce, dice, iou, focal, ssim, mae (e.g. ssim+dice, 0.5*bce+dice)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate")
+    parser.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default: 3e-4 when fine-tuning, 2e-3 for a new model)")
     parser.add_argument("--schedule", choices=("cosine", "plateau", "none"), default="cosine")
     parser.add_argument("--val-fraction", type=float, default=0.2, help="images (or area of a single image) held out for validation")
-    parser.add_argument("--patience", type=int, default=10, help="early stopping after this many epochs without improvement (0: never)")
+    parser.add_argument("--patience", type=int, default=0, help="early stopping after this many epochs without improvement (0: never; the time budget stops training)")
     parser.add_argument("--steps-per-epoch", type=int, default=None, help="default: enough patches to cover the images once (at least 16)")
     parser.add_argument("--head", choices=("three_class", "binary", "semantic"), default=None,
                         help="three_class (background/interior/boundary, separates touching objects; default for new models), "
@@ -56,7 +60,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--min-foreground", type=float, default=0.03, help="skip crops with less labelled foreground than this")
     parser.add_argument("--ignore-value", type=int, default=None, help="label value whose pixels the loss ignores (e.g. 255)")
     parser.add_argument("--freeze-encoder", action="store_true", help="train the decoder only")
-    parser.add_argument("--max-minutes", type=float, default=None, help="time budget; stops when spent, keeping the best model")
+    parser.add_argument("--keep-worse", action="store_true",
+                        help="keep the fine-tuned model even when it scores below the starting model on the held-out data "
+                             "(by default the starting model is kept then, and the run says so)")
     parser.add_argument("--resume", action="store_true", help="continue the interrupted training in --out")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
@@ -93,7 +99,8 @@ def _config(args: argparse.Namespace):
         if args.normalize:
             raise ValueError("give --normalize or --contrast-stretch, not both")
         normalization, clip = (5.0, 98.0), True
-    patch = args.patch[0] if len(args.patch) == 1 else tuple(args.patch)
+    patch = None if args.patch is None else args.patch[0] if len(args.patch) == 1 else tuple(args.patch)
+    minutes = args.max_minutes if args.max_minutes is not None else (2.0 if args.start else 15.0)
     return TrainConfig(
         spatial_dims=args.spatial_dims, head=args.head, n_classes=args.classes, patch=patch, batch_size=args.batch_size,
         epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, loss=args.loss, learning_rate=args.lr,
@@ -101,7 +108,7 @@ def _config(args: argparse.Namespace):
         min_foreground=args.min_foreground, normalization=normalization, clip=clip, object_diameter=args.diameter,
         scale=args.scale, augmentation=AugmentConfig.none() if args.no_augment else AugmentConfig(),
         depth=args.depth, base_channels=args.base_channels, norm=args.norm, dropout=args.dropout, upsample=args.upsample,
-        freeze_encoder=args.freeze_encoder, max_minutes=args.max_minutes, device=args.device, amp=not args.no_amp,
+        freeze_encoder=args.freeze_encoder, keep_if_worse=not args.keep_worse, max_minutes=minutes, device=args.device, amp=not args.no_amp,
         seed=args.seed, ignore_value=args.ignore_value,
     )
 
@@ -144,12 +151,11 @@ def run(args: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGINT, previous)
     from segtune.core.distributed import launch_rank
+    from segtune.core.train.trainer import held_out_summary
 
     if launch_rank() != 0:  # under torchrun every process trains; rank 0 wrote the folder and speaks
         return 130 if result.stop_reason == "cancelled" else 0
-    best = result.best_metrics
-    summary = ", ".join(f"{k} {best[k]:.3f}" for k in ("val_matched_f1", "val_f1", "val_iou", "val_loss") if isinstance(best.get(k), float))
-    print(f"{result.stop_reason}: {len(result.history)} epoch(s), best epoch {result.best_epoch}"
-          + (f" ({summary})" if summary else ""))
+    print(f"{result.stop_reason}: {len(result.history)} epoch(s), best epoch {result.best_epoch}")
+    print(held_out_summary(result))
     print(f"model: {out} (log: {out / 'training_log.csv'})")
     return 130 if result.stop_reason == "cancelled" else 0

@@ -65,7 +65,7 @@ class FinetunePanel(QWidget):
     """Fine-tune the current model on an image and its corrected Labels layer.
 
     Attributes tests drive: ``image_layer``, ``labels_layer``, ``shapes_layer``, ``region``,
-    ``range_axis``, ``plane_from``, ``plane_to``, ``channel``, ``epochs``, ``learning_rate``,
+    ``range_axis``, ``plane_from``, ``plane_to``, ``channel``, ``minutes``, ``epochs``, ``learning_rate``,
     ``loss``, ``freeze_encoder``, ``val_fraction``, ``patch``, ``batch_size``,
     ``steps_per_epoch``, ``repredict_check``, ``run_button``, ``cancel_button``, ``curve``,
     ``epoch_label``, ``status``; ``job`` (running or last), ``result`` (the core's
@@ -117,16 +117,26 @@ class FinetunePanel(QWidget):
         form.addRow("Planes", range_row)
         form.addRow("Only inside", self.shapes_layer)
 
+        self.minutes = QDoubleSpinBox()
+        self.minutes.setDecimals(1)
+        self.minutes.setRange(0.1, 600.0)
+        self.minutes.setSingleStep(0.5)
+        self.minutes.setValue(2.0)
+        self.minutes.setSuffix(" min")
+        self.minutes.setToolTip("How long to learn. About 2 minutes is enough to adapt a trained model to one corrected image; "
+                                "Cancel stops early and keeps the best model so far.")
         self.epochs = QSpinBox()
-        self.epochs.setRange(1, 10000)
-        self.epochs.setValue(20)
-        self.epochs.setToolTip("How many rounds of learning. More rounds learn more but take longer; Cancel keeps the best so far.")
+        self.epochs.setRange(1, 100000)
+        self.epochs.setValue(10000)
+        self.epochs.setToolTip("At most this many rounds of learning (epochs); the training time usually ends learning first.")
         self.learning_rate = QDoubleSpinBox()
         self.learning_rate.setDecimals(5)
-        self.learning_rate.setRange(0.00001, 0.1)
+        self.learning_rate.setRange(0.0, 0.1)
         self.learning_rate.setSingleStep(0.0001)
-        self.learning_rate.setValue(0.001)
-        self.learning_rate.setToolTip("How big each learning step is. Smaller changes a trained model more gently.")
+        self.learning_rate.setSpecialValueText("auto")
+        self.learning_rate.setValue(0.0)
+        self.learning_rate.setToolTip("How big each learning step is (AdamW learning rate). auto: 0.0003 for a trained model "
+                                      "(changed gently), 0.002 for a new one.")
         self.loss = QComboBox()
         self.loss.addItems(list(LOSSES))
         self.loss.setToolTip("How mistakes are counted. bce+dice suits most images; dice helps when objects are small and few.")
@@ -142,8 +152,7 @@ class FinetunePanel(QWidget):
         self.repredict_check = QCheckBox("predict again when done")
         self.repredict_check.setChecked(True)
         self.repredict_check.setToolTip("See straight away what the fine-tuned model does on the image.")
-        form.addRow("Epochs", self.epochs)
-        form.addRow("Learning rate", self.learning_rate)
+        form.addRow("Training time", self.minutes)
         form.addRow("Loss", self.loss)
         form.addRow(self.freeze_encoder)
         form.addRow("Held out", self.val_fraction)
@@ -153,18 +162,22 @@ class FinetunePanel(QWidget):
         more_widget = QWidget()
         more_form = QFormLayout(more_widget)
         self.patch = QSpinBox()
-        self.patch.setRange(16, 1024)
+        self.patch.setRange(0, 1024)
         self.patch.setSingleStep(16)
-        self.patch.setValue(256)
-        self.patch.setToolTip("Size of the image pieces the model learns from (pixels).")
+        self.patch.setSpecialValueText("auto")
+        self.patch.setValue(0)
+        self.patch.setToolTip("Size of the image pieces the model learns from (pixels); auto: about five object diameters.")
         self.batch_size = QSpinBox()
-        self.batch_size.setRange(1, 64)
-        self.batch_size.setValue(4)
-        self.batch_size.setToolTip("Pieces per learning step; lower it if memory runs out.")
+        self.batch_size.setRange(0, 64)
+        self.batch_size.setSpecialValueText("auto")
+        self.batch_size.setValue(0)
+        self.batch_size.setToolTip("Pieces per learning step; lower it if memory runs out. auto: 8 small or 4 large pieces.")
         self.steps_per_epoch = QSpinBox()
         self.steps_per_epoch.setRange(0, 100000)
         self.steps_per_epoch.setSpecialValueText("auto")
         self.steps_per_epoch.setToolTip("Learning steps per epoch; auto covers the masks about once.")
+        more_form.addRow("Epochs", self.epochs)
+        more_form.addRow("Learning rate", self.learning_rate)
         more_form.addRow("Patch size", self.patch)
         more_form.addRow("Batch size", self.batch_size)
         more_form.addRow("Steps per epoch", self.steps_per_epoch)
@@ -246,11 +259,8 @@ class FinetunePanel(QWidget):
         state = self.state
         if state.model is None:
             return
-        # a trained model is changed gently; a new one needs bigger steps
-        self.learning_rate.setValue(0.001 if state.source.startswith("new") else 0.0002)
-        tile = state.config.get("tile_shape")
-        if isinstance(tile, list) and tile:
-            self.patch.setValue(int(max(16, min(1024, tile[-1]))))
+        # learning rate, patch and batch stay "auto": the trainer picks them for a trained or a new model
+        self.minutes.setValue(2.0 if not state.source.startswith("new") else 10.0)
         self._image_changed()
 
     # --- running ------------------------------------------------------------------------------
@@ -320,12 +330,13 @@ class FinetunePanel(QWidget):
             spatial_dims=state.spatial_dims,
             head=head,
             n_classes=int(state.config["architecture"]["out_channels"]) if head == "semantic" else None,
-            patch=self.patch.value(),
-            batch_size=self.batch_size.value(),
+            patch=self.patch.value() or None,
+            batch_size=self.batch_size.value() or None,
             epochs=self.epochs.value(),
+            max_minutes=self.minutes.value(),
             steps_per_epoch=self.steps_per_epoch.value() or None,
             loss=self.loss.currentText(),
-            learning_rate=self.learning_rate.value(),
+            learning_rate=self.learning_rate.value() or None,
             val_fraction=self.val_fraction.value(),
             patience=None,
             freeze_encoder=self.freeze_encoder.isChecked(),
@@ -351,12 +362,17 @@ class FinetunePanel(QWidget):
             )
 
         def done(result: Any) -> None:
+            from segtune.core.train.trainer import held_out_summary
+
             self.result = result
-            best = result.best_metrics
-            score = best.get("val_matched_f1", best.get("val_f1"))
             if result.stop_reason == "cancelled" and result.best_epoch is None:
                 self.status.setText("Cancelled before the first check: the model is unchanged.")
                 notify_info("Fine-tuning cancelled before the first epoch ended; the model is unchanged.")
+                return
+            summary = held_out_summary(result)
+            if result.kept_start:
+                self.status.setText(f"Fine-tuning did not help: {summary}. The model is unchanged.")
+                self._repredict_layer = None
                 return
             config = dict(result.config)
             config["name"] = start_config.get("name", state.name)
@@ -370,16 +386,15 @@ class FinetunePanel(QWidget):
                 "early_stopping": "Stopped early (no more improvement)",
                 "time_budget": "Time is up",
             }[result.stop_reason]
-            detail = f" (epoch {result.best_epoch}, held-out F1 {score:.3f})" if score is not None and result.best_epoch else ""
-            self.status.setText(f"{words}{detail}. Save it in the Model tab to keep it.")
+            self.status.setText(f"{words}: {summary}. Save it in the Model tab to keep it.")
             self._repredict_layer = image_layer if self.repredict_check.isChecked() else None
 
         self._repredict_layer = None
         self.result = None
-        self.curve.clear(epochs=settings.epochs)
+        self.curve.clear(epochs=1)
         self.epoch_label.setText("Preparing the masks…")
         self.status.setText("")
-        self._timing = {"start": time.monotonic(), "epochs": float(settings.epochs)}
+        self._timing = {"start": time.monotonic(), "epochs": float(settings.epochs), "budget": settings.max_minutes * 60.0}
         state.set_busy("fine-tuning")
         self.cancel_button.setEnabled(True)
         self.job = Job(
@@ -405,11 +420,11 @@ class FinetunePanel(QWidget):
         last_train = next((e for e in reversed(events) if e.stage == "train" and e.total), None)
         if last_train is not None and last_train.done:
             elapsed = time.monotonic() - self._timing["start"]
-            left = elapsed / last_train.done * (last_train.total - last_train.done)
+            left = min(elapsed / last_train.done * (last_train.total - last_train.done), max(0.0, self._timing["budget"] - elapsed))
             epoch = last_train.metrics.get("epoch", "?")
             loss = last_train.metrics.get("loss")
             loss_text = f", loss {loss:.3f}" if isinstance(loss, float) else ""
-            self.epoch_label.setText(f"Epoch {epoch}/{int(epochs)}{loss_text} — about {format_seconds(left)} left")
+            self.epoch_label.setText(f"Epoch {epoch}{loss_text} — about {format_seconds(left)} left")
 
     def cancel(self) -> None:
         if self.job is not None and self.job.running:

@@ -58,13 +58,18 @@ from segtune.core.train.patches import PatchSampler, normalize_patch_shape
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["STOP_REASONS", "TrainConfig", "TrainResult", "train", "train_files"]
+__all__ = ["STOP_REASONS", "TrainConfig", "TrainResult", "auto_settings", "held_out_summary", "train", "train_files"]
 
 STOP_REASONS = ("completed", "early_stopping", "time_budget", "cancelled")
+# defaults that need no thought (see auto_settings); fine-tuning moves a trained model gently
+FINETUNE_L2SP = 1e-3
+FINETUNE_LEARNING_RATE = 3e-4
+NEW_LEARNING_RATE = 2e-3
+NEW_MAX_DIAMETER = 32.0
 CHECKPOINT_DIR = "checkpoint"
 CHECKPOINT_NAME = "last.safetensors"
 LOG_NAME = "training_log.csv"
-_LOG_COLUMNS = ("epoch", "train_loss", "val_loss", "val_f1", "val_iou", "val_matched_f1", "lr", "steps", "seconds", "elapsed")
+_LOG_COLUMNS = ("epoch", "train_loss", "val_loss", "val_f1", "val_iou", "val_matched_f1", "val_objects", "lr", "steps", "seconds", "elapsed")
 
 
 @dataclass
@@ -81,14 +86,16 @@ class TrainConfig:
     n_classes
         Number of classes of a semantic head.
     patch
-        Training patch size (an int for a square/cube, or one size per axis).
+        Training patch size (an int for a square/cube, or one size per axis). None: chosen
+        from the object size the model sees (:func:`auto_settings`).
     batch_size, epochs, steps_per_epoch
-        Patches per step, epochs, and steps per epoch (None: enough to cover the training
-        pixels about once, at least 16).
+        Patches per step (None: :func:`auto_settings`), epochs, and steps per epoch (None:
+        enough to cover the training pixels about once, at least 16).
     loss
         A loss spec for :func:`segtune.core.train.losses.parse_loss`, e.g. ``"bce+dice"``.
     learning_rate, weight_decay
-        AdamW settings.
+        AdamW settings (learning rate None: ``NEW_LEARNING_RATE`` for a new model,
+        ``FINETUNE_LEARNING_RATE`` when fine-tuning).
     schedule
         ``"cosine"`` (with a short warm-up, annealed over the epochs or, with ``max_minutes``,
         over the time budget, whichever ends first), ``"plateau"`` (halve when the monitor
@@ -110,7 +117,9 @@ class TrainConfig:
     object_diameter
         Rescale images so that their objects are this many pixels across (their median
         diameter measured from the labels); recorded as the model's ``object_diameter`` so that
-        prediction rescales new images the same way. None: no rescaling (or ``scale``).
+        prediction rescales new images the same way. None: a fine-tuned model's own; for a new
+        2D instance model, objects larger than ``NEW_MAX_DIAMETER`` pixels are shrunk to it
+        (more context per patch, faster), smaller ones are left as they are.
     scale
         A fixed Y/X resize factor instead of ``object_diameter``.
     augmentation
@@ -119,6 +128,18 @@ class TrainConfig:
         The architecture of a new model (see :class:`~segtune.core.models.unet.UNet`).
     freeze_encoder
         Train only the decoder (fine-tuning on few labels).
+    freeze_norm
+        Keep the normalisation layers' running statistics as they are (BatchNorm in eval mode;
+        their scale and shift still learn). None: on when fine-tuning, where statistics
+        re-estimated from a few patches of one image would shift every feature of the model.
+    l2sp
+        Weight of the L2-SP penalty ``sum ||w - w_start||^2`` that keeps a fine-tuned model near
+        its starting weights (forgetting less of what it knew). None: ``FINETUNE_L2SP`` when
+        fine-tuning, else 0.
+    keep_if_worse
+        When fine-tuning with a held-out set: if the best epoch scores a lower held-out matched
+        F1 (or, without instances, a higher loss) than the starting model did on the same
+        held-out data, return and save the starting model instead (``TrainResult.kept_start``).
     max_minutes
         A time budget: training stops when it is spent, keeping the best model.
     device
@@ -134,12 +155,12 @@ class TrainConfig:
     spatial_dims: int = 2
     head: str | None = None
     n_classes: int | None = None
-    patch: int | tuple[int, ...] = 256
-    batch_size: int = 4
+    patch: int | tuple[int, ...] | None = None
+    batch_size: int | None = None
     epochs: int = 100
     steps_per_epoch: int | None = None
     loss: str = "bce+dice"
-    learning_rate: float = 1e-3
+    learning_rate: float | None = None
     weight_decay: float = 1e-4
     schedule: str = "cosine"
     val_fraction: float = 0.2
@@ -157,6 +178,9 @@ class TrainConfig:
     dropout: float = 0.0
     upsample: str = "transpose"
     freeze_encoder: bool = False
+    freeze_norm: bool | None = None
+    l2sp: float | None = None
+    keep_if_worse: bool = True
     max_minutes: float | None = None
     device: str = "auto"
     amp: bool = True
@@ -197,9 +221,10 @@ class TrainConfig:
             raise ValueError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
         if self.head == "semantic" and (self.n_classes is None or self.n_classes < 2):
             raise ValueError(f"a semantic head needs n_classes >= 2, got {self.n_classes}")
-        normalize_patch_shape(self.patch, self.spatial_dims)
+        if self.patch is not None:
+            normalize_patch_shape(self.patch, self.spatial_dims)
         for name in ("batch_size", "epochs"):
-            if int(getattr(self, name)) < 1:
+            if getattr(self, name) is not None and int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise ValueError(f"steps_per_epoch must be at least 1, got {self.steps_per_epoch}")
@@ -207,7 +232,7 @@ class TrainConfig:
             raise ValueError(f"schedule must be 'cosine', 'plateau' or 'none', got {self.schedule!r}")
         if self.monitor not in ("auto", "val_f1", "val_iou", "val_matched_f1", "val_loss"):
             raise ValueError(f"monitor must be auto, val_f1, val_iou, val_matched_f1 or val_loss, got {self.monitor!r}")
-        if not self.learning_rate > 0:
+        if self.learning_rate is not None and not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise ValueError(f"max_minutes must be positive, got {self.max_minutes}")
@@ -241,6 +266,12 @@ class TrainResult:
         ``"completed"``, ``"early_stopping"``, ``"time_budget"`` or ``"cancelled"``.
     folder
         The model folder, or None when training in memory only.
+    baseline_metrics
+        The starting model's validation metrics on the same held-out data, measured before
+        the first step (fine-tuning only; empty otherwise).
+    kept_start
+        True when fine-tuning did not beat the starting model on the held-out data and the
+        starting model was kept (``TrainConfig.keep_if_worse``).
     """
 
     model: nn.Module
@@ -250,9 +281,43 @@ class TrainResult:
     best_epoch: int | None
     stop_reason: str
     folder: Path | None = None
+    baseline_metrics: dict[str, Any] = field(default_factory=dict)
+    kept_start: bool = False
 
 
 # --- helpers ---------------------------------------------------------------------------------
+
+
+def auto_settings(config: TrainConfig, *, fine_tuning: bool, diameter: float | None) -> TrainConfig:
+    """Fill the settings left as None from what is being trained and the object size the model
+    sees (``diameter``, after rescaling), so that defaults work without thought:
+
+    - patch: 2D about five object diameters, a multiple of 16 within 128-256 (256 when the size
+      is unknown); 3D 32 x 96 x 96.
+    - batch: 8 patches of up to 160 px in 2D, else 4 (2 in 3D).
+    - learning rate: ``FINETUNE_LEARNING_RATE`` when fine-tuning, else ``NEW_LEARNING_RATE``.
+    - frozen normalisation statistics and L2-SP when fine-tuning (see :class:`TrainConfig`).
+
+    Returns a copy; values already set are kept.
+    """
+    config = copy.deepcopy(config)
+    if config.patch is None:
+        if config.spatial_dims == 3:
+            config.patch = (32, 96, 96)
+        elif diameter:
+            config.patch = int(np.clip(16 * round(5 * diameter / 16), 128, 256))
+        else:
+            config.patch = 256
+    if config.batch_size is None:
+        side = max(normalize_patch_shape(config.patch, config.spatial_dims))
+        config.batch_size = 2 if config.spatial_dims == 3 else (8 if side <= 160 else 4)
+    if config.learning_rate is None:
+        config.learning_rate = FINETUNE_LEARNING_RATE if fine_tuning else NEW_LEARNING_RATE
+    if config.freeze_norm is None:
+        config.freeze_norm = fine_tuning
+    if config.l2sp is None:
+        config.l2sp = FINETUNE_L2SP if fine_tuning else 0.0
+    return config
 
 
 def _seed_everything(seed: int) -> None:
@@ -273,13 +338,38 @@ def _state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
-def _instances(probabilities: np.ndarray, head: str) -> np.ndarray | None:
+def _instance_options(head: str, model_config: dict[str, Any], diameter: float | None) -> dict[str, Any]:
+    """How validation turns probabilities into instances: as prediction does for this model
+    (distance-peak split when its config asks for it, seeds and smallest object from its object
+    size), so that the held-out score is the one the user will get."""
+    from segtune.core.postprocess import default_min_size
+
+    fraction = 3 if head == "three_class" else 4
+    return {
+        "split": bool(model_config.get("split_instances", False)),
+        "min_distance": max(1, int(round(diameter / fraction))) if diameter else 5,
+        "min_size": default_min_size(diameter, 2),
+    }
+
+
+def _instances(probabilities: np.ndarray, head: str, options: dict[str, Any] | None = None) -> np.ndarray | None:
     """Instance labels for validation: a seeded watershed (three_class) or components (binary)."""
     from segtune.core.postprocess import postprocess
 
     if head not in ("binary", "three_class"):
         return None
-    return postprocess(probabilities, head, instances=True, min_size=4)
+    return postprocess(probabilities, head, instances=True, **(options or {"min_size": 4}))
+
+
+def _worse(metrics: dict[str, Any], baseline: dict[str, Any]) -> bool:
+    """Whether ``metrics`` score below ``baseline`` on the held-out data: by matched F1 where
+    both have one and it differs, else by validation loss."""
+    for key, larger_is_better in (("val_matched_f1", True), ("val_loss", False)):
+        value, reference = metrics.get(key), baseline.get(key)
+        if isinstance(value, float) and isinstance(reference, float) and math.isfinite(value) and math.isfinite(reference) \
+                and value != reference:
+            return value < reference if larger_is_better else value > reference
+    return False
 
 
 @torch.no_grad()
@@ -313,7 +403,7 @@ def _autocast(device: torch.device, amp: bool):
     return torch.autocast(device.type, enabled=False)
 
 
-def _validate(model, samples, *, head, n_classes, loss_fn, device, spatial_dims, amp) -> dict[str, float]:
+def _validate(model, samples, *, head, n_classes, loss_fn, device, spatial_dims, amp, instance_options=None) -> dict[str, float]:
     """Loss, pixel F1/IoU of the foreground, and instance F1 at IoU 0.5 over the validation samples."""
     from segtune.core.metrics import matched_metrics
 
@@ -321,6 +411,7 @@ def _validate(model, samples, *, head, n_classes, loss_fn, device, spatial_dims,
     losses, weights = [], []
     tp = fp = fn = 0
     matched: list[float] = []
+    objects = 0
     for sample in samples:
         planes = range(sample.labels.shape[0]) if spatial_dims == 2 else [None]
         for z in planes:
@@ -343,16 +434,19 @@ def _validate(model, samples, *, head, n_classes, loss_fn, device, spatial_dims,
             tp += int(np.count_nonzero(predicted_fg & truth_fg & valid))
             fp += int(np.count_nonzero(predicted_fg & ~truth_fg & valid))
             fn += int(np.count_nonzero(~predicted_fg & truth_fg & valid))
-            instances = _instances(probabilities, head)
+            instances = _instances(probabilities, head, instance_options)
             if instances is not None:
                 truth = labels * valid  # ignored pixels count as background on both sides
-                matched.append(matched_metrics(instances * valid, truth, thresholds=(0.5,))["f1_at_0.5"])
+                scores = matched_metrics(instances * valid, truth, thresholds=(0.5,))
+                matched.append(scores["f1_at_0.5"])
+                objects += int(scores["n_truth"])
     metrics = {
         "val_loss": float(np.average(losses, weights=weights)) if losses else float("nan"),
         "val_f1": 2 * tp / (2 * tp + fp + fn) if (tp + fp + fn) else 1.0,
         "val_iou": tp / (tp + fp + fn) if (tp + fp + fn) else 1.0,
     }
     metrics["val_matched_f1"] = float(np.mean(matched)) if matched else float("nan")
+    metrics["val_objects"] = objects
     return metrics
 
 
@@ -632,6 +726,9 @@ def train(
         diameters = [labels_diameter(np.where(lab == config.ignore_value, 0, lab) if config.ignore_value is not None else lab) for lab in label_arrays]
         diameters = [d for d in diameters if np.isfinite(d)]
         data_diameter = float(np.median(diameters)) if diameters else None
+    if (model is None and checkpoint is None and config.object_diameter is None and config.scale is None
+            and config.spatial_dims == 2 and head != "semantic" and data_diameter and data_diameter > NEW_MAX_DIAMETER):
+        config.object_diameter = NEW_MAX_DIAMETER
     scale = 1.0
     if config.scale is not None:
         scale = float(config.scale)
@@ -659,6 +756,8 @@ def train(
 
     # --- model ---
     _seed_everything(config.seed)
+    fine_tuning = model is not None and checkpoint is None
+    config = auto_settings(config, fine_tuning=fine_tuning, diameter=model_diameter)
     if model is None:
         model = UNet(config.spatial_dims, in_channels, _out_channels(head, config.n_classes), depth=config.depth,
                      base_channels=config.base_channels, norm=config.norm, dropout=config.dropout, upsample=config.upsample)
@@ -678,6 +777,8 @@ def train(
         for parameter in model.encoder_parameters():
             parameter.requires_grad_(False)
     trainable = [p for p in model.parameters() if p.requires_grad]
+    # L2-SP anchors: the starting weights (a resumed run anchors to where it resumed)
+    anchors = [(p, p.detach().clone()) for p in trainable] if config.l2sp else []
     train_model = distributed.wrap_model(model)  # DDP under torchrun: gradients averaged over processes
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler("cuda") if use_amp else None
@@ -763,6 +864,19 @@ def train(
         # the folder is a loadable model from the very start (the starting weights)
         save_model(model, model_config, out_folder, overwrite=True)
     initial_state = _state_copy(model) if checkpoint is None else None
+    instance_options = _instance_options(head, base_config, model_diameter)
+
+    def validate_now() -> dict[str, float]:
+        return _validate(model, val_samples, head=head, n_classes=config.n_classes, loss_fn=loss_fn, device=device,
+                         spatial_dims=config.spatial_dims, amp=use_amp, instance_options=instance_options)
+
+    # the starting model's score on the same held-out data: what fine-tuning has to beat
+    baseline: dict[str, Any] = {}
+    if fine_tuning and val_samples:
+        baseline = _json_safe(distributed.on_main(validate_now))
+        training_record["baseline"] = baseline
+    elif checkpoint is not None:
+        baseline = checkpoint[1].get("baseline") or {}
 
     budget = config.max_minutes * 60.0 if config.max_minutes else None
     deadline = started + budget if budget else None
@@ -791,7 +905,7 @@ def train(
             "best_epoch": best_epoch, "bad_epochs": bad_epochs, "train_config": config.to_dict(),
             "plateau": plateau.state_dict() if plateau is not None else None,
             "elapsed": elapsed_before + time.monotonic() - started, "started": training_record["started"],
-            "resumed": training_record.get("resumed", []),
+            "resumed": training_record.get("resumed", []), "baseline": baseline,
         }
 
     epoch = first_epoch - 1
@@ -801,6 +915,10 @@ def train(
         for epoch in range(first_epoch, config.epochs + 1):
             epoch_start = time.monotonic()
             model.train()
+            if config.freeze_norm:
+                for module in model.modules():
+                    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                        module.eval()
             if config.freeze_encoder:
                 for module in model.encoder_modules():
                     module.eval()  # keep the frozen encoder's normalisation statistics too
@@ -821,12 +939,15 @@ def train(
                 loss = loss_fn(logits.float(), y_t, valid_t)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"the training loss became {loss.item()} at epoch {epoch}, step {step + 1}; lower the learning rate")
+                total = loss
+                if anchors:
+                    total = loss + config.l2sp * sum(((p - a) ** 2).sum() for p, a in anchors)
                 if scaler is not None:
-                    scaler.scale(loss).backward()
+                    scaler.scale(total).backward()
                     scaler.step(optimizer)
                     scaler.update()
                 else:
-                    loss.backward()
+                    total.backward()
                     optimizer.step()
                 global_step += 1
                 steps_done += 1
@@ -845,9 +966,7 @@ def train(
             distributed.sync_buffers(model)  # rank 0's normalisation statistics everywhere: one model
             entry: dict[str, Any] = {"epoch": epoch, "train_loss": distributed.all_reduce_mean(running / max(1, steps_done))}
             if val_samples:  # validated by rank 0, the result shared: every process decides alike
-                entry.update(distributed.on_main(lambda: _validate(
-                    model, val_samples, head=head, n_classes=config.n_classes, loss_fn=loss_fn, device=device,
-                    spatial_dims=config.spatial_dims, amp=use_amp)))
+                entry.update(distributed.on_main(validate_now))
             last_validation_seconds = time.monotonic() - validation_start
             entry.update(lr=optimizer.param_groups[0]["lr"], steps=steps_done, seconds=time.monotonic() - epoch_start,
                          elapsed=elapsed_before + time.monotonic() - started)
@@ -888,17 +1007,25 @@ def train(
         model.load_state_dict(best_state)
     elif stop_reason == "cancelled" and initial_state is not None:
         model.load_state_dict(initial_state)  # nothing validated yet: keep the starting weights
+    best_metrics = next((h for h in history if h["epoch"] == best_epoch), {}) if best_epoch is not None else {}
+    kept_start = bool(config.keep_if_worse and baseline and initial_state is not None and best_metrics
+                      and _worse(best_metrics, baseline))
+    if kept_start:
+        # fine-tuning made the held-out score worse: the starting model stays, and says so
+        model.load_state_dict(initial_state)
+        training_record["kept_start"] = True
+        logger.info("fine-tuning did not beat the starting model on the held-out data; keeping the starting model")
     model.eval()
     finish_record(stop_reason)
-    best_metrics = next((h for h in history if h["epoch"] == best_epoch), {}) if best_epoch is not None else {}
-    model_config["metrics"] = _json_safe(best_metrics)
+    model_config["metrics"] = _json_safe(baseline if kept_start else best_metrics)
     if out_folder is not None and dist.is_main:
         save_model(model, model_config, out_folder, overwrite=True)
         if history:
             _write_log(out_folder, history)
     logger.info("training stopped (%s) after %d epoch(s); best epoch %s", stop_reason, len(history), best_epoch)
     distributed.release()  # leave a process group this call joined
-    return TrainResult(model, model_config, history, best_metrics, best_epoch, stop_reason, out_folder)
+    return TrainResult(model, model_config, history, best_metrics, best_epoch, stop_reason, out_folder,
+                       baseline_metrics=baseline, kept_start=kept_start)
 
 
 def train_files(
@@ -927,6 +1054,25 @@ def train_files(
         provenance["command"] = command
     return train(images, labels, config, names=names, model=model, out=out, overwrite=overwrite, resume=resume,
                  provenance=provenance, progress=progress, cancel=cancel)
+
+
+def held_out_summary(result: TrainResult) -> str:
+    """The line a person reads after training: the held-out score of the starting model and of
+    the trained one (on images or a region training never saw, at the scale the model predicts
+    at), and whether the starting model was kept."""
+    best, base = result.best_metrics, result.baseline_metrics
+    key = next((k for k in ("val_matched_f1", "val_f1") if isinstance(best.get(k), float) and math.isfinite(best[k])), None)
+    if key is None:
+        return "held-out score: none (no held-out data; give more images or a larger held-out fraction)"
+    name = "matched F1 at IoU 0.5" if key == "val_matched_f1" else "pixel F1"
+    objects = best.get("val_objects")
+    where = f"held-out data, {objects} objects, not trained on" if objects else "held-out data, not trained on"
+    if not base or not isinstance(base.get(key), float):
+        return f"held-out {name} {best[key]:.3f} ({where})"
+    line = f"held-out {name} {base[key]:.3f} -> {best[key]:.3f} (starting model -> trained, {where})"
+    if result.kept_start:
+        line += "; that is worse, so the starting model was kept"
+    return line
 
 
 def read_log(folder: str | os.PathLike) -> list[dict[str, str]]:

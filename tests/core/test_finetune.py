@@ -1,0 +1,102 @@
+"""Fine-tuning guards: the starting model's held-out score, keeping it when training made things
+worse, frozen normalisation statistics, L2-SP, and the defaults chosen from the object size."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from segtune.core.models.unet import UNet
+from segtune.core.train.trainer import TrainConfig, auto_settings, held_out_summary, train
+
+from .test_trainer import TINY, _data
+
+QUICK = {**TINY, "epochs": 2, "patience": None, "val_fraction": 0.34}
+
+
+def _start_model() -> UNet:
+    torch.manual_seed(0)
+    return UNet(2, 1, 3, depth=2, base_channels=4)
+
+
+def test_fine_tuning_measures_the_starting_model_on_the_same_held_out_data():
+    images, labels = _data(3)
+    model = _start_model()
+    result = train(images, labels, TrainConfig(**QUICK, keep_if_worse=False), model=model)
+    base = result.baseline_metrics
+    assert set(base) >= {"val_loss", "val_matched_f1", "val_objects"}
+    assert base["val_objects"] == result.best_metrics["val_objects"] > 0  # one held-out set for both
+    assert result.config["training"]["baseline"] == base
+    line = held_out_summary(result)
+    assert f"{base['val_matched_f1']:.3f} -> {result.best_metrics['val_matched_f1']:.3f}" in line
+
+
+def test_a_fine_tune_that_scores_worse_keeps_the_starting_model():
+    images, labels = _data(3)
+    model = _start_model()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    # a learning rate this large wrecks the network in two steps: held-out loss rises
+    config = TrainConfig(**{**QUICK, "learning_rate": 5.0, "steps_per_epoch": 2}, l2sp=0.0)
+    result = train(images, labels, config, model=model)
+    assert result.kept_start
+    for key, value in result.model.state_dict().items():
+        assert torch.equal(value, start[key]), key
+    assert "starting model was kept" in held_out_summary(result)
+    assert result.config["metrics"] == result.baseline_metrics
+
+
+def test_frozen_normalisation_keeps_the_running_statistics():
+    images, labels = _data(2)
+    model = _start_model()
+    stats = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    result = train(images, labels, TrainConfig(**QUICK, keep_if_worse=False), model=model)
+    assert result.config["training"]["settings"]["freeze_norm"] is True
+    after = result.model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in stats.items())
+    # a new model learns its statistics
+    fresh = train(images, labels, TrainConfig(**QUICK))
+    assert fresh.config["training"]["settings"]["freeze_norm"] is False
+    assert fresh.baseline_metrics == {} and not fresh.kept_start
+
+
+def test_l2sp_keeps_the_weights_nearer_the_start():
+    images, labels = _data(2)
+
+    def distance(l2sp: float) -> float:
+        model = _start_model()
+        start = [p.detach().clone() for p in model.parameters()]
+        config = TrainConfig(**{**QUICK, "epochs": 3, "learning_rate": 3e-3}, l2sp=l2sp, keep_if_worse=False, seed=1)
+        result = train(images, labels, config, model=model)
+        return float(sum(((p.detach() - s) ** 2).sum() for p, s in zip(result.model.parameters(), start, strict=True)))
+
+    assert distance(10.0) < 0.5 * distance(0.0)
+
+
+def test_auto_settings_follow_the_object_size_and_what_is_trained():
+    tuned = auto_settings(TrainConfig(), fine_tuning=True, diameter=20.0)
+    assert (tuned.patch, tuned.batch_size, tuned.learning_rate, tuned.freeze_norm, tuned.l2sp) == (128, 8, 3e-4, True, 1e-3)
+    new = auto_settings(TrainConfig(), fine_tuning=False, diameter=48.0)
+    assert (new.patch, new.batch_size, new.learning_rate, new.freeze_norm, new.l2sp) == (240, 4, 2e-3, False, 0.0)
+    assert auto_settings(TrainConfig(), fine_tuning=False, diameter=None).patch == 256
+    assert auto_settings(TrainConfig(spatial_dims=3), fine_tuning=False, diameter=12.0).patch == (32, 96, 96)
+    kept = auto_settings(TrainConfig(patch=64, batch_size=3, learning_rate=1e-2, freeze_norm=False, l2sp=0.5),
+                         fine_tuning=True, diameter=20.0)
+    assert (kept.patch, kept.batch_size, kept.learning_rate, kept.freeze_norm, kept.l2sp) == (64, 3, 1e-2, False, 0.5)
+
+
+def test_a_new_model_shrinks_large_objects_to_the_default_size():
+    rng = np.random.default_rng(0)
+    labels = np.zeros((256, 256), np.uint16)
+    yy, xx = np.indices(labels.shape)
+    for i, (cy, cx) in enumerate([(60, 60), (60, 190), (190, 60), (190, 190)], start=1):
+        labels[(yy - cy) ** 2 + (xx - cx) ** 2 < 32**2] = i  # 64 px nuclei
+    image = (labels > 0) * 100.0 + rng.normal(20, 5, labels.shape)
+    result = train([image, image], [labels, labels], TrainConfig(**{**QUICK, "epochs": 1}))
+    assert result.config["object_diameter"] == pytest_approx(32.0)
+    assert result.config["auto_diameter"] is True
+
+
+def pytest_approx(value: float):
+    import pytest
+
+    return pytest.approx(value, rel=0.05)
