@@ -100,3 +100,23 @@ def pytest_approx(value: float):
     import pytest
 
     return pytest.approx(value, rel=0.05)
+
+
+def test_one_sparse_image_holds_out_a_strip_with_objects_in_it():
+    from segtune.core.train.data import make_sample, split_samples
+
+    labels = np.zeros((100, 200), np.uint16)
+    for i, x in enumerate(range(10, 160, 20), start=1):  # 8 nuclei, none in the last 20 % of the width
+        labels[40:50, x - 4 : x + 4] = i
+    sample = make_sample(np.random.default_rng(0).random((100, 200)).astype(np.float32), labels)
+    train_part, held_out = split_samples([sample], 0.2)
+    assert held_out[0].labels.shape[-1] > 40  # widened past the plain 20 % strip ...
+    assert held_out[0].labels.shape[-1] <= 80  # ... but never past 40 % of the image
+    assert len(np.unique(held_out[0].labels)) - 1 >= 2  # ceil(0.2 * 8) objects to measure
+    assert train_part[0].labels.shape[-1] + held_out[0].labels.shape[-1] == 200
+    # dense objects: the plain strip already holds enough
+    dense = np.zeros((100, 200), np.uint16)
+    for i, x in enumerate(range(10, 200, 12), start=1):
+        dense[40:50, x - 3 : x + 3] = i
+    _, held_out = split_samples([make_sample(np.ones((100, 200), np.float32), dense)], 0.2)
+    assert held_out[0].labels.shape[-1] == 40

@@ -233,7 +233,9 @@ def split_samples(samples: Sequence[Sample], val_fraction: float, seed: int = 0)
 
     With several images, ``round(val_fraction * n)`` of them (at least one, and at most
     ``n - 1``) chosen at random by ``seed`` validate. With a single image, its last
-    ``val_fraction`` along the longer of Y and X validates and the rest trains.
+    ``val_fraction`` along the longer of Y and X validates and the rest trains; where objects
+    are sparse that strip is widened (up to 40 % of the image) until it holds at least
+    ``val_fraction`` of the objects (by centre), so that the held-out score measures something.
     ``val_fraction = 0`` gives no validation set.
     """
     if not 0.0 <= val_fraction < 1.0:
@@ -245,7 +247,7 @@ def split_samples(samples: Sequence[Sample], val_fraction: float, seed: int = 0)
         sample = samples[0]
         axis = 1 if sample.labels.shape[1] >= sample.labels.shape[2] else 2
         n = sample.labels.shape[axis]
-        cut = int(round(n * (1 - val_fraction)))
+        cut = min(int(round(n * (1 - val_fraction))), _cut_holding_objects(sample.labels, axis, val_fraction))
         cut = min(max(cut, 1), n - 1)
         if n < 2:
             return samples, []
@@ -269,6 +271,24 @@ def split_samples(samples: Sequence[Sample], val_fraction: float, seed: int = 0)
     train = [s for i, s in enumerate(samples) if i not in val_index]
     val = [s for i, s in enumerate(samples) if i in val_index]
     return train, val
+
+
+def _cut_holding_objects(labels: np.ndarray, axis: int, fraction: float, widest: float = 0.4) -> int:
+    """The largest cut along ``axis`` whose far side holds at least ``fraction`` of the objects'
+    centres, but no less than ``1 - widest`` of the axis."""
+    import math
+
+    n = labels.shape[axis]
+    instances = np.concatenate([instances_from_labels(plane[None])[0].ravel() for plane in labels])
+    if not instances.any():
+        return n
+    coordinate = np.broadcast_to(np.arange(n).reshape([-1 if a == axis else 1 for a in range(3)]), labels.shape).ravel()
+    counts = np.bincount(instances)
+    present = counts[1:] > 0
+    centres = (np.bincount(instances, weights=coordinate)[1:][present] / counts[1:][present])
+    want = max(1, math.ceil(fraction * len(centres)))
+    cut = int(np.floor(np.sort(centres)[-want])) if len(centres) >= want else 0
+    return max(cut, int(round(n * (1 - widest))))
 
 
 def _read_image_array(path: Path) -> np.ndarray:
