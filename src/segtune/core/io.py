@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,6 +19,8 @@ from typing import Any, NamedTuple
 
 import dask.array as da
 import numpy as np
+
+from segtune.core.files import atomic_write, check_output, ome_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -559,18 +560,21 @@ def write_labels(
     Raises
     ------
     FileExistsError
-        ``path`` exists and ``overwrite`` is False.
+        ``path`` exists and ``overwrite`` is False (also when another writer creates it first).
+    OutputError
+        ``path`` is a folder, or the disk refused (read-only, permission, full); an ``OSError``.
     ValueError
-        ``labels`` is not an integer or boolean array, or has an unsupported number of axes.
+        ``labels`` is empty, not an integer or boolean array, or has an unsupported number of axes.
     """
     import tifffile
 
     path = Path(path)
     if not path.name.lower().endswith(TIFF_EXTENSIONS):
         raise ValueError(f"label file {path} must end in .tif, .tiff or .ome.tif")
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass overwrite=True (or --overwrite) to replace it")
+    check_output(path, overwrite)
     labels = np.asarray(labels)
+    if labels.size == 0:
+        raise ValueError(f"labels are empty (shape {labels.shape}); there is nothing to write to {path}")
     if labels.dtype == bool:
         labels = labels.astype(np.uint8)
     if not np.issubdtype(labels.dtype, np.integer):
@@ -591,26 +595,12 @@ def write_labels(
         raise ValueError(f"labels up to {top} cannot be stored as {dtype}; use an unsigned type that holds them")
     labels = labels.astype(dtype, copy=False)
 
-    metadata: dict[str, Any] = {"axes": axes}
-    sizes = PhysicalPixelSizes(*pixel_sizes) if pixel_sizes is not None else PhysicalPixelSizes()
-    for axis, value in zip("ZYX", sizes, strict=True):
-        if value is not None:
-            metadata[f"PhysicalSize{axis}"] = float(value)
-            metadata[f"PhysicalSize{axis}Unit"] = "µm"
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        tifffile.imwrite(tmp, labels, ome=True, metadata=metadata, compression="zlib")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; give it normal permissions
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    metadata = ome_metadata(axes, pixel_sizes)
+    return atomic_write(
+        path,
+        lambda temporary: tifffile.imwrite(temporary, labels, ome=True, metadata=metadata, compression="zlib"),
+        overwrite=overwrite,
+    )
 
 
 def output_name(input_path: str | os.PathLike, suffix: str = "_labels", extension: str = ".tif") -> str:

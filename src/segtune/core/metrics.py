@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -882,15 +881,6 @@ def save_overlay_png(path: str | os.PathLike, rgb: Any, *, overwrite: bool = Fal
         raise ValueError(f"`rgb` must be uint8, got dtype {rgb.dtype}")
     if path.suffix.lower() != ".png":
         raise ValueError(f"overlay file {path} must end in .png")
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass overwrite=True (or --overwrite) to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        iio.imwrite(tmp, rgb, extension=".png")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    from segtune.core.files import atomic_write
+
+    return atomic_write(path, lambda temporary: iio.imwrite(temporary, rgb, extension=".png"), overwrite=overwrite)

@@ -16,18 +16,17 @@ ignores. Files in pickle formats (``.pt``, ``.pth``, ``.pkl``, ``.ckpt``) are ne
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from segtune.core.files import atomic_folder, atomic_write_bytes, atomic_write_text  # re-exported
 
 logger = logging.getLogger(__name__)
 
@@ -109,53 +108,6 @@ def _validate_config(config: Mapping[str, Any], source: str) -> None:
         raise ModelFormatError(f"{source}: a three_class head needs out_channels 3, the architecture has {out_channels}")
 
 
-# --- atomic writes ---------------------------------------------------------------------------
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a part.
-
-    The bytes go to a temporary file in the same folder, are flushed to disk, and the file is
-    renamed over ``path`` (``os.replace`` is atomic on POSIX and Windows).
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-    _fsync_dir(path.parent)
-    return path
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """:func:`atomic_write_bytes` for UTF-8 text."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_dir(folder: Path) -> None:
-    # makes the rename itself durable; not possible (nor needed) on Windows
-    if os.name != "posix":
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _weights_bytes(model: nn.Module) -> bytes:
     from safetensors.torch import save
 
@@ -232,7 +184,7 @@ def save_model(model: nn.Module, config: Mapping[str, Any], folder: str | os.Pat
     weights = _weights_bytes(model)
 
     if folder.exists() and not folder.is_dir():
-        raise FileExistsError(f"{folder} exists and is not a folder")
+        raise FileExistsError(f"{folder} is an existing file, not a model folder; choose another name")
     if folder.is_dir() and any(folder.iterdir()):
         if not overwrite:
             raise FileExistsError(f"model folder {folder} already exists; pass overwrite=True (or --overwrite) to replace it")
@@ -240,22 +192,10 @@ def save_model(model: nn.Module, config: Mapping[str, Any], folder: str | os.Pat
         atomic_write_text(folder / CONFIG_NAME, text)
         return folder
 
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
-    try:
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 folders
-        (tmp / WEIGHTS_NAME).write_bytes(weights)
-        (tmp / CONFIG_NAME).write_text(text, encoding="utf-8")
-        for name in (WEIGHTS_NAME, CONFIG_NAME):
-            with open(tmp / name, "rb") as handle:
-                os.fsync(handle.fileno())
-        if folder.is_dir():  # an empty folder (e.g. made by the caller) is replaced
-            folder.rmdir()
-        os.replace(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    _fsync_dir(folder.parent)
+    # an empty folder (e.g. made by the caller) is replaced
+    with atomic_folder(folder) as tmp:
+        atomic_write_bytes(tmp / WEIGHTS_NAME, weights)
+        atomic_write_text(tmp / CONFIG_NAME, text)
     return folder
 
 
