@@ -172,16 +172,22 @@ def build_corpus(root: Path) -> list[Case]:
         "complex.tif": (_blobs() + 1j).astype(np.complex64),
         "all_nan.tif": np.full((64, 64), np.nan, np.float32),
         "some_inf.tif": np.where(_blobs() > 300, np.inf, _blobs()).astype(np.float32),
-        "one_pixel.tif": np.ones((1, 1), np.uint16),
     }
     for name, array in arrays.items():
         tifffile.imwrite(bad / name, array)
         predict(f"array-{name}", bad / name)
+    tifffile.imwrite(bad / "one_pixel.tif", np.ones((1, 1), np.uint16))
+    predict("array-one_pixel.tif", bad / "one_pixel.tif", may_succeed=True)  # nothing to find, but no warning
 
     # label files evaluate and measure cannot use
     tifffile.imwrite(bad / "negative_labels.tif", _labels().astype(np.int16) - 1)
     tifffile.imwrite(bad / "nan_labels.tif", np.where(_labels() > 0, np.nan, 0).astype(np.float32))
     tifffile.imwrite(bad / "truth.tif", _labels())
+    overlays = out / "overlays"
+    overlays.mkdir(exist_ok=True)
+    (overlays / "truth_overlay.png").write_text("the user's file")
+    cases.append(Case("evaluate-overlay-exists", ["evaluate", "--pred", str(bad / "truth.tif"), "--truth", str(bad / "truth.tif"),
+                                                  "--overlay", str(overlays)], "truth_overlay.png"))
     for name in ("negative_labels.tif", "nan_labels.tif"):
         cases.append(Case(f"evaluate-{name}", ["evaluate", "--pred", str(bad / name), "--truth", str(bad / "truth.tif")], name))
         cases.append(Case(f"measure-{name}", ["measure", "--labels", str(bad / name), "--out", str(out / f"{name}.csv")], name))
@@ -292,6 +298,8 @@ def run_case(case: Case) -> tuple[int, str]:
 def check(case: Case, code: int, stderr: str) -> str | None:
     """What is wrong with the outcome of ``case``, or None."""
     lines = [line for line in stderr.splitlines() if line.strip() and not line.startswith("WARNING")]
+    if "Warning:" in stderr or "Traceback" in stderr:
+        return f"a raw Python warning or traceback: {stderr.strip()[-300:]}"
     if case.may_succeed and code == 0:
         return None
     if code != 2:

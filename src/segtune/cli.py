@@ -67,10 +67,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ImageReadError, UsageError, FileExistsError, FileNotFoundError, ValueError) as e:
+    except (ImageReadError, UsageError, OSError, ValueError, MemoryError) as e:
         if args.verbose:
             logging.getLogger("segtune").exception("failed")
-        print(f"segtune {args.command}: error: {e}", file=sys.stderr)
+        print(f"segtune {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except Cancelled:
         print(f"segtune {args.command}: cancelled; what was already written is intact", file=sys.stderr)
@@ -78,6 +78,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"segtune {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _one_line(error: BaseException) -> str:
+    """The message of ``error`` on one line, in words (an OSError's errno and repr left out)."""
+    from segtune.core.files import OutputError
+
+    if isinstance(error, OSError) and not isinstance(error, OutputError) and error.strerror:
+        where = f"{error.filename}: " if error.filename else ""
+        message = f"{where}{error.strerror[:1].lower()}{error.strerror[1:]}"
+    elif isinstance(error, MemoryError):
+        message = f"not enough memory ({error}); try a smaller --tile, --patch or --batch-size"
+    else:
+        message = str(error)
+    return " ".join(message.split())
 
 
 if __name__ == "__main__":

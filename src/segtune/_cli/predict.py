@@ -115,14 +115,19 @@ def run(args: argparse.Namespace) -> int:
 
 def _guarded(job: dict[str, Any], options: dict[str, Any], model: Any, many: bool, bar: bool) -> str | None:
     """Predict one file; with several inputs a bad file is reported and the others go on."""
+    from segtune.cli import UsageError
     from segtune.core.io import ImageReadError
 
     try:
         predict_file(job["input"], job["output"], model=model, bar=bar, **options)
-    except (ImageReadError, ValueError, FileNotFoundError, FileExistsError) as e:
+    except (ImageReadError, ValueError, OSError) as e:
+        named = Path(job["input"]).name in str(e) or Path(job["output"]).name in str(e)
+        message = str(e) if named else f"{job['input']}: {e}"  # say which input it was
         if not many:
-            raise
-        print(f"segtune predict: error: {job['input']}: {e}", file=sys.stderr)
+            if named:
+                raise
+            raise UsageError(message) from e
+        print(f"segtune predict: error: {message}", file=sys.stderr)
         return str(e)
     return None
 

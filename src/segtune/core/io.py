@@ -533,6 +533,10 @@ def _open_plain(path: Path, scene: int | str | None) -> ImageData:
     import imageio.v3 as iio
 
     _pick_scene(path, ["Image 0"], scene)
+    with open(path, "rb") as f:
+        start = f.read(8)
+    if not start.startswith((b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")):  # the PNG and JPEG signatures
+        raise ImageReadError(path, f"not a PNG or JPEG file (it starts with {start[:8]!r})")
     try:
         array = np.asarray(iio.imread(path))
     except Exception as e:

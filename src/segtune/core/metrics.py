@@ -61,6 +61,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
+    "as_labels",
     "connected_components",
     "count_objects",
     "evaluate",
@@ -85,7 +86,7 @@ BLUE = (0, 0, 255)
 # --- input checks ----------------------------------------------------------------------------
 
 
-def _as_labels(array: Any, name: str) -> np.ndarray:
+def as_labels(array: Any, name: str) -> np.ndarray:
     """``array`` as a non-negative integer (or bool) numpy array, or a ValueError naming ``name``."""
     array = np.asarray(array)
     if array.dtype == bool or np.issubdtype(array.dtype, np.integer):
@@ -109,6 +110,9 @@ def _as_labels(array: Any, name: str) -> np.ndarray:
     raise ValueError(
         f"`{name}` must be a label image of integers or booleans, got dtype {array.dtype}"
     )
+
+
+_as_labels = as_labels  # the name the other modules of the package import
 
 
 def _check_pair(pred: Any, truth: Any, *, spatial: bool = False) -> tuple[np.ndarray, np.ndarray]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -101,6 +102,8 @@ def _validate_config(config: Mapping[str, Any], source: str) -> None:
     head = config.get("head")
     if head not in HEADS:
         raise ModelFormatError(f"{source}: 'head' must be one of {', '.join(HEADS)}, got {head!r}")
+    _check_architecture_size(architecture, source)
+    _check_inference_fields(config, int(architecture.get("spatial_dims", 2)), source)
     out_channels = architecture["out_channels"]
     if head == "binary" and out_channels != 1:
         raise ModelFormatError(f"{source}: a binary head needs out_channels 1, the architecture has {out_channels}")
@@ -226,6 +229,80 @@ def read_config(name_or_folder: str | os.PathLike) -> dict[str, Any]:
     return _read_config(folder)
 
 
+# the largest network a config may ask for: 1 G parameters (4 GB of float32 weights), far above
+# any U-Net that trains on a workstation, far below what a hostile config.json can ask for
+MAX_PARAMETERS = 1_000_000_000
+
+
+def parameter_count(architecture: Mapping[str, Any]) -> int:
+    """The number of weights the U-Net of ``architecture`` has, counted without building it.
+
+    Two 3x3 (3x3x3) convolutions per level on the way down and up, channels doubling per level,
+    and the up-sampling convolutions; exact to within the biases and normalisation layers.
+    """
+    spatial_dims = int(architecture.get("spatial_dims", 2))
+    kernel = 3**spatial_dims
+    base = int(architecture.get("base_channels", 32))
+    depth = int(architecture.get("depth", 4))
+    count = 0
+    channels_in = int(architecture.get("in_channels", 1))
+    for level in range(depth + 1):  # encoder blocks and the bottleneck
+        width = base * 2**level
+        count += kernel * (channels_in * width + width * width)
+        channels_in = width
+    for level in range(depth - 1, -1, -1):  # up-sampling and decoder blocks
+        width = base * 2**level
+        up_kernel = kernel if architecture.get("upsample") == "resize" else 2**spatial_dims
+        count += up_kernel * 2 * width * width + kernel * (2 * width * width + width * width)
+    return count + base * int(architecture.get("out_channels", 1))
+
+
+def _check_architecture_size(architecture: Mapping[str, Any], source: str) -> None:
+    for key in ("spatial_dims", "in_channels", "out_channels", "base_channels", "depth"):
+        value = architecture.get(key, 1)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ModelFormatError(f"{source}: architecture {key!r} must be a non-negative whole number, got {value!r}")
+    if not 0 <= architecture.get("depth", 4) <= 8:
+        raise ModelFormatError(f"{source}: architecture 'depth' must be from 0 to 8, got {architecture['depth']}")
+    count = parameter_count(architecture)
+    if count > MAX_PARAMETERS:
+        raise ModelFormatError(
+            f"{source}: the architecture asks for about {count / 1e9:.0f} G parameters "
+            f"({4 * count / 1e9:.0f} GB); segtune refuses networks over {MAX_PARAMETERS / 1e9:.0f} G "
+            f"(base_channels {architecture.get('base_channels')}, depth {architecture.get('depth')})"
+        )
+
+
+def _check_inference_fields(config: Mapping[str, Any], spatial_dims: int, source: str) -> None:
+    """``normalization``, ``object_diameter`` and ``tile_shape``: what prediction takes from the config."""
+    normalization = config.get("normalization")
+    if normalization not in (None, False, "none"):
+        if not isinstance(normalization, Mapping):
+            raise ModelFormatError(f"{source}: 'normalization' must be an object like "
+                                   f'{{"method": "percentile", "low": 1, "high": 99.8}}, got {normalization!r}')
+        method = normalization.get("method", "percentile")
+        if method not in ("percentile", "none", None):
+            raise ModelFormatError(f"{source}: normalization method {method!r} is not known; "
+                                   "this version applies 'percentile' or 'none'")
+        low, high = normalization.get("low", 1.0), normalization.get("high", 99.8)
+        if not all(_is_number(v) for v in (low, high)) or not 0 <= low < high <= 100:
+            raise ModelFormatError(f"{source}: normalization 'low' and 'high' must be percentiles with "
+                                   f"0 <= low < high <= 100, got low={low!r}, high={high!r}")
+    diameter = config.get("object_diameter")
+    if diameter is not None and not (_is_number(diameter) and diameter > 0):
+        raise ModelFormatError(f"{source}: 'object_diameter' must be a positive number of pixels or null, got {diameter!r}")
+    tile = config.get("tile_shape")
+    if tile is not None:
+        sizes = [tile] if _is_number(tile) else tile
+        if (not isinstance(sizes, list) or len(sizes) not in (1, spatial_dims)
+                or not all(isinstance(n, int) and not isinstance(n, bool) and 0 < n <= 100_000 for n in sizes)):
+            raise ModelFormatError(f"{source}: 'tile_shape' must be null or {spatial_dims} positive whole numbers, got {tile!r}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _read_config(folder: Path) -> dict[str, Any]:
     path = folder / CONFIG_NAME
     if not path.is_file():
@@ -308,6 +385,10 @@ def load_model(name_or_folder: str | os.PathLike, device: str | torch.device = "
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise ModelFormatError(f"{weights_path} does not fit the architecture in {CONFIG_NAME}: {e}") from e
+    broken = [name for name, tensor in state.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if broken:
+        raise ModelFormatError(f"{weights_path} holds NaN or infinite weights (in {len(broken)} tensor(s), "
+                               f"e.g. {broken[0]}); the model cannot predict")
     model.to(select_device(device))
     model.eval()
     return model, config
