@@ -885,6 +885,7 @@ def save_overlay_png(path: str | os.PathLike, rgb: Any, *, overwrite: bool = Fal
         raise ValueError(f"`rgb` must be uint8, got dtype {rgb.dtype}")
     if path.suffix.lower() != ".png":
         raise ValueError(f"overlay file {path} must end in .png")
-    from segtune.core.files import atomic_write
+    from segtune.core.files import atomic_write_bytes
 
-    return atomic_write(path, lambda temporary: iio.imwrite(temporary, rgb, extension=".png"), overwrite=overwrite)
+    # encoded in memory: imageio's file writer retries a failed flush when it is collected
+    return atomic_write_bytes(path, iio.imwrite("<bytes>", rgb, extension=".png"), overwrite=overwrite)
