@@ -192,3 +192,29 @@ def _dead_pid() -> int:
     process = subprocess.Popen([sys.executable, "-c", "pass"])
     process.wait()
     return process.pid
+
+
+def test_the_api_raises_one_documented_type_per_kind_of_mistake(tmp_path):
+    from segtune.core.io import write_labels
+    from segtune.core.measure import save_table
+    from segtune.core.models.unet import UNet
+    from segtune.core.predict import predict
+
+    (tmp_path / "taken.tif").mkdir()
+    with pytest.raises(OutputError, match="taken.tif: it is an existing folder"):
+        write_labels(tmp_path / "taken.tif", np.ones((4, 4), np.uint8))
+    with pytest.raises(ValueError, match="labels are empty"):
+        write_labels(tmp_path / "empty.tif", np.zeros((0, 4), np.uint8))
+    (tmp_path / "t.csv").mkdir()
+    with pytest.raises(OutputError, match="t.csv: it is an existing folder"):
+        save_table(pd.DataFrame({"a": [1]}), tmp_path / "t.csv", overwrite=True)
+    with pytest.raises(ValueError, match="G parameters"):
+        UNet(base_channels=100000)  # refused before a byte is allocated
+    model = UNet(depth=1, base_channels=2)
+    config = {"architecture": model.architecture, "head": "binary"}
+    for array, message in [(np.zeros((0, 0)), "empty"), (np.zeros((0, 7)), "empty"),
+                           (np.array([["a", "b"], ["c", "d"]]), "text"), (np.ones((8, 8), complex), "complex"),
+                           (np.full((8, 8), np.inf), "64 NaN or infinite")]:
+        with pytest.raises(ValueError, match=message):
+            predict(model, array, config=config)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

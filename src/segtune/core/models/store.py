@@ -229,34 +229,6 @@ def read_config(name_or_folder: str | os.PathLike) -> dict[str, Any]:
     return _read_config(folder)
 
 
-# the largest network a config may ask for: 1 G parameters (4 GB of float32 weights), far above
-# any U-Net that trains on a workstation, far below what a hostile config.json can ask for
-MAX_PARAMETERS = 1_000_000_000
-
-
-def parameter_count(architecture: Mapping[str, Any]) -> int:
-    """The number of weights the U-Net of ``architecture`` has, counted without building it.
-
-    Two 3x3 (3x3x3) convolutions per level on the way down and up, channels doubling per level,
-    and the up-sampling convolutions; exact to within the biases and normalisation layers.
-    """
-    spatial_dims = int(architecture.get("spatial_dims", 2))
-    kernel = 3**spatial_dims
-    base = int(architecture.get("base_channels", 32))
-    depth = int(architecture.get("depth", 4))
-    count = 0
-    channels_in = int(architecture.get("in_channels", 1))
-    for level in range(depth + 1):  # encoder blocks and the bottleneck
-        width = base * 2**level
-        count += kernel * (channels_in * width + width * width)
-        channels_in = width
-    for level in range(depth - 1, -1, -1):  # up-sampling and decoder blocks
-        width = base * 2**level
-        up_kernel = kernel if architecture.get("upsample") == "resize" else 2**spatial_dims
-        count += up_kernel * 2 * width * width + kernel * (2 * width * width + width * width)
-    return count + base * int(architecture.get("out_channels", 1))
-
-
 def _check_architecture_size(architecture: Mapping[str, Any], source: str) -> None:
     for key in ("spatial_dims", "in_channels", "out_channels", "base_channels", "depth"):
         value = architecture.get(key, 1)
@@ -264,13 +236,12 @@ def _check_architecture_size(architecture: Mapping[str, Any], source: str) -> No
             raise ModelFormatError(f"{source}: architecture {key!r} must be a non-negative whole number, got {value!r}")
     if not 0 <= architecture.get("depth", 4) <= 8:
         raise ModelFormatError(f"{source}: architecture 'depth' must be from 0 to 8, got {architecture['depth']}")
-    count = parameter_count(architecture)
-    if count > MAX_PARAMETERS:
-        raise ModelFormatError(
-            f"{source}: the architecture asks for about {count / 1e9:.0f} G parameters "
-            f"({4 * count / 1e9:.0f} GB); segtune refuses networks over {MAX_PARAMETERS / 1e9:.0f} G "
-            f"(base_channels {architecture.get('base_channels')}, depth {architecture.get('depth')})"
-        )
+    from segtune.core.models.unet import check_size
+
+    try:
+        check_size(architecture)
+    except ValueError as e:
+        raise ModelFormatError(f"{source}: {e}") from None
 
 
 def _check_inference_fields(config: Mapping[str, Any], spatial_dims: int, source: str) -> None:
