@@ -96,7 +96,7 @@ def _valid_images(folder: Path) -> dict[str, Path]:
     return out
 
 
-def _corrupt_tile(source: Path, target: Path, tile: int = 5) -> Path:
+def corrupt_tile(source: Path, target: Path, tile: int = 5) -> Path:
     import tifffile
 
     with tifffile.TiffFile(source) as tif:
@@ -107,7 +107,7 @@ def _corrupt_tile(source: Path, target: Path, tile: int = 5) -> Path:
     return target
 
 
-def _czi_variant(source: Path, target: Path, how: str) -> Path:
+def czi_variant(source: Path, target: Path, how: str) -> Path:
     data = bytearray(source.read_bytes())
     block = data.find(b"ZISRAWSUBBLOCK") + 32
     if how == "subblock":  # the first subblock's dimension entries overwritten
@@ -157,10 +157,10 @@ def build_corpus(root: Path) -> list[Case]:
         for seed in range(3):
             target = _bit_flips(path, bad / f"flip{seed}_{key}", seed)
             predict(f"bitflip-{seed}-{key}", target, may_succeed=True)
-    predict("corrupt-tile", _corrupt_tile(images["tiled.tif"], bad / "corrupt_tile.tif"))
+    predict("corrupt-tile", corrupt_tile(images["tiled.tif"], bad / "corrupt_tile.tif"))
     if "image.czi" in images:
-        predict("corrupt-czi-subblock", _czi_variant(images["image.czi"], bad / "corrupt_subblock.czi", "subblock"))
-        predict("czi-absurd-directory", _czi_variant(images["image.czi"], bad / "absurd_dir.czi", "directory_count"))
+        predict("corrupt-czi-subblock", czi_variant(images["image.czi"], bad / "corrupt_subblock.czi", "subblock"))
+        predict("czi-absurd-directory", czi_variant(images["image.czi"], bad / "absurd_dir.czi", "directory_count"))
     text = bad / "notes.png"
     text.write_text("this is not an image\n")
     predict("text-named-png", text)
