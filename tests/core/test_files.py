@@ -10,6 +10,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -63,18 +64,14 @@ def test_every_kind_of_output_gets_the_users_normal_permissions(tmp_path, umask_
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
 
-def test_two_writers_racing_without_overwrite_exactly_one_wins(tmp_path):
-    target = tmp_path / "out.tif"
+def _race(write_as: Callable[[str, threading.Barrier], None]) -> dict[str, object]:
+    """Two threads call ``write_as(name, barrier)``; what each ended with: "won" or its FileExistsError."""
     both_written = threading.Barrier(2)
     outcomes: dict[str, object] = {}
 
     def writer(name: str) -> None:
-        def write(temporary: Path) -> None:
-            temporary.write_text(name)
-            both_written.wait(timeout=10)  # both have passed the existence check by now
-
         try:
-            atomic_write(target, write)
+            write_as(name, both_written)
             outcomes[name] = "won"
         except FileExistsError as e:
             outcomes[name] = e
@@ -84,36 +81,39 @@ def test_two_writers_racing_without_overwrite_exactly_one_wins(tmp_path):
         t.start()
     for t in threads:
         t.join(timeout=20)
-    winners = [n for n, o in outcomes.items() if o == "won"]
-    losers = [o for o in outcomes.values() if isinstance(o, FileExistsError)]
-    assert len(winners) == 1 and len(losers) == 1
-    assert target.read_text() == winners[0]  # the winner's whole file, not a mix
-    assert str(target) in str(losers[0]) and "another writer" in str(losers[0])
+    assert sorted(o if o == "won" else "lost" for o in outcomes.values() if o == "won" or isinstance(o, FileExistsError)) == [
+        "lost", "won"]
+    return outcomes
+
+
+def test_two_writers_racing_without_overwrite_exactly_one_wins(tmp_path):
+    target = tmp_path / "out.tif"
+
+    def write_as(name: str, both_written: threading.Barrier) -> None:
+        def write(temporary: Path) -> None:
+            temporary.write_text(name)
+            both_written.wait(timeout=10)  # both have passed the existence check by now
+
+        atomic_write(target, write)
+
+    outcomes = _race(write_as)
+    winner = next(n for n, o in outcomes.items() if o == "won")
+    loser = next(o for o in outcomes.values() if o != "won")
+    assert target.read_text() == winner  # the winner's whole file, not a mix
+    assert str(target) in str(loser) and "another writer" in str(loser)
     assert [p.name for p in tmp_path.iterdir()] == ["out.tif"]  # no temporaries left
 
 
 def test_two_folder_writers_racing_exactly_one_wins(tmp_path):
     target = tmp_path / "model"
-    both_built = threading.Barrier(2)
-    outcomes: dict[str, object] = {}
 
-    def writer(name: str) -> None:
-        try:
-            with atomic_folder(target) as temporary:
-                (temporary / "who").write_text(name)
-                both_built.wait(timeout=10)
-            outcomes[name] = "won"
-        except FileExistsError as e:
-            outcomes[name] = e
+    def write_as(name: str, both_built: threading.Barrier) -> None:
+        with atomic_folder(target) as temporary:
+            (temporary / "who").write_text(name)
+            both_built.wait(timeout=10)
 
-    threads = [threading.Thread(target=writer, args=(n,)) for n in ("a", "b")]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=20)
-    winners = [n for n, o in outcomes.items() if o == "won"]
-    assert len(winners) == 1 and sum(isinstance(o, FileExistsError) for o in outcomes.values()) == 1
-    assert (target / "who").read_text() == winners[0]
+    outcomes = _race(write_as)
+    assert (target / "who").read_text() == next(n for n, o in outcomes.items() if o == "won")
     assert [p.name for p in tmp_path.iterdir()] == ["model"]
 
 
