@@ -107,6 +107,8 @@ def temporary_path(path: str | os.PathLike, *, pid: int | None = None, keep_exte
 
 
 def _alive(pid: int) -> bool:
+    if os.name != "posix":  # os.kill(pid, 0) would terminate the process on Windows
+        return True  # unknown: left to the age rule
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -120,7 +122,7 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     """Remove temporaries an earlier, killed write of ``path`` left beside it; returns them.
 
     Only names of our own pattern for this very ``path`` are touched, and only when the process
-    that made them has ended (same host) or they are a day old (another host).
+    that made them has ended (same host) or they are a day old (another host, or no way to ask).
     """
     path = Path(path)
     removed: list[Path] = []
@@ -134,10 +136,11 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
         if not match or match["name"] != path.name:
             continue
         try:
-            if match["host"] == host:
-                stale = int(match["pid"]) != os.getpid() and not _alive(int(match["pid"]))
+            old = now - candidate.lstat().st_mtime > _STALE_AFTER_S
+            if match["host"] == host and int(match["pid"]) != os.getpid():
+                stale = old or not _alive(int(match["pid"]))
             else:
-                stale = now - candidate.lstat().st_mtime > _STALE_AFTER_S
+                stale = old and int(match["pid"]) != os.getpid()
             if stale:
                 if candidate.is_dir() and not candidate.is_symlink():
                     shutil.rmtree(candidate)
