@@ -7,6 +7,7 @@ the Python API must refuse with its documented exception type, or accept.
 
 from __future__ import annotations
 
+import atexit
 import json
 import shutil
 from pathlib import Path
@@ -28,6 +29,7 @@ def _built_corpus() -> tuple[Path, dict]:
         import tempfile
 
         root = Path(tempfile.mkdtemp(prefix="segtune-fuzz-"))
+        atexit.register(shutil.rmtree, root, ignore_errors=True)  # also when no case test runs
         _CORPUS.update(root=root, cases={case.name: case for case in build_corpus(root)})
     return _CORPUS["root"], _CORPUS["cases"]
 
@@ -39,8 +41,7 @@ def pytest_generate_tests(metafunc):
 
 @pytest.fixture(scope="module")
 def corpus():
-    yield _built_corpus()
-    shutil.rmtree(_CORPUS["root"], ignore_errors=True)
+    return _built_corpus()
 
 
 def test_every_broken_input_is_one_line_and_exit_2(corpus, case_name):

@@ -294,6 +294,15 @@ def check_size(architecture: Mapping[str, Any]) -> None:
             f"segtune refuses networks over {MAX_PARAMETERS / 1e9:.0f} G "
             f"(base_channels {architecture.get('base_channels')}, depth {architecture.get('depth')})"
         )
+    from segtune.core.device import available_memory
+
+    needed = 8.0 * count  # float32 weights, and as much again while they are initialised or loaded
+    free = available_memory(torch.device("cpu"))
+    if needed > free:
+        raise ValueError(
+            f"the architecture needs about {needed / 1e9:.1f} GB to build ({count / 1e6:.0f} M parameters), "
+            f"more than the {free / 1e9:.1f} GB free"
+        )
 
 
 def default_architecture(**overrides: Any) -> dict[str, Any]:
