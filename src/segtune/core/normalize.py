@@ -112,7 +112,7 @@ def check_pixels(data: Any, source: str = "the image") -> None:
     ------
     ValueError
         Empty, of a dtype other than bool/integer/float (complex, text, objects), or holding
-        NaN or infinite values (the message gives their count).
+        NaN or infinite values, or values beyond float32's range (the message gives their count).
     """
     shape = tuple(int(n) for n in data.shape)
     if 0 in shape:
@@ -122,12 +122,14 @@ def check_pixels(data: Any, source: str = "the image") -> None:
         kind = {"c": "complex numbers", "U": "text", "S": "bytes", "O": "Python objects"}.get(dtype.kind, str(dtype))
         raise ValueError(f"{source} holds {kind} (dtype {dtype}); segtune segments real-valued pixels")
     if dtype.kind == "f":
+        # the network computes in float32: a float64 value beyond its range becomes infinite too
+        limit = float(np.finfo(np.float32).max)
         if hasattr(data, "compute"):
             import dask.array as da
 
-            bad = int(da.count_nonzero(~da.isfinite(data)).compute())
+            bad = int(da.count_nonzero(~(da.fabs(data) <= limit)).compute())
         else:
-            bad = int(data.size - np.count_nonzero(np.isfinite(data)))
+            bad = int(np.count_nonzero(~(np.fabs(data) <= limit)))
         if bad:
             every = " (every pixel)" if bad == math.prod(shape) else ""
             raise ValueError(
