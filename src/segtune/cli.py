@@ -13,6 +13,7 @@ import importlib
 import logging
 import shlex
 import sys
+import warnings
 from collections.abc import Sequence
 
 from segtune import __version__
@@ -66,11 +67,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
-    except (ImageReadError, UsageError, FileExistsError, FileNotFoundError, ValueError) as e:
+        with warnings.catch_warnings():
+            if not args.verbose:  # a warning is one line in our words, not Python's source-line form
+                warnings.showwarning = _one_line_warning(args.command)
+            return int(args.func(args) or 0)
+    except (ImageReadError, UsageError, OSError, ValueError, MemoryError) as e:
         if args.verbose:
             logging.getLogger("segtune").exception("failed")
-        print(f"segtune {args.command}: error: {e}", file=sys.stderr)
+        print(f"segtune {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except Cancelled:
         print(f"segtune {args.command}: cancelled; what was already written is intact", file=sys.stderr)
@@ -80,5 +84,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _one_line_warning(command: str):
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        text = " ".join(str(message).split())
+        if issubclass(category, RuntimeWarning) and ("invalid value" in text or "divide by zero" in text):
+            text = f"a computation met NaN or infinite values ({text})"
+        print(f"segtune {command}: warning: {text}", file=file or sys.stderr)
+
+    return show
+
+
+def _one_line(error: BaseException) -> str:
+    """The message of ``error`` on one line, in words (an OSError's errno and repr left out)."""
+    from segtune.core.files import OutputError
+
+    if isinstance(error, OSError) and not isinstance(error, OutputError) and error.strerror:
+        where = f"{error.filename}: " if error.filename else ""
+        message = f"{where}{error.strerror[:1].lower()}{error.strerror[1:]}"
+    elif isinstance(error, MemoryError):
+        message = f"not enough memory ({error}); try a smaller --tile, --patch or --batch-size"
+    else:
+        message = str(error)
+    return " ".join(message.split())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m segtune.cli`: run the imported module's main, so that the subcommands'
+    # `from segtune.cli import UsageError` is the class main() catches (not __main__'s twin)
+    from segtune.cli import main as imported_main
+
+    sys.exit(imported_main())

@@ -8,6 +8,7 @@ import torch
 
 from segtune._napari._jobs import plain_message
 from segtune._napari._state import UserError
+from segtune.core.files import OutputError
 from segtune.core.io import ImageReadError
 from tests.napari.conftest import wait_for
 
@@ -23,6 +24,7 @@ pytestmark = pytest.mark.gui
         (UserError("Choose a model first."), "Choose a model first."),
         (FileExistsError("x.tif already exists"), "X.tif already exists"),
         (ImageReadError("cells.czi", "the file is truncated"), "cells.czi"),
+        (OutputError("out/cells_labels.tif", "the disk is full"), "Cannot write out/cells_labels.tif: the disk is full"),
         (KeyError("boom"), "The viewer is fine"),
     ],
 )

@@ -31,6 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from segtune.cli import UsageError
     from segtune.core.io import open_image, read_labels
     from segtune.core.measure import measure, save_table
 
@@ -62,14 +63,17 @@ def run(args: argparse.Namespace) -> int:
             intensities = intensities[:, :, 0]
         if full[0] == 1:
             intensities = intensities[0]
-    table = measure(
-        labels,
-        intensities,
-        pixel_sizes=reference.physical_pixel_sizes,
-        channel_names=channel_names,
-        per_plane=args.per_plane,
-        axes=axes,
-    )
+    try:
+        table = measure(
+            labels,
+            intensities,
+            pixel_sizes=reference.physical_pixel_sizes,
+            channel_names=channel_names,
+            per_plane=args.per_plane,
+            axes=axes,
+        )
+    except ValueError as e:  # what is wrong with the labels: say which file they came from
+        raise UsageError(f"{args.labels}: {e}") from e
     save_table(table, out, overwrite=args.overwrite)
     unit = table["unit"].iloc[0] if len(table) else "px"
     print(f"measured {len(table)} object(s) in {'micrometres' if unit == 'um' else 'pixels'} -> {out}")

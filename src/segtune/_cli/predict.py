@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import inspect
 import logging
 import os
 import sys
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -117,14 +115,19 @@ def run(args: argparse.Namespace) -> int:
 
 def _guarded(job: dict[str, Any], options: dict[str, Any], model: Any, many: bool, bar: bool) -> str | None:
     """Predict one file; with several inputs a bad file is reported and the others go on."""
+    from segtune.cli import UsageError
     from segtune.core.io import ImageReadError
 
     try:
         predict_file(job["input"], job["output"], model=model, bar=bar, **options)
-    except (ImageReadError, ValueError, FileNotFoundError, FileExistsError) as e:
+    except (ImageReadError, ValueError, OSError) as e:
+        named = Path(job["input"]).name in str(e) or Path(job["output"]).name in str(e)
+        message = str(e) if named else f"{job['input']}: {e}"  # say which input it was
         if not many:
-            raise
-        print(f"segtune predict: error: {job['input']}: {e}", file=sys.stderr)
+            if named:
+                raise
+            raise UsageError(message) from e
+        print(f"segtune predict: error: {message}", file=sys.stderr)
         return str(e)
     return None
 
@@ -179,40 +182,7 @@ def _squeeze(labels: np.ndarray) -> tuple[np.ndarray, str]:
 def _write(path: Path, labels: np.ndarray, pixel_sizes: Any, axes: str, overwrite: bool) -> Path:
     from segtune.core.io import write_labels
 
-    if "dtype" in inspect.signature(write_labels).parameters:
-        return write_labels(path, labels, pixel_sizes, overwrite=overwrite, axes=axes, dtype=labels.dtype)
-    if labels.dtype == np.uint8 or labels.max(initial=0) > 255:
-        return write_labels(path, labels, pixel_sizes, overwrite=overwrite, axes=axes)
-    return _write_keeping_dtype(path, labels, pixel_sizes, axes, overwrite)
-
-
-def _write_keeping_dtype(path: Path, labels: np.ndarray, pixel_sizes: Any, axes: str, overwrite: bool) -> Path:
-    """An OME-TIFF in ``labels``' own dtype (``write_labels`` narrows few labels to uint8).
-
-    Same layout, metadata and atomic replace as :func:`segtune.core.io.write_labels`.
-    """
-    import tifffile
-
-    from segtune.core.io import PhysicalPixelSizes
-
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass --overwrite to replace it")
-    metadata: dict[str, Any] = {"axes": axes}
-    sizes = PhysicalPixelSizes(*pixel_sizes) if pixel_sizes is not None else PhysicalPixelSizes()
-    for axis, value in zip("ZYX", sizes, strict=True):
-        if value is not None:
-            metadata[f"PhysicalSize{axis}"] = float(value)
-            metadata[f"PhysicalSize{axis}Unit"] = "µm"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        tifffile.imwrite(tmp, labels, ome=True, metadata=metadata, compression="zlib")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return write_labels(path, labels, pixel_sizes, overwrite=overwrite, axes=axes, dtype=labels.dtype)
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:

@@ -142,8 +142,8 @@ def _denoise_inputs(model, config, paths, folder: Path, channel, device, overwri
     import numpy as np
     import tifffile
 
+    from segtune.core.files import atomic_write_bytes, check_output, ome_metadata
     from segtune.core.io import open_image, output_name
-    from segtune.core.models.store import atomic_write_bytes
     from segtune.core.train.pretext import denoise
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -157,15 +157,10 @@ def _denoise_inputs(model, config, paths, folder: Path, channel, device, overwri
         planes = np.moveaxis(data, 1, 2)
         out = denoise(model, planes, config=config, device=device)
         out = np.moveaxis(out, 2, 1)
-        metadata = {"axes": "TCZYX"}
-        for axis, value in zip("ZYX", image.physical_pixel_sizes, strict=True):
-            if value is not None:
-                metadata[f"PhysicalSize{axis}"] = float(value)
+        metadata = ome_metadata("TCZYX", image.physical_pixel_sizes)
         buffer = io.BytesIO()
         tifffile.imwrite(buffer, out.astype(np.float32), ome=True, metadata=metadata)
-        target = folder / output_name(path, suffix="_denoised")
-        if target.exists() and not overwrite:
-            raise FileExistsError(f"{target} already exists; pass --overwrite to replace it")
-        atomic_write_bytes(target, buffer.getvalue())
+        target = check_output(folder / output_name(path, suffix="_denoised"), overwrite)
+        atomic_write_bytes(target, buffer.getvalue(), overwrite=overwrite)
         written.append(target)
     return written

@@ -148,6 +148,10 @@ def run(args: argparse.Namespace) -> int:
                 images, labels, config, out=out, model=args.start, overwrite=args.overwrite, resume=args.resume,
                 command=args.command_line, progress=progress, cancel=token,
             )
+    except FloatingPointError as e:  # training diverged: the user's settings, not a bug
+        from segtune.cli import UsageError
+
+        raise UsageError(f"{out}: {e}") from e
     finally:
         signal.signal(signal.SIGINT, previous)
     from segtune.core.distributed import launch_rank

@@ -43,7 +43,7 @@ def plain_message(error: BaseException) -> str:
         return text
     if isinstance(error, FileExistsError):
         return f"{text[:1].upper()}{text[1:]}" if text else "The file already exists."
-    if isinstance(error, (ValueError, FileNotFoundError, PermissionError)) or name in ("ImageReadError", "ModelFormatError"):
+    if isinstance(error, (ValueError, FileNotFoundError, PermissionError)) or name in ("ImageReadError", "ModelFormatError", "OutputError"):
         return f"{text[:1].upper()}{text[1:]}" if text else name
     return f"Something went wrong ({name}: {text}). The viewer is fine; details are in the console log."
 

@@ -470,20 +470,16 @@ def _targets(out: Path, name: str, export_channel: int | None) -> list[Path]:
 def _write_plane(path: Path, plane: np.ndarray, sizes: Any) -> None:
     import tifffile
 
-    from segtune.core.models.store import atomic_write_bytes
+    from segtune.core.files import atomic_write_bytes, ome_metadata
 
-    metadata: dict[str, Any] = {"axes": "YX"}
-    for axis, value in zip("ZYX", sizes, strict=True):
-        if axis != "Z" and value is not None:
-            metadata[f"PhysicalSize{axis}"] = float(value)
-            metadata[f"PhysicalSize{axis}Unit"] = "µm"
+    metadata = ome_metadata("YX", (None, *tuple(sizes)[1:]))
     buffer = io.BytesIO()
     tifffile.imwrite(buffer, plane, ome=True, metadata=metadata)
     atomic_write_bytes(path, buffer.getvalue())
 
 
 def _write_reports(out: Path, report: AutolabelReport) -> None:
-    from segtune.core.models.store import atomic_write_text
+    from segtune.core.files import atomic_write_text
 
     atomic_write_text(out / REPORT_JSON, json.dumps(report.to_dict(), indent=2) + "\n")
     text = io.StringIO()

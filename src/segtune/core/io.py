@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-import tempfile
+import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,6 +20,8 @@ from typing import Any, NamedTuple
 
 import dask.array as da
 import numpy as np
+
+from segtune.core.files import atomic_write, check_output, ome_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -189,8 +191,8 @@ def _open_czi(path: Path, scene: int | str | None) -> ImageData:
         raise ImageReadError(path, f"not a readable CZI file ({type(e).__name__}: {e})") from e
     index = _pick_scene(path, scenes, scene)
     image.set_scene(index)
-    data = image.dask_data
     dims = image.dims.order
+    data = guarded_array(path, image.dask_data, dims)
     if "S" in dims:  # RGB(A) samples become channels
         data, dims = _samples_to_channels(data, dims)
     if dims != DIMS:
@@ -233,6 +235,8 @@ def _check_czi_complete(path: Path) -> None:
         if not segment.startswith(b"ZISRAWDIRECTORY"):
             raise ImageReadError(path, "the file is truncated or corrupt: bad subblock directory")
         (count,) = struct.unpack_from("<i", segment, 32)
+        if not 0 <= count <= (size - directory_position) // 32:  # an entry takes at least 32 bytes
+            raise ImageReadError(path, f"the file is corrupt: its directory claims {count} subblocks")
         # an entry is 32 bytes plus 20 per dimension; 16 dimensions bound every real file
         entries = f.read(count * (32 + 20 * 16))
         offset, last = 0, 0
@@ -253,6 +257,61 @@ def _check_czi_complete(path: Path) -> None:
                 raise ImageReadError(
                     path, f"the file is truncated or corrupt: image data runs to byte {last + 32 + allocated} but the file has {size}"
                 )
+
+
+class _GuardedReads:
+    """An array-like whose reads turn any decoder error into :class:`ImageReadError`.
+
+    Files that open fine can still hold corrupt data (a tile whose compressed bytes are
+    damaged, a CZI subblock that does not decode); the error appears only when those pixels
+    are read, deep inside a dask computation. Wrapping the source of every dask block here
+    makes that error name the file, the block and the reason wherever the array is computed.
+    """
+
+    def __init__(self, path: Path, source: Any, axes: str) -> None:
+        self.path, self.source = path, source
+        self.shape = tuple(int(n) for n in source.shape)
+        self.dtype = np.dtype(source.dtype)
+        self.ndim = len(self.shape)
+        self.axes = list(axes) if len(axes) == self.ndim else [f"axis {i}" for i in range(self.ndim)]
+        # dask names the blocks by this token: the file's state and the reader's array
+        stat = path.stat()
+        source_token = source.name if isinstance(source, da.Array) else uuid.uuid4().hex
+        self._token = (str(path), stat.st_size, stat.st_mtime_ns, source_token)
+
+    def __dask_tokenize__(self) -> Any:
+        return self._token
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        try:
+            block = self.source[index]
+            if isinstance(block, da.Array):  # one block of the reader's own dask array, read here
+                block = block.compute(scheduler="synchronous")
+            return np.asarray(block)
+        except (ImageReadError, MemoryError, KeyboardInterrupt):
+            raise
+        except Exception as e:
+            reason = f"{type(e).__name__}: {e}".strip().rstrip(":")
+            raise ImageReadError(
+                self.path, f"the pixel data is corrupt at {self._where(index)} ({reason})"
+            ) from e
+
+    def _where(self, index: Any) -> str:
+        index = index if isinstance(index, tuple) else (index,)
+        parts = []
+        for axis, size, item in zip(self.axes, self.shape, index, strict=False):
+            if isinstance(item, slice):
+                start, stop, _ = item.indices(size)
+                parts.append(f"{axis} {start}" if stop - start == 1 else f"{axis} {start}-{stop - 1}")
+            else:
+                parts.append(f"{axis} {item}")
+        return ", ".join(parts) or "the first block"
+
+
+def guarded_array(path: Path, source: Any, axes: str) -> da.Array:
+    """``source`` (a zarr or dask array) as a dask array with the same chunks whose reads are guarded."""
+    chunks = source.chunks if isinstance(source, da.Array) else getattr(source, "chunks", "auto")
+    return da.from_array(_GuardedReads(path, source, axes), chunks=chunks, asarray=True, fancy=False)
 
 
 def _samples_to_channels(data: da.Array, dims: str) -> tuple[da.Array, str]:
@@ -303,7 +362,7 @@ def _open_tiff(path: Path, scene: int | str | None) -> ImageData:
 
     store = tifffile.imread(path, aszarr=True, series=index, level=0)
     array = zarr.open(store, mode="r")
-    data = da.from_zarr(array)
+    data = guarded_array(path, array, axes)
     if data.shape != tuple(shape):
         data = data.reshape(shape)
     data = _to_tczyx(path, data, axes)
@@ -474,6 +533,10 @@ def _open_plain(path: Path, scene: int | str | None) -> ImageData:
     import imageio.v3 as iio
 
     _pick_scene(path, ["Image 0"], scene)
+    with open(path, "rb") as f:
+        start = f.read(8)
+    if not start.startswith((b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")):  # the PNG and JPEG signatures
+        raise ImageReadError(path, f"not a PNG or JPEG file (it starts with {start[:8]!r})")
     try:
         array = np.asarray(iio.imread(path))
     except Exception as e:
@@ -559,18 +622,21 @@ def write_labels(
     Raises
     ------
     FileExistsError
-        ``path`` exists and ``overwrite`` is False.
+        ``path`` exists and ``overwrite`` is False (also when another writer creates it first).
+    OutputError
+        ``path`` is a folder, or the disk refused (read-only, permission, full); an ``OSError``.
     ValueError
-        ``labels`` is not an integer or boolean array, or has an unsupported number of axes.
+        ``labels`` is empty, not an integer or boolean array, or has an unsupported number of axes.
     """
     import tifffile
 
     path = Path(path)
     if not path.name.lower().endswith(TIFF_EXTENSIONS):
         raise ValueError(f"label file {path} must end in .tif, .tiff or .ome.tif")
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass overwrite=True (or --overwrite) to replace it")
+    check_output(path, overwrite)
     labels = np.asarray(labels)
+    if labels.size == 0:
+        raise ValueError(f"labels are empty (shape {labels.shape}); there is nothing to write to {path}")
     if labels.dtype == bool:
         labels = labels.astype(np.uint8)
     if not np.issubdtype(labels.dtype, np.integer):
@@ -591,26 +657,12 @@ def write_labels(
         raise ValueError(f"labels up to {top} cannot be stored as {dtype}; use an unsigned type that holds them")
     labels = labels.astype(dtype, copy=False)
 
-    metadata: dict[str, Any] = {"axes": axes}
-    sizes = PhysicalPixelSizes(*pixel_sizes) if pixel_sizes is not None else PhysicalPixelSizes()
-    for axis, value in zip("ZYX", sizes, strict=True):
-        if value is not None:
-            metadata[f"PhysicalSize{axis}"] = float(value)
-            metadata[f"PhysicalSize{axis}Unit"] = "µm"
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        tifffile.imwrite(tmp, labels, ome=True, metadata=metadata, compression="zlib")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; give it normal permissions
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    metadata = ome_metadata(axes, pixel_sizes)
+    return atomic_write(
+        path,
+        lambda temporary: tifffile.imwrite(temporary, labels, ome=True, metadata=metadata, compression="zlib"),
+        overwrite=overwrite,
+    )
 
 
 def output_name(input_path: str | os.PathLike, suffix: str = "_labels", extension: str = ".tif") -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -288,15 +287,7 @@ def save_table(df: pd.DataFrame, path: str | os.PathLike, overwrite: bool = Fals
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".tsv"):
         raise ValueError(f"table file {path} must end in .csv or .tsv")
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass overwrite=True (or --overwrite) to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        df.to_csv(tmp, index=False, sep="\t" if suffix == ".tsv" else ",")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    from segtune.core.files import atomic_write
+
+    sep = "\t" if suffix == ".tsv" else ","
+    return atomic_write(path, lambda temporary: df.to_csv(temporary, index=False, sep=sep), overwrite=overwrite)

@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -62,6 +61,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
+    "as_labels",
     "connected_components",
     "count_objects",
     "evaluate",
@@ -86,7 +86,7 @@ BLUE = (0, 0, 255)
 # --- input checks ----------------------------------------------------------------------------
 
 
-def _as_labels(array: Any, name: str) -> np.ndarray:
+def as_labels(array: Any, name: str) -> np.ndarray:
     """``array`` as a non-negative integer (or bool) numpy array, or a ValueError naming ``name``."""
     array = np.asarray(array)
     if array.dtype == bool or np.issubdtype(array.dtype, np.integer):
@@ -110,6 +110,9 @@ def _as_labels(array: Any, name: str) -> np.ndarray:
     raise ValueError(
         f"`{name}` must be a label image of integers or booleans, got dtype {array.dtype}"
     )
+
+
+_as_labels = as_labels  # the name the other modules of the package import
 
 
 def _check_pair(pred: Any, truth: Any, *, spatial: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -882,15 +885,7 @@ def save_overlay_png(path: str | os.PathLike, rgb: Any, *, overwrite: bool = Fal
         raise ValueError(f"`rgb` must be uint8, got dtype {rgb.dtype}")
     if path.suffix.lower() != ".png":
         raise ValueError(f"overlay file {path} must end in .png")
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass overwrite=True (or --overwrite) to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        iio.imwrite(tmp, rgb, extension=".png")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    from segtune.core.files import atomic_write_bytes
+
+    # encoded in memory: imageio's file writer retries a failed flush when it is collected
+    return atomic_write_bytes(path, iio.imwrite("<bytes>", rgb, extension=".png"), overwrite=overwrite)

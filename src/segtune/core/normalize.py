@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-__all__ = ["DEFAULT_PERCENTILES", "STRETCH_PERCENTILES", "clahe", "percentile_normalize", "percentiles"]
+__all__ = [
+    "DEFAULT_PERCENTILES",
+    "STRETCH_PERCENTILES",
+    "check_pixels",
+    "clahe",
+    "percentile_normalize",
+    "percentiles",
+]
 
 DEFAULT_PERCENTILES = (1.0, 99.8)
 STRETCH_PERCENTILES = (5.0, 98.0)  # the theses' contrast stretch
@@ -90,6 +99,43 @@ def clahe(
         raise ValueError(f"clip_limit must be positive, got {clip_limit}")
     scaled = percentile_normalize(image, 0.0, 100.0, clip=True)
     return exposure.equalize_adapthist(scaled, kernel_size=kernel_size, clip_limit=clip_limit / nbins, nbins=nbins).astype(np.float32)
+
+
+def check_pixels(data: Any, source: str = "the image") -> None:
+    """Refuse what no network can take: an empty array, non-real pixels, NaN or infinite pixels.
+
+    ``data`` is a numpy or dask array (a dask array is read once, chunk by chunk, and only when
+    its pixels are floating point: integer pixels cannot be NaN). ``source`` names it in the
+    message (a file name, "the image").
+
+    Raises
+    ------
+    ValueError
+        Empty, of a dtype other than bool/integer/float (complex, text, objects), or holding
+        NaN or infinite values, or values beyond float32's range (the message gives their count).
+    """
+    shape = tuple(int(n) for n in data.shape)
+    if 0 in shape:
+        raise ValueError(f"{source} is empty (shape {shape}); there are no pixels to segment")
+    dtype = np.dtype(data.dtype)
+    if dtype.kind not in "biuf":
+        kind = {"c": "complex numbers", "U": "text", "S": "bytes", "O": "Python objects"}.get(dtype.kind, str(dtype))
+        raise ValueError(f"{source} holds {kind} (dtype {dtype}); segtune segments real-valued pixels")
+    if dtype.kind == "f":
+        # the network computes in float32: a float64 value beyond its range becomes infinite too
+        limit = float(np.finfo(np.float32).max)
+        if hasattr(data, "compute"):
+            import dask.array as da
+
+            bad = int(da.count_nonzero(~(da.fabs(data) <= limit)).compute())
+        else:
+            bad = int(np.count_nonzero(~(np.fabs(data) <= limit)))
+        if bad:
+            every = " (every pixel)" if bad == math.prod(shape) else ""
+            raise ValueError(
+                f"{source} has {bad} NaN or infinite pixel(s) of {math.prod(shape)}{every}; "
+                "replace them (e.g. with 0 or the background level) first"
+            )
 
 
 def _check_percentiles(low: float, high: float) -> None:

@@ -34,7 +34,6 @@ import math
 import os
 import re
 import shutil
-import tempfile
 import threading
 import time
 import uuid
@@ -758,9 +757,10 @@ def _zarr_format(group: Any) -> int:
 
 def _write_zarr_whole(destination: Path, labels: np.ndarray, pixel_sizes: Any, *, source: str) -> None:
     """A finished OME-Zarr in a temporary folder beside ``destination``, then renamed into place."""
-    temporary = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent))
-    try:
-        group = _create_group(temporary / destination.name)
+    from segtune.core.files import atomic_folder
+
+    with atomic_folder(destination, overwrite=True) as temporary:  # the caller decided about an existing one
+        group = _create_group(temporary)
         chunks = (1, 1, *(min(512, n) for n in labels.shape[2:]))
         array = _create_array(group, LABELS_ARRAY, shape=labels.shape, chunks=chunks, dtype=labels.dtype, fill_value=0)
         array[...] = labels
@@ -768,11 +768,6 @@ def _write_zarr_whole(destination: Path, labels: np.ndarray, pixel_sizes: Any, *
             **_ome_attributes(tuple(labels.shape), pixel_sizes, _zarr_format(group)),
             _ATTRS_KEY: {"complete": True, "source": source},
         })
-        if destination.exists():
-            shutil.rmtree(destination)
-        os.replace(temporary / destination.name, destination)
-    finally:
-        shutil.rmtree(temporary, ignore_errors=True)
 
 
 # --- one volume, many tasks --------------------------------------------------------------------
@@ -1288,7 +1283,7 @@ def _zarr_to_tiff_task(store: str, destination: str, pixel_sizes: Any) -> str:
     import tifffile
     import zarr
 
-    from segtune.core.io import PhysicalPixelSizes
+    from segtune.core.files import atomic_write, ome_metadata
 
     labels = zarr.open_group(store, mode="r")[LABELS_ARRAY]
     n_t, n_z = labels.shape[:2]
@@ -1297,27 +1292,15 @@ def _zarr_to_tiff_task(store: str, destination: str, pixel_sizes: Any) -> str:
     shape = tuple(labels.shape[i] for i in keep)
     top = max(int(np.asarray(labels[t, z]).max(initial=0)) for t in range(n_t) for z in range(n_z))
     dtype = np.uint8 if top <= 255 else np.uint16 if top <= 65535 else np.uint32
-    metadata: dict[str, Any] = {"axes": axes}
-    sizes = PhysicalPixelSizes(*pixel_sizes) if pixel_sizes is not None else PhysicalPixelSizes()
-    for axis, value in zip("ZYX", sizes, strict=True):
-        if value is not None:
-            metadata[f"PhysicalSize{axis}"] = float(value)
-            metadata[f"PhysicalSize{axis}Unit"] = "µm"
-    target = Path(destination)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
+    metadata = ome_metadata(axes, pixel_sizes)
+
+    def write(temporary: Path) -> None:
         planes = (np.asarray(labels[t, z]).astype(dtype) for t in range(n_t) for z in range(n_z))
         nbytes = math.prod(shape) * np.dtype(dtype).itemsize
-        tifffile.imwrite(tmp, data=planes, shape=shape, dtype=dtype, ome=True, metadata=metadata,
+        tifffile.imwrite(temporary, data=planes, shape=shape, dtype=dtype, ome=True, metadata=metadata,
                          compression="zlib", bigtiff=nbytes > 2**31)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+    atomic_write(destination, write, overwrite=True)  # the caller decided about an existing file
     return destination
 
 

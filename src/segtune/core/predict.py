@@ -787,29 +787,9 @@ def _as_array(image: Any) -> Any:
 
 
 def _available_memory(device: torch.device) -> float:
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return float(free)
-    if device.type == "mps":
-        with contextlib.suppress(Exception):
-            return float(torch.mps.recommended_max_memory() - torch.mps.driver_allocated_memory())
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return float(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        import psutil
+    from segtune.core.device import available_memory
 
-        return float(psutil.virtual_memory().available)
-    except ImportError:
-        pass
-    try:
-        return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):
-        return 4e9
+    return available_memory(device)
 
 
 def parse_bytes(value: float | int | str) -> float:
@@ -1450,6 +1430,9 @@ def predict(
     _check_spatial_dims(spatial_dims)
 
     data, names, pixel_axes = _as_tczyx(image, axes, channel_names)
+    from segtune.core.normalize import check_pixels
+
+    check_pixels(data)
     n_t, n_c, n_z, n_y, n_x = (int(s) for s in data.shape)
     chosen = _select_channels(channel, names, n_c, in_channels)
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy import ndimage as ndi
 
+from segtune.core.files import atomic_write, check_output
 from segtune.core.metrics import _as_labels, _is_binary, connected_components
 
 logger = logging.getLogger(__name__)
@@ -150,8 +150,7 @@ def write_imagej_rois(path: str | os.PathLike, labels: Any, *, overwrite: bool =
     path = Path(path)
     if path.suffix.lower() != ".zip":
         raise ValueError(f"ROI file {path} must end in .zip")
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+    check_output(path, overwrite)
     outlines = label_outlines(labels)
     if not outlines:
         raise ValueError("the labels hold no objects: there are no ROIs to write")
@@ -166,17 +165,7 @@ def write_imagej_rois(path: str | os.PathLike, labels: Any, *, overwrite: bool =
         roi.right = int(polygon[:, 0].max())
         roi.bottom = int(polygon[:, 1].max())
         rois.append(roi)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".zip", dir=path.parent)
-    os.close(fd)
-    os.unlink(tmp)  # roiwrite appends to an existing zip; start from nothing
-    try:
-        roiwrite(tmp, rois, mode="w")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_write(path, lambda temporary: roiwrite(temporary, rois, mode="w"), overwrite=overwrite)
 
 
 def read_imagej_rois(path: str | os.PathLike, shape: tuple[int, int]) -> np.ndarray:

@@ -16,18 +16,18 @@ ignores. Files in pickle formats (``.pt``, ``.pth``, ``.pkl``, ``.ckpt``) are ne
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
+import math
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from segtune.core.files import atomic_folder, atomic_write_bytes, atomic_write_text  # re-exported
 
 logger = logging.getLogger(__name__)
 
@@ -102,58 +102,13 @@ def _validate_config(config: Mapping[str, Any], source: str) -> None:
     head = config.get("head")
     if head not in HEADS:
         raise ModelFormatError(f"{source}: 'head' must be one of {', '.join(HEADS)}, got {head!r}")
+    _check_architecture_size(architecture, source)
+    _check_inference_fields(config, int(architecture.get("spatial_dims", 2)), source)
     out_channels = architecture["out_channels"]
     if head == "binary" and out_channels != 1:
         raise ModelFormatError(f"{source}: a binary head needs out_channels 1, the architecture has {out_channels}")
     if head == "three_class" and out_channels != 3:
         raise ModelFormatError(f"{source}: a three_class head needs out_channels 3, the architecture has {out_channels}")
-
-
-# --- atomic writes ---------------------------------------------------------------------------
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a part.
-
-    The bytes go to a temporary file in the same folder, are flushed to disk, and the file is
-    renamed over ``path`` (``os.replace`` is atomic on POSIX and Windows).
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-    _fsync_dir(path.parent)
-    return path
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """:func:`atomic_write_bytes` for UTF-8 text."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_dir(folder: Path) -> None:
-    # makes the rename itself durable; not possible (nor needed) on Windows
-    if os.name != "posix":
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _weights_bytes(model: nn.Module) -> bytes:
@@ -232,7 +187,7 @@ def save_model(model: nn.Module, config: Mapping[str, Any], folder: str | os.Pat
     weights = _weights_bytes(model)
 
     if folder.exists() and not folder.is_dir():
-        raise FileExistsError(f"{folder} exists and is not a folder")
+        raise FileExistsError(f"{folder} is an existing file, not a model folder; choose another name")
     if folder.is_dir() and any(folder.iterdir()):
         if not overwrite:
             raise FileExistsError(f"model folder {folder} already exists; pass overwrite=True (or --overwrite) to replace it")
@@ -240,22 +195,10 @@ def save_model(model: nn.Module, config: Mapping[str, Any], folder: str | os.Pat
         atomic_write_text(folder / CONFIG_NAME, text)
         return folder
 
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
-    try:
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 folders
-        (tmp / WEIGHTS_NAME).write_bytes(weights)
-        (tmp / CONFIG_NAME).write_text(text, encoding="utf-8")
-        for name in (WEIGHTS_NAME, CONFIG_NAME):
-            with open(tmp / name, "rb") as handle:
-                os.fsync(handle.fileno())
-        if folder.is_dir():  # an empty folder (e.g. made by the caller) is replaced
-            folder.rmdir()
-        os.replace(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    _fsync_dir(folder.parent)
+    # an empty folder (e.g. made by the caller) is replaced
+    with atomic_folder(folder) as tmp:
+        atomic_write_bytes(tmp / WEIGHTS_NAME, weights)
+        atomic_write_text(tmp / CONFIG_NAME, text)
     return folder
 
 
@@ -284,6 +227,51 @@ def read_config(name_or_folder: str | os.PathLike) -> dict[str, Any]:
 
     folder = resolve_model(name_or_folder)
     return _read_config(folder)
+
+
+def _check_architecture_size(architecture: Mapping[str, Any], source: str) -> None:
+    for key in ("spatial_dims", "in_channels", "out_channels", "base_channels", "depth"):
+        value = architecture.get(key, 1)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ModelFormatError(f"{source}: architecture {key!r} must be a non-negative whole number, got {value!r}")
+    if not 0 <= architecture.get("depth", 4) <= 8:
+        raise ModelFormatError(f"{source}: architecture 'depth' must be from 0 to 8, got {architecture['depth']}")
+    from segtune.core.models.unet import check_size
+
+    try:
+        check_size(architecture)
+    except ValueError as e:
+        raise ModelFormatError(f"{source}: {e}") from None
+
+
+def _check_inference_fields(config: Mapping[str, Any], spatial_dims: int, source: str) -> None:
+    """``normalization``, ``object_diameter`` and ``tile_shape``: what prediction takes from the config."""
+    normalization = config.get("normalization")
+    if normalization not in (None, False, "none"):
+        if not isinstance(normalization, Mapping):
+            raise ModelFormatError(f"{source}: 'normalization' must be an object like "
+                                   f'{{"method": "percentile", "low": 1, "high": 99.8}}, got {normalization!r}')
+        method = normalization.get("method", "percentile")
+        if method not in ("percentile", "none", None):
+            raise ModelFormatError(f"{source}: normalization method {method!r} is not known; "
+                                   "this version applies 'percentile' or 'none'")
+        low, high = normalization.get("low", 1.0), normalization.get("high", 99.8)
+        if not all(_is_number(v) for v in (low, high)) or not 0 <= low < high <= 100:
+            raise ModelFormatError(f"{source}: normalization 'low' and 'high' must be percentiles with "
+                                   f"0 <= low < high <= 100, got low={low!r}, high={high!r}")
+    diameter = config.get("object_diameter")
+    if diameter is not None and not (_is_number(diameter) and diameter > 0):
+        raise ModelFormatError(f"{source}: 'object_diameter' must be a positive number of pixels or null, got {diameter!r}")
+    tile = config.get("tile_shape")
+    if tile is not None:
+        sizes = [tile] if _is_number(tile) else tile
+        if (not isinstance(sizes, list) or len(sizes) not in (1, spatial_dims)
+                or not all(isinstance(n, int) and not isinstance(n, bool) and 0 < n <= 100_000 for n in sizes)):
+            raise ModelFormatError(f"{source}: 'tile_shape' must be null or {spatial_dims} positive whole numbers, got {tile!r}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _read_config(folder: Path) -> dict[str, Any]:
@@ -368,6 +356,10 @@ def load_model(name_or_folder: str | os.PathLike, device: str | torch.device = "
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise ModelFormatError(f"{weights_path} does not fit the architecture in {CONFIG_NAME}: {e}") from e
+    broken = [name for name, tensor in state.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if broken:
+        raise ModelFormatError(f"{weights_path} holds NaN or infinite weights (in {len(broken)} tensor(s), "
+                               f"e.g. {broken[0]}); the model cannot predict")
     model.to(select_device(device))
     model.eval()
     return model, config

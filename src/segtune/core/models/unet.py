@@ -9,7 +9,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["NORMS", "UPSAMPLES", "UNet", "build_model", "default_architecture"]
+__all__ = [
+    "MAX_PARAMETERS",
+    "NORMS",
+    "UPSAMPLES",
+    "UNet",
+    "build_model",
+    "check_size",
+    "default_architecture",
+    "parameter_count",
+]
 
 NORMS = ("batch", "group", "instance", "none")
 UPSAMPLES = ("transpose", "resize")
@@ -244,6 +253,56 @@ def _validate(spatial_dims, in_channels, out_channels, depth, base_channels, nor
         raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
     if upsample not in UPSAMPLES:
         raise ValueError(f"upsample must be one of {', '.join(UPSAMPLES)}, got {upsample!r}")
+    check_size({"spatial_dims": spatial_dims, "in_channels": in_channels, "out_channels": out_channels,
+                "depth": depth, "base_channels": base_channels, "upsample": upsample})
+
+
+# the largest network a config may ask for: 1 G parameters (4 GB of float32 weights), far above
+# any U-Net that trains on a workstation, far below what a hostile config.json can ask for
+MAX_PARAMETERS = 1_000_000_000
+
+
+def parameter_count(architecture: Mapping[str, Any]) -> int:
+    """The number of weights the U-Net of ``architecture`` has, counted without building it.
+
+    Two 3x3 (3x3x3) convolutions per level on the way down and up, channels doubling per level,
+    and the up-sampling convolutions; exact to within the biases and normalisation layers.
+    """
+    spatial_dims = int(architecture.get("spatial_dims", 2))
+    kernel = 3**spatial_dims
+    base = int(architecture.get("base_channels", 32))
+    depth = int(architecture.get("depth", 4))
+    count = 0
+    channels_in = int(architecture.get("in_channels", 1))
+    for level in range(depth + 1):  # encoder blocks and the bottleneck
+        width = base * 2**level
+        count += kernel * (channels_in * width + width * width)
+        channels_in = width
+    for level in range(depth - 1, -1, -1):  # up-sampling and decoder blocks
+        width = base * 2**level
+        up_kernel = kernel if architecture.get("upsample") == "resize" else 2**spatial_dims
+        count += up_kernel * 2 * width * width + kernel * (2 * width * width + width * width)
+    return count + base * int(architecture.get("out_channels", 1))
+
+
+def check_size(architecture: Mapping[str, Any]) -> None:
+    """Refuse a network too large to build (ValueError), before any memory is allocated."""
+    count = parameter_count(architecture)
+    if count > MAX_PARAMETERS:
+        raise ValueError(
+            f"the architecture asks for about {count / 1e9:.0f} G parameters ({4 * count / 1e9:.0f} GB); "
+            f"segtune refuses networks over {MAX_PARAMETERS / 1e9:.0f} G "
+            f"(base_channels {architecture.get('base_channels')}, depth {architecture.get('depth')})"
+        )
+    from segtune.core.device import available_memory
+
+    needed = 8.0 * count  # float32 weights, and as much again while they are initialised or loaded
+    free = available_memory(torch.device("cpu"))
+    if needed > free:
+        raise ValueError(
+            f"the architecture needs about {needed / 1e9:.1f} GB to build ({count / 1e6:.0f} M parameters), "
+            f"more than the {free / 1e9:.1f} GB free"
+        )
 
 
 def default_architecture(**overrides: Any) -> dict[str, Any]:

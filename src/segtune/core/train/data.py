@@ -325,6 +325,7 @@ def load_pairs(
         A file cannot be read.
     """
     from segtune.core.io import read_labels
+    from segtune.core.metrics import as_labels
 
     if len(image_paths) != len(label_paths):
         raise ValueError(f"{len(image_paths)} image file(s) but {len(label_paths)} label file(s); give one label file per image, in the same order")
@@ -334,6 +335,10 @@ def load_pairs(
     for image_path, label_path in zip(image_paths, label_paths, strict=True):
         image = _read_image_array(Path(image_path))
         label = read_labels(label_path)
+        try:
+            as_labels(label, "labels")
+        except ValueError as e:
+            raise ValueError(f"{label_path}: {e}") from None
         if label.ndim == 3 and label.shape[0] == 1:
             label = label[0]
         try:

@@ -30,6 +30,7 @@ import logging
 import math
 import os
 import random
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -42,6 +43,7 @@ import torch
 from torch import nn
 
 from segtune.core import distributed
+from segtune.core.metrics import as_labels
 from segtune.core.models.store import (
     WEIGHTS_NAME,
     atomic_write_bytes,
@@ -50,6 +52,7 @@ from segtune.core.models.store import (
     save_model,
 )
 from segtune.core.models.unet import UNet
+from segtune.core.normalize import check_pixels
 from segtune.core.progress import Cancelled, CancelToken, ProgressCallback, Reporter
 from segtune.core.train.augment import AugmentConfig
 from segtune.core.train.data import HEADS, make_sample, make_targets, split_samples
@@ -668,7 +671,9 @@ def train(
     if out_folder is not None:
         if resume:
             checkpoint = _load_checkpoint(out_folder)
-        elif out_folder.exists() and (not out_folder.is_dir() or any(out_folder.iterdir())) and not overwrite:
+        elif out_folder.exists() and not out_folder.is_dir():
+            raise FileExistsError(f"{out_folder} is an existing file, not a model folder; choose another name for the model")
+        elif out_folder.exists() and any(out_folder.iterdir()) and not overwrite:
             raise FileExistsError(f"model folder {out_folder} already exists; pass --overwrite to replace it or --resume to continue it")
     if checkpoint is not None:
         saved = TrainConfig.from_dict(checkpoint[1]["train_config"])
@@ -719,6 +724,12 @@ def train(
 
     # --- data ---
     label_arrays = [np.asarray(lab) for lab in labels]
+    for image, lab, name in zip(images, label_arrays, names, strict=True):
+        check_pixels(image, source=name)  # NaN or inf would make the loss NaN at the first step
+        try:
+            as_labels(lab, "labels")
+        except ValueError as e:
+            raise ValueError(f"the labels of {name}: {e}") from None
     if not any(np.any(lab != 0) if config.ignore_value is None else np.any((lab != 0) & (lab != config.ignore_value)) for lab in label_arrays):
         raise ValueError(f"the labels are empty: none of the {len(label_arrays)} label image(s) has a labelled pixel")
     data_diameter = None
@@ -770,6 +781,7 @@ def train(
     model.to(device)
     use_amp = bool(config.amp and device.type == "cuda")
     patch_shape = normalize_patch_shape(config.patch, config.spatial_dims)
+    _check_batch_fits(patch_shape, config.batch_size, int(architecture.get("base_channels", 32)), device)
     requires_grad = [p.requires_grad for p in model.parameters()]
     if config.freeze_encoder:
         if not hasattr(model, "encoder_parameters"):
@@ -837,6 +849,7 @@ def train(
     first_epoch = 1
     global_step = 0
     elapsed_before = 0.0
+    created_folder = False  # a folder this run made (removed again if no epoch completes)
     if checkpoint is not None:
         tensors, header = checkpoint
         model.load_state_dict({k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")})
@@ -862,6 +875,7 @@ def train(
         logger.info("resuming %s after epoch %d", out_folder, header["epoch"])
     elif out_folder is not None and dist.is_main:
         # the folder is a loadable model from the very start (the starting weights)
+        created_folder = not (out_folder.is_dir() and any(out_folder.iterdir()))
         save_model(model, model_config, out_folder, overwrite=True)
     initial_state = _state_copy(model) if checkpoint is None else None
     instance_options = _instance_options(head, base_config, model_diameter)
@@ -1000,6 +1014,10 @@ def train(
     except Cancelled:
         # the checkpoint of the last finished epoch stays as it is: resume repeats this epoch
         stop_reason = "cancelled"
+    except BaseException:
+        if created_folder and not history:  # a folder no epoch completed would only block a rerun
+            shutil.rmtree(out_folder, ignore_errors=True)
+        raise
 
     for parameter, flag in zip(model.parameters(), requires_grad, strict=True):
         parameter.requires_grad_(flag)  # the caller's module leaves as it came (frozen or not)
@@ -1026,6 +1044,26 @@ def train(
     distributed.release()  # leave a process group this call joined
     return TrainResult(model, model_config, history, best_metrics, best_epoch, stop_reason, out_folder,
                        baseline_metrics=baseline, kept_start=kept_start)
+
+
+# float32 values a U-Net keeps per input pixel and base channel for the backward pass (the
+# full-resolution encoder and decoder maps; the coarser levels add about as much again). A lower
+# bound: a batch that needs more than this is sure not to fit.
+_ACTIVATIONS_PER_PIXEL_AND_CHANNEL = 16
+
+
+def _check_batch_fits(patch_shape: tuple[int, ...], batch_size: int, base_channels: int, device: torch.device) -> None:
+    """Refuse a patch and batch size whose activations cannot fit before allocating anything."""
+    from segtune.core.device import available_memory
+
+    needed = 4.0 * batch_size * math.prod(patch_shape) * base_channels * _ACTIVATIONS_PER_PIXEL_AND_CHANNEL
+    available = available_memory(device)
+    if needed > available:
+        raise ValueError(
+            f"--patch {' '.join(map(str, patch_shape))} with --batch-size {batch_size} needs at least "
+            f"{needed / 1e9:.1f} GB for one training step, more than the {available / 1e9:.1f} GB free on {device}; "
+            "use a smaller patch or batch size"
+        )
 
 
 def train_files(
