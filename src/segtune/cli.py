@@ -27,6 +27,7 @@ COMMANDS = (
     "autolabel",
     "pseudolabel",
     "measure",
+    "clean",
     "info",
     "demo",
 )
