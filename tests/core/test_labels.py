@@ -126,7 +126,7 @@ def test_split_object_2d_at_the_distance_peaks():
     assert lab.object_count(out) == 3 and out[0, 0] == 1
     np.testing.assert_array_equal(out > 0, a > 0)  # no pixel gained or lost
     # the cut runs down the middle (columns 16-17 between the centres 12 and 21)
-    cols = np.nonzero((out[12] == left))[0]
+    cols = np.nonzero(out[12] == left)[0]
     assert cols.max() in (16, 17)
     # one round object has one peak: stays whole
     disc = (np.hypot(*np.mgrid[-8:9, -8:9]) <= 7).astype(np.uint8) * 2

@@ -1,4 +1,4 @@
-"""The segtune dock widget: tabs for Model, Predict, Fine-tune, Evaluate & Export, and Tools.
+"""The segtune dock widget: tabs for Model, Predict, Correct, Fine-tune, Evaluate & Export, and Tools.
 
 Each tab is one panel module; they share one :class:`~segtune._napari._state.ModelState` (the
 current model, its config, the device). Every long step runs in a worker thread through
@@ -12,6 +12,7 @@ from typing import Any
 
 from qtpy.QtWidgets import QComboBox, QScrollArea, QStyle, QTabWidget, QVBoxLayout, QWidget
 
+from segtune._napari._correct_panel import CorrectPanel
 from segtune._napari._evaluate_panel import EvaluatePanel
 from segtune._napari._finetune_panel import FinetunePanel
 from segtune._napari._model_panel import ModelPanel
@@ -44,7 +45,7 @@ class SegtuneWidget(QWidget):
     state
         The shared current model.
     tabs
-        The :class:`QTabWidget`; ``model_panel``, ``predict_panel``, ``finetune_panel``,
+        The :class:`QTabWidget`; ``model_panel``, ``predict_panel``, ``correct_panel``, ``finetune_panel``,
         ``evaluate_panel`` and ``tools_panel`` are its pages.
     """
 
@@ -56,6 +57,7 @@ class SegtuneWidget(QWidget):
 
         self.model_panel = ModelPanel(napari_viewer, self.state)
         self.predict_panel = PredictPanel(napari_viewer, self.state)
+        self.correct_panel = CorrectPanel(napari_viewer)
         self.finetune_panel = FinetunePanel(napari_viewer, self.state)
         self.finetune_panel.repredict = lambda layer: self.predict_panel.run(layer=layer)
         self.evaluate_panel = EvaluatePanel(napari_viewer, self.state, self.model_panel.save)
@@ -64,6 +66,7 @@ class SegtuneWidget(QWidget):
         self.tabs = QTabWidget()
         self.tabs.addTab(_scrolling(self.model_panel), "Model")
         self.tabs.addTab(_scrolling(self.predict_panel), "Predict")
+        self.tabs.addTab(_scrolling(self.correct_panel), "Correct")
         self.tabs.addTab(_scrolling(self.finetune_panel), "Fine-tune")
         self.tabs.addTab(_scrolling(self.evaluate_panel), "Evaluate && Export")
         self.tabs.addTab(_scrolling(self.tools_panel), "Tools")
@@ -77,7 +80,7 @@ class SegtuneWidget(QWidget):
 
     def _fit_width(self) -> None:
         """Wide enough that no tab needs a sideways scroll bar (the dock is made at least this wide)."""
-        panels = (self.model_panel, self.predict_panel, self.finetune_panel, self.evaluate_panel, self.tools_panel)
+        panels = (self.model_panel, self.predict_panel, self.correct_panel, self.finetune_panel, self.evaluate_panel, self.tools_panel)
         scrollbar = self.style().pixelMetric(QStyle.PM_ScrollBarExtent)
         self.setMinimumWidth(max(panel.minimumSizeHint().width() for panel in panels) + scrollbar + 16)
 
@@ -90,6 +93,7 @@ class SegtuneWidget(QWidget):
         tips = {
             "Model": "Choose the model: bundled, from a folder, or a new one to train.",
             "Predict": "Segment an image with the current model.",
+            "Correct": "Clean up the masks and fix objects one click at a time (Ctrl-Z undoes).",
             "Fine-tune": "Teach the model from your corrected masks.",
             "Evaluate & Export": "Score a segmentation against correct masks; save masks, measurements, ROIs, the model.",
             "Tools": "Make training labels with less drawing.",

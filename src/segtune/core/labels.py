@@ -298,9 +298,13 @@ def split_object(
     return out
 
 
-def split_objects(labels: Any, *, min_distance: float | None = None, planewise: bool = False) -> np.ndarray:
-    """Split every object at its distance peaks (see :func:`split_object`); new pieces get new ids."""
+def split_objects(
+    labels: Any, *, min_distance: float | None = None, planewise: bool = False, next_label: int | None = None
+) -> np.ndarray:
+    """Split every object at its distance peaks (see :func:`split_object`); new pieces get new ids
+    from ``next_label`` (default: one more than the largest id)."""
     labels = _validate(labels)
+    first = int(labels.max()) + 1 if next_label is None else int(next_label)
 
     def split_all(array: np.ndarray, first: int) -> np.ndarray:
         out = array
@@ -311,9 +315,9 @@ def split_objects(labels: Any, *, min_distance: float | None = None, planewise: 
         return out
 
     if not planewise or labels.ndim == 2:
-        return split_all(labels, int(labels.max()) + 1 if labels.size else 1)
+        return split_all(labels, first)
     planes = []
-    next_label = int(labels.max()) + 1
+    next_label = first
     for plane in labels:
         plane = split_all(plane, next_label)
         next_label = max(next_label, int(plane.max()) + 1)
