@@ -184,7 +184,7 @@ class CorrectPanel(QWidget):
             self._unhook(self._hooked)
         if layer is not None and self._hooked is None:
             layer.mouse_drag_callbacks.append(self._on_mouse)
-            for emitter in (layer.events.paint, layer.events.data, layer.events.selected_label):
+            for emitter in (layer.events.paint, layer.events.set_data, layer.events.data, layer.events.selected_label):
                 emitter.connect(self._schedule_count)
             self._hooked = layer
         self.scope.setEnabled(layer is not None and layer.ndim > 2)
@@ -195,7 +195,7 @@ class CorrectPanel(QWidget):
     def _unhook(self, layer: Any) -> None:
         if self._on_mouse in layer.mouse_drag_callbacks:
             layer.mouse_drag_callbacks.remove(self._on_mouse)
-        for emitter in (layer.events.paint, layer.events.data, layer.events.selected_label):
+        for emitter in (layer.events.paint, layer.events.set_data, layer.events.data, layer.events.selected_label):
             emitter.disconnect(self._schedule_count)
         self._hooked = None
 
