@@ -59,7 +59,8 @@ class CorrectPanel(QWidget):
     Attributes tests drive: ``labels_layer``, ``scope``, ``fill_button``, ``min_size``,
     ``remove_small_button``, ``border_button``, ``radius``, ``smooth_button``, ``dilate_button``,
     ``erode_button``, ``relabel_button``, ``split_all_button``, ``tool`` (a ``QButtonGroup``
-    through :meth:`set_tool`), ``count_label``, ``status``; ``click(layer, data_position)`` is what
+    through :meth:`set_tool`), ``previous_button``, ``next_button``, ``accept_button``,
+    ``count_label``, ``status``; ``click(layer, data_position)`` is what
     a mouse click with the chosen tool does. ``edited`` is emitted after each change.
     """
 
@@ -137,6 +138,17 @@ class CorrectPanel(QWidget):
         self.tool.button(0).setChecked(True)
         layout.addWidget(box)
 
+        row = QHBoxLayout()
+        self.previous_button = QPushButton("◀ Object")
+        self.previous_button.setToolTip("Select the previous object and centre the view on it (Shift-B).")
+        self.next_button = QPushButton("Object ▶")
+        self.next_button.setToolTip("Select the next object and centre the view on it (Shift-N).")
+        self.accept_button = QPushButton("Plane done, next ▶")
+        self.accept_button.setToolTip("Mark this plane as corrected and go to the next plane (Shift-D).")
+        for button in (self.previous_button, self.next_button, self.accept_button):
+            row.addWidget(button)
+        layout.addLayout(row)
+
         self.count_label = QLabel("")
         self.count_label.setWordWrap(True)
         self.status = QLabel("Undo any step with Ctrl-Z (napari's undo), redo with Ctrl-Shift-Z.")
@@ -154,12 +166,16 @@ class CorrectPanel(QWidget):
             self.erode_button: lambda: self.outline("erode"),
             self.split_all_button: self.split_all,
             self.relabel_button: self.relabel,
+            self.previous_button: lambda: self.step_object(-1),
+            self.next_button: lambda: self.step_object(1),
+            self.accept_button: self.accept_plane,
         }
         for button, action in actions.items():
             button.clicked.connect(guarded(action))
         self.tool.idClicked.connect(lambda index: run_guarded(self.set_tool, list(TOOLS.values())[index]))
         self.labels_layer.currentIndexChanged.connect(self._layer_changed)
         self.scope.currentIndexChanged.connect(self._unit_changed)
+        self.scope.currentIndexChanged.connect(self._schedule_count)
         viewer.dims.events.current_step.connect(self._schedule_count)
         viewer.layers.selection.events.active.connect(self._active_changed)
         self._count_timer = QTimer(self)
@@ -348,6 +364,45 @@ class CorrectPanel(QWidget):
             self.apply(lambda region: lab.split_object(region, label, next_label=top + 1), f"split object {label}")
         self.update_count()
 
+    # --- going through the objects and planes --------------------------------------------------
+
+    def step_object(self, step: int) -> int:
+        """Select the next (``step=1``) or previous (``-1``) object by id and centre the view on it."""
+        layer = self.labels_layer.require("going through the objects")
+        data = np.asarray(layer.data)
+        ids = np.unique(data)
+        ids = ids[ids != 0]
+        if ids.size == 0:
+            raise UserError(f"'{layer.name}' has no objects.")
+        current = int(layer.selected_label)
+        later = ids[ids > current] if step > 0 else ids[ids < current][::-1]
+        label = int(later[0]) if later.size else int(ids[0] if step > 0 else ids[-1])  # wrap around
+        layer.selected_label = label
+        centre = np.mean(np.nonzero(data == label), axis=1)
+        world = layer.data_to_world(centre)
+        for axis in range(layer.ndim - 2):  # the object's middle plane
+            self.viewer.dims.set_point(self.viewer.dims.ndim - layer.ndim + axis, world[axis])
+        camera = self.viewer.scene.camera if hasattr(self.viewer, "scene") else self.viewer.camera  # napari >= 0.9
+        camera.center = tuple(world[-2:])
+        self.update_count()
+        return label
+
+    def accept_plane(self) -> int:
+        """Record the plane on screen as corrected (in the layer's metadata) and show the next one."""
+        layer = self.labels_layer.require("accepting a plane")
+        if layer.ndim < 3:
+            raise UserError(f"'{layer.name}' has one plane: there is no next plane.")
+        position = list(current_position(self.viewer, layer))
+        plane = position[-3]
+        accepted = sorted(set(layer.metadata.get("segtune_accepted_planes", [])) | {int(plane)})
+        layer.metadata["segtune_accepted_planes"] = accepted
+        if plane + 1 < layer.data.shape[-3]:
+            position[-3] = plane + 1
+            self.viewer.dims.set_point(self.viewer.dims.ndim - 3, layer.data_to_world(position)[-3])
+        self.status.setText(f"Plane {plane} accepted; corrected planes: {', '.join(map(str, accepted))}.")
+        self.update_count()
+        return plane
+
     # --- object count and the selected object's size ------------------------------------------
 
     def _schedule_count(self, *_: Any) -> None:
@@ -366,19 +421,21 @@ class CorrectPanel(QWidget):
         data = np.asarray(layer.data)
         count = object_count(data)
         text = f"<b>{count}</b> objects in '{layer.name}'"
+        plane = None
         if layer.ndim > 2:
             plane = data[current_position(self.viewer, layer)[:-2]]
             text += f" ({object_count(plane)} on this plane)"
         selected = int(layer.selected_label)
-        if selected and np.any(data == selected):
-            pixels = int(np.count_nonzero(data == selected))
-            volume = layer.ndim == 3
+        volume = layer.ndim == 3 and SCOPE_TEXT[self.scope.currentText()] == "stack"
+        region = plane if layer.ndim > 2 and not volume else data
+        if selected and np.any(region == selected):
+            pixels = int(np.count_nonzero(region == selected))
             size = self._pixel_size(layer, 3 if volume else 2)
-            unit = "voxels" if volume else "px"
-            amount = f"{pixels} {unit}"
+            amount = f"{pixels} {'voxels' if volume else 'px'}"
             if size is not None:
                 amount += f" = {pixels * float(np.prod(size)):.1f} {'µm³' if volume else 'µm²'}"
-            text += f"; selected object {selected}: {amount}"
+            where = " on this plane" if region is plane else ""
+            text += f"; selected object {selected}{where}: {amount}"
         self.count_label.setText(text)
 
     @property

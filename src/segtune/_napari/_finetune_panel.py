@@ -174,7 +174,7 @@ class FinetunePanel(QWidget):
 
         buttons = QHBoxLayout()
         self.run_button = QPushButton("Fine-tune")
-        self.run_button.setToolTip("Teach the current model from your masks (runs in the background; napari stays usable).")
+        self.run_button.setToolTip("Teach the current model from your masks (runs in the background; napari stays usable). Shortcut: Shift-T.")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setToolTip("Stop now and keep the best model found so far.")
         self.cancel_button.setEnabled(False)

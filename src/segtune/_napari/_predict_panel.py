@@ -21,6 +21,7 @@ from qtpy.QtWidgets import (
 
 from segtune._napari._jobs import Job, guarded, notify_info
 from segtune._napari._layers import LayerChoice, Selection, leading_names, select
+from segtune._napari._progress import ProgressRow
 from segtune._napari._state import ModelState, UserError
 
 SCOPE_TEXT = {
@@ -41,7 +42,7 @@ class PredictPanel(QWidget):
     Attributes tests drive: ``image_layer``, ``channel_axis`` (first axis holds channels),
     ``channel``, ``scope``, ``range_axis``, ``plane_from``, ``plane_to``, ``threshold``,
     ``output``, ``min_size``, ``tile``, ``blend``, ``overlap``, ``probability_check``, ``run_button``,
-    ``cancel_button``, ``status``; ``job`` is the running or last job and ``last_layers`` the
+    ``cancel_button``, ``progress`` (bar and time left), ``status``; ``job`` is the running or last job and ``last_layers`` the
     layers the last prediction added. ``finished`` is emitted with the job status.
     """
 
@@ -127,13 +128,14 @@ class PredictPanel(QWidget):
 
         buttons = QHBoxLayout()
         self.run_button = QPushButton("Predict")
-        self.run_button.setToolTip("Segment the image with the current model (runs in the background; napari stays usable).")
+        self.run_button.setToolTip("Segment the image with the current model (runs in the background; napari stays usable). Shortcut: Shift-R.")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setToolTip("Stop the prediction.")
         self.cancel_button.setEnabled(False)
         buttons.addWidget(self.run_button, 1)
-        buttons.addWidget(self.cancel_button)
         layout.addLayout(buttons)
+        self.progress = ProgressRow(self.cancel_button)  # tiles done and time left, Cancel beside
+        layout.addWidget(self.progress)
         self.status = QLabel("")
         self.status.setWordWrap(True)
         layout.addWidget(self.status)
@@ -301,6 +303,7 @@ class PredictPanel(QWidget):
             notify_info("Prediction cancelled; nothing was added.")
 
         self.status.setText("Starting…")
+        self.progress.start()
         state.set_busy("predicting")
         self.cancel_button.setEnabled(True)
         self.job = Job(
@@ -319,7 +322,8 @@ class PredictPanel(QWidget):
     def _show_events(self, events: list[Any]) -> None:
         last = events[-1]
         if last.total:
-            self.status.setText(f"{last.stage}: {last.done}/{last.total} {last.message}".strip())
+            self.status.setText(f"Predicting {last.done}/{last.total}…")
+        self.progress.show_event(last)
 
     def cancel(self) -> None:
         if self.job is not None and self.job.running:
@@ -328,6 +332,7 @@ class PredictPanel(QWidget):
 
     def _finish(self) -> None:
         self.cancel_button.setEnabled(False)
+        self.progress.finish("" if self.job is None or self.job.status == "done" else self.job.status)
         if self.job is not None and self.job.status == "error":
             self.status.setText("Failed: see the message (bell icon, bottom right).")
         self.state.set_busy("")

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from qtpy.QtWidgets import QComboBox, QScrollArea, QStyle, QTabWidget, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QComboBox, QLabel, QScrollArea, QStyle, QTabWidget, QVBoxLayout, QWidget
 
 from segtune._napari._correct_panel import CorrectPanel
 from segtune._napari._evaluate_panel import EvaluatePanel
 from segtune._napari._finetune_panel import FinetunePanel
 from segtune._napari._model_panel import ModelPanel
 from segtune._napari._predict_panel import PredictPanel
+from segtune._napari._shortcuts import SHORTCUTS, bind_shortcuts, help_text
 from segtune._napari._state import ModelState
 from segtune._napari._tools_panel import ToolsPanel
 
@@ -47,6 +48,9 @@ class SegtuneWidget(QWidget):
     tabs
         The :class:`QTabWidget`; ``model_panel``, ``predict_panel``, ``correct_panel``, ``finetune_panel``,
         ``evaluate_panel`` and ``tools_panel`` are its pages.
+    shortcuts
+        Key -> function bound on the viewer (see :mod:`segtune._napari._shortcuts`); ``help``
+        is the label listing them under the tabs.
     """
 
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
@@ -73,9 +77,15 @@ class SegtuneWidget(QWidget):
         for index, tip in enumerate(self._tab_tips()):
             self.tabs.setTabToolTip(index, tip)
 
+        self.shortcuts = bind_shortcuts(napari_viewer, self)
+        self.help = QLabel(help_text())
+        self.help.setWordWrap(True)
+        self.help.setToolTip("\n".join(f"{key}: {what}" for key, what in SHORTCUTS))
+
         layout = QVBoxLayout(self)
         layout.setContentsMargins(2, 2, 2, 2)
         layout.addWidget(self.tabs)
+        layout.addWidget(self.help)
         self._fit_width()
 
     def _fit_width(self) -> None:
