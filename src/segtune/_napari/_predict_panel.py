@@ -22,6 +22,7 @@ from qtpy.QtWidgets import (
 from segtune._napari._jobs import Job, guarded, notify_info
 from segtune._napari._layers import LayerChoice, Selection, leading_names, select
 from segtune._napari._progress import ProgressRow
+from segtune._napari._size_row import ObjectSizeRow
 from segtune._napari._state import ModelState, UserError
 
 SCOPE_TEXT = {
@@ -42,7 +43,7 @@ class PredictPanel(QWidget):
     Attributes tests drive: ``image_layer``, ``channel_axis`` (first axis holds channels),
     ``channel``, ``scope``, ``range_axis``, ``plane_from``, ``plane_to``, ``threshold``,
     ``output``, ``min_size``, ``tile``, ``blend``, ``overlap``, ``probability_check``, ``run_button``,
-    ``cancel_button``, ``progress`` (bar and time left), ``status``; ``job`` is the running or last job and ``last_layers`` the
+    ``cancel_button``, ``progress`` (bar and time left), ``size_row`` (object diameter), ``status``; ``job`` is the running or last job and ``last_layers`` the
     layers the last prediction added. ``finished`` is emitted with the job status.
     """
 
@@ -121,6 +122,8 @@ class PredictPanel(QWidget):
         form.addRow("Threshold", self.threshold)
         form.addRow("Output", self.output)
         form.addRow("Smallest object", self.min_size)
+        self.size_row = ObjectSizeRow(viewer, state, self.image_layer)
+        form.addRow("Object size", self.size_row)
         form.addRow("Tiles", tile_row)
         form.addRow("Overlap", self.overlap)
         form.addRow(self.probability_check)
@@ -263,6 +266,7 @@ class PredictPanel(QWidget):
             blend=self.blend.currentText(),
             overlap=self.overlap.value() if self.blend.currentText() == "gaussian" else None,
             device=state.device_choice,
+            diameter=self.size_row.diameter_px(),
         )
         model, data = state.model, selection.data
         want_probability = self.probability_check.isChecked()
