@@ -33,6 +33,13 @@ REGION_TEXT = {
     "a range of planes": "range",
 }
 LOSSES = ("bce+dice", "bce", "dice", "focal+dice", "iou")
+LOSS_WORDS = {  # plain words in the list; the technical name is in each item's tooltip
+    "bce+dice": "pixels and overlap",
+    "bce": "pixels",
+    "dice": "overlap",
+    "focal+dice": "hard pixels and overlap",
+    "iou": "overlap (IoU)",
+}
 
 
 def shapes_mask(shapes: Any, labels: Any, yx_shape: tuple[int, int], yx_offset: tuple[int, int]) -> np.ndarray:
@@ -59,6 +66,12 @@ def shapes_mask(shapes: Any, labels: Any, yx_shape: tuple[int, int], yx_offset: 
     if not mask.any():
         raise UserError(f"The shapes in '{shapes.name}' do not cover any of '{labels.name}'.")
     return mask
+
+
+def finetuned_name(name: str) -> str:
+    """``nuclei-2d`` -> ``nuclei-2d-fine-tuned``: a fine-tuned model is never named like its origin
+    (its layers and its export folder would be taken for the bundled model's)."""
+    return name if name.endswith("-fine-tuned") else f"{name}-fine-tuned"
 
 
 class FinetunePanel(QWidget):
@@ -128,10 +141,15 @@ class FinetunePanel(QWidget):
         self.learning_rate.setValue(0.001)
         self.learning_rate.setToolTip("How big each learning step is. Smaller changes a trained model more gently.")
         self.loss = QComboBox()
-        self.loss.addItems(list(LOSSES))
-        self.loss.setToolTip("How mistakes are counted. bce+dice suits most images; dice helps when objects are small and few.")
-        self.freeze_encoder = QCheckBox("freeze encoder")
-        self.freeze_encoder.setToolTip("Keep what the model already sees in images and let only the part that draws the masks learn: safer with very few corrected objects.")
+        for loss in LOSSES:
+            self.loss.addItem(LOSS_WORDS[loss], loss)
+            self.loss.setItemData(self.loss.count() - 1, f"'{loss}' loss", 3)  # 3 = ToolTipRole
+        self.loss.setToolTip(
+            "How mistakes are counted. Pixels and overlap ('bce+dice': binary cross-entropy + Dice) suits most "
+            "images; overlap only ('dice') helps when objects are small and few."
+        )
+        self.freeze_encoder = QCheckBox("learn only how to draw the masks")
+        self.freeze_encoder.setToolTip("Keep what the model already sees in images and let only the part that draws the masks learn: safer with very few corrected objects ('freeze encoder').")
         self.val_fraction = QDoubleSpinBox()
         self.val_fraction.setRange(0.0, 0.5)
         self.val_fraction.setSingleStep(0.05)
@@ -324,7 +342,7 @@ class FinetunePanel(QWidget):
             batch_size=self.batch_size.value(),
             epochs=self.epochs.value(),
             steps_per_epoch=self.steps_per_epoch.value() or None,
-            loss=self.loss.currentText(),
+            loss=self.loss.currentData(),
             learning_rate=self.learning_rate.value(),
             val_fraction=self.val_fraction.value(),
             patience=None,
@@ -359,7 +377,7 @@ class FinetunePanel(QWidget):
                 notify_info("Fine-tuning cancelled before the first epoch ended; the model is unchanged.")
                 return
             config = dict(result.config)
-            config["name"] = start_config.get("name", state.name)
+            config["name"] = finetuned_name(start_config.get("name", state.name))
             if start_config.get("description"):
                 config["description"] = start_config["description"]
             config["lineage"] = [*start_config.get("lineage", []), {"from": start_source, "metrics": start_config.get("metrics", {})}]

@@ -270,7 +270,7 @@ class PredictPanel(QWidget):
         )
         model, data = state.model, selection.data
         want_probability = self.probability_check.isChecked()
-        model_name = state.name + (" fine-tuned" if state.source.startswith("fine-tuned") else "")
+        model_name = state.name + (" fine-tuned" if state.source.startswith("fine-tuned") and "fine-tuned" not in state.name else "")
         where = {"all": "", "plane": " plane", "range": " planes"}[scope or SCOPE_TEXT[self.scope.currentText()]]
         name = f"{layer.name} [{model_name}{where}]"
 
