@@ -37,7 +37,7 @@ def test_correct_buttons_and_clicks_are_undoable_and_counted(widget, errors) -> 
     panel = widget.correct_panel
     assert panel.labels_layer.layer is layer or panel.labels_layer.layer.name == "masks"
     assert panel.count == 3 and "<b>3</b> objects" in panel.count_label.text()
-    assert panel.min_size.suffix() == " µm²"
+    assert panel.min_size.suffix() == " µm²" and panel.min_size.value() == 7.5  # 30 px of 0.25 µm²
 
     panel.set_tool("split")
     assert layer.mode == "pan_zoom"

@@ -37,15 +37,16 @@ from segtune._napari._layers import LayerChoice, current_position, layer_pixel_s
 from segtune._napari._state import UserError
 
 SCOPE_TEXT = {"this plane": "plane", "whole stack": "stack"}
+DEFAULT_MIN_PIXELS = 30  # "smaller than" starts at specks of 30 pixels, shown in the layer's unit
 TOOLS = {
-    "off (paint)": "",
+    "paint": "",
     "pick": "pick",
     "split": "split",
     "merge": "merge",
     "delete": "delete",
 }
 TOOL_TIPS = {
-    "off (paint)": "Clicks paint or erase with napari's own tools.",
+    "paint": "Clicks paint or erase with napari's own tools (no object tool).",
     "pick": "Click an object to select it (its area is shown below).",
     "split": "Click an object that holds two or more nuclei: it is cut at its distance peaks (watershed).",
     "merge": "Click two objects, one after the other: the second becomes part of the first.",
@@ -92,8 +93,6 @@ class CorrectPanel(QWidget):
         self.border_button.setToolTip("Delete the objects that touch the image border (they are cut off and measure wrong).")
         self.min_size = QDoubleSpinBox()
         self.min_size.setRange(0, 1e9)
-        self.min_size.setDecimals(1)
-        self.min_size.setValue(30)
         self.remove_small_button = QPushButton("Remove smaller")
         self.remove_small_button.setToolTip("Delete objects smaller than this (area per plane, or volume for a whole 3D stack).")
         self.radius = QDoubleSpinBox()
@@ -126,7 +125,7 @@ class CorrectPanel(QWidget):
         layout.addWidget(box)
 
         box = QGroupBox("Click on an object to")
-        row = QHBoxLayout(box)
+        tools = QGridLayout(box)
         self.tool = QButtonGroup(self)
         self.tool.setExclusive(True)
         for index, (text, tip) in enumerate(TOOL_TIPS.items()):
@@ -134,7 +133,7 @@ class CorrectPanel(QWidget):
             button.setCheckable(True)
             button.setToolTip(tip)
             self.tool.addButton(button, index)
-            row.addWidget(button)
+            tools.addWidget(button, index // 3, index % 3)
         self.tool.button(0).setChecked(True)
         layout.addWidget(box)
 
@@ -143,7 +142,7 @@ class CorrectPanel(QWidget):
         self.previous_button.setToolTip("Select the previous object and centre the view on it (Shift-B).")
         self.next_button = QPushButton("Object ▶")
         self.next_button.setToolTip("Select the next object and centre the view on it (Shift-N).")
-        self.accept_button = QPushButton("Plane done, next ▶")
+        self.accept_button = QPushButton("Plane done ▶")
         self.accept_button.setToolTip("Mark this plane as corrected and go to the next plane (Shift-D).")
         for button in (self.previous_button, self.next_button, self.accept_button):
             row.addWidget(button)
@@ -227,8 +226,12 @@ class CorrectPanel(QWidget):
     def _unit_changed(self, *_: Any) -> None:
         layer = self.labels_layer.layer
         ndim = 3 if self._volume() else 2
-        physical = layer is not None and self._pixel_size(layer, ndim) is not None
-        self.min_size.setSuffix((" µm³" if ndim == 3 else " µm²") if physical else (" voxels" if ndim == 3 else " px"))
+        size = self._pixel_size(layer, ndim) if layer is not None else None
+        suffix = (" µm³" if ndim == 3 else " µm²") if size is not None else (" voxels" if ndim == 3 else " px")
+        if suffix != self.min_size.suffix():  # a new unit: the default of 30 pixels, in that unit
+            self.min_size.setDecimals(3 if size is not None else 0)
+            self.min_size.setValue(DEFAULT_MIN_PIXELS * (float(np.prod(size)) if size is not None else 1.0))
+        self.min_size.setSuffix(suffix)
 
     # --- applying a change as one undoable step -----------------------------------------------
 

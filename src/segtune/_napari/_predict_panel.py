@@ -300,7 +300,7 @@ class PredictPanel(QWidget):
             self.last_layers = added
             count = int(labels.max()) if instances else int(np.count_nonzero(labels))
             what = f"{count} objects" if instances else f"{count} foreground pixels"
-            self.status.setText(f"Done: {what} in '{labels_layer.name}'. Correct them with napari's brush and eraser.")
+            self.status.setText(f"Done: {what} in '{labels_layer.name}'. Correct them in the Correct tab or with napari's brush.")
 
         def cancelled(_: Any) -> None:
             self.status.setText("Cancelled: nothing was added.")
@@ -326,7 +326,7 @@ class PredictPanel(QWidget):
     def _show_events(self, events: list[Any]) -> None:
         last = events[-1]
         if last.total:
-            self.status.setText(f"Predicting {last.done}/{last.total}…")
+            self.status.setText("Predicting…")  # the numbers and time left are on the progress row
         self.progress.show_event(last)
 
     def cancel(self) -> None:

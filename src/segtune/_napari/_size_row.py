@@ -46,7 +46,7 @@ def drawn_diameter(shapes: Any, image: Any) -> float:
 
 
 class ObjectSizeRow(QWidget):
-    """``[auto] [px|µm] [Estimate] [Measure drawn]`` over ``model trained at 20 px``.
+    """``[auto] [px|µm]`` over ``[Estimate] [Measure drawn]`` over ``Model trained at 20 px``.
 
     Attributes tests drive: ``diameter`` (0 means auto), ``unit``, ``estimate_button``,
     ``measure_button``, ``model_label``; ``job`` is the last estimate.
@@ -81,6 +81,8 @@ class ObjectSizeRow(QWidget):
         )
         row.addWidget(self.diameter, 1)
         row.addWidget(self.unit)
+        layout.addLayout(row)
+        row = QHBoxLayout()
         row.addWidget(self.estimate_button)
         row.addWidget(self.measure_button)
         layout.addLayout(row)
