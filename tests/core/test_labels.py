@@ -128,6 +128,11 @@ def test_split_object_2d_at_the_distance_peaks():
     # the cut runs down the middle (columns 16-17 between the centres 12 and 21)
     cols = np.nonzero(out[12] == left)[0]
     assert cols.max() in (16, 17)
+    # a square with a hole stays whole (its hole's rim is no reason to split)
+    ring = np.zeros((14, 14), np.uint8)
+    ring[2:12, 2:12] = 6
+    ring[5:9, 5:9] = 0
+    np.testing.assert_array_equal(lab.split_object(ring, 6), ring)
     # one round object has one peak: stays whole
     disc = (np.hypot(*np.mgrid[-8:9, -8:9]) <= 7).astype(np.uint8) * 2
     np.testing.assert_array_equal(lab.split_object(disc, 2), disc)

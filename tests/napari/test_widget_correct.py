@@ -104,6 +104,14 @@ def test_correct_on_one_plane_or_the_whole_stack(widget, errors) -> None:
     layer.undo()
     np.testing.assert_array_equal(layer.data, stack)
 
+    # every plane as a 2D image: the edge object goes from all planes in one undo step
+    panel.scope.setCurrentText("each plane (2D)")
+    assert panel.min_size.suffix() == " px"
+    panel.border_button.click()
+    assert not np.any(layer.data == 1) and np.all(layer.data[:, 8:12, 8:12] == 2)
+    layer.undo()
+    np.testing.assert_array_equal(layer.data, stack)
+
     panel.scope.setCurrentText("whole stack")
     assert panel.min_size.suffix() == " voxels"
     panel.min_size.setValue(40)  # each object is 48 voxels in 3D: both stay
@@ -119,4 +127,19 @@ def test_correct_on_one_plane_or_the_whole_stack(widget, errors) -> None:
     panel.relabel_button.click()
     np.testing.assert_array_equal(layer.data, stack)  # already 1..n
     assert "nothing to change" in panel.status.text()
+    assert errors() == []
+
+
+def test_split_all_on_each_plane_numbers_new_pieces_across_the_stack(widget, errors) -> None:
+    stack = np.stack([pair_image(), pair_image()])  # the square's hole does not split it
+    layer = widget.viewer.add_labels(stack.copy(), name="pairs")
+    panel = widget.correct_panel
+    panel.labels_layer.set_layer(layer)
+    panel.scope.setCurrentText("each plane (2D)")
+    panel.split_all_button.click()
+    # each plane's pair split in two; the new pieces of plane 0 and plane 1 have different ids
+    assert [len(np.unique(plane)) - 1 for plane in layer.data] == [4, 4]
+    assert layer.data[0, 20, 35] != layer.data[1, 20, 35] and min(layer.data[0, 20, 35], layer.data[1, 20, 35]) > 3
+    layer.undo()
+    np.testing.assert_array_equal(layer.data, stack)
     assert errors() == []

@@ -102,7 +102,7 @@ def clean(labels: np.ndarray, args: argparse.Namespace, pixel_sizes: tuple, path
     planewise = args.planewise and labels.ndim == 3
     if args.remove_border:
         labels = lab.remove_border(labels, planewise=planewise)
-    if args.fill_holes:  # before splitting: a hole's rim has distance peaks of its own
+    if args.fill_holes:  # before splitting, so the pieces of a split include the filled holes
         labels = lab.fill_holes(labels, planewise=planewise)
     if args.split:
         labels = lab.split_objects(labels, min_distance=args.split_distance, planewise=planewise)

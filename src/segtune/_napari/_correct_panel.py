@@ -36,7 +36,7 @@ from segtune._napari._jobs import guarded, run_guarded
 from segtune._napari._layers import LayerChoice, current_position, layer_pixel_sizes, same_layer
 from segtune._napari._state import UserError
 
-SCOPE_TEXT = {"this plane": "plane", "whole stack": "stack"}
+SCOPE_TEXT = {"this plane": "plane", "each plane (2D)": "planes", "whole stack": "stack"}
 DEFAULT_MIN_PIXELS = 30  # "smaller than" starts at specks of 30 pixels, shown in the layer's unit
 TOOLS = {
     "paint": "",
@@ -80,7 +80,11 @@ class CorrectPanel(QWidget):
         self.labels_layer.setToolTip("The masks to correct (selecting a Labels layer in napari's layer list chooses it here).")
         self.scope = QComboBox()
         self.scope.addItems(list(SCOPE_TEXT))
-        self.scope.setToolTip("Apply the buttons and clicks to the plane on screen only, or to the whole stack (3D objects).")
+        self.scope.setToolTip(
+            "Apply the buttons to the plane on screen only, to every plane as a 2D image of its own "
+            "(planewise), or to the whole stack as 3D objects. Clicks act on the plane on screen unless "
+            "'whole stack' is chosen."
+        )
         form.addRow("Masks", self.labels_layer)
         form.addRow("Where", self.scope)
         layout.addLayout(form)
@@ -235,21 +239,26 @@ class CorrectPanel(QWidget):
 
     # --- applying a change as one undoable step -----------------------------------------------
 
-    def _regions(self, layer: Any) -> list[tuple[int, ...]]:
+    def _regions(self, layer: Any, scope: str | None = None) -> list[tuple[int, ...]]:
         """Index tuples of the leading axes, one per 2D plane or 3D volume the step works on."""
+        scope = scope or SCOPE_TEXT[self.scope.currentText()]
         if layer.ndim == 2:
             return [()]
-        if SCOPE_TEXT[self.scope.currentText()] == "plane":
+        if scope == "plane":
             return [current_position(self.viewer, layer)[:-2]]
+        if scope == "planes":
+            return [tuple(index) for index in np.ndindex(*layer.data.shape[:-2])]
         if layer.ndim == 3:
             return [()]
         return [tuple(index) for index in np.ndindex(*layer.data.shape[:-3])]  # each time point's volume
 
-    def apply(self, func: Callable[[np.ndarray], np.ndarray], what: str) -> int:
-        """Replace each region of the layer by ``func(region)`` as one undo step; returns pixels changed."""
+    def apply(self, func: Callable[[np.ndarray], np.ndarray], what: str, scope: str | None = None) -> int:
+        """Replace each region of the layer by ``func(region)`` as one undo step; returns pixels changed.
+
+        ``scope`` overrides the Where choice (``"plane"``, ``"planes"``, ``"stack"``)."""
         layer = self.labels_layer.require(what)
         changes = []
-        for index in self._regions(layer):
+        for index in self._regions(layer, scope):
             before = np.asarray(layer.data[index])
             after = func(before)
             changed = np.nonzero(before != after)
@@ -306,16 +315,21 @@ class CorrectPanel(QWidget):
         from segtune.core.labels import split_objects
 
         layer = self.labels_layer.require("splitting")
-        top = int(np.max(layer.data)) if layer.data.size else 0
+        # new pieces are numbered after the whole layer's largest id, and on from one plane to the next
+        next_label = [int(np.max(layer.data)) + 1 if layer.data.size else 1]
 
-        # new pieces are numbered after the whole layer's largest id, not just this plane's
-        return self.apply(lambda region: split_objects(region, next_label=top + 1), "split all")
+        def split(region: np.ndarray) -> np.ndarray:
+            out = split_objects(region, next_label=next_label[0])
+            next_label[0] = max(next_label[0], int(out.max()) + 1)
+            return out
+
+        return self.apply(split, "split all")
 
     def relabel(self) -> int:
         from segtune.core.labels import relabel_sequential
 
         layer = self.labels_layer.require("renumbering")
-        if len(self._regions(layer)) > 1 or layer.ndim > 2 and SCOPE_TEXT[self.scope.currentText()] == "plane":
+        if len(self._regions(layer)) > 1 or layer.ndim > 2 and SCOPE_TEXT[self.scope.currentText()] != "stack":
             raise UserError("Renumbering works on the whole layer: choose 'whole stack' (a single plane would clash with the others).")
         return self.apply(relabel_sequential, "renumber")
 
@@ -349,22 +363,23 @@ class CorrectPanel(QWidget):
             self.status.setText("That is background: click inside an object.")
             return
         layer.selected_label = label
+        scope = "stack" if SCOPE_TEXT[self.scope.currentText()] == "stack" else "plane"  # a click is on one plane
         if self.tool_name == "pick":
             self.update_count()
             return
         if self.tool_name == "delete":
-            self.apply(lambda region: lab.delete_objects(region, [label]), f"delete object {label}")
+            self.apply(lambda region: lab.delete_objects(region, [label]), f"delete object {label}", scope)
         elif self.tool_name == "merge":
             if not self._merge_first or self._merge_first == label:
                 self._merge_first = label
                 self.status.setText(f"Object {label} chosen: click the object to merge into it.")
                 return
             first, self._merge_first = self._merge_first, 0
-            self.apply(lambda region: lab.merge_objects(region, [first, label]), f"merge {label} into {first}")
+            self.apply(lambda region: lab.merge_objects(region, [first, label]), f"merge {label} into {first}", scope)
             layer.selected_label = first
         elif self.tool_name == "split":
             top = int(np.max(layer.data))
-            self.apply(lambda region: lab.split_object(region, label, next_label=top + 1), f"split object {label}")
+            self.apply(lambda region: lab.split_object(region, label, next_label=top + 1), f"split object {label}", scope)
         self.update_count()
 
     # --- going through the objects and planes --------------------------------------------------

@@ -329,11 +329,15 @@ def split_objects(
 def _split_mask(mask: np.ndarray, min_distance: float | None, sampling: Sequence[float] | None) -> np.ndarray:
     from segtune.core.postprocess import split_touching
 
+    # peaks of the hole-filled object: the rim of a hole would otherwise have peaks of its own
+    filled = ndi.binary_fill_holes(mask)
     if min_distance is None:
-        radius = float(ndi.distance_transform_edt(mask).max())
+        radius = float(ndi.distance_transform_edt(filled).max())
         min_distance = max(1.0, radius / 2)
     # diagonal neighbours join: a split must not leave stray corner pixels as objects of their own
-    return split_touching(mask, min_distance=max(1, int(round(min_distance))), connectivity=mask.ndim, sampling=sampling)
+    pieces = split_touching(filled, min_distance=max(1, int(round(min_distance))), connectivity=mask.ndim, sampling=sampling)
+    pieces[~mask] = 0
+    return relabel_sequential(pieces)
 
 
 # --- outlines ------------------------------------------------------------------------------------
