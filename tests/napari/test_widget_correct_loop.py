@@ -118,7 +118,7 @@ def test_predict_correct_undo_finetune_on_real_nuclei(widget, qtbot, nuclei_dir,
     with qtbot.waitSignal(predict.finished, timeout=600_000):
         finetune.run_button.click()
     assert finetune.job.status == "done" and finetune.result.stop_reason == "completed"
-    assert widget.state.source.startswith("fine-tuned")
+    assert widget.state.source.startswith("fine-tuned") and widget.state.name == "nuclei-2d-fine-tuned"
     (repredicted,) = predict.last_layers
     assert "fine-tuned" in repredicted.name
     np.testing.assert_array_equal(layer.data, corrected)  # the corrected masks are untouched
