@@ -28,6 +28,7 @@ COMMANDS = (
     "autolabel",
     "pseudolabel",
     "measure",
+    "clean",
     "info",
     "demo",
 )

@@ -103,6 +103,7 @@ def test_predict_can_be_cancelled_and_adds_nothing(widget, qtbot, errors) -> Non
 def test_predict_errors_are_plain_notifications(widget, qtbot, sample_2d, errors) -> None:
     viewer = widget.viewer
     panel = widget.predict_panel
+    widget.state.set_model(None, {}, source="", folder=None, unsaved=False)  # as with no bundled model installed
     panel.run_button.click()
     assert "Choose a model first" in errors()[-1]
 

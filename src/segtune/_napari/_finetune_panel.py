@@ -33,6 +33,13 @@ REGION_TEXT = {
     "a range of planes": "range",
 }
 LOSSES = ("bce+dice", "bce", "dice", "focal+dice", "iou")
+LOSS_WORDS = {  # plain words in the list; the technical name is in each item's tooltip
+    "bce+dice": "pixels and overlap",
+    "bce": "pixels",
+    "dice": "overlap",
+    "focal+dice": "hard pixels and overlap",
+    "iou": "overlap (IoU)",
+}
 
 
 def shapes_mask(shapes: Any, labels: Any, yx_shape: tuple[int, int], yx_offset: tuple[int, int]) -> np.ndarray:
@@ -59,6 +66,12 @@ def shapes_mask(shapes: Any, labels: Any, yx_shape: tuple[int, int], yx_offset: 
     if not mask.any():
         raise UserError(f"The shapes in '{shapes.name}' do not cover any of '{labels.name}'.")
     return mask
+
+
+def finetuned_name(name: str) -> str:
+    """``nuclei-2d`` -> ``nuclei-2d-fine-tuned``: a fine-tuned model is never named like its origin
+    (its layers and its export folder would be taken for the bundled model's)."""
+    return name if name.endswith("-fine-tuned") else f"{name}-fine-tuned"
 
 
 class FinetunePanel(QWidget):
@@ -138,10 +151,15 @@ class FinetunePanel(QWidget):
         self.learning_rate.setToolTip("How big each learning step is (AdamW learning rate). auto: 0.0003 for a trained model "
                                       "(changed gently), 0.002 for a new one.")
         self.loss = QComboBox()
-        self.loss.addItems(list(LOSSES))
-        self.loss.setToolTip("How mistakes are counted. bce+dice suits most images; dice helps when objects are small and few.")
-        self.freeze_encoder = QCheckBox("freeze encoder")
-        self.freeze_encoder.setToolTip("Keep what the model already sees in images and let only the part that draws the masks learn: safer with very few corrected objects.")
+        for loss in LOSSES:
+            self.loss.addItem(LOSS_WORDS[loss], loss)
+            self.loss.setItemData(self.loss.count() - 1, f"'{loss}' loss", 3)  # 3 = ToolTipRole
+        self.loss.setToolTip(
+            "How mistakes are counted. Pixels and overlap ('bce+dice': binary cross-entropy + Dice) suits most "
+            "images; overlap only ('dice') helps when objects are small and few."
+        )
+        self.freeze_encoder = QCheckBox("learn only how to draw the masks")
+        self.freeze_encoder.setToolTip("Keep what the model already sees in images and let only the part that draws the masks learn: safer with very few corrected objects ('freeze encoder').")
         self.val_fraction = QDoubleSpinBox()
         self.val_fraction.setRange(0.0, 0.5)
         self.val_fraction.setSingleStep(0.05)
@@ -187,7 +205,7 @@ class FinetunePanel(QWidget):
 
         buttons = QHBoxLayout()
         self.run_button = QPushButton("Fine-tune")
-        self.run_button.setToolTip("Teach the current model from your masks (runs in the background; napari stays usable).")
+        self.run_button.setToolTip("Teach the current model from your masks (runs in the background; napari stays usable). Shortcut: Shift-T.")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setToolTip("Stop now and keep the best model found so far.")
         self.cancel_button.setEnabled(False)
@@ -335,7 +353,7 @@ class FinetunePanel(QWidget):
             epochs=self.epochs.value(),
             max_minutes=self.minutes.value(),
             steps_per_epoch=self.steps_per_epoch.value() or None,
-            loss=self.loss.currentText(),
+            loss=self.loss.currentData(),
             learning_rate=self.learning_rate.value() or None,
             val_fraction=self.val_fraction.value(),
             patience=None,
@@ -375,7 +393,7 @@ class FinetunePanel(QWidget):
                 self._repredict_layer = None
                 return
             config = dict(result.config)
-            config["name"] = start_config.get("name", state.name)
+            config["name"] = finetuned_name(start_config.get("name", state.name))
             if start_config.get("description"):
                 config["description"] = start_config["description"]
             config["lineage"] = [*start_config.get("lineage", []), {"from": start_source, "metrics": start_config.get("metrics", {})}]

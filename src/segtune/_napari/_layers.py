@@ -33,6 +33,16 @@ def same_layer(a: Any, b: Any) -> bool:
     return getattr(a, "__wrapped__", a) is getattr(b, "__wrapped__", b)
 
 
+def elide(name: str, limit: int = 40) -> str:
+    """A long layer name shortened in the middle, so its start (the image) and its end (the model,
+    "[nuclei-2d plane]") both stay readable in a drop-down: ``"cells_…[nuclei-2d]"``."""
+    if len(name) <= limit:
+        return name
+    tail = min(len(name) - name.rfind("["), limit * 3 // 5) if "[" in name else limit // 2
+    head = limit - tail - 1
+    return f"{name[:head]}…{name[len(name) - tail:]}"
+
+
 class LayerChoice(QComboBox):
     """A drop-down of the viewer's layers of one kind, kept in step with the layer list.
 
@@ -84,7 +94,8 @@ class LayerChoice(QComboBox):
         if self.allow_none:
             self.addItem(self.none_text, None)
         for layer in layers:
-            self.addItem(layer.name, layer)
+            self.addItem(elide(layer.name), layer)
+            self.setItemData(self.count() - 1, layer.name, 3)  # 3 = ToolTipRole: the full name
         index = next((i for i in range(self.count()) if current is not None and same_layer(self.itemData(i), current)), -1)
         if index < 0 and not self.allow_none and layers:
             # a new layer of this kind is most likely the one the user wants next

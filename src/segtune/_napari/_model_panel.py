@@ -51,6 +51,9 @@ def ask_overwrite(path: Path, parent: QWidget | None = None) -> bool:
 class ModelPanel(QWidget):
     """Choose the model every other tab uses.
 
+    The bundled model shown in ``bundled`` is loaded as soon as it is shown (at start and on each
+    choice), unless the current model has unsaved changes.
+
     Attributes tests (and scripts) drive: ``bundled``, ``load_bundled_button``,
     ``load_folder_button``, ``new_dims``, ``new_output``, ``new_classes``, ``new_channels``,
     ``new_size``, ``new_button``, ``device``, ``save_button``, ``info``. ``ask_folder(title)``
@@ -74,8 +77,11 @@ class ModelPanel(QWidget):
         self.bundled.setToolTip("Models that come with segtune, trained on typical microscopy images.")
         self.bundled_description = QLabel()
         self.bundled_description.setWordWrap(True)
-        self.load_bundled_button = QPushButton("Use this model")
-        self.load_bundled_button.setToolTip("Make the bundled model above the current model.")
+        self.load_bundled_button = QPushButton("Start again from this model")
+        self.load_bundled_button.setToolTip(
+            "The model chosen above is in use as soon as you choose it; this puts it back as it came "
+            "(e.g. after fine-tuning, or to replace a changed model you have not saved)."
+        )
         form.addRow("Model", self.bundled)
         form.addRow(self.bundled_description)
         form.addRow(self.load_bundled_button)
@@ -145,6 +151,7 @@ class ModelPanel(QWidget):
         layout.addStretch(1)
 
         self.bundled.currentIndexChanged.connect(self._show_bundled_description)
+        self.bundled.currentIndexChanged.connect(lambda *_: run_guarded(self._bundled_chosen))
         self.load_bundled_button.clicked.connect(guarded(self.load_bundled))
         self.load_folder_button.clicked.connect(guarded(self._load_folder_clicked))
         self.new_output.currentTextChanged.connect(lambda text: self.new_classes.setEnabled(HEADS[text] == "semantic"))
@@ -157,6 +164,7 @@ class ModelPanel(QWidget):
         self._fill_bundled()
         self._device_changed(self.device.currentText())
         self._show_state()
+        run_guarded(self._bundled_chosen)  # the model shown is the model in use: no extra click
 
     # --- actions ------------------------------------------------------------------------------
 
@@ -178,6 +186,18 @@ class ModelPanel(QWidget):
             self.bundled_description.setText("No bundled models in this installation: load a folder or start a new model.")
         else:
             self.bundled_description.setText(model.description)
+
+    def _bundled_chosen(self) -> None:
+        """The bundled model shown becomes the current one, unless that would drop unsaved changes."""
+        if self.bundled.currentData() is None or self.state.busy:
+            return
+        if self.state.model is not None and self.state.unsaved:
+            notify_info(
+                f"The current model ({self.state.name}) has changes that are not saved, so it stays in use. "
+                "Save it, or press 'Start again from this model' to use the chosen one."
+            )
+            return
+        self.load_bundled()
 
     def load_bundled(self, name: str | None = None) -> None:
         """Make the bundled model ``name`` (default: the one chosen in the list) current."""

@@ -21,6 +21,8 @@ from qtpy.QtWidgets import (
 
 from segtune._napari._jobs import Job, guarded, notify_info
 from segtune._napari._layers import LayerChoice, Selection, leading_names, select
+from segtune._napari._progress import ProgressRow
+from segtune._napari._size_row import ObjectSizeRow
 from segtune._napari._state import ModelState, UserError
 
 SCOPE_TEXT = {
@@ -41,7 +43,7 @@ class PredictPanel(QWidget):
     Attributes tests drive: ``image_layer``, ``channel_axis`` (first axis holds channels),
     ``channel``, ``scope``, ``range_axis``, ``plane_from``, ``plane_to``, ``threshold``,
     ``output``, ``min_size``, ``tile``, ``blend``, ``overlap``, ``probability_check``, ``run_button``,
-    ``cancel_button``, ``status``; ``job`` is the running or last job and ``last_layers`` the
+    ``cancel_button``, ``progress`` (bar and time left), ``size_row`` (object diameter), ``status``; ``job`` is the running or last job and ``last_layers`` the
     layers the last prediction added. ``finished`` is emitted with the job status.
     """
 
@@ -120,6 +122,8 @@ class PredictPanel(QWidget):
         form.addRow("Threshold", self.threshold)
         form.addRow("Output", self.output)
         form.addRow("Smallest object", self.min_size)
+        self.size_row = ObjectSizeRow(viewer, state, self.image_layer)
+        form.addRow("Object size", self.size_row)
         form.addRow("Tiles", tile_row)
         form.addRow("Overlap", self.overlap)
         form.addRow(self.probability_check)
@@ -127,13 +131,14 @@ class PredictPanel(QWidget):
 
         buttons = QHBoxLayout()
         self.run_button = QPushButton("Predict")
-        self.run_button.setToolTip("Segment the image with the current model (runs in the background; napari stays usable).")
+        self.run_button.setToolTip("Segment the image with the current model (runs in the background; napari stays usable). Shortcut: Shift-R.")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setToolTip("Stop the prediction.")
         self.cancel_button.setEnabled(False)
         buttons.addWidget(self.run_button, 1)
-        buttons.addWidget(self.cancel_button)
         layout.addLayout(buttons)
+        self.progress = ProgressRow(self.cancel_button)  # tiles done and time left, Cancel beside
+        layout.addWidget(self.progress)
         self.status = QLabel("")
         self.status.setWordWrap(True)
         layout.addWidget(self.status)
@@ -261,10 +266,11 @@ class PredictPanel(QWidget):
             blend=self.blend.currentText(),
             overlap=self.overlap.value() if self.blend.currentText() == "gaussian" else None,
             device=state.device_choice,
+            diameter=self.size_row.diameter_px(),
         )
         model, data = state.model, selection.data
         want_probability = self.probability_check.isChecked()
-        model_name = state.name + (" fine-tuned" if state.source.startswith("fine-tuned") else "")
+        model_name = state.name + (" fine-tuned" if state.source.startswith("fine-tuned") and "fine-tuned" not in state.name else "")
         where = {"all": "", "plane": " plane", "range": " planes"}[scope or SCOPE_TEXT[self.scope.currentText()]]
         name = f"{layer.name} [{model_name}{where}]"
 
@@ -294,13 +300,14 @@ class PredictPanel(QWidget):
             self.last_layers = added
             count = int(labels.max()) if instances else int(np.count_nonzero(labels))
             what = f"{count} objects" if instances else f"{count} foreground pixels"
-            self.status.setText(f"Done: {what} in '{labels_layer.name}'. Correct them with napari's brush and eraser.")
+            self.status.setText(f"Done: {what} in '{labels_layer.name}'. Correct them in the Correct tab or with napari's brush.")
 
         def cancelled(_: Any) -> None:
             self.status.setText("Cancelled: nothing was added.")
             notify_info("Prediction cancelled; nothing was added.")
 
         self.status.setText("Starting…")
+        self.progress.start()
         state.set_busy("predicting")
         self.cancel_button.setEnabled(True)
         self.job = Job(
@@ -319,7 +326,8 @@ class PredictPanel(QWidget):
     def _show_events(self, events: list[Any]) -> None:
         last = events[-1]
         if last.total:
-            self.status.setText(f"{last.stage}: {last.done}/{last.total} {last.message}".strip())
+            self.status.setText("Predicting…")  # the numbers and time left are on the progress row
+        self.progress.show_event(last)
 
     def cancel(self) -> None:
         if self.job is not None and self.job.running:
@@ -328,6 +336,7 @@ class PredictPanel(QWidget):
 
     def _finish(self) -> None:
         self.cancel_button.setEnabled(False)
+        self.progress.finish("" if self.job is None or self.job.status == "done" else self.job.status)
         if self.job is not None and self.job.status == "error":
             self.status.setText("Failed: see the message (bell icon, bottom right).")
         self.state.set_busy("")

@@ -1,4 +1,4 @@
-"""The segtune dock widget: tabs for Model, Predict, Fine-tune, Evaluate & Export, and Tools.
+"""The segtune dock widget: tabs for Model, Predict, Correct, Fine-tune, Evaluate & Export, and Tools.
 
 Each tab is one panel module; they share one :class:`~segtune._napari._state.ModelState` (the
 current model, its config, the device). Every long step runs in a worker thread through
@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from qtpy.QtWidgets import QComboBox, QScrollArea, QStyle, QTabWidget, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QComboBox, QLabel, QScrollArea, QStyle, QTabWidget, QVBoxLayout, QWidget
 
+from segtune._napari._correct_panel import CorrectPanel
 from segtune._napari._evaluate_panel import EvaluatePanel
 from segtune._napari._finetune_panel import FinetunePanel
 from segtune._napari._model_panel import ModelPanel
 from segtune._napari._predict_panel import PredictPanel
+from segtune._napari._shortcuts import SHORTCUTS, bind_shortcuts, help_text
 from segtune._napari._state import ModelState
 from segtune._napari._tools_panel import ToolsPanel
 
@@ -44,8 +46,11 @@ class SegtuneWidget(QWidget):
     state
         The shared current model.
     tabs
-        The :class:`QTabWidget`; ``model_panel``, ``predict_panel``, ``finetune_panel``,
+        The :class:`QTabWidget`; ``model_panel``, ``predict_panel``, ``correct_panel``, ``finetune_panel``,
         ``evaluate_panel`` and ``tools_panel`` are its pages.
+    shortcuts
+        Key -> function bound on the viewer (see :mod:`segtune._napari._shortcuts`); ``help``
+        is the label listing them under the tabs.
     """
 
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
@@ -56,6 +61,7 @@ class SegtuneWidget(QWidget):
 
         self.model_panel = ModelPanel(napari_viewer, self.state)
         self.predict_panel = PredictPanel(napari_viewer, self.state)
+        self.correct_panel = CorrectPanel(napari_viewer)
         self.finetune_panel = FinetunePanel(napari_viewer, self.state)
         self.finetune_panel.repredict = lambda layer: self.predict_panel.run(layer=layer)
         self.evaluate_panel = EvaluatePanel(napari_viewer, self.state, self.model_panel.save)
@@ -64,20 +70,27 @@ class SegtuneWidget(QWidget):
         self.tabs = QTabWidget()
         self.tabs.addTab(_scrolling(self.model_panel), "Model")
         self.tabs.addTab(_scrolling(self.predict_panel), "Predict")
+        self.tabs.addTab(_scrolling(self.correct_panel), "Correct")
         self.tabs.addTab(_scrolling(self.finetune_panel), "Fine-tune")
         self.tabs.addTab(_scrolling(self.evaluate_panel), "Evaluate && Export")
         self.tabs.addTab(_scrolling(self.tools_panel), "Tools")
         for index, tip in enumerate(self._tab_tips()):
             self.tabs.setTabToolTip(index, tip)
 
+        self.shortcuts = bind_shortcuts(napari_viewer, self)
+        self.help = QLabel(help_text())
+        self.help.setWordWrap(True)
+        self.help.setToolTip("\n".join(f"{key}: {what}" for key, what in SHORTCUTS))
+
         layout = QVBoxLayout(self)
         layout.setContentsMargins(2, 2, 2, 2)
         layout.addWidget(self.tabs)
+        layout.addWidget(self.help)
         self._fit_width()
 
     def _fit_width(self) -> None:
         """Wide enough that no tab needs a sideways scroll bar (the dock is made at least this wide)."""
-        panels = (self.model_panel, self.predict_panel, self.finetune_panel, self.evaluate_panel, self.tools_panel)
+        panels = (self.model_panel, self.predict_panel, self.correct_panel, self.finetune_panel, self.evaluate_panel, self.tools_panel)
         scrollbar = self.style().pixelMetric(QStyle.PM_ScrollBarExtent)
         self.setMinimumWidth(max(panel.minimumSizeHint().width() for panel in panels) + scrollbar + 16)
 
@@ -90,6 +103,7 @@ class SegtuneWidget(QWidget):
         tips = {
             "Model": "Choose the model: bundled, from a folder, or a new one to train.",
             "Predict": "Segment an image with the current model.",
+            "Correct": "Clean up the masks and fix objects one click at a time (Ctrl-Z undoes).",
             "Fine-tune": "Teach the model from your corrected masks.",
             "Evaluate & Export": "Score a segmentation against correct masks; save masks, measurements, ROIs, the model.",
             "Tools": "Make training labels with less drawing.",

@@ -13,6 +13,9 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from segtune.core.labels import fill_holes as fill_label_holes
+from segtune.core.labels import relabel_sequential, remove_sizes
+
 __all__ = [
     "HEADS",
     "default_min_size",
@@ -73,20 +76,6 @@ def label_components(mask: np.ndarray, *, connectivity: int | None = None) -> np
     return labels
 
 
-def relabel_sequential(labels: np.ndarray) -> np.ndarray:
-    """Renumber labels to 1..n keeping their order (0 stays background); int32 result."""
-    labels = np.asarray(labels)
-    if labels.size == 0:
-        return labels.astype(np.int32)
-    present = np.unique(labels)
-    present = present[present != 0]
-    if present.size and present[0] == 1 and present[-1] == present.size and labels.dtype == np.int32:
-        return labels
-    lookup = np.zeros(int(labels.max()) + 1 if labels.size else 1, dtype=np.int32)
-    lookup[present] = np.arange(1, present.size + 1, dtype=np.int32)
-    return lookup[labels]
-
-
 # the smallest object kept by default, as a fraction of the area (volume) of a typical object
 MIN_SIZE_FRACTION = 0.1
 MIN_SIZE_WITHOUT_DIAMETER = 10
@@ -112,33 +101,7 @@ def default_min_size(diameter: float | None, spatial_dims: int = 2) -> int:
 
 def filter_sizes(labels: np.ndarray, min_size: int = 0, max_size: int | None = None) -> np.ndarray:
     """Remove objects smaller than ``min_size`` or larger than ``max_size`` pixels (voxels), then renumber."""
-    labels = np.asarray(labels)
-    if min_size < 0 or (max_size is not None and max_size < min_size):
-        raise ValueError(f"sizes must satisfy 0 <= min_size <= max_size, got min_size={min_size}, max_size={max_size}")
-    if labels.size == 0 or labels.max() == 0:
-        return relabel_sequential(labels)
-    counts = np.bincount(labels.ravel())
-    drop = counts < min_size
-    if max_size is not None:
-        drop |= counts > max_size
-    drop[0] = False
-    if drop.any():
-        labels = np.where(drop[labels], 0, labels)
-    return relabel_sequential(labels)
-
-
-def fill_label_holes(labels: np.ndarray) -> np.ndarray:
-    """Fill background holes enclosed by a single object (2D or 3D); labels keep their numbers."""
-    labels = np.array(labels, copy=True)
-    for index, box in enumerate(ndi.find_objects(labels), start=1):
-        if box is None:
-            continue
-        # one pixel of margin so that a hole touching the box edge is not mistaken for outside
-        grown = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in box)
-        crop = labels[grown]
-        filled = ndi.binary_fill_holes(crop == index)
-        crop[filled & (crop == 0)] = index
-    return labels
+    return relabel_sequential(remove_sizes(labels, min_size, max_size))
 
 
 def split_touching(
