@@ -24,13 +24,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Segment image files (CZI, TIFF, PNG) with a model, tile by tile: stitched tiles equal one "
             "untiled pass. For input name.ext writes DIR/name_labels.tif: a uint8 0/1 mask, or uint16 "
-            "instance labels with --instances, carrying the input's pixel sizes. Existing outputs are "
+            "instance labels with --instances, carrying the input's pixel sizes. With --format ome-zarr "
+            "the labels are an OME-Zarr pyramid: in an OME-Zarr input's own labels/ group (named after "
+            "the model), else DIR/name_labels.ome.zarr. Existing outputs are "
             "refused unless --overwrite (or skipped with --skip-existing)."
         ),
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, or folders of them")
     parser.add_argument("--model", required=True, metavar="M", help="a bundled model name (see 'segtune models') or a model folder")
-    parser.add_argument("--out", required=True, metavar="DIR", help="folder for the label files (created if missing)")
+    parser.add_argument("--out", default=None, metavar="DIR", help="folder for the label files (created if missing); "
+                        "not needed with --format ome-zarr when every input is an OME-Zarr")
+    parser.add_argument(
+        "--format", default="tiff", choices=("tiff", "ome-zarr"),
+        help="OME-TIFF label files (default) or OME-Zarr labels with multiscale levels, streamed tile by tile "
+             "(masks never whole in memory; --instances and size filters are computed in memory)",
+    )
     parser.add_argument(
         "--tile", default=None, metavar="N[,N...]",
         help="largest tile fed to the model, one size or one per axis (default: as large as memory allows)",
@@ -75,7 +83,12 @@ def run(args: argparse.Namespace) -> int:
     from segtune.core.io import output_name
 
     inputs = _expand(args.inputs)
-    out_dir = Path(args.out)
+    ome_zarr = getattr(args, "format", "tiff") == "ome-zarr"
+    if args.out is None and not (ome_zarr and all(_is_ome_zarr(p) for p in inputs)):
+        raise UsageError("--out DIR is required (only OME-Zarr inputs with --format ome-zarr can do without it)")
+    if ome_zarr and (args.workers is not None or args.scheduler):
+        raise UsageError("--format ome-zarr streams in one process; drop --workers/--scheduler")
+    out_dir = Path(args.out or ".")
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"--out {out_dir} exists and is not a folder")
     if args.workers is not None and args.workers < 1:
@@ -86,10 +99,12 @@ def run(args: argparse.Namespace) -> int:
     seen: dict[Path, Path] = {}
     for path in inputs:
         target = out_dir / output_name(path)
+        if ome_zarr:
+            target = _ome_zarr_target(path, out_dir, args.model)
         if target in seen:
             raise UsageError(f"{path} and {seen[target]} would both be written to {target}; predict them into different folders")
         seen[target] = path
-        jobs.append({"input": str(path), "output": str(target)})
+        jobs.append({"input": str(path), "output": str(target), "format": "ome-zarr" if ome_zarr else "tiff"})
     present = [job for job in jobs if Path(job["output"]).exists()]
     if present and args.skip_existing:
         for job in present:
@@ -102,7 +117,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     options = _options(args)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if args.out is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
     if args.workers is not None or args.scheduler:
         return _run_distributed(jobs, options, args)
     from segtune.core.models.store import load_model
@@ -120,7 +136,10 @@ def _guarded(job: dict[str, Any], options: dict[str, Any], model: Any, many: boo
     from segtune.core.io import ImageReadError
 
     try:
-        predict_file(job["input"], job["output"], model=model, bar=bar, **options)
+        if job.get("format") == "ome-zarr":
+            predict_file_ome_zarr(job["input"], job["output"], model=model, bar=bar, **options)
+        else:
+            predict_file(job["input"], job["output"], model=model, bar=bar, **options)
     except (ImageReadError, ValueError, FileNotFoundError, FileExistsError) as e:
         if not many:
             raise
@@ -167,6 +186,50 @@ def predict_file(
     else:
         labels = labels.astype(np.uint8 if labels.max(initial=0) <= 255 else np.uint16)
     return _write(Path(output_path), labels, image.physical_pixel_sizes, axes, overwrite)
+
+
+def _is_ome_zarr(path: Path) -> bool:
+    from segtune.core.omezarr import is_ome_zarr
+
+    return is_ome_zarr(path)
+
+
+def _ome_zarr_target(path: Path, out_dir: Path, model: str) -> Path:
+    """An OME-Zarr input's ``labels/<model name>``; else ``DIR/name_labels.ome.zarr``."""
+    from segtune.core.io import output_name
+
+    if _is_ome_zarr(path):
+        return path / "labels" / Path(str(model)).name
+    return out_dir / output_name(path, extension=".ome.zarr")
+
+
+def predict_file_ome_zarr(
+    input_path: str | os.PathLike,
+    output_path: str | os.PathLike,
+    *,
+    model: Any,
+    bar: bool = True,
+    scene: str | int | None = None,
+    overwrite: bool = False,
+    **options: Any,
+) -> Path:
+    """:func:`predict_file` writing OME-Zarr labels (``output_path`` from :func:`_ome_zarr_target`), streamed."""
+    from segtune.core.io import open_image
+    from segtune.core.omezarr import predict_to_ome_zarr
+    from segtune.core.progress import tqdm_progress
+
+    if isinstance(model, (str, os.PathLike)):
+        from segtune.core.models.store import load_model
+
+        model = load_model(model, device="cpu")
+    output_path = Path(output_path)
+    image = open_image(input_path, scene=scene)
+    into_source = output_path.parent.name == "labels" and output_path.parent.parent == Path(input_path)
+    destination, name = (Path(input_path), output_path.name) if into_source else (output_path, None)
+    label = Path(input_path).name
+    with tqdm_progress(label, leave=False, disable=not bar) as callback:
+        return predict_to_ome_zarr(model, image, destination, name=name, overwrite=overwrite,
+                                   progress=lambda e: callback(replace(e, stage=label)), **options)
 
 
 def _squeeze(labels: np.ndarray) -> tuple[np.ndarray, str]:
@@ -299,7 +362,7 @@ def _expand(paths: list[str]) -> list[Path]:
     files: list[Path] = []
     for name in paths:
         path = Path(name)
-        if path.is_dir():
+        if path.is_dir() and not _is_ome_zarr(path):
             found = sorted(p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(SUPPORTED_EXTENSIONS))
             if not found:
                 raise FileNotFoundError(f"input folder {path} holds no image files ({', '.join(SUPPORTED_EXTENSIONS)})")
