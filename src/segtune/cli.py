@@ -27,6 +27,7 @@ COMMANDS = (
     "autolabel",
     "pseudolabel",
     "measure",
+    "export_bioimageio",
     "info",
     "demo",
 )

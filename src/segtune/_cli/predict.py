@@ -6,6 +6,7 @@ import argparse
 import inspect
 import logging
 import os
+import re
 import sys
 import tempfile
 from dataclasses import replace
@@ -199,7 +200,7 @@ def _ome_zarr_target(path: Path, out_dir: Path, model: str) -> Path:
     from segtune.core.io import output_name
 
     if _is_ome_zarr(path):
-        return path / "labels" / Path(str(model)).name
+        return path / "labels" / re.sub(r"\.zip$|^(rdf|bioimageio)\.yaml$", "", Path(str(model)).name, flags=re.IGNORECASE)
     return out_dir / output_name(path, extension=".ome.zarr")
 
 

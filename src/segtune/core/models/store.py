@@ -349,6 +349,11 @@ def load_model(name_or_folder: str | os.PathLike, device: str | torch.device = "
     from segtune.core.models.registry import resolve_model
     from segtune.core.models.unet import build_model
 
+    from segtune.core.models import bioimageio
+
+    if isinstance(name_or_folder, (str, os.PathLike)) and bioimageio.is_bioimageio_package(name_or_folder):
+        model, config = bioimageio.load_bioimageio(name_or_folder)  # a bioimage.io package: .zip or unpacked
+        return model.to(select_device(device)), config
     folder = resolve_model(name_or_folder)
     weights_path = folder / WEIGHTS_NAME
     if not weights_path.is_file():
