@@ -200,7 +200,9 @@ def _ome_zarr_target(path: Path, out_dir: Path, model: str) -> Path:
     from segtune.core.io import output_name
 
     if _is_ome_zarr(path):
-        return path / "labels" / re.sub(r"\.zip$|^(rdf|bioimageio)\.yaml$", "", Path(str(model)).name, flags=re.IGNORECASE)
+        model_path = Path(str(model))
+        named = model_path.parent if model_path.name.lower() in ("rdf.yaml", "bioimageio.yaml") else model_path
+        return path / "labels" / re.sub(r"\.zip$", "", named.name, flags=re.IGNORECASE)
     return out_dir / output_name(path, extension=".ome.zarr")
 
 
