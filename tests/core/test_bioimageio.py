@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from segtune.cli import main
-from segtune.core.models.bioimageio import BioimageioUnsupported, export_bioimageio, load_bioimageio
+from segtune.core.models.bioimageio import BioimageioUnsupported, load_bioimageio
 from segtune.core.models.store import load_model
 from segtune.core.predict import predict
 from segtune.core.synthetic import synthetic_nuclei

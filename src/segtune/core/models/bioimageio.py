@@ -482,8 +482,8 @@ def _pointwise(kind: str, kwargs: Any) -> Any:
 
 def _network(description: Any, packaged: Mapping[str, Any], refuse: Any) -> nn.Module:
     """segtune's U-Net with the package's state dict (read without unpickling code), or its TorchScript."""
-    import io
     import inspect
+    import io
 
     from bioimageio.spec.utils import get_reader
 
