@@ -137,10 +137,7 @@ def _guarded(job: dict[str, Any], options: dict[str, Any], model: Any, many: boo
     from segtune.core.io import ImageReadError
 
     try:
-        if job.get("format") == "ome-zarr":
-            predict_file_ome_zarr(job["input"], job["output"], model=model, bar=bar, **options)
-        else:
-            predict_file(job["input"], job["output"], model=model, bar=bar, **options)
+        predict_file(job["input"], job["output"], model=model, bar=bar, output_format=job.get("format", "tiff"), **options)
     except (ImageReadError, ValueError, FileNotFoundError, FileExistsError) as e:
         if not many:
             raise
@@ -157,12 +154,14 @@ def predict_file(
     bar: bool = True,
     scene: str | int | None = None,
     overwrite: bool = False,
+    output_format: str = "tiff",
     **options: Any,
 ) -> Path:
     """Predict one image file and write its labels (the work of one input of ``segtune predict``).
 
     ``model`` is a ``(module, config)`` pair or a model name/folder; ``options`` go to
-    :func:`segtune.core.predict.predict`.
+    :func:`segtune.core.predict.predict`. ``output_format="ome-zarr"`` streams OME-Zarr labels
+    to ``output_path`` (from :func:`_ome_zarr_target`).
     """
     from segtune.core.io import open_image
     from segtune.core.predict import predict
@@ -173,6 +172,8 @@ def predict_file(
 
         model = load_model(model, device="cpu")
     image = open_image(input_path, scene=scene)
+    if output_format == "ome-zarr":
+        return _predict_ome_zarr(Path(input_path), Path(output_path), model, image, bar, overwrite, options)
     name = Path(input_path).name
     if bar:
         with tqdm_progress(name, leave=False) as callback:
@@ -206,30 +207,16 @@ def _ome_zarr_target(path: Path, out_dir: Path, model: str) -> Path:
     return out_dir / output_name(path, extension=".ome.zarr")
 
 
-def predict_file_ome_zarr(
-    input_path: str | os.PathLike,
-    output_path: str | os.PathLike,
-    *,
-    model: Any,
-    bar: bool = True,
-    scene: str | int | None = None,
-    overwrite: bool = False,
-    **options: Any,
+def _predict_ome_zarr(
+    input_path: Path, output_path: Path, model: Any, image: Any, bar: bool, overwrite: bool, options: dict[str, Any]
 ) -> Path:
-    """:func:`predict_file` writing OME-Zarr labels (``output_path`` from :func:`_ome_zarr_target`), streamed."""
-    from segtune.core.io import open_image
+    """OME-Zarr labels into the source's ``labels/`` group or a labels image of their own, streamed."""
     from segtune.core.omezarr import predict_to_ome_zarr
     from segtune.core.progress import tqdm_progress
 
-    if isinstance(model, (str, os.PathLike)):
-        from segtune.core.models.store import load_model
-
-        model = load_model(model, device="cpu")
-    output_path = Path(output_path)
-    image = open_image(input_path, scene=scene)
-    into_source = output_path.parent.name == "labels" and output_path.parent.parent == Path(input_path)
-    destination, name = (Path(input_path), output_path.name) if into_source else (output_path, None)
-    label = Path(input_path).name
+    into_source = output_path.parent.name == "labels" and output_path.parent.parent == input_path
+    destination, name = (input_path, output_path.name) if into_source else (output_path, None)
+    label = input_path.name
     with tqdm_progress(label, leave=False, disable=not bar) as callback:
         return predict_to_ome_zarr(model, image, destination, name=name, overwrite=overwrite,
                                    progress=lambda e: callback(replace(e, stage=label)), **options)
