@@ -353,7 +353,8 @@ def _expand(paths: list[str]) -> list[Path]:
     for name in paths:
         path = Path(name)
         if path.is_dir() and not _is_ome_zarr(path):
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(SUPPORTED_EXTENSIONS))
+            found = sorted(p for p in path.iterdir()
+                           if (p.is_file() and p.name.lower().endswith(SUPPORTED_EXTENSIONS)) or _is_ome_zarr(p))
             if not found:
                 raise FileNotFoundError(f"input folder {path} holds no image files ({', '.join(SUPPORTED_EXTENSIONS)})")
             files.extend(found)

@@ -17,11 +17,12 @@ source's ``labels`` list. A cancelled or failed write leaves the source as it wa
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +96,8 @@ def open_ome_zarr(path: str | os.PathLike, scene: int | str | None = None) -> An
     location = parse_url(str(path), mode="r", fmt=_format(version))
     if location is None:
         raise _read_error(path, "ome-zarr cannot open this location")
-    nodes = [node for node in Reader(location)() if any(isinstance(s, Multiscales) for s in node.specs)]
+    with _quiet("ome_zarr"):  # it logs a warning for every labels image opened on its own ("no parent found")
+        nodes = [node for node in Reader(location)() if any(isinstance(s, Multiscales) for s in node.specs)]
     if not nodes or not nodes[0].data:
         raise _read_error(path, "the OME-Zarr holds no image data")
     node = nodes[0]
@@ -142,6 +144,18 @@ def open_ome_zarr(path: str | os.PathLike, scene: int | str | None = None) -> An
             "is_labels": "image-label" in metadata,
         },
     )
+
+
+@contextlib.contextmanager
+def _quiet(name: str) -> Iterator[None]:
+    """Raise a library logger to ERROR for the duration (its warnings are not the user's problem)."""
+    library = logging.getLogger(name)
+    level = library.level
+    library.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        library.setLevel(level)
 
 
 def _format(version: str) -> Any:
@@ -283,7 +297,7 @@ def write_ome_zarr_labels(
         listed = list(get_metadata(labels_group).get("labels", []))
         if name in listed:
             add_metadata(labels_group, {"labels": [n for n in listed if n != name]}, fmt=fmt)
-        write_label_metadata(labels_group, name, fmt=fmt)
+        write_label_metadata(labels_group, name, fmt=fmt, source={"image": "../../"})
     return target
 
 
