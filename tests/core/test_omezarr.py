@@ -106,6 +106,9 @@ def test_streamed_labels_go_into_the_source_labels_group(tmp_path: Path, tiny_mo
     labels_attrs = dict(zarr.open_group(str(path / "labels"), mode="r").attrs)
     assert dict(labels_attrs.get("ome", labels_attrs))["labels"] == ["segtune"]
     assert open_image(target).physical_pixel_sizes == pytest.approx((None, 0.5, 0.25), nan_ok=True)
+    np.testing.assert_array_equal(open_image(target).data[0, 0, 0].compute(), expected)  # the labels, not their source image
+    labels_attrs_of_image = dict(zarr.open_group(str(target), mode="r").attrs)
+    assert dict(labels_attrs_of_image.get("ome", labels_attrs_of_image))["image-label"]["source"] == {"image": "../../"}
     assert sorted(p.name for p in path.iterdir()) == sorted({*before, "labels"})  # nothing else touched, no scratch left
 
     with pytest.raises(FileExistsError, match="segtune"):
