@@ -369,7 +369,8 @@ def predict_to_ome_zarr(
             raise ValueError(f"the model's head {result.head!r} gives no labels to write")
         labels = np.asarray(result.labels)
         top = int(labels.max(initial=0))
-        labels = labels.astype(np.uint8 if top <= 255 else np.uint16 if top <= 65535 else np.uint32)
+        small = np.uint16 if options.get("instances") else np.uint8  # instance labels as the OME-TIFF output has them
+        labels = labels.astype(small if top <= np.iinfo(small).max else np.uint16 if top <= 65535 else np.uint32)
         labels, axes = _squeeze_tz(da.from_array(labels, chunks=(1, 1, *labels.shape[2:])))
         return write_ome_zarr_labels(destination, labels, axes=axes, pixel_sizes=pixel_sizes, name=name, overwrite=overwrite)
 
