@@ -2,7 +2,7 @@
 
 Export (:func:`export_bioimageio`) writes a package in the latest bioimage.io model format (0.5)
 through ``bioimageio.spec``: the weights as a PyTorch state dict with segtune's U-Net source as the
-architecture (and TorchScript when the network scripts), the percentile normalisation as the
+architecture (and TorchScript, traced and checked on a second input size), the percentile normalisation as the
 spec's ``scale_range`` preprocessing, the head's sigmoid/softmax as postprocessing, test tensors
 made by segtune's own tiled prediction, ``MODEL_CARD.md`` as the documentation, citations of
 the U-Net and of the data the model was trained on, and segtune's ``config.json`` under
@@ -89,7 +89,8 @@ def export_bioimageio(
         The raw test input, ``(C, Y, X)`` or ``(C, Z, Y, X)`` (default: synthetic nuclei at the
         model's object size, 256² in 2D, 32 x 128² in 3D).
     torchscript
-        Also write TorchScript weights (skipped with a warning when the network does not script).
+        Also write TorchScript weights (skipped with a warning when the traced network does not
+        match the eager one on a second input size).
 
     Returns
     -------
@@ -262,8 +263,7 @@ def _cover(raw: np.ndarray, probabilities: np.ndarray, head: str, path: Path) ->
     image = raw[0] if raw.ndim == 3 else raw[0, raw.shape[1] // 2]
     lo, hi = np.percentile(image, (1, 99.8))
     left = np.clip((image - lo) / max(hi - lo, 1e-6), 0, 1)
-    fore = probabilities if probabilities.ndim == raw.ndim else probabilities
-    fore = fore[0] if head == "binary" else 1.0 - fore[0]
+    fore = probabilities[0] if head == "binary" else 1.0 - probabilities[0]
     fore = fore if fore.ndim == 2 else fore[fore.shape[0] // 2]
     picture = np.concatenate([left, np.ones((left.shape[0], 4)), fore], axis=1)
     iio.imwrite(path, (picture * 255).astype(np.uint8))
