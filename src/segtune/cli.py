@@ -29,6 +29,7 @@ COMMANDS = (
     "pseudolabel",
     "measure",
     "clean",
+    "export_bioimageio",
     "info",
     "demo",
 )

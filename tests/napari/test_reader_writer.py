@@ -69,3 +69,28 @@ def test_czi_sample_screenshot_shows_the_image(make_napari_viewer, tmp_path: Pat
     viewer.reset_view()
     shot = viewer.screenshot(str(tmp_path / "czi.png"), canvas_only=True, flash=False)
     assert shot.ndim == 3 and shot[..., :3].std() > 5  # the canvas rendered the nuclei, not a blank
+
+
+def test_ome_zarr_with_segtune_labels_opens_as_image_and_labels(make_napari_viewer, tmp_path: Path) -> None:
+    import zarr
+    from ome_zarr.writer import write_image
+
+    from segtune.core.omezarr import write_ome_zarr_labels
+
+    image = np.random.default_rng(0).integers(0, 1000, (64, 80), dtype=np.uint16)
+    path = tmp_path / "cells.ome.zarr"
+    write_image(image, zarr.open_group(str(path), mode="w"), axes="yx", scale={"y": 0.5, "x": 0.25},
+                axes_units={"y": "micrometer", "x": "micrometer"}, scale_factors=(2,))
+    labels = (image > 500).astype(np.uint8)
+    write_ome_zarr_labels(path, labels, axes="yx", pixel_sizes=(None, 0.5, 0.25), name="segtune")
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(path), plugin="napari-segtune")
+    assert [layer._type_string for layer in layers] == ["image", "labels"]
+    assert layers[1].name == "segtune"
+    np.testing.assert_allclose(layers[1].scale, layers[0].scale)
+    np.testing.assert_allclose(layers[1].scale, (0.5, 0.25))
+    np.testing.assert_array_equal(np.asarray(layers[1].data), labels)
+    alone = write_ome_zarr_labels(tmp_path / "mask_labels.ome.zarr", labels, axes="yx", pixel_sizes=(None, 0.5, 0.25))
+    (only,) = viewer.open(str(alone), plugin="napari-segtune")
+    assert only._type_string == "labels"
+    np.testing.assert_allclose(only.scale, (0.5, 0.25))

@@ -189,6 +189,14 @@ def test_export_model_folder_and_rois_need_2d(widget, qtbot, tmp_path: Path, err
     for a, b in zip(model.state_dict().values(), widget.state.model.state_dict().values(), strict=True):
         assert torch.equal(a, b)
 
+    panel.export_bioimageio_button.click()  # an unsaved model goes through a temporary folder
+    assert wait_for(qtbot, panel.job) == "done"
+    (package,) = panel.last_exported
+    assert package.name.endswith(".bioimageio.zip")
+    packaged, _ = load_model(package)
+    for a, b in zip(packaged.state_dict().values(), widget.state.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
     viewer.add_labels(np.zeros((3, 16, 16), np.uint8), name="stack")
     panel.export_layer.set_layer(viewer.layers["stack"])
     panel.export_rois_button.click()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -22,13 +23,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Segment image files (CZI, TIFF, PNG) with a model, tile by tile: stitched tiles equal one "
             "untiled pass. For input name.ext writes DIR/name_labels.tif: a uint8 0/1 mask, or uint16 "
-            "instance labels with --instances, carrying the input's pixel sizes. Existing outputs are "
+            "instance labels with --instances, carrying the input's pixel sizes. With --format ome-zarr "
+            "the labels are an OME-Zarr pyramid: in an OME-Zarr input's own labels/ group (named after "
+            "the model), else DIR/name_labels.ome.zarr. Existing outputs are "
             "refused unless --overwrite (or skipped with --skip-existing)."
         ),
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, or folders of them")
     parser.add_argument("--model", required=True, metavar="M", help="a bundled model name (see 'segtune models') or a model folder")
-    parser.add_argument("--out", required=True, metavar="DIR", help="folder for the label files (created if missing)")
+    parser.add_argument("--out", default=None, metavar="DIR", help="folder for the label files (created if missing); "
+                        "not needed with --format ome-zarr when every input is an OME-Zarr")
+    parser.add_argument(
+        "--format", default="tiff", choices=("tiff", "ome-zarr"),
+        help="OME-TIFF label files (default) or OME-Zarr labels with multiscale levels, streamed tile by tile "
+             "(masks never whole in memory; --instances and size filters are computed in memory)",
+    )
     parser.add_argument(
         "--tile", default=None, metavar="N[,N...]",
         help="largest tile fed to the model, one size or one per axis (default: as large as memory allows)",
@@ -73,7 +82,12 @@ def run(args: argparse.Namespace) -> int:
     from segtune.core.io import output_name
 
     inputs = _expand(args.inputs)
-    out_dir = Path(args.out)
+    ome_zarr = getattr(args, "format", "tiff") == "ome-zarr"
+    if args.out is None and not (ome_zarr and all(_is_ome_zarr(p) for p in inputs)):
+        raise UsageError("--out DIR is required (only OME-Zarr inputs with --format ome-zarr can do without it)")
+    if ome_zarr and (args.workers is not None or args.scheduler):
+        raise UsageError("--format ome-zarr streams in one process; drop --workers/--scheduler")
+    out_dir = Path(args.out or ".")
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"--out {out_dir} exists and is not a folder")
     if args.workers is not None and args.workers < 1:
@@ -84,10 +98,12 @@ def run(args: argparse.Namespace) -> int:
     seen: dict[Path, Path] = {}
     for path in inputs:
         target = out_dir / output_name(path)
+        if ome_zarr:
+            target = _ome_zarr_target(path, out_dir, args.model)
         if target in seen:
             raise UsageError(f"{path} and {seen[target]} would both be written to {target}; predict them into different folders")
         seen[target] = path
-        jobs.append({"input": str(path), "output": str(target)})
+        jobs.append({"input": str(path), "output": str(target), "format": "ome-zarr" if ome_zarr else "tiff"})
     present = [job for job in jobs if Path(job["output"]).exists()]
     if present and args.skip_existing:
         for job in present:
@@ -100,7 +116,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     options = _options(args)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if args.out is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
     if args.workers is not None or args.scheduler:
         return _run_distributed(jobs, options, args)
     from segtune.core.models.store import load_model
@@ -119,7 +136,7 @@ def _guarded(job: dict[str, Any], options: dict[str, Any], model: Any, many: boo
     from segtune.core.io import ImageReadError
 
     try:
-        predict_file(job["input"], job["output"], model=model, bar=bar, **options)
+        predict_file(job["input"], job["output"], model=model, bar=bar, output_format=job.get("format", "tiff"), **options)
     except (ImageReadError, ValueError, OSError) as e:
         named = Path(job["input"]).name in str(e) or Path(job["output"]).name in str(e)
         message = str(e) if named else f"{job['input']}: {e}"  # say which input it was
@@ -140,12 +157,14 @@ def predict_file(
     bar: bool = True,
     scene: str | int | None = None,
     overwrite: bool = False,
+    output_format: str = "tiff",
     **options: Any,
 ) -> Path:
     """Predict one image file and write its labels (the work of one input of ``segtune predict``).
 
     ``model`` is a ``(module, config)`` pair or a model name/folder; ``options`` go to
-    :func:`segtune.core.predict.predict`.
+    :func:`segtune.core.predict.predict`. ``output_format="ome-zarr"`` streams OME-Zarr labels
+    to ``output_path`` (from :func:`_ome_zarr_target`).
     """
     from segtune.core.io import open_image
     from segtune.core.predict import predict
@@ -156,6 +175,8 @@ def predict_file(
 
         model = load_model(model, device="cpu")
     image = open_image(input_path, scene=scene)
+    if output_format == "ome-zarr":
+        return _predict_ome_zarr(Path(input_path), Path(output_path), model, image, bar, overwrite, options)
     name = Path(input_path).name
     if bar:
         with tqdm_progress(name, leave=False) as callback:
@@ -170,6 +191,38 @@ def predict_file(
     else:
         labels = labels.astype(np.uint8 if labels.max(initial=0) <= 255 else np.uint16)
     return _write(Path(output_path), labels, image.physical_pixel_sizes, axes, overwrite)
+
+
+def _is_ome_zarr(path: Path) -> bool:
+    from segtune.core.omezarr import is_ome_zarr
+
+    return is_ome_zarr(path)
+
+
+def _ome_zarr_target(path: Path, out_dir: Path, model: str) -> Path:
+    """An OME-Zarr input's ``labels/<model name>``; else ``DIR/name_labels.ome.zarr``."""
+    from segtune.core.io import output_name
+
+    if _is_ome_zarr(path):
+        model_path = Path(str(model))
+        named = model_path.parent if model_path.name.lower() in ("rdf.yaml", "bioimageio.yaml") else model_path
+        return path / "labels" / re.sub(r"\.zip$", "", named.name, flags=re.IGNORECASE)
+    return out_dir / output_name(path, extension=".ome.zarr")
+
+
+def _predict_ome_zarr(
+    input_path: Path, output_path: Path, model: Any, image: Any, bar: bool, overwrite: bool, options: dict[str, Any]
+) -> Path:
+    """OME-Zarr labels into the source's ``labels/`` group or a labels image of their own, streamed."""
+    from segtune.core.omezarr import predict_to_ome_zarr
+    from segtune.core.progress import tqdm_progress
+
+    into_source = output_path.parent.name == "labels" and output_path.parent.parent == input_path
+    destination, name = (input_path, output_path.name) if into_source else (output_path, None)
+    label = input_path.name
+    with tqdm_progress(label, leave=False, disable=not bar) as callback:
+        return predict_to_ome_zarr(model, image, destination, name=name, overwrite=overwrite,
+                                   progress=lambda e: callback(replace(e, stage=label)), **options)
 
 
 def _squeeze(labels: np.ndarray) -> tuple[np.ndarray, str]:
@@ -269,8 +322,9 @@ def _expand(paths: list[str]) -> list[Path]:
     files: list[Path] = []
     for name in paths:
         path = Path(name)
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(SUPPORTED_EXTENSIONS))
+        if path.is_dir() and not _is_ome_zarr(path):
+            found = sorted(p for p in path.iterdir()
+                           if (p.is_file() and p.name.lower().endswith(SUPPORTED_EXTENSIONS)) or _is_ome_zarr(p))
             if not found:
                 raise FileNotFoundError(f"input folder {path} holds no image files ({', '.join(SUPPORTED_EXTENSIONS)})")
             files.extend(found)

@@ -75,7 +75,7 @@ class EvaluatePanel(QWidget):
     Attributes tests drive: ``pred_layer``, ``truth_layer``, ``overlay_check``, ``overlay_level``,
     ``evaluate_button``, ``table``, ``results`` (the core's metrics dict after a run);
     ``export_layer``, ``export_image``, ``export_folder``, ``export_labels_button``,
-    ``export_csv_button``, ``export_rois_button``, ``export_model_button``, ``last_exported``
+    ``export_csv_button``, ``export_rois_button``, ``export_model_button``, ``export_bioimageio_button``, ``last_exported``
     (paths written by the last export). ``confirm_overwrite(path)`` returns True to replace an
     existing file (a question box by default); ``job`` is the running or last job.
     """
@@ -144,12 +144,17 @@ class EvaluatePanel(QWidget):
         self.export_rois_button.setToolTip("Outlines of each object as a ROI set for Fiji's ROI Manager (2D masks only).")
         self.export_model_button = QPushButton("Model folder")
         self.export_model_button.setToolTip("Save the current model into the folder, to reuse or share it.")
+        self.export_bioimageio_button = QPushButton("bioimage.io (.zip)")
+        self.export_bioimageio_button.setToolTip(
+            "Save the current model as a bioimage.io package (validated) for deepImageJ, ilastik, QuPath and the model zoo."
+        )
         buttons = QHBoxLayout()
         buttons.addWidget(self.export_labels_button)
         buttons.addWidget(self.export_csv_button)
         buttons2 = QHBoxLayout()
         buttons2.addWidget(self.export_rois_button)
         buttons2.addWidget(self.export_model_button)
+        buttons2.addWidget(self.export_bioimageio_button)
         form.addRow("Masks", self.export_layer)
         form.addRow("Intensities", self.export_image)
         form.addRow("Folder", folder_row)
@@ -164,6 +169,7 @@ class EvaluatePanel(QWidget):
         self.export_csv_button.clicked.connect(guarded(self.export_csv))
         self.export_rois_button.clicked.connect(guarded(self.export_rois))
         self.export_model_button.clicked.connect(guarded(self.export_model))
+        self.export_bioimageio_button.clicked.connect(guarded(self.export_bioimageio))
 
     # --- evaluate -----------------------------------------------------------------------------
 
@@ -304,6 +310,29 @@ class EvaluatePanel(QWidget):
         written = self._save_model(Path(text).expanduser() / safe_name(self.state.name), confirm=self.confirm_overwrite)
         self.last_exported = [written] if written is not None else []
         return written
+
+    def export_bioimageio(self) -> Job | None:
+        """Save the current model as a bioimage.io package (``<model>.bioimageio.zip``) in the results folder."""
+        self.state.require_model()
+        path = self._target(f"{safe_name(self.state.name)}.bioimageio.zip")
+        if path is None:
+            return None
+        model, config = self.state.model, dict(self.state.config)
+        folder = self.state.folder if not self.state.unsaved else None
+
+        def work(progress: Any = None, cancel: Any = None) -> list[Path]:
+            import tempfile
+
+            from segtune.core.models.bioimageio import export_bioimageio
+            from segtune.core.models.store import save_model
+
+            if folder is not None:
+                return [export_bioimageio(folder, path, overwrite=True)]
+            with tempfile.TemporaryDirectory(prefix="segtune-export-") as tmp:
+                saved = save_model(model, config, Path(tmp) / safe_name(self.state.name))
+                return [export_bioimageio(saved, path, overwrite=True)]
+
+        return self._start(work, "Writing the bioimage.io package", self._exported, self.export_bioimageio_button)
 
     def _exported(self, paths: list[Path]) -> None:
         self.last_exported = list(paths)

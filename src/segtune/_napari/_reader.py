@@ -1,7 +1,8 @@
-"""napari reader: CZI, TIFF, OME-TIFF and PNG through ``segtune.core.io.open_image``.
+"""napari reader: CZI, TIFF, OME-TIFF, PNG and OME-Zarr through ``segtune.core.io.open_image``.
 
 Layers stay lazy (dask), one image layer per channel, scaled in micrometres from the file's
-pixel sizes and named after the file's channels. A file that cannot be read raises
+pixel sizes and named after the file's channels. An OME-Zarr labels image (``image-label``)
+opens as a Labels layer, and an OME-Zarr image brings the labels of its ``labels/`` group with it. A file that cannot be read raises
 ``ImageReadError`` naming the file, which napari shows as an error notification.
 """
 
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from segtune.core.io import SUPPORTED_EXTENSIONS, ImageData, open_image
+from segtune.core.omezarr import is_ome_zarr
 
 LayerData = tuple[Any, dict[str, Any], str]
 READER_EXTENSIONS = tuple(e for e in SUPPORTED_EXTENSIONS if e not in (".jpg", ".jpeg")) + (".jpg", ".jpeg")
@@ -22,7 +24,7 @@ READER_EXTENSIONS = tuple(e for e in SUPPORTED_EXTENSIONS if e not in (".jpg", "
 def get_reader(path: str | Sequence[str]) -> Callable[[str | Sequence[str]], list[LayerData]] | None:
     """Return :func:`read_image` when segtune can read ``path``, else None (napari asks others)."""
     paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
-    if not paths or not all(str(p).lower().endswith(READER_EXTENSIONS) for p in paths):
+    if not paths or not all(str(p).lower().endswith(READER_EXTENSIONS) or is_ome_zarr(p) for p in paths):
         return None
     return read_image
 
@@ -32,8 +34,41 @@ def read_image(path: str | Sequence[str]) -> list[LayerData]:
     paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
     layers: list[LayerData] = []
     for p in paths:
-        layers.extend(image_layers(open_image(p)))
+        image = open_image(p)
+        if image.metadata.get("is_labels"):
+            layers.append(labels_layer(image))
+            continue
+        layers.extend(image_layers(image))
+        if image.metadata.get("format") == "ome-zarr":
+            layers.extend(labels_layer(open_image(folder)) for folder in _ngff_labels(p))
     return layers
+
+
+def _ngff_labels(path: str | os.PathLike) -> list[str]:
+    """The labels images an OME-Zarr image lists in its ``labels/`` group."""
+    import zarr
+
+    folder = os.path.join(os.fspath(path), "labels")
+    if not os.path.isdir(folder):
+        return []
+    attrs = dict(zarr.open_group(folder, mode="r").attrs)
+    names = dict(attrs.get("ome", attrs)).get("labels", [])
+    return [os.path.join(folder, n) for n in names if os.path.isdir(os.path.join(folder, n))]
+
+
+def labels_layer(image: ImageData) -> LayerData:
+    """A Labels layer for a labels image (one channel), lazy, at the image's scale."""
+    data = image.data[:, 0]
+    index = tuple(0 if n == 1 and axis in "TZ" else slice(None) for axis, n in zip("TZ", data.shape[:2], strict=True))
+    pz, py, px = (s if s is not None else 1.0 for s in image.physical_pixel_sizes)
+    scale = [float(s) for s, keep in zip((1.0, pz), index, strict=True) if keep != 0] + [float(py), float(px)]
+    meta = {
+        "name": image.path.name,
+        "scale": scale,
+        "units": "um" if image.physical_pixel_sizes.Y is not None else "pixel",
+        "metadata": {"segtune_path": str(image.path), "physical_pixel_sizes": tuple(image.physical_pixel_sizes)},
+    }
+    return (data[index], meta, "labels")
 
 
 def image_layers(image: ImageData) -> list[LayerData]:

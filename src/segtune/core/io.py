@@ -108,7 +108,8 @@ def open_image(path: str | os.PathLike, scene: int | str | None = None) -> Image
     Parameters
     ----------
     path
-        A ``.czi``, ``.tif``/``.tiff``/``.ome.tif`` or ``.png``/``.jpg`` file.
+        A ``.czi``, ``.tif``/``.tiff``/``.ome.tif`` or ``.png``/``.jpg`` file, or an OME-Zarr
+        folder (NGFF v0.4/v0.5; its full-resolution level, through ome-zarr-py).
     scene
         Scene (CZI) or series (TIFF) to open, by index or name; the first when None.
 
@@ -131,6 +132,15 @@ def open_image(path: str | os.PathLike, scene: int | str | None = None) -> Image
     path = Path(path)
     if not path.exists():
         raise ImageReadError(path, "no such file")
+    from segtune.core import omezarr
+
+    if omezarr.is_ome_zarr(path):
+        try:
+            return omezarr.open_ome_zarr(path, scene)
+        except ImageReadError:
+            raise
+        except Exception as e:
+            raise ImageReadError(path, f"not a readable OME-Zarr ({type(e).__name__}: {e})") from e
     if path.is_dir():
         raise ImageReadError(path, "is a folder, not an image file")
     kind = _kind(path)
@@ -668,5 +678,5 @@ def write_labels(
 def output_name(input_path: str | os.PathLike, suffix: str = "_labels", extension: str = ".tif") -> str:
     """``cells.ome.tif`` -> ``cells_labels.tif``: the name outputs take after their input."""
     name = Path(input_path).name
-    stem = re.sub(r"(\.ome)?\.(tiff?|czi|png|jpe?g)$", "", name, flags=re.IGNORECASE)
+    stem = re.sub(r"(\.ome)?\.(tiff?|czi|png|jpe?g|zarr)$", "", name, flags=re.IGNORECASE)
     return f"{stem}{suffix}{extension}"

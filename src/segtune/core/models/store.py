@@ -334,9 +334,13 @@ def load_model(name_or_folder: str | os.PathLike, device: str | torch.device = "
     from safetensors.torch import load_file
 
     from segtune.core.device import select_device
+    from segtune.core.models import bioimageio
     from segtune.core.models.registry import resolve_model
     from segtune.core.models.unet import build_model
 
+    if isinstance(name_or_folder, (str, os.PathLike)) and bioimageio.is_bioimageio_package(name_or_folder):
+        model, config = bioimageio.load_bioimageio(name_or_folder)  # a bioimage.io package: .zip or unpacked
+        return model.to(select_device(device)), config
     folder = resolve_model(name_or_folder)
     weights_path = folder / WEIGHTS_NAME
     if not weights_path.is_file():
