@@ -116,7 +116,7 @@ def test_one_sparse_image_holds_out_a_strip_with_objects_in_it():
     assert train_part[0].labels.shape[-1] + held_out[0].labels.shape[-1] == 200
     # dense objects: the plain strip already holds enough
     dense = np.zeros((100, 200), np.uint16)
-    for i, x in enumerate(range(10, 200, 12), start=1):
+    for i, x in enumerate(range(10, 200, 8), start=1):  # 24 nuclei, 5 of them in the last 20 %
         dense[40:50, x - 3 : x + 3] = i
     _, held_out = split_samples([make_sample(np.ones((100, 200), np.float32), dense)], 0.2)
     assert held_out[0].labels.shape[-1] == 40
