@@ -33,4 +33,7 @@ if [ "${SEGTUNE_EDITABLE:-1}" = 1 ]; then
 else
   python -m pip install -q ".[test]"
 fi
+# bioimageio.core (runs bioimage.io's test of exported models) pins an older bioimageio.spec than
+# segtune needs: installed without that pin; its other requirements come with the test extra
+python -m pip install -q --no-deps "bioimageio.core==0.11.0"
 echo "set up: run 'source .venv/bin/activate', then 'segtune demo' or 'python -m pytest'"

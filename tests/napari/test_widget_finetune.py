@@ -162,3 +162,33 @@ def test_finetune_on_mismatched_layers_is_a_plain_notification(widget, errors) -
     panel.run_button.click()
     assert panel.job is None
     assert "beyond" in errors()[-1] and "too tall" in errors()[-1]
+
+
+def test_finetune_reports_the_held_out_score_before_and_after(widget, qtbot, sample_2d, errors) -> None:
+    """Predict, fine-tune on the corrected layer, predict again: the status shows the core's
+    held-out scores of the starting and the trained model, and training raised it."""
+    from segtune.core.train.trainer import held_out_summary
+
+    viewer = widget.viewer
+    image = viewer.add_image(sample_2d["image"][:192, :192], name="nuclei", scale=SCALE_2D)
+    corrected = viewer.add_labels(sample_2d["labels"][:192, :192], name="corrected", scale=SCALE_2D)
+    new_tiny_model(widget)
+    with qtbot.waitSignal(widget.predict_panel.finished, timeout=120_000):
+        widget.predict_panel.image_layer.set_layer(image)
+        widget.predict_panel.run_button.click()
+    panel = widget.finetune_panel
+    panel.image_layer.set_layer(image)
+    panel.labels_layer.set_layer(corrected)
+    quick_settings(panel, epochs=6, patch=64)
+    panel.steps_per_epoch.setValue(8)
+    panel.batch_size.setValue(4)
+    with qtbot.waitSignal(widget.predict_panel.finished, timeout=240_000):
+        panel.run_button.click()
+    result = panel.result
+    before, after = result.baseline_metrics["val_matched_f1"], result.best_metrics["val_matched_f1"]
+    assert result.baseline_metrics["val_objects"] == result.best_metrics["val_objects"] > 0
+    assert after > before
+    text = panel.status.text()
+    assert held_out_summary(result) in text and f"{before:.3f} -> {after:.3f}" in text
+    assert "not trained on" in text
+    assert errors() == []

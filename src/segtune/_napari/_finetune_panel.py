@@ -336,7 +336,7 @@ class FinetunePanel(QWidget):
 
     def run(self) -> Job:
         """Fine-tune the current model on the chosen layers; returns the started job."""
-        from segtune.core.train.trainer import TrainConfig, train
+        from segtune.core.train.trainer import NEW_LEARNING_RATE, TrainConfig, train
 
         state = self.state
         state.require_model()
@@ -364,6 +364,10 @@ class FinetunePanel(QWidget):
             # pseudo-labels mark the pixels the model was unsure of; those take no part in the loss
             ignore_value=(labels_layer.metadata or {}).get("segtune_ignore_value"),
         )
+        if state.source.startswith("new"):
+            # a new, untrained model learns from scratch: none of the fine-tuning guards
+            settings.freeze_norm, settings.l2sp, settings.keep_if_worse = False, 0.0, False
+            settings.learning_rate = settings.learning_rate or NEW_LEARNING_RATE
         settings.validate()
         start_model = copy.deepcopy(state.model)  # the current model stays as it is until training succeeds
         start_config = dict(state.config)
