@@ -55,7 +55,7 @@ ISBI_TRAIN = tuple(f"{i}.png" for i in range(15))
 ISBI_HELD_OUT = tuple(f"{i}.png" for i in range(15, 20))
 
 DESCRIPTIONS = {
-    "nuclei-2d": "Fluorescent nuclei, 2D (Hoechst/DAPI, GFP, H2B; 8/16-bit): 3-class U-Net, watershed instances, any nucleus size via --diameter",
+    "nuclei-2d": "Fluorescent nuclei, 2D, many labs and microscopes (Hoechst/DAPI, GFP, H2B; 8/16-bit): 3-class U-Net, watershed instances, any nucleus size via --diameter",
     "membranes-2d": "EM membranes, 2D (ISBI 2012-like serial-section TEM): cell interior vs membrane",
     "nuclei-3d": "Fluorescent nuclei, 3D stacks: 3-class 3D U-Net, watershed instances",
 }
@@ -314,7 +314,7 @@ def train_one(name: str, data: Path, *, minutes: float, seed: int, device: str, 
     work = work or WORK / name
     if work.exists() and not resume:
         shutil.rmtree(work)
-    command = "python scripts/train_pretrained.py " + name
+    command = " ".join(["python", "scripts/train_pretrained.py", *sys.argv[1:]]) if sys.argv[1:] else f"python scripts/train_pretrained.py {name}"
     note = f"bundled model {name}, " + (f"trained further from {start}" if start else "trained from scratch")
     result = train(images, labels, config, names=names, validation=validation, model=start, out=work,
                    overwrite=True, resume=resume, provenance={"command": command, "note": note})
@@ -517,26 +517,26 @@ CARD_TEXT = {
         "output": "3 classes (background / interior / boundary); `--instances` gives a watershed seeded at peaks of "
                   "the interior-weighted distance to the background, a third of a diameter apart (config "
                   "`split_instances`), so touching nuclei are separated.",
-        "data": "10 of the 14 NIH3T3 Hoechst images of Coelho et al. (2009) (`../shared/data/nuclei_nih3t3`, all but "
-                "{held}), each zoomed so its median nucleus is {d:g} px, and x0.7, x0.85, x1.2 and x1.4 of that "
-                "(scale augmentation), plus {n_syn} synthetic images from `segtune.core.synthetic` "
-                "(`random_nuclei_parameters`: Hoechst/GFP/H2B-like, 8/16-bit, dim to bright, touching and "
-                "overlapping, elastic shapes, uneven illumination, debris, out-of-focus blobs) drawn with nuclei of "
-                "6-90 px and zoomed to {d:g} px x0.8-1.25, as prediction zooms real images. "
-                "NIH3T3 masks are binary, so touching nuclei in them count as one object: the distance-peak "
-                "split (on by default) separates them and is scored down for it on NIH3T3 "
-                "(`..._auto_diameter` against `..._auto_diameter_unsplit` below) while it raises the score on the "
-                "synthetic images, whose truth has every nucleus as its own object.",
-        "limits": "Trained on one real cell line (NIH3T3) and synthetic images: expect lower accuracy on crowded "
-                  "tissue, very irregular or fragmented (apoptotic/mitotic) nuclei and brightfield/H&E images. The "
-                  "automatic diameter is estimated from an Otsu threshold of the image (mostly within 15% of the truth "
-                  "on synthetic and NIH3T3 images) and can be wrong on images dominated by bright debris: give "
-                  "`--diameter` then. Trained on a shared 2-core CPU for a fixed time budget: fine-tuning on a few "
-                  "corrected images of your own data (`segtune train --from nuclei-2d`) is the expected next step.",
-        "validation": "`dsb2018_stardist_sample_...` is the 512 x 512 fluorescence image with 125 hand-labelled nuclei "
-                      "from the 2018 Data Science Bowl (BBBC038) that the StarDist package ships as its example: a "
-                      "microscope, cell line and nucleus size (24 px) the model never saw. One image: a check, not a "
-                      "benchmark; it was not used to choose anything.",
+        "data": "The {n_dsb} fluorescence images of the training part of the fixed Data Science Bowl 2018 split "
+                "(`scripts/dsb2018_split.json`: BBBC038 stage 1 with corrected instance masks, many labs, "
+                "microscopes and magnifications; `../shared/data/nuclei_dsb2018`), 10 of the 14 NIH3T3 Hoechst "
+                "images of Coelho et al. (2009) (all but {held}; binary masks) and {n_syn} synthetic images from "
+                "`segtune.core.synthetic` (Hoechst/GFP/H2B-like, 8/16-bit, touching and overlapping, debris, "
+                "out-of-focus blobs, nuclei of 6-90 px), every image zoomed so its median nucleus is {d:g} px "
+                "(zoom augmentation +-25 % on top). The three-class targets come from the instance labels, so "
+                "the boundary class learns from real touching nuclei (DSB) as well as synthetic ones. Trained "
+                "further from the previous nuclei-2d (NIH3T3 + synthetic only) rather than from scratch.",
+        "limits": "Fluorescence only: stained tissue (H&E) and brightfield nuclei are outside what it was trained on. "
+                  "Trained for a fixed time on a shared 2-core CPU, so it is not converged: fine-tuning on a few "
+                  "corrected images of your own data (`segtune train --from nuclei-2d`, about 2 minutes) is the "
+                  "expected next step. The automatic diameter comes from an Otsu threshold of the image and can be "
+                  "wrong on images dominated by bright debris: give `--diameter` then.",
+        "validation": "`dsb2018_validation_...` are the 78 fluorescence images of the split's validation part, each at "
+                      "its own scale as a user has it (automatic diameter, and the true one). The best epoch was "
+                      "chosen on the validation loss of every third of those images, and nothing else was chosen "
+                      "on them; the other numbers (NIH3T3 held-out images, synthetic nuclei) were not used to "
+                      "choose anything. The NIH3T3 masks are binary: touching nuclei are one object there, which "
+                      "the distance-peak split is scored down for (`..._unsplit` shows the trade-off).",
     },
     "membranes-2d": {
         "intended": "2D serial-section transmission EM of neural tissue like the ISBI 2012 challenge data "
@@ -582,7 +582,7 @@ def write_card(name: str, config: dict[str, Any]) -> Path:
     text = CARD_TEXT[name]
     d = config.get("object_diameter") or 0
     values = {"d": d, "held": ", ".join(NIH3T3_HELD_OUT), "lo": round(d * 0.7, 1), "hi": round(d * 1.5, 1),
-              "n_syn": SYNTHETIC_2D_IMAGES}
+              "n_syn": SYNTHETIC_2D_IMAGES, "n_dsb": len(json.loads(DSB_SPLIT_FILE.read_text())["train"]["fluorescence"])}
     if name == "nuclei-3d":
         values.update(lo=round(d * 0.75, 1), hi=round(d * 1.4, 1))
     training = config.get("training", {})
@@ -623,7 +623,8 @@ def write_card(name: str, config: dict[str, Any]) -> Path:
         "",
         "## Training",
         "",
-        f"Command: `python scripts/train_pretrained.py {name}` (from scratch, CPU, seed {settings.get('seed')}). "
+        f"Command: `{training.get('command', 'python scripts/train_pretrained.py ' + name)}` ({training.get('note', 'from scratch')}; "
+        f"CPU, seed {settings.get('seed')}). "
         f"Loss `{settings.get('loss')}`, AdamW lr {settings.get('learning_rate')} with a cosine schedule over a "
         f"{settings.get('max_minutes')}-minute budget, batch {settings.get('batch_size')}, augmentation "
         f"(flips, rotations, zoom +-{settings.get('augmentation', {}).get('zoom')}, brightness/contrast, blur, noise"
@@ -667,6 +668,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=None, help=f"the run's folder (default {WORK}/NAME)")
     parser.add_argument("--resume", action="store_true", help="continue the interrupted run in --work")
     parser.add_argument("--no-install", action="store_true", help="train and validate, but leave the bundled model as it is")
+    parser.add_argument("--install", type=Path, default=None, metavar="RUN",
+                        help="make the model a --no-install run trained in RUN the bundled one (fp16 weights, validation, card)")
     parser.add_argument("--evaluate-only", action="store_true", help="validate the shipped models, do not train")
     parser.add_argument("--model", type=Path, default=None, help="with --evaluate-only: validate this model folder instead of the bundled one")
     parser.add_argument("--update-cards", action="store_true", help="with --evaluate-only: record the numbers in config.json and MODEL_CARD.md")
@@ -677,6 +680,16 @@ def main(argv: list[str] | None = None) -> int:
         if name not in MODELS:
             parser.error(f"unknown model {name!r}; known: {', '.join(MODELS)}")
     for name in names:
+        if args.install:
+            from segtune.core.models.store import load_model
+
+            model, config = load_model(args.install, device="cpu")
+            folder = write_model(name, model, config)
+            config["validation"] = validate(name, args.data)
+            folder = write_model(name, model, config)
+            write_card(name, config)
+            print(f"{name}: installed from {args.install}; validation {json.dumps(config['validation'])}; -> {folder}", flush=True)
+            continue
         if args.evaluate_only:
             from segtune.core.models.store import atomic_write_text, read_config
 
