@@ -49,8 +49,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _is_usage_error(error: BaseException) -> bool:
+    """Whether ``error`` is one a one-line message explains (exit code 2).
+
+    ``segtune.core.io`` (and with it dask) is not imported just to name its error class: if the
+    module was never loaded, nothing can have raised its ``ImageReadError``, and ``--help`` or
+    ``segtune models`` stay fast.
+    """
+    if isinstance(error, (UsageError, FileExistsError, FileNotFoundError, ValueError)):
+        return True
+    io = sys.modules.get("segtune.core.io")
+    return io is not None and isinstance(error, io.ImageReadError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    from segtune.core.io import ImageReadError
     from segtune.core.progress import Cancelled
 
     parser = build_parser()
@@ -67,7 +79,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ImageReadError, UsageError, FileExistsError, FileNotFoundError, ValueError) as e:
+    except Exception as e:
+        if not _is_usage_error(e):
+            raise
         if args.verbose:
             logging.getLogger("segtune").exception("failed")
         print(f"segtune {args.command}: error: {e}", file=sys.stderr)
