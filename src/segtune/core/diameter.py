@@ -138,7 +138,10 @@ def estimate_diameter(
     shares with its members, widened by the typical aspect ratio of the lone elliptical
     components; small specks are dropped relative to the area-weighted median, and the median
     is taken. The smoothing is then refined to a sixteenth of that first estimate and the
-    measurement repeated. A 3D image is thresholded as a whole (at most its 64 central planes)
+    measurement repeated. Both measurements run on the image shrunk by block means in Y and X
+    as far as the objects stay 16 pixels across (nuclei of 60-100 px: 3-4x, ten times faster;
+    on the NIH3T3 images within 2% of the full-resolution answer in the median, 9% at most).
+    A 3D image is thresholded as a whole (at most its 64 central planes)
     and each 3D component measured by the inscribed circle of its largest XY cross-section, as
     :func:`labels_diameter` measures 3D labels: planes through objects off their middle show
     smaller sections, so measuring single planes would underestimate.
@@ -175,20 +178,72 @@ def estimate_diameter(
 
 
 def _estimate(array: np.ndarray, min_diameter: float) -> float:
-    first = _measure(array, 1.0, min_diameter)
+    # both measurements run on the image shrunk (block means in Y and X) as far as the objects
+    # stay _MIN_SHRUNK_DIAMETER pixels wide: the same answer within a few percent, in a tenth
+    # of the time for nuclei of 60 px; a shrunk measurement below that width is redone finer
+    shrunk = _Shrunk(array)
+    first = shrunk.measure(1.0, min_diameter, shrunk.coarsest())
     if not np.isfinite(first):
         return first
     # smoothing at a fraction of the object size: noise and chromatin texture no longer split objects
-    refined = _measure(array, max(1.0, first / 16), min_diameter)
+    refined = shrunk.measure(max(1.0, first / 16), min_diameter, shrunk.factor_for(first))
     return refined if np.isfinite(refined) else first
 
 
-def _measure(array: np.ndarray, sigma: float, min_diameter: float) -> float:
-    """One measurement of a plane ``(Y, X)`` or stack ``(Z, Y, X)`` at XY smoothing ``sigma``."""
+# objects are measured on an image shrunk until they are this many pixels across, no further
+_MIN_SHRUNK_DIAMETER = 16.0
+# and the shrunk image keeps at least this many pixels per side
+_MIN_SHRUNK_SIDE = 128
+
+
+class _Shrunk:
+    """An image ``(Y, X)`` or ``(Z, Y, X)`` and its block-mean reductions in Y and X, made once each."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+        self.levels: dict[int, np.ndarray] = {1: array}
+        self.max_factor = max(1, min(array.shape[-2:]) // _MIN_SHRUNK_SIDE)
+
+    def coarsest(self) -> int:
+        return min(4, self.max_factor)
+
+    def factor_for(self, diameter: float) -> int:
+        """The largest reduction at which objects of ``diameter`` pixels keep their minimum width."""
+        return int(np.clip(diameter // _MIN_SHRUNK_DIAMETER, 1, self.max_factor))
+
+    def level(self, factor: int) -> np.ndarray:
+        if factor not in self.levels:
+            ny, nx = (n // factor * factor for n in self.array.shape[-2:])
+            cropped = self.array[..., :ny, :nx]
+            blocks = cropped.reshape(*cropped.shape[:-2], ny // factor, factor, nx // factor, factor)
+            self.levels[factor] = blocks.mean(axis=(-3, -1), dtype=np.float32)
+        return self.levels[factor]
+
+    def measure(self, sigma: float, min_diameter: float, factor: int) -> float:
+        """:func:`_measure` at full-resolution smoothing ``sigma``, on the image reduced by
+        ``factor`` (or less: a result too narrow for the reduction is measured again finer);
+        in full-resolution pixels."""
+        while True:
+            value = factor * _measure(self.level(factor), sigma / factor, min_diameter / factor, scale=factor)
+            finer = self.factor_for(value) if np.isfinite(value) else 1
+            if factor == 1 or finer >= factor:
+                return value
+            factor = finer
+
+
+def _measure(array: np.ndarray, sigma: float, min_diameter: float, scale: int = 1) -> float:
+    """One measurement of a plane ``(Y, X)`` or stack ``(Z, Y, X)`` at XY smoothing ``sigma``.
+
+    ``array`` may be a full-resolution image shrunk by ``scale`` (block means, which smooth by
+    themselves: the Gaussian adds only what they lack); sizes are in its own pixels.
+    """
     from skimage.filters import threshold_otsu
 
-    smooth = ndi.gaussian_filter(array, (0.0,) * (array.ndim - 2) + (sigma, sigma))
-    background = np.stack([_background(p) for p in smooth]) if smooth.ndim == 3 else _background(smooth)
+    # a block mean of scale x scale pixels has the variance of a box of that width
+    block_variance = (1.0 - 1.0 / scale**2) / 12.0
+    smoothing = float(np.sqrt(max(sigma**2 - block_variance, 0.0)))
+    smooth = ndi.gaussian_filter(array, (0.0,) * (array.ndim - 2) + (smoothing, smoothing))
+    background = np.stack([_background(p, scale) for p in smooth]) if smooth.ndim == 3 else _background(smooth, scale)
     flat = smooth - background
     lo, hi = np.percentile(flat, [0.5, 99.5])
     if hi - lo <= 1e-6 * max(1.0, abs(float(hi))):
@@ -217,13 +272,14 @@ def _measure(array: np.ndarray, sigma: float, min_diameter: float) -> float:
     return float(max(np.median(diameters) - _EDGE_WIDENING * sigma, min_diameter))
 
 
-def _background(plane: np.ndarray) -> np.ndarray:
+def _background(plane: np.ndarray, scale: int = 1) -> np.ndarray:
     """A coarse median-filtered background (the window is a quarter of the image side).
 
-    Images under 512 pixels get a fitted plane instead: a smaller window would be no larger
-    than the objects and would eat into them.
+    Images under 512 pixels (at full resolution: ``plane`` may be shrunk by ``scale``) get a
+    fitted plane instead: a smaller window would be no larger than the objects and would eat
+    into them.
     """
-    if min(plane.shape) < 512:
+    if min(plane.shape) * scale < 512:
         # a plane fitted to the darker half of the pixels (the background) takes out gradients
         yy, xx = np.indices(plane.shape, dtype=np.float32)
         dark = plane <= np.median(plane)
@@ -267,7 +323,7 @@ def _sections(foreground: np.ndarray, distance: np.ndarray, min_area: float) -> 
         return np.zeros(0), np.zeros(0), np.zeros(0)
     index = np.arange(1, count + 1)
     areas = np.bincount(labels.ravel(), minlength=count + 1)[1:].astype(float)
-    inscribed = np.asarray(ndi.maximum(distance, labels, index), dtype=float)
+    inscribed = _label_maximum(distance, labels, count)
     yy, xx = np.indices(labels.shape, dtype=np.float64)
     my = np.asarray(ndi.mean(yy, labels, index))
     mx = np.asarray(ndi.mean(xx, labels, index))
@@ -287,6 +343,14 @@ def _sections(foreground: np.ndarray, distance: np.ndarray, min_area: float) -> 
     return inscribed[keep], aspect[keep], ellipse[keep]
 
 
+def _label_maximum(values: np.ndarray, labels: np.ndarray, count: int) -> np.ndarray:
+    """The largest of ``values`` in each of the objects ``1..count`` of ``labels`` (float; 0 where
+    none is larger). ``ndi.maximum`` sorts every pixel by label: 15x slower on a 1 MPx plane."""
+    top = np.zeros(count + 1, dtype=float)
+    np.maximum.at(top, labels.ravel(), values.ravel())
+    return top[1:]
+
+
 def _components_stack(foreground: np.ndarray, min_area: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`_components` for a ``(Z, Y, X)`` foreground: the inscribed-circle radius of each 3D
     component's largest XY cross-section (the definition of :func:`labels_diameter`; a plane
@@ -300,7 +364,7 @@ def _components_stack(foreground: np.ndarray, min_area: float) -> tuple[np.ndarr
     if count == 0:
         return np.zeros(0), aspect, ellipse
     distance = np.stack([distance for _, distance in planes])
-    inscribed = np.asarray(ndi.maximum(distance, labels, np.arange(1, count + 1)), dtype=float)
+    inscribed = _label_maximum(distance, labels, count)
     section_area = np.max([np.bincount(plane.ravel(), minlength=count + 1)[1:] for plane in labels], axis=0)
     return inscribed[_plausible(section_area, inscribed, foreground.shape[1:], min_area)], aspect, ellipse
 
