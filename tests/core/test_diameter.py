@@ -185,3 +185,14 @@ def test_predict_zooms_to_the_model_diameter_and_back():
     # zooming to half size and back loses little of the masks
     a, b = direct.labels[0, 0] > 0, zoomed.labels[0, 0] > 0
     assert (a & b).sum() / (a | b).sum() > 0.85
+
+
+@pytest.mark.parametrize("shape, target", [((64, 80), (256, 301)), ((1, 7), (3, 7)), ((5, 1), (9, 4)), ((2, 30, 40), (2, 61, 40))])
+def test_enlarging_gives_the_numbers_of_skimage_resize(shape, target):
+    """Probabilities are zoomed back to the image's size by a separable linear interpolation
+    that must give what scikit-image's resize (linear, reflect) gives, edges included."""
+    from skimage.transform import resize
+
+    image = np.random.default_rng(3).random(shape).astype(np.float32)
+    expected = resize(image, target, order=1, mode="reflect", anti_aliasing=False, preserve_range=True)
+    np.testing.assert_allclose(restore_shape(image, target), expected, atol=1e-6)
