@@ -516,3 +516,28 @@ def test_predict_instances_number_objects_across_the_stack(segtune_net):
     assert all(ids)
     assert not (ids[0] & ids[1]) and not (ids[1] & ids[2])  # numbers run on, never reused
     assert max(max(i) for i in ids) == sum(len(i) for i in ids)
+
+
+def test_a_part_predicted_with_whole_image_settings_matches_the_whole(nuclei_dir):
+    """The widget predicts the visible region of a large image first: with the whole image's
+    normalisation and diameter fixed, that region's result is the whole image's result there."""
+    import imageio.v3 as iio
+
+    from segtune.core.predict import whole_image_settings
+
+    image = iio.imread(nuclei_dir / "images" / "0.png")[:512, :768]
+    image[:, :256] //= 4  # a dim left third: the part's own percentiles would differ from the whole's
+    part = (slice(128, 448), slice(320, 704))
+    config, diameter = whole_image_settings("nuclei-2d", image, diameter=0)
+    assert diameter == 0 and len(config["normalization"]["limits"]) == 1
+    whole = predict("nuclei-2d", image, config=config, diameter=diameter, labels=False).probabilities[0, :, 0]
+    alone = predict("nuclei-2d", image[part], config=config, diameter=diameter, labels=False).probabilities[0, :, 0]
+    inner = (slice(None), slice(64, -64), slice(64, -64))  # the part's edges see less context
+    np.testing.assert_allclose(alone[inner], whole[(slice(None), *part)][inner], atol=1e-4)
+    plain = predict("nuclei-2d", image[part], diameter=0, labels=False).probabilities[0, :, 0]
+    assert np.abs(plain[inner] - whole[(slice(None), *part)][inner]).max() > 0.05  # its own percentiles differ
+
+    config, diameter = whole_image_settings("nuclei-2d", image)  # automatic: estimated once, from the whole
+    assert diameter > 40
+    first = predict("nuclei-2d", image[part], config=config, diameter=diameter, instances=True)
+    assert first.diameter == diameter

@@ -64,6 +64,7 @@ __all__ = [
     "predict",
     "predict_raw",
     "probe_model",
+    "whole_image_settings",
 ]
 
 BLENDS = ("exact", "gaussian")
@@ -1524,11 +1525,7 @@ def predict(
 
     from segtune.core import diameter as sizing
 
-    sample = None
-    if isinstance(diameter, str) and config.get("object_diameter") and config.get("auto_diameter"):
-        sample = np.sum([_compute(data[0, c]) for c in chosen], axis=0, dtype=np.float32)
-        sample = sample[n_z // 2] if spatial_dims == 2 else sample
-    used_diameter, zoom = sizing.resolve_diameter(diameter, config, sample)
+    used_diameter, zoom = sizing.resolve_diameter(diameter, config, _diameter_sample(data, chosen, config, diameter))
     original_yx, final_out = (n_y, n_x), out
     if zoom != 1.0:
         # predict on an in-memory copy zoomed to the model's object size, then zoom back
@@ -1600,6 +1597,62 @@ def predict(
             min_distance=min_distance, min_size=min_size, max_size=max_size, fill_holes=fill_holes,
         )
     return PredictionResult(probabilities, result_labels, head, classes, used_diameter)
+
+
+def whole_image_settings(
+    model: Any,
+    image: Any,
+    *,
+    config: Mapping[str, Any] | None = None,
+    axes: str | None = None,
+    channel: int | str | Sequence[int | str] | None = None,
+    channel_names: Sequence[str] | None = None,
+    diameter: float | str | None = "auto",
+) -> tuple[dict[str, Any], float | None]:
+    """The config and diameter with which :func:`predict` on any part of ``image`` sees that part
+    as it would inside the whole: the normalisation limits (percentiles of the whole image, per
+    chosen channel) and the object diameter (estimated once, from the whole) fixed.
+
+    A viewer predicts the visible region of a large image first and the whole next; with these
+    settings both agree inside the region (away from its edges, where the context differs).
+
+    Parameters
+    ----------
+    model, image, config, axes, channel, channel_names, diameter
+        As for :func:`predict`.
+
+    Returns
+    -------
+    config : dict
+        The model's config with ``normalization["limits"]`` set (when it normalises).
+    diameter : float or None
+        The diameter to pass to :func:`predict` (0 when the image is not to be zoomed).
+    """
+    from segtune.core import diameter as sizing
+    from segtune.core.normalize import DEFAULT_PERCENTILES, percentiles
+
+    model, config = _resolve_model(model, config, "cpu")
+    architecture = config.get("architecture", {}) or {}
+    data, names, _ = _as_tczyx(image, axes, channel_names)
+    chosen = _select_channels(channel, names, int(data.shape[1]), int(architecture.get("in_channels", 1)))
+    used_diameter, _ = sizing.resolve_diameter(diameter, config, _diameter_sample(data, chosen, config, diameter))
+    spec = config.get("normalization")
+    if isinstance(spec, Mapping) and spec.get("method", "percentile") == "percentile" and spec.get("limits") is None:
+        low = float(spec.get("low", DEFAULT_PERCENTILES[0]))
+        high = float(spec.get("high", DEFAULT_PERCENTILES[1]))
+        limits = [[float(v) for v in percentiles(data[:, c], low, high)] for c in chosen]
+        config = {**config, "normalization": {**spec, "limits": limits}}
+    return config, (used_diameter if used_diameter is not None else 0)
+
+
+def _diameter_sample(data: Any, chosen: list[int], config: Mapping[str, Any], diameter: Any) -> np.ndarray | None:
+    """What the automatic diameter is estimated from: the chosen channels summed, at the first
+    time point (its middle plane for a 2D model); None when no estimate is asked for."""
+    if not (isinstance(diameter, str) and config.get("object_diameter") and config.get("auto_diameter")):
+        return None
+    sample = np.sum([_compute(data[0, c]) for c in chosen], axis=0, dtype=np.float32)
+    spatial_dims = int((config.get("architecture", {}) or {}).get("spatial_dims", 2))
+    return sample[sample.shape[0] // 2] if spatial_dims == 2 else sample
 
 
 def _label_stack(probabilities: Any, head: str, spatial_dims: int, postprocess: Any, **options: Any) -> np.ndarray:
@@ -1749,9 +1802,12 @@ def _normalizer(data: Any, chosen: list[int], normalization: Any) -> Callable[[n
         raise ValueError(f"normalization method {method!r} is not known; this version applies 'percentile' or 'none'")
     low = float(spec.get("low", DEFAULT_PERCENTILES[0]))
     high = float(spec.get("high", DEFAULT_PERCENTILES[1]))
+    fixed = spec.get("limits")  # (lo, hi) per chosen channel, measured before (see whole_image_settings)
+    if fixed is not None and len(fixed) != len(chosen):
+        raise ValueError(f"normalization limits are given for {len(fixed)} channel(s) but {len(chosen)} are chosen")
     limits = []
-    for c in chosen:
-        lo, hi = percentiles(data[:, c], low, high)
+    for i, c in enumerate(chosen):
+        lo, hi = (float(fixed[i][0]), float(fixed[i][1])) if fixed is not None else percentiles(data[:, c], low, high)
         limits.append((lo, max(hi - lo, 1e-6)))
     offsets = np.array([lo for lo, _ in limits], dtype=np.float32)
     scales = np.array([1.0 / s for _, s in limits], dtype=np.float32)
