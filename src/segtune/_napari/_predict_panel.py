@@ -333,19 +333,9 @@ class PredictPanel(QWidget):
                 self.status.setText(f"Cancelled: only the part that was visible is segmented, in '{provisional.name}'.")
                 notify_info("Prediction cancelled; the visible part's result stays.")
                 return
-            self.status.setText("Cancelled: nothing was added.")
-            notify_info("Prediction cancelled; nothing was added.")
+            self._nothing_added()
 
-        self.job = Job(
-            work,
-            description=f"Predicting {layer.name}",
-            on_events=self._show_events,
-            on_done=done,
-            on_cancelled=cancelled,
-            on_finally=self._finish,
-            uses_torch=True,
-            parent=self,
-        )
+        self.job = self._job(work, f"Predicting {layer.name}", done, cancelled)
         self.job.finished.connect(self.finished)
         return self.job.start()
 
@@ -384,24 +374,21 @@ class PredictPanel(QWidget):
             self.status.setText("First look at the visible part; predicting the whole image…")
             self._start_whole(layer, selection, {**options, **settings}, name, provisional)
 
-        def cancelled(_: Any) -> None:
-            self.status.setText("Cancelled: nothing was added.")
-            notify_info("Prediction cancelled; nothing was added.")
-
-        self.job = self.first_look_job = Job(
-            work,
-            description=f"Predicting the visible part of {layer.name}",
-            on_events=self._show_events,
-            on_done=done,
-            on_cancelled=cancelled,
-            on_finally=self._finish,
-            uses_torch=True,
-            parent=self,
-        )
-        first_look = self.job
+        first_look = self._job(work, f"Predicting the visible part of {layer.name}", done, lambda _: self._nothing_added())
+        self.job = self.first_look_job = first_look
         # the panel's `finished` follows the whole job once the first look started it
         first_look.finished.connect(lambda status: self.finished.emit(status) if self.job is first_look else None)
         return first_look.start()
+
+    def _job(self, work: Any, description: str, done: Any, cancelled: Any) -> Job:
+        return Job(
+            work, description=description, on_events=self._show_events, on_done=done, on_cancelled=cancelled,
+            on_finally=self._finish, uses_torch=True, parent=self,
+        )
+
+    def _nothing_added(self) -> None:
+        self.status.setText("Cancelled: nothing was added.")
+        notify_info("Prediction cancelled; nothing was added.")
 
     def _first_look_part(self, layer: Any, selection: Selection, scope: str) -> tuple[Selection, tuple[slice, ...]] | None:
         """The current plane and the Y, X box of it the canvas shows (plus a margin), when the
