@@ -323,15 +323,21 @@ def _sections(foreground: np.ndarray, distance: np.ndarray, min_area: float) -> 
     labels, count = ndi.label(foreground)
     if count == 0:
         return np.zeros(0), np.zeros(0), np.zeros(0)
-    index = np.arange(1, count + 1)
     areas = np.bincount(labels.ravel(), minlength=count + 1)[1:].astype(float)
     inscribed = _label_maximum(distance, labels, count)
-    yy, xx = np.indices(labels.shape, dtype=np.float64)
-    my = np.asarray(ndi.mean(yy, labels, index))
-    mx = np.asarray(ndi.mean(xx, labels, index))
-    vyy = np.asarray(ndi.mean(yy * yy, labels, index)) - my**2 + 1 / 12
-    vxx = np.asarray(ndi.mean(xx * xx, labels, index)) - mx**2 + 1 / 12
-    vxy = np.asarray(ndi.mean(yy * xx, labels, index)) - my * mx
+    # second moments of each component from its pixels only (sums per label, one pass each)
+    where = np.flatnonzero(labels)
+    owner = labels.ravel()[where]
+    yy, xx = np.divmod(where, labels.shape[1])
+    yy, xx = yy.astype(np.float64), xx.astype(np.float64)
+
+    def mean(values: np.ndarray) -> np.ndarray:
+        return np.bincount(owner, weights=values, minlength=count + 1)[1:] / areas
+
+    my, mx = mean(yy), mean(xx)
+    vyy = mean(yy * yy) - my**2 + 1 / 12
+    vxx = mean(xx * xx) - mx**2 + 1 / 12
+    vxy = mean(yy * xx) - my * mx
     root = np.sqrt(((vyy - vxx) / 2) ** 2 + vxy**2)
     major = (vyy + vxx) / 2 + root
     minor = np.clip((vyy + vxx) / 2 - root, 1e-9, None)
