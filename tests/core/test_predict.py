@@ -541,3 +541,28 @@ def test_a_part_predicted_with_whole_image_settings_matches_the_whole(nuclei_dir
     assert diameter > 40
     first = predict("nuclei-2d", image[part], config=config, diameter=diameter, instances=True)
     assert first.diameter == diameter
+
+
+def test_one_torch_thread_while_other_processes_keep_the_cores_busy(net2d, monkeypatch):
+    """Spinning OpenMP threads slow each other down several-fold on an oversubscribed CPU:
+    predict then runs on one thread, and gives the thread count back afterwards."""
+    import os
+
+    seen = []
+
+    def model(x: torch.Tensor) -> torch.Tensor:
+        seen.append(torch.get_num_threads())
+        return net2d(x)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        monkeypatch.setattr(os, "getloadavg", lambda: (float(os.cpu_count() or 1) + 4.0, 0.0, 0.0))
+        predict_raw(model, rand(1, 40, 40), spatial_dims=2, device="cpu", halo=16, divisor=4)
+        assert seen and set(seen) == {1} and torch.get_num_threads() == 2
+        seen.clear()
+        monkeypatch.setattr(os, "getloadavg", lambda: (0.1, 0.0, 0.0))  # a quiet machine keeps its threads
+        predict_raw(model, rand(1, 40, 40), spatial_dims=2, device="cpu", halo=16, divisor=4)
+        assert set(seen) == {2}
+    finally:
+        torch.set_num_threads(before)
