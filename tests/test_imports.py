@@ -48,3 +48,19 @@ def test_every_manifest_command_imports() -> None:
     for command in manifest["contributions"]["commands"]:
         module, _, name = command["python_name"].partition(":")
         assert callable(getattr(importlib.import_module(module), name)), command["python_name"]
+
+
+HEAVY_MODULES = ("torch", "dask", "bioio", "skimage", "scipy", "tifffile", "zarr", "pandas")
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["models"], ["predict", "--help"], ["train", "--help"], ["evaluate", "--help"]])
+def test_cli_help_and_models_load_no_heavy_library(argv: list[str]) -> None:
+    """`segtune --help`, `segtune models` and each command's --help answer without torch, dask,
+    bioio or scikit-image: they are what a user types first, and they must not wait seconds."""
+    code = (
+        "import contextlib, io, sys\nfrom segtune.cli import main\n"
+        f"with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n    main({argv!r})\n"
+        f"print(','.join(m for m in {HEAVY_MODULES!r} if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "", f"segtune {' '.join(argv)} imported {result.stdout.strip()}"

@@ -197,3 +197,19 @@ def test_three_class_distance_seeds_split_a_bridged_pair():
     assert np.array_equal(postprocess(probabilities, "three_class", instances=True, split=True, min_distance=8), split)
     with pytest.raises(ValueError, match="split_distance"):
         instances_from_three_class(probabilities, split_distance=0)
+
+
+@pytest.mark.parametrize("shape, sampling", [((64, 80), None), ((9, 40, 50), (2.5, 1.0, 1.0))])
+def test_distance_to_background_equals_scipy(shape, sampling):
+    from scipy import ndimage as ndi
+
+    from segtune.core.postprocess import distance_to_background
+
+    rng = np.random.default_rng(7)
+    mask = ndi.gaussian_filter(rng.random(shape), 2) > 0.5
+    expected = ndi.distance_transform_edt(mask, sampling=sampling)
+    np.testing.assert_allclose(distance_to_background(mask, sampling=sampling), expected, atol=1e-5)
+    padded = ndi.distance_transform_edt(np.pad(mask, 1), sampling=sampling)[(slice(1, -1),) * mask.ndim]
+    np.testing.assert_allclose(distance_to_background(mask, sampling=sampling, border_is_background=True), padded, atol=1e-5)
+    full = np.ones(shape, bool)  # no background at all: scipy's convention, not infinity
+    np.testing.assert_allclose(distance_to_background(full, sampling=sampling), ndi.distance_transform_edt(full, sampling=sampling))

@@ -371,6 +371,33 @@ def test_callers_model_is_left_alone(net2d):
         net2d.eval()
 
 
+def test_prepared_copy_is_reused_until_the_weights_change():
+    """The eval copy (BatchNorm folded, channels-last) is made once per model, and made again
+    when the weights change in place (an optimiser step, load_state_dict) -- never stale."""
+    from segtune.core import predict as engine
+
+    torch.manual_seed(3)
+    net = _warm(TinyUNet(2, 1, 1), (2, 1, 32, 32))
+    image = rand(1, 40, 40, seed=3)
+    first = predict_raw(net, image, spatial_dims=2, device="cpu")
+    (copy_before,) = (entry[1] for entry in engine._PREPARED[net].values())
+    again = predict_raw(net, image, spatial_dims=2, device="cpu")
+    (copy_after,) = (entry[1] for entry in engine._PREPARED[net].values())
+    assert copy_after is copy_before
+    np.testing.assert_array_equal(again, first)
+
+    with torch.no_grad():
+        net.head.weight.mul_(-2.0)  # written in place, as an optimiser step writes
+    changed = predict_raw(net, image, spatial_dims=2, device="cpu")
+    assert not np.allclose(changed, first, atol=1e-3)
+    np.testing.assert_allclose(changed, untiled(net, image, 4), atol=1e-4)
+
+    torch.manual_seed(4)
+    other = _warm(TinyUNet(2, 1, 1), (2, 1, 32, 32))
+    net.load_state_dict(other.state_dict())
+    np.testing.assert_allclose(predict_raw(net, image, spatial_dims=2, device="cpu"), untiled(other, image, 4), atol=1e-4)
+
+
 # --- memory pressure ----------------------------------------------------------------------------
 
 
@@ -489,3 +516,53 @@ def test_predict_instances_number_objects_across_the_stack(segtune_net):
     assert all(ids)
     assert not (ids[0] & ids[1]) and not (ids[1] & ids[2])  # numbers run on, never reused
     assert max(max(i) for i in ids) == sum(len(i) for i in ids)
+
+
+def test_a_part_predicted_with_whole_image_settings_matches_the_whole(nuclei_dir):
+    """The widget predicts the visible region of a large image first: with the whole image's
+    normalisation and diameter fixed, that region's result is the whole image's result there."""
+    import imageio.v3 as iio
+
+    from segtune.core.predict import whole_image_settings
+
+    image = iio.imread(nuclei_dir / "images" / "0.png")[:512, :768]
+    image[:, :256] //= 4  # a dim left third: the part's own percentiles would differ from the whole's
+    part = (slice(128, 448), slice(320, 704))
+    config, diameter = whole_image_settings("nuclei-2d", image, diameter=0)
+    assert diameter == 0 and len(config["normalization"]["limits"]) == 1
+    whole = predict("nuclei-2d", image, config=config, diameter=diameter, labels=False).probabilities[0, :, 0]
+    alone = predict("nuclei-2d", image[part], config=config, diameter=diameter, labels=False).probabilities[0, :, 0]
+    inner = (slice(None), slice(64, -64), slice(64, -64))  # the part's edges see less context
+    np.testing.assert_allclose(alone[inner], whole[(slice(None), *part)][inner], atol=1e-4)
+    plain = predict("nuclei-2d", image[part], diameter=0, labels=False).probabilities[0, :, 0]
+    assert np.abs(plain[inner] - whole[(slice(None), *part)][inner]).max() > 0.05  # its own percentiles differ
+
+    config, diameter = whole_image_settings("nuclei-2d", image)  # automatic: estimated once, from the whole
+    assert diameter > 40
+    first = predict("nuclei-2d", image[part], config=config, diameter=diameter, instances=True)
+    assert first.diameter == diameter
+
+
+def test_one_torch_thread_while_other_processes_keep_the_cores_busy(net2d, monkeypatch):
+    """Spinning OpenMP threads slow each other down several-fold on an oversubscribed CPU:
+    predict then runs on one thread, and gives the thread count back afterwards."""
+    import os
+
+    seen = []
+
+    def model(x: torch.Tensor) -> torch.Tensor:
+        seen.append(torch.get_num_threads())
+        return net2d(x)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        monkeypatch.setattr(os, "getloadavg", lambda: (float(os.cpu_count() or 1) + 4.0, 0.0, 0.0))
+        predict_raw(model, rand(1, 40, 40), spatial_dims=2, device="cpu", halo=16, divisor=4)
+        assert seen and set(seen) == {1} and torch.get_num_threads() == 2
+        seen.clear()
+        monkeypatch.setattr(os, "getloadavg", lambda: (0.1, 0.0, 0.0))  # a quiet machine keeps its threads
+        predict_raw(model, rand(1, 40, 40), spatial_dims=2, device="cpu", halo=16, divisor=4)
+        assert set(seen) == {2}
+    finally:
+        torch.set_num_threads(before)

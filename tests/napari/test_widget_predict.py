@@ -113,3 +113,56 @@ def test_predict_errors_are_plain_notifications(widget, qtbot, sample_2d, errors
     panel.run_button.click()
     assert "3D model" in errors()[-1] and "stack" in errors()[-1]
     assert panel.job is None and not widget.busy
+
+
+def test_large_image_shows_the_visible_part_first_then_the_whole(widget, qtbot, errors) -> None:
+    """Zoomed in on a large image, Predict shows the visible part within one job (a locked
+    layer), then fills in the whole image in the same layer and unlocks it for correcting."""
+    from segtune._napari._predict_panel import FIRST_LOOK_MARGIN, visible_box
+    from segtune.core.predict import whole_image_settings
+    from segtune.core.synthetic import synthetic_nuclei
+
+    viewer = widget.viewer
+    image_data = synthetic_nuclei((1024, 1024), diameter=40, seed=3).image
+    image = viewer.add_image(image_data, name="large")
+    model_panel = widget.model_panel
+    model_panel.bundled.setCurrentIndex(model_panel.bundled.findText("nuclei-2d"))
+    model_panel.load_bundled_button.click()
+    assert widget.state.name.startswith("nuclei-2d")
+    camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
+    camera.center = (300.0, 420.0)
+    camera.zoom = 4.0
+    (y0, y1), (x0, x1) = visible_box(viewer, image, FIRST_LOOK_MARGIN)
+    assert 0 < (y1 - y0) * (x1 - x0) < 1024 * 1024 / 2
+    panel = widget.predict_panel
+    panel.first_look_min_pixels = 512 * 512
+    panel.image_layer.set_layer(image)
+    panel.run_button.click()
+    first_job = panel.first_look_job
+    assert first_job is not None and panel.job is first_job
+
+    seen = {}
+
+    def capture(status: str) -> None:  # the moment the first look is shown
+        (layer,) = [layer for layer in viewer.layers if layer.name != "large"]
+        seen.update(status=status, data=np.array(layer.data), editable=layer.editable, whole_running=panel.job.running)
+
+    first_job.finished.connect(capture)
+    assert wait_for(qtbot, first_job) == "done"
+    assert seen["status"] == "done" and not seen["editable"] and seen["whole_running"]
+    first = seen["data"]
+    outside = np.ones(first.shape, bool)
+    outside[max(0, y0) : y1, max(0, x0) : x1] = False
+    assert first.max() > 0 and not first[outside].any()
+
+    assert wait_for(qtbot, panel.job, timeout=180_000) == "done"
+    (labels,) = panel.last_layers
+    assert [layer.name for layer in viewer.layers] == ["large", labels.name] and labels.editable
+    config, diameter = whole_image_settings(widget.state.model, image_data, config=widget.state.config, axes="YX")
+    expected = predict(widget.state.model, image_data, config=config, diameter=diameter, axes="YX", threshold=0.5,
+                       instances=True, min_size=panel.min_size.value(), device="cpu")
+    np.testing.assert_array_equal(labels.data, expected.labels[0, 0])
+    inner = (slice(max(0, y0) + FIRST_LOOK_MARGIN, y1 - FIRST_LOOK_MARGIN), slice(max(0, x0) + FIRST_LOOK_MARGIN, x1 - FIRST_LOOK_MARGIN))
+    a, b = first[inner] > 0, labels.data[inner] > 0
+    assert (a & b).sum() / max(1, (a | b).sum()) > 0.95  # the first look is the whole's result there
+    assert errors() == []

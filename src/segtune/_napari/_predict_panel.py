@@ -35,6 +35,11 @@ OUTPUT_TEXT = {
     "mask": False,
 }
 AXIS_WORDS = {"Z": "planes (Z)", "T": "time points (T)"}
+# a 2D model on a plane of at least this many pixels, of which the canvas shows at most half,
+# predicts the visible part first (a first look in about a second), then the whole
+FIRST_LOOK_MIN_PIXELS = 2048 * 2048
+# context around the visible part, in pixels, so objects at the canvas edge are whole
+FIRST_LOOK_MARGIN = 64
 
 
 class PredictPanel(QWidget):
@@ -45,6 +50,12 @@ class PredictPanel(QWidget):
     ``output``, ``min_size``, ``tile``, ``blend``, ``overlap``, ``probability_check``, ``run_button``,
     ``cancel_button``, ``progress`` (bar and time left), ``size_row`` (object diameter), ``status``; ``job`` is the running or last job and ``last_layers`` the
     layers the last prediction added. ``finished`` is emitted with the job status.
+
+    A large image (``first_look_min_pixels`` per plane or more, default 4 MPx) of which the
+    canvas shows at most half is predicted in two jobs: first the visible part (plus a margin),
+    shown at once in a locked Labels layer, then the whole, which replaces it and unlocks it.
+    Both use the whole image's normalisation and diameter (``whole_image_settings``), so the
+    first look is what the whole gives there. ``first_look_job`` is the first of the two.
     """
 
     finished = Signal(str)
@@ -54,6 +65,8 @@ class PredictPanel(QWidget):
         self.viewer = viewer
         self.state = state
         self.job: Job | None = None
+        self.first_look_job: Job | None = None
+        self.first_look_min_pixels = FIRST_LOOK_MIN_PIXELS
         self.last_layers: list[Any] = []
 
         layout = QVBoxLayout(self)
@@ -235,12 +248,11 @@ class PredictPanel(QWidget):
 
     def run(self, layer: Any = None, scope: str | None = None) -> Job:
         """Predict on the chosen image layer (or ``layer``); returns the started job."""
-        from segtune.core.predict import predict
-
         state = self.state
         state.require_model()
         state.require_idle("predicting")
         layer = layer if layer is not None else self.image_layer.require("prediction")
+        scope = scope or SCOPE_TEXT[self.scope.currentText()]
         selection = self.selection(layer, scope)
         spatial_dims = state.spatial_dims
         if spatial_dims == 3 and "Z" not in selection.axes:
@@ -268,11 +280,26 @@ class PredictPanel(QWidget):
             device=state.device_choice,
             diameter=self.size_row.diameter_px(),
         )
-        model, data = state.model, selection.data
-        want_probability = self.probability_check.isChecked()
         model_name = state.name + (" fine-tuned" if state.source.startswith("fine-tuned") and "fine-tuned" not in state.name else "")
-        where = {"all": "", "plane": " plane", "range": " planes"}[scope or SCOPE_TEXT[self.scope.currentText()]]
+        where = {"all": "", "plane": " plane", "range": " planes"}[scope]
         name = f"{layer.name} [{model_name}{where}]"
+        self.status.setText("Starting…")
+        self.progress.start()
+        state.set_busy("predicting")
+        self.cancel_button.setEnabled(True)
+        self.first_look_job = None
+        part = self._first_look_part(layer, selection, scope) if spatial_dims == 2 else None
+        if part is not None:
+            return self._start_first_look(layer, selection, part, options, name)
+        return self._start_whole(layer, selection, options, name, provisional=None)
+
+    def _start_whole(self, layer: Any, selection: Selection, options: dict[str, Any], name: str, provisional: Any) -> Job:
+        """Predict all of ``selection``; the labels fill ``provisional`` (a first look's layer) or a new layer."""
+        from segtune.core.predict import predict
+
+        model, data = self.state.model, selection.data
+        instances = options["instances"]
+        want_probability = self.probability_check.isChecked()
 
         def work(progress: Any = None, cancel: Any = None) -> tuple[np.ndarray, np.ndarray | None]:
             result = predict(model, data, progress=progress, cancel=cancel, **options)
@@ -294,7 +321,12 @@ class PredictPanel(QWidget):
                         colormap="magma", contrast_limits=(0.0, 1.0), blending="additive", visible=True,
                     )
                 )
-            labels_layer = self.viewer.add_labels(labels, name=name, **selection.placement)
+            if provisional is not None and provisional in self.viewer.layers:
+                provisional.data = labels
+                provisional.editable = True
+                labels_layer = provisional
+            else:
+                labels_layer = self.viewer.add_labels(labels, name=name, **selection.placement)
             added.append(labels_layer)
             self.viewer.layers.selection.active = labels_layer  # ready to correct with the brush
             self.last_layers = added
@@ -303,25 +335,84 @@ class PredictPanel(QWidget):
             self.status.setText(f"Done: {what} in '{labels_layer.name}'. Correct them in the Correct tab or with napari's brush.")
 
         def cancelled(_: Any) -> None:
-            self.status.setText("Cancelled: nothing was added.")
-            notify_info("Prediction cancelled; nothing was added.")
+            if provisional is not None and provisional in self.viewer.layers:
+                provisional.editable = True
+                self.status.setText(f"Cancelled: only the part that was visible is segmented, in '{provisional.name}'.")
+                notify_info("Prediction cancelled; the visible part's result stays.")
+                return
+            self._nothing_added()
 
-        self.status.setText("Starting…")
-        self.progress.start()
-        state.set_busy("predicting")
-        self.cancel_button.setEnabled(True)
-        self.job = Job(
-            work,
-            description=f"Predicting {layer.name}",
-            on_events=self._show_events,
-            on_done=done,
-            on_cancelled=cancelled,
-            on_finally=self._finish,
-            uses_torch=True,
-            parent=self,
-        )
+        self.job = self._job(work, f"Predicting {layer.name}", done, cancelled)
         self.job.finished.connect(self.finished)
         return self.job.start()
+
+    def _start_first_look(
+        self, layer: Any, selection: Selection, part: tuple[Selection, tuple[slice, ...]], options: dict[str, Any], name: str
+    ) -> Job:
+        """Predict the visible part of the current plane, show it, then start the whole."""
+        from segtune.core.predict import predict, whole_image_settings
+
+        model, data = self.state.model, selection.data
+        plane, box = part
+        crop = list(slice(None) for _ in plane.axes)
+        for letter, cut in zip("YX", box[-2:], strict=True):
+            crop[plane.axes.index(letter)] = cut
+        crop_data = plane.data[tuple(crop)]
+        # where the part lies in the whole selection's labels
+        where = tuple(slice(p.start - s.start, p.stop - s.start) for p, s in zip(plane.index[:-2], selection.index[:-2], strict=True))
+        where = (*where, *box[-2:])
+
+        def work(progress: Any = None, cancel: Any = None) -> tuple[dict[str, Any], np.ndarray]:
+            config, diameter = whole_image_settings(
+                model, data, config=options["config"], axes=options["axes"], channel=options["channel"]
+            )
+            settings = {**options, "config": config, "diameter": diameter, "axes": plane.axes}
+            result = predict(model, crop_data, progress=progress, cancel=cancel, **settings)
+            shape = tuple(c.stop - c.start for c in where)
+            return {"config": config, "diameter": diameter}, np.asarray(result.labels).reshape(shape)
+
+        def done(outcome: tuple[dict[str, Any], np.ndarray]) -> None:
+            settings, labels = outcome
+            first = np.zeros(selection.shape, dtype=labels.dtype)
+            first[where] = labels
+            provisional = self.viewer.add_labels(first, name=name, **selection.placement)
+            provisional.editable = False  # the whole image's result replaces it: nothing drawn may be lost
+            self.viewer.layers.selection.active = provisional
+            self.status.setText("First look at the visible part; predicting the whole image…")
+            self._start_whole(layer, selection, {**options, **settings}, name, provisional)
+
+        first_look = self._job(work, f"Predicting the visible part of {layer.name}", done, lambda _: self._nothing_added())
+        self.job = self.first_look_job = first_look
+        # the panel's `finished` follows the whole job once the first look started it
+        first_look.finished.connect(lambda status: self.finished.emit(status) if self.job is first_look else None)
+        return first_look.start()
+
+    def _job(self, work: Any, description: str, done: Any, cancelled: Any) -> Job:
+        return Job(
+            work, description=description, on_events=self._show_events, on_done=done, on_cancelled=cancelled,
+            on_finally=self._finish, uses_torch=True, parent=self,
+        )
+
+    def _nothing_added(self) -> None:
+        self.status.setText("Cancelled: nothing was added.")
+        notify_info("Prediction cancelled; nothing was added.")
+
+    def _first_look_part(self, layer: Any, selection: Selection, scope: str) -> tuple[Selection, tuple[slice, ...]] | None:
+        """The current plane and the Y, X box of it the canvas shows (plus a margin), when the
+        plane is large and the box at most half of it; else None (predict the whole at once)."""
+        if scope not in ("all", "plane"):
+            return None
+        height, width = selection.shape[-2:]
+        if height * width < self.first_look_min_pixels:
+            return None
+        box = visible_box(self.viewer, layer, FIRST_LOOK_MARGIN)
+        if box is None:
+            return None
+        (y0, y1), (x0, x1) = ((max(0, a), min(n, b)) for (a, b), n in zip(box, (height, width), strict=True))
+        if y1 - y0 < 16 or x1 - x0 < 16 or (y1 - y0) * (x1 - x0) > height * width / 2:
+            return None
+        plane = self.selection(layer, "plane") if scope == "all" and len(selection.shape) > 2 else selection
+        return plane, (slice(y0, y1), slice(x0, x1))
 
     def _show_events(self, events: list[Any]) -> None:
         last = events[-1]
@@ -335,8 +426,33 @@ class PredictPanel(QWidget):
             self.status.setText("Cancelling…")
 
     def _finish(self) -> None:
+        if self.job is not None and self.job.running:
+            return  # a first look's job ended and started the whole one: still busy
         self.cancel_button.setEnabled(False)
         self.progress.finish("" if self.job is None or self.job.status == "done" else self.job.status)
         if self.job is not None and self.job.status == "error":
             self.status.setText("Failed: see the message (bell icon, bottom right).")
         self.state.set_busy("")
+
+
+def visible_box(viewer: Any, layer: Any, margin: int = 0) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """The (start, stop) data rows and columns of ``layer`` that the canvas shows, widened by
+    ``margin`` pixels (not clipped to the layer); None when the view is 3D, the displayed axes
+    are not the layer's last two, or napari does not tell the canvas size."""
+    size = getattr(getattr(viewer, "canvas", None), "size", None)
+    if size is None or viewer.dims.ndisplay != 2 or tuple(viewer.dims.displayed) != tuple(range(viewer.dims.ndim))[-2:]:
+        return None
+    camera = getattr(getattr(viewer, "scene", None), "camera", None) or viewer.camera  # napari >= 0.9: scene.camera
+    zoom = float(camera.zoom)
+    if zoom <= 0:
+        return None
+    center = np.asarray(camera.center, dtype=float)[-2:]
+    half = np.asarray(size, dtype=float)[-2:] / zoom / 2  # canvas pixels -> world units
+    corners = []
+    for sign in (-1.0, 1.0):
+        point = np.asarray(viewer.dims.point, dtype=float)
+        point[-2:] = center + sign * half
+        corners.append(np.asarray(layer.world_to_data(point), dtype=float)[-2:])
+    low, high = np.minimum(*corners), np.maximum(*corners)
+    (y0, x0), (y1, x1) = np.floor(low).astype(int) - margin, np.ceil(high).astype(int) + 1 + margin
+    return (int(y0), int(y1)), (int(x0), int(x1))

@@ -138,7 +138,10 @@ def estimate_diameter(
     shares with its members, widened by the typical aspect ratio of the lone elliptical
     components; small specks are dropped relative to the area-weighted median, and the median
     is taken. The smoothing is then refined to a sixteenth of that first estimate and the
-    measurement repeated. A 3D image is thresholded as a whole (at most its 64 central planes)
+    measurement repeated. Both measurements run on the image shrunk by block means in Y and X
+    as far as the objects stay 16 pixels across (nuclei of 60-100 px: 3-4x, ten times faster;
+    on the NIH3T3 images within 2% of the full-resolution answer in the median, 9% at most).
+    A 3D image is thresholded as a whole (at most its 64 central planes)
     and each 3D component measured by the inscribed circle of its largest XY cross-section, as
     :func:`labels_diameter` measures 3D labels: planes through objects off their middle show
     smaller sections, so measuring single planes would underestimate.
@@ -175,20 +178,72 @@ def estimate_diameter(
 
 
 def _estimate(array: np.ndarray, min_diameter: float) -> float:
-    first = _measure(array, 1.0, min_diameter)
+    # both measurements run on the image shrunk (block means in Y and X) as far as the objects
+    # stay _MIN_SHRUNK_DIAMETER pixels wide: the same answer within a few percent, in a tenth
+    # of the time for nuclei of 60 px; a shrunk measurement below that width is redone finer
+    shrunk = _Shrunk(array)
+    first = shrunk.measure(1.0, min_diameter, shrunk.coarsest())
     if not np.isfinite(first):
         return first
     # smoothing at a fraction of the object size: noise and chromatin texture no longer split objects
-    refined = _measure(array, max(1.0, first / 16), min_diameter)
+    refined = shrunk.measure(max(1.0, first / 16), min_diameter, shrunk.factor_for(first))
     return refined if np.isfinite(refined) else first
 
 
-def _measure(array: np.ndarray, sigma: float, min_diameter: float) -> float:
-    """One measurement of a plane ``(Y, X)`` or stack ``(Z, Y, X)`` at XY smoothing ``sigma``."""
+# objects are measured on an image shrunk until they are this many pixels across, no further
+_MIN_SHRUNK_DIAMETER = 16.0
+# and the shrunk image keeps at least this many pixels per side
+_MIN_SHRUNK_SIDE = 128
+
+
+class _Shrunk:
+    """An image ``(Y, X)`` or ``(Z, Y, X)`` and its block-mean reductions in Y and X, made once each."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+        self.levels: dict[int, np.ndarray] = {1: array}
+        self.max_factor = max(1, min(array.shape[-2:]) // _MIN_SHRUNK_SIDE)
+
+    def coarsest(self) -> int:
+        return min(4, self.max_factor)
+
+    def factor_for(self, diameter: float) -> int:
+        """The largest reduction at which objects of ``diameter`` pixels keep their minimum width."""
+        return int(np.clip(diameter // _MIN_SHRUNK_DIAMETER, 1, self.max_factor))
+
+    def level(self, factor: int) -> np.ndarray:
+        if factor not in self.levels:
+            ny, nx = (n // factor * factor for n in self.array.shape[-2:])
+            cropped = self.array[..., :ny, :nx]
+            blocks = cropped.reshape(*cropped.shape[:-2], ny // factor, factor, nx // factor, factor)
+            self.levels[factor] = blocks.mean(axis=(-3, -1), dtype=np.float32)
+        return self.levels[factor]
+
+    def measure(self, sigma: float, min_diameter: float, factor: int) -> float:
+        """:func:`_measure` at full-resolution smoothing ``sigma``, on the image reduced by
+        ``factor`` (or less: a result too narrow for the reduction is measured again finer);
+        in full-resolution pixels."""
+        while True:
+            value = factor * _measure(self.level(factor), sigma / factor, min_diameter / factor, scale=factor)
+            finer = self.factor_for(value) if np.isfinite(value) else 1
+            if factor == 1 or finer >= factor:
+                return value
+            factor = finer
+
+
+def _measure(array: np.ndarray, sigma: float, min_diameter: float, scale: int = 1) -> float:
+    """One measurement of a plane ``(Y, X)`` or stack ``(Z, Y, X)`` at XY smoothing ``sigma``.
+
+    ``array`` may be a full-resolution image shrunk by ``scale`` (block means, which smooth by
+    themselves: the Gaussian adds only what they lack); sizes are in its own pixels.
+    """
     from skimage.filters import threshold_otsu
 
-    smooth = ndi.gaussian_filter(array, (0.0,) * (array.ndim - 2) + (sigma, sigma))
-    background = np.stack([_background(p) for p in smooth]) if smooth.ndim == 3 else _background(smooth)
+    # a block mean of scale x scale pixels has the variance of a box of that width
+    block_variance = (1.0 - 1.0 / scale**2) / 12.0
+    smoothing = float(np.sqrt(max(sigma**2 - block_variance, 0.0)))
+    smooth = ndi.gaussian_filter(array, (0.0,) * (array.ndim - 2) + (smoothing, smoothing))
+    background = np.stack([_background(p, scale) for p in smooth]) if smooth.ndim == 3 else _background(smooth, scale)
     flat = smooth - background
     lo, hi = np.percentile(flat, [0.5, 99.5])
     if hi - lo <= 1e-6 * max(1.0, abs(float(hi))):
@@ -217,13 +272,14 @@ def _measure(array: np.ndarray, sigma: float, min_diameter: float) -> float:
     return float(max(np.median(diameters) - _EDGE_WIDENING * sigma, min_diameter))
 
 
-def _background(plane: np.ndarray) -> np.ndarray:
+def _background(plane: np.ndarray, scale: int = 1) -> np.ndarray:
     """A coarse median-filtered background (the window is a quarter of the image side).
 
-    Images under 512 pixels get a fitted plane instead: a smaller window would be no larger
-    than the objects and would eat into them.
+    Images under 512 pixels (at full resolution: ``plane`` may be shrunk by ``scale``) get a
+    fitted plane instead: a smaller window would be no larger than the objects and would eat
+    into them.
     """
-    if min(plane.shape) < 512:
+    if min(plane.shape) * scale < 512:
         # a plane fitted to the darker half of the pixels (the background) takes out gradients
         yy, xx = np.indices(plane.shape, dtype=np.float32)
         dark = plane <= np.median(plane)
@@ -243,8 +299,10 @@ def _background(plane: np.ndarray) -> np.ndarray:
 def _clean(foreground: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A thresholded plane with specks opened away and holes filled, and its distance to the
     background (the image edge counts as background)."""
+    from segtune.core.postprocess import distance_to_background
+
     foreground = ndi.binary_fill_holes(ndi.binary_opening(foreground))
-    return foreground, ndi.distance_transform_edt(np.pad(foreground, 1))[1:-1, 1:-1]
+    return foreground, distance_to_background(foreground, border_is_background=True)
 
 
 def _plausible(areas: np.ndarray, inscribed: np.ndarray, plane_shape: Sequence[int], min_area: float) -> np.ndarray:
@@ -265,15 +323,21 @@ def _sections(foreground: np.ndarray, distance: np.ndarray, min_area: float) -> 
     labels, count = ndi.label(foreground)
     if count == 0:
         return np.zeros(0), np.zeros(0), np.zeros(0)
-    index = np.arange(1, count + 1)
     areas = np.bincount(labels.ravel(), minlength=count + 1)[1:].astype(float)
-    inscribed = np.asarray(ndi.maximum(distance, labels, index), dtype=float)
-    yy, xx = np.indices(labels.shape, dtype=np.float64)
-    my = np.asarray(ndi.mean(yy, labels, index))
-    mx = np.asarray(ndi.mean(xx, labels, index))
-    vyy = np.asarray(ndi.mean(yy * yy, labels, index)) - my**2 + 1 / 12
-    vxx = np.asarray(ndi.mean(xx * xx, labels, index)) - mx**2 + 1 / 12
-    vxy = np.asarray(ndi.mean(yy * xx, labels, index)) - my * mx
+    inscribed = _label_maximum(distance, labels, count)
+    # second moments of each component from its pixels only (sums per label, one pass each)
+    where = np.flatnonzero(labels)
+    owner = labels.ravel()[where]
+    yy, xx = np.divmod(where, labels.shape[1])
+    yy, xx = yy.astype(np.float64), xx.astype(np.float64)
+
+    def mean(values: np.ndarray) -> np.ndarray:
+        return np.bincount(owner, weights=values, minlength=count + 1)[1:] / areas
+
+    my, mx = mean(yy), mean(xx)
+    vyy = mean(yy * yy) - my**2 + 1 / 12
+    vxx = mean(xx * xx) - mx**2 + 1 / 12
+    vxy = mean(yy * xx) - my * mx
     root = np.sqrt(((vyy - vxx) / 2) ** 2 + vxy**2)
     major = (vyy + vxx) / 2 + root
     minor = np.clip((vyy + vxx) / 2 - root, 1e-9, None)
@@ -285,6 +349,14 @@ def _sections(foreground: np.ndarray, distance: np.ndarray, min_area: float) -> 
     border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
     ellipse[border[border > 0] - 1] = 0.0
     return inscribed[keep], aspect[keep], ellipse[keep]
+
+
+def _label_maximum(values: np.ndarray, labels: np.ndarray, count: int) -> np.ndarray:
+    """The largest of ``values`` in each of the objects ``1..count`` of ``labels`` (float; 0 where
+    none is larger). ``ndi.maximum`` sorts every pixel by label: 15x slower on a 1 MPx plane."""
+    top = np.zeros(count + 1, dtype=float)
+    np.maximum.at(top, labels.ravel(), values.ravel())
+    return top[1:]
 
 
 def _components_stack(foreground: np.ndarray, min_area: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -300,7 +372,7 @@ def _components_stack(foreground: np.ndarray, min_area: float) -> tuple[np.ndarr
     if count == 0:
         return np.zeros(0), aspect, ellipse
     distance = np.stack([distance for _, distance in planes])
-    inscribed = np.asarray(ndi.maximum(distance, labels, np.arange(1, count + 1)), dtype=float)
+    inscribed = _label_maximum(distance, labels, count)
     section_area = np.max([np.bincount(plane.ravel(), minlength=count + 1)[1:] for plane in labels], axis=0)
     return inscribed[_plausible(section_area, inscribed, foreground.shape[1:], min_area)], aspect, ellipse
 
@@ -411,13 +483,37 @@ def _resize(array: np.ndarray, target: tuple[int, ...], order: int) -> np.ndarra
             for axis, (n, t) in enumerate(zip(array.shape, target, strict=True))
         )
         return array[index]
+    shrinking = any(t < n for n, t in zip(array.shape, target, strict=True))
+    if order == 1 and not shrinking:
+        return _enlarge_linear(array.astype(np.float32, copy=False), target)
     from skimage.transform import resize
 
-    shrinking = any(t < n for n, t in zip(array.shape, target, strict=True))
     return resize(
         array.astype(np.float32, copy=False), target, order=order, mode="reflect",
         anti_aliasing=shrinking, preserve_range=True,
     ).astype(np.float32)
+
+
+def _enlarge_linear(array: np.ndarray, target: tuple[int, ...]) -> np.ndarray:
+    """Linear interpolation to ``target`` (no axis smaller), one axis at a time: the numbers of
+    ``skimage.transform.resize(order=1, mode="reflect")`` in a fifth of the time, because each
+    axis is two gathers and a weighted sum instead of a general spline evaluation."""
+    out = array
+    for axis, (n, t) in enumerate(zip(array.shape, target, strict=True)):
+        if n == t:
+            continue
+        # pixel centres: output pixel i sits at input coordinate (i + 0.5) * n / t - 0.5, mirrored
+        # into [0, n - 1] at the ends as resize's "reflect" does
+        coordinate = np.abs((np.arange(t) + 0.5) * (n / t) - 0.5)
+        coordinate = np.minimum(coordinate, 2 * (n - 1) - coordinate) if n > 1 else np.zeros(t)
+        low = np.clip(np.floor(coordinate).astype(np.int64), 0, n - 1)
+        high = np.minimum(low + 1, n - 1)
+        shape = [1] * out.ndim
+        shape[axis] = t
+        weight = (coordinate - low).astype(np.float32).reshape(shape)
+        below, above = np.take(out, low, axis=axis), np.take(out, high, axis=axis)
+        out = below + weight * (above - below)
+    return out.astype(np.float32, copy=False)
 
 
 def resolve_diameter(

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import json
 import logging
 import math
@@ -34,12 +35,13 @@ import os
 import re
 import sys
 import tempfile
+import threading
 import warnings
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from itertools import product
+from itertools import chain, product
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +64,7 @@ __all__ = [
     "predict",
     "predict_raw",
     "probe_model",
+    "whole_image_settings",
 ]
 
 BLENDS = ("exact", "gaussian")
@@ -377,20 +380,10 @@ class _Runner:
         model = self.original
         self.memory_format = None
         if isinstance(model, torch.nn.Module):
-            try:
-                model = copy.deepcopy(model)  # leave the caller's module (mode, device, layout) alone
-                copied = True
-            except Exception:  # some modules cannot be copied; run the original then
-                logger.info("could not copy the model; running it in place", exc_info=True)
-                copied = False
-            model.eval()
-            if copied:
-                model = _fold_batchnorm(model)
-            model.to(device)
             fast_layout = device.type == "cpu" or (device.type == "cuda" and self.precision != "float32")
             if fast_layout:
                 self.memory_format = torch.channels_last if self.spatial_dims == 2 else torch.channels_last_3d
-                model.to(memory_format=self.memory_format)
+            model = _prepared_copy(model, device, self.memory_format)
         self.model = model
 
     def to_cpu(self) -> None:
@@ -437,6 +430,56 @@ class _Runner:
             # concatenated, convolved); measured 5.0x for 2D and 3D segtune U-Nets
             return y, 5.0 * largest[0] / pixels + io_bytes
         return y, 1024.0 + io_bytes  # an opaque callable: assume a mid-sized U-Net
+
+
+# The prepared copy of each model (eval mode, BatchNorm folded, on the device, in the fast
+# layout), kept between predictions: preparing copies every weight, which took 0.2-0.4 s for the
+# bundled 2D model on 2 CPU cores, as long as the network needs for a 1 MPx image. One entry per
+# (model object, device, layout); an entry is used only while the model's weights are the ones
+# it was made from (see _weights_fingerprint), so fine-tuning in place gets a fresh copy.
+_PREPARED: weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple, tuple[tuple, torch.nn.Module]]] = (
+    weakref.WeakKeyDictionary()
+)
+_PREPARED_LOCK = threading.Lock()
+
+
+def _weights_fingerprint(model: torch.nn.Module) -> tuple:
+    """What changes when any weight or buffer of ``model`` changes: each tensor's identity,
+    storage and version counter (torch bumps it on every in-place write: optimiser steps,
+    ``load_state_dict``, ``copy_``), and the module's structure (a replaced layer)."""
+    return tuple(
+        (name, id(t), t.data_ptr(), t._version, t.dtype, t.device)
+        for name, t in chain(model.named_parameters(), model.named_buffers())
+    )
+
+
+def _prepared_copy(model: torch.nn.Module, device: torch.device, memory_format: Any) -> torch.nn.Module:
+    """An inference copy of ``model`` on ``device``: cached, see :data:`_PREPARED`."""
+    key = (str(device), str(memory_format))
+    fingerprint = _weights_fingerprint(model)
+    with _PREPARED_LOCK:
+        try:
+            entry = _PREPARED.get(model, {}).get(key)
+        except TypeError:  # not weak-referenceable: no cache
+            entry = None
+    if entry is not None and entry[0] == fingerprint:
+        return entry[1]
+    try:
+        prepared = copy.deepcopy(model)  # leave the caller's module (mode, device, layout) alone
+        copied = True
+    except Exception:  # some modules cannot be copied; run the original then
+        logger.info("could not copy the model; running it in place", exc_info=True)
+        prepared, copied = model, False
+    prepared.eval()
+    if copied:
+        prepared = _fold_batchnorm(prepared)
+    prepared.to(device)
+    if memory_format is not None:
+        prepared.to(memory_format=memory_format)
+    if copied:
+        with _PREPARED_LOCK, contextlib.suppress(TypeError):
+            _PREPARED.setdefault(model, {})[key] = (fingerprint, prepared)
+    return prepared
 
 
 def _fold_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
@@ -1039,6 +1082,37 @@ def _run_gaussian(
     return sink
 
 
+def _one_thread_on_a_busy_cpu(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Run on one torch thread while other processes keep every CPU core busy.
+
+    PyTorch's OpenMP threads spin while they wait for each other at the end of each layer; when
+    the cores are oversubscribed a spinning thread holds the core its partner needs. On 2 shared
+    cores at load average 7-8 the bundled nuclei model's 1 MPx prediction took 1.1 s on two
+    spinning threads and 0.5 s on one (two passively waiting threads, as ``segtune`` sets up
+    before torch loads, also 0.5 s). A quiet machine keeps all its threads; the count is only
+    ever lowered, for the call, and restored after.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            on_cpu = select_device(kwargs.get("device", "auto")).type == "cpu"
+            busy = os.getloadavg()[0] > (os.cpu_count() or 1) + 0.5
+        except (ValueError, OSError, AttributeError):  # a bad device is reported by func; no load average on Windows
+            on_cpu = busy = False
+        threads = torch.get_num_threads()
+        if not (on_cpu and busy and threads > 1):
+            return func(*args, **kwargs)
+        torch.set_num_threads(1)
+        try:
+            return func(*args, **kwargs)
+        finally:
+            torch.set_num_threads(threads)
+
+    return wrapper
+
+
+@_one_thread_on_a_busy_cpu
 def _execute(
     model: Callable,
     source: _Source,
@@ -1164,6 +1238,32 @@ def _record_state(array: Any, state: _Progress, plan: TilePlan) -> None:
 # --- public API ------------------------------------------------------------------------------
 
 
+def _on_local_threads(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Compute dask inputs on dask's local threads unless a dask.distributed client may exist.
+
+    Without a scheduler named, every dask ``compute`` first imports ``distributed`` to look for
+    a client (0.5-0.7 s the first time, on the first mask's path). A client can only exist once
+    ``distributed`` is imported, so until then the local threaded scheduler -- the one dask
+    would pick anyway -- is named outright.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if "dask" not in sys.modules or "distributed" in sys.modules:
+            return func(*args, **kwargs)
+        import dask
+        import dask.threaded
+
+        if dask.config.get("scheduler", None) is not None:
+            return func(*args, **kwargs)
+        # the function itself: a scheduler's name would make dask import distributed to check it
+        with dask.config.set(scheduler=dask.threaded.get):
+            return func(*args, **kwargs)
+
+    return wrapper
+
+
+@_on_local_threads
 def predict_raw(
     model: Callable[[torch.Tensor], torch.Tensor],
     image: Any,
@@ -1329,6 +1429,7 @@ class PredictionResult:
     diameter: float | None = None
 
 
+@_on_local_threads
 def predict(
     model: Any,
     image: Any,
@@ -1438,11 +1539,7 @@ def predict(
 
     from segtune.core import diameter as sizing
 
-    sample = None
-    if isinstance(diameter, str) and config.get("object_diameter") and config.get("auto_diameter"):
-        sample = np.sum([_compute(data[0, c]) for c in chosen], axis=0, dtype=np.float32)
-        sample = sample[n_z // 2] if spatial_dims == 2 else sample
-    used_diameter, zoom = sizing.resolve_diameter(diameter, config, sample)
+    used_diameter, zoom = sizing.resolve_diameter(diameter, config, _diameter_sample(data, chosen, config, diameter))
     original_yx, final_out = (n_y, n_x), out
     if zoom != 1.0:
         # predict on an in-memory copy zoomed to the model's object size, then zoom back
@@ -1514,6 +1611,62 @@ def predict(
             min_distance=min_distance, min_size=min_size, max_size=max_size, fill_holes=fill_holes,
         )
     return PredictionResult(probabilities, result_labels, head, classes, used_diameter)
+
+
+def whole_image_settings(
+    model: Any,
+    image: Any,
+    *,
+    config: Mapping[str, Any] | None = None,
+    axes: str | None = None,
+    channel: int | str | Sequence[int | str] | None = None,
+    channel_names: Sequence[str] | None = None,
+    diameter: float | str | None = "auto",
+) -> tuple[dict[str, Any], float | None]:
+    """The config and diameter with which :func:`predict` on any part of ``image`` sees that part
+    as it would inside the whole: the normalisation limits (percentiles of the whole image, per
+    chosen channel) and the object diameter (estimated once, from the whole) fixed.
+
+    A viewer predicts the visible region of a large image first and the whole next; with these
+    settings both agree inside the region (away from its edges, where the context differs).
+
+    Parameters
+    ----------
+    model, image, config, axes, channel, channel_names, diameter
+        As for :func:`predict`.
+
+    Returns
+    -------
+    config : dict
+        The model's config with ``normalization["limits"]`` set (when it normalises).
+    diameter : float or None
+        The diameter to pass to :func:`predict` (0 when the image is not to be zoomed).
+    """
+    from segtune.core import diameter as sizing
+    from segtune.core.normalize import DEFAULT_PERCENTILES, percentiles
+
+    model, config = _resolve_model(model, config, "cpu")
+    architecture = config.get("architecture", {}) or {}
+    data, names, _ = _as_tczyx(image, axes, channel_names)
+    chosen = _select_channels(channel, names, int(data.shape[1]), int(architecture.get("in_channels", 1)))
+    used_diameter, _ = sizing.resolve_diameter(diameter, config, _diameter_sample(data, chosen, config, diameter))
+    spec = config.get("normalization")
+    if isinstance(spec, Mapping) and spec.get("method", "percentile") == "percentile" and spec.get("limits") is None:
+        low = float(spec.get("low", DEFAULT_PERCENTILES[0]))
+        high = float(spec.get("high", DEFAULT_PERCENTILES[1]))
+        limits = [[float(v) for v in percentiles(data[:, c], low, high)] for c in chosen]
+        config = {**config, "normalization": {**spec, "limits": limits}}
+    return config, (used_diameter if used_diameter is not None else 0)
+
+
+def _diameter_sample(data: Any, chosen: list[int], config: Mapping[str, Any], diameter: Any) -> np.ndarray | None:
+    """What the automatic diameter is estimated from: the chosen channels summed, at the first
+    time point (its middle plane for a 2D model); None when no estimate is asked for."""
+    if not (isinstance(diameter, str) and config.get("object_diameter") and config.get("auto_diameter")):
+        return None
+    sample = np.sum([_compute(data[0, c]) for c in chosen], axis=0, dtype=np.float32)
+    spatial_dims = int((config.get("architecture", {}) or {}).get("spatial_dims", 2))
+    return sample[sample.shape[0] // 2] if spatial_dims == 2 else sample
 
 
 def _label_stack(probabilities: Any, head: str, spatial_dims: int, postprocess: Any, **options: Any) -> np.ndarray:
@@ -1663,9 +1816,12 @@ def _normalizer(data: Any, chosen: list[int], normalization: Any) -> Callable[[n
         raise ValueError(f"normalization method {method!r} is not known; this version applies 'percentile' or 'none'")
     low = float(spec.get("low", DEFAULT_PERCENTILES[0]))
     high = float(spec.get("high", DEFAULT_PERCENTILES[1]))
+    fixed = spec.get("limits")  # (lo, hi) per chosen channel, measured before (see whole_image_settings)
+    if fixed is not None and len(fixed) != len(chosen):
+        raise ValueError(f"normalization limits are given for {len(fixed)} channel(s) but {len(chosen)} are chosen")
     limits = []
-    for c in chosen:
-        lo, hi = percentiles(data[:, c], low, high)
+    for i, c in enumerate(chosen):
+        lo, hi = (float(fixed[i][0]), float(fixed[i][1])) if fixed is not None else percentiles(data[:, c], low, high)
         limits.append((lo, max(hi - lo, 1e-6)))
     offsets = np.array([lo for lo, _ in limits], dtype=np.float32)
     scales = np.array([1.0 / s for _, s in limits], dtype=np.float32)
