@@ -291,6 +291,7 @@ def _open_tiff(path: Path, scene: int | str | None) -> ImageData:
         index = _pick_scene(path, scenes, scene)
         series = series_list[index]
         _check_tiff_complete(path, series, problems.messages)
+        _check_tiff_codec(path, series)
         axes = series.axes
         shape = series.shape
         ome = _parse_ome(tif.ome_metadata, index) if tif.is_ome else {}
@@ -351,6 +352,22 @@ def _check_tiff_complete(path: Path, series: Any, problems: list[str]) -> None:
         raise ImageReadError(
             path, f"the file is truncated or corrupt: image data runs to byte {end} but the file has {size}"
         )
+
+
+def _check_tiff_codec(path: Path, series: Any) -> None:
+    """Refuse at open time a TIFF whose compression cannot be decoded (the data is read lazily,
+    so without this the failure would come later, from inside the zarr store, without the file name)."""
+    from tifffile import TIFF
+
+    page = series.keyframe
+    compression = getattr(page, "compression", 1)
+    if compression == 1:
+        return
+    try:
+        TIFF.DECOMPRESSORS[compression]
+    except KeyError as e:
+        name = getattr(compression, "name", str(compression))
+        raise ImageReadError(path, f"its image data is compressed with {name}, which cannot be decoded here ({e.args[0]})") from None
 
 
 class _CollectProblems(logging.Handler):
