@@ -1288,7 +1288,7 @@ def _zarr_to_tiff_task(store: str, destination: str, pixel_sizes: Any) -> str:
     import tifffile
     import zarr
 
-    from segtune.core.io import PhysicalPixelSizes
+    from segtune.core.io import LABELS_SOFTWARE, PhysicalPixelSizes
 
     labels = zarr.open_group(store, mode="r")[LABELS_ARRAY]
     n_t, n_z = labels.shape[:2]
@@ -1310,7 +1310,7 @@ def _zarr_to_tiff_task(store: str, destination: str, pixel_sizes: Any) -> str:
         planes = (np.asarray(labels[t, z]).astype(dtype) for t in range(n_t) for z in range(n_z))
         nbytes = math.prod(shape) * np.dtype(dtype).itemsize
         tifffile.imwrite(tmp, data=planes, shape=shape, dtype=dtype, ome=True, metadata=metadata,
-                         compression="zlib", bigtiff=nbytes > 2**31)
+                         compression="zlib", bigtiff=nbytes > 2**31, software=LABELS_SOFTWARE)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)

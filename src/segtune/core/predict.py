@@ -1450,6 +1450,7 @@ def predict(
     _check_spatial_dims(spatial_dims)
 
     data, names, pixel_axes = _as_tczyx(image, axes, channel_names)
+    data, names, channel = _colour_channel(data, names, channel, in_channels)
     n_t, n_c, n_z, n_y, n_x = (int(s) for s in data.shape)
     chosen = _select_channels(channel, names, n_c, in_channels)
 
@@ -1640,6 +1641,25 @@ def _expand(data: Any, position: int) -> Any:
         return da.expand_dims(da.from_array(data, chunks=getattr(data, "chunks", "auto")), position)
     except Exception:
         return np.expand_dims(np.asarray(data), position)
+
+
+def _colour_channel(data: Any, names: list[str], channel: Any, in_channels: int) -> tuple[Any, list[str], Any]:
+    """``channel="Bright"`` naming a colour channel, whose RGB samples are the channels ``Bright (red)``,
+    ``Bright (green)``, ``Bright (blue)``: those samples for a model that takes three channels, their
+    mean (a grey image) for a model that takes one."""
+    from segtune.core.io import sample_group
+
+    if not isinstance(channel, str) or channel in names:
+        return data, names, channel
+    group = sample_group(names, channel)[:3]  # alpha is no colour
+    if len(group) != 3:
+        return data, names, channel
+    if in_channels == 3:
+        return data, names, group
+    if in_channels != 1:
+        return data, names, channel
+    colour = data[:, group[0] : group[-1] + 1]
+    return np.mean(colour, axis=1, keepdims=True, dtype=np.float32), [channel], 0
 
 
 def _select_channels(channel: Any, names: list[str], n_c: int, in_channels: int) -> list[int]:
