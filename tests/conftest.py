@@ -40,3 +40,21 @@ def membranes_dir(shared_data: Path) -> Path:
     if not folder.is_dir():
         pytest.skip(f"{folder} is absent")
     return folder
+
+
+@pytest.fixture(scope="session")
+def colour_czi(czi_dir: Path, tmp_path_factory) -> Path:
+    """A colour CZI with three named channels (as a polarisation series: Bright, Pol_0, Pol_45),
+    written with Zeiss's own writer from the pixels of the shared RGB CZI."""
+    import numpy as np
+
+    from segtune.core.io import open_image
+
+    pyczi = pytest.importorskip("pylibCZIrw.czi", reason="pylibCZIrw (the dev extra) writes the CZI")
+    rgb = np.moveaxis(open_image(czi_dir / "RGB-8bit.czi").data[0, :, 0].compute(), 0, -1)[:200, :300]
+    path = tmp_path_factory.mktemp("czi") / "polarisation.czi"
+    with pyczi.create_czi(str(path), exist_ok=True) as czi:
+        for c, shift in enumerate((0, 40, 80)):
+            czi.write(data=np.ascontiguousarray(np.roll(rgb, shift, axis=1)[..., ::-1]), plane={"C": c, "Z": 0, "T": 0})
+        czi.write_metadata(document_name="pol", channel_names={0: "Bright", 1: "Pol_0", 2: "Pol_45"}, scale_x=0.5e-6, scale_y=0.5e-6)
+    return path

@@ -44,20 +44,6 @@ def test_shared_rgb_czi_opens_as_one_rgb_layer(make_napari_viewer, czi_dir: Path
     np.testing.assert_array_equal(np.asarray(layer.data[..., 1]), image.plane(c=1))
 
 
-@pytest.fixture(scope="module")
-def colour_czi(czi_dir: Path, tmp_path_factory) -> Path:
-    """A colour CZI with three named channels (as a polarisation series: Bright, Pol_0, Pol_45),
-    written with Zeiss's own writer from the pixels of the shared RGB CZI."""
-    pyczi = pytest.importorskip("pylibCZIrw.czi", reason="pylibCZIrw (the dev extra) writes the CZI")
-    rgb = np.moveaxis(open_image(czi_dir / "RGB-8bit.czi").data[0, :, 0].compute(), 0, -1)[:200, :300]
-    path = tmp_path_factory.mktemp("czi") / "polarisation.czi"
-    with pyczi.create_czi(str(path), exist_ok=True) as czi:
-        for c, shift in enumerate((0, 40, 80)):
-            czi.write(data=np.ascontiguousarray(np.roll(rgb, shift, axis=1)[..., ::-1]), plane={"C": c, "Z": 0, "T": 0})
-        czi.write_metadata(document_name="pol", channel_names={0: "Bright", 1: "Pol_0", 2: "Pol_45"}, scale_x=0.5e-6, scale_y=0.5e-6)
-    return path
-
-
 def test_colour_czi_keeps_channel_names_and_opens_rgb_layers(make_napari_viewer, colour_czi: Path) -> None:
     image = open_image(colour_czi)
     assert image.channel_names[:4] == ["Bright (red)", "Bright (green)", "Bright (blue)", "Pol_0 (red)"]

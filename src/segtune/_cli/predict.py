@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 import tempfile
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +37,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--overlap", type=float, default=None, help="window overlap for --blend gaussian (default 0.25)")
     parser.add_argument("--batch-size", type=int, default=None, metavar="N", help="tiles per forward pass (default: what memory allows)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="where to run the model")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="where to run the model (auto: CUDA, then MPS, then CPU)")
     parser.add_argument("--channel", default=None, metavar="C", help="input channel by index or name (needed for multi-channel images)")
     parser.add_argument("--instances", action="store_true", help="write instance labels (uint16) instead of a 0/1 mask")
     parser.add_argument("--threshold", type=float, default=0.5, help="foreground probability threshold (default 0.5)")
-    parser.add_argument("--min-size", type=int, default=0, metavar="PX", help="drop objects smaller than this (pixels/voxels)")
-    parser.add_argument("--max-size", type=int, default=None, metavar="PX", help="drop objects larger than this")
+    parser.add_argument(
+        "--min-size", default="auto", metavar="PX",
+        help="drop objects smaller than this many pixels (voxels in 3D); 'auto' (default, as in the napari widget): "
+             "a disc (ball) a quarter of the object diameter across, e.g. 20 px for 20 px nuclei, or 10 px when "
+             "the diameter is unknown; 0 keeps every object",
+    )
+    parser.add_argument("--max-size", type=int, default=None, metavar="PX", help="drop objects larger than this (default: no limit)")
     parser.add_argument("--fill-holes", action="store_true", help="fill holes inside objects")
     parser.add_argument("--split", action="store_true", help="split touching objects (binary models) by a distance watershed")
     parser.add_argument(
@@ -109,24 +114,45 @@ def run(args: argparse.Namespace) -> int:
 
     model = load_model(args.model, device="cpu")
     results = [_guarded(job, options, model, len(jobs) > 1, bar=True) for job in jobs]
-    failed = [r for r in results if r is not None]
+    done = [r for r in results if isinstance(r, PredictedFile)]
+    objects = sum(r.objects for r in done)
+    print(f"{len(done)} file(s) written to {out_dir}, {objects} object(s) in total")
+    failed = [r for r in results if not isinstance(r, PredictedFile)]
     if failed:
         raise UsageError(f"{len(failed)} of {len(jobs)} input(s) failed (see above)")
     return 0
 
 
-def _guarded(job: dict[str, Any], options: dict[str, Any], model: Any, many: bool, bar: bool) -> str | None:
-    """Predict one file; with several inputs a bad file is reported and the others go on."""
+@dataclass
+class PredictedFile:
+    """What ``segtune predict`` did with one input: where the labels went, how many objects,
+    the object diameter the image was zoomed for (None: not zoomed), the smallest object kept."""
+
+    output: Path
+    objects: int
+    diameter: float | None
+    min_size: int
+
+    def line(self) -> str:
+        """``out/cells_labels.tif: 113 objects, diameter 18.4 px, objects under 17 px dropped``."""
+        diameter = f"diameter {self.diameter:.1f} px" if self.diameter else "not rescaled"
+        sizes = f"objects under {self.min_size} px dropped" if self.min_size else "no size filter"
+        return f"{self.output}: {self.objects} object(s), {diameter}, {sizes}"
+
+
+def _guarded(job: dict[str, Any], options: dict[str, Any], model: Any, many: bool, bar: bool) -> PredictedFile | str:
+    """Predict one file and print its line; with several inputs a bad file is reported and the others go on."""
     from segtune.core.io import ImageReadError
 
     try:
-        predict_file(job["input"], job["output"], model=model, bar=bar, **options)
+        result = predict_file(job["input"], job["output"], model=model, bar=bar, **options)
     except (ImageReadError, ValueError, FileNotFoundError, FileExistsError) as e:
         if not many:
             raise
         print(f"segtune predict: error: {job['input']}: {e}", file=sys.stderr)
         return str(e)
-    return None
+    print(result.line(), flush=True)
+    return result
 
 
 def predict_file(
@@ -138,11 +164,12 @@ def predict_file(
     scene: str | int | None = None,
     overwrite: bool = False,
     **options: Any,
-) -> Path:
+) -> PredictedFile:
     """Predict one image file and write its labels (the work of one input of ``segtune predict``).
 
     ``model`` is a ``(module, config)`` pair or a model name/folder; ``options`` go to
-    :func:`segtune.core.predict.predict`.
+    :func:`segtune.core.predict.predict`. Returns the written file, its object count (instances,
+    or connected components of a mask), the diameter used and the smallest object kept.
     """
     from segtune.core.io import open_image
     from segtune.core.predict import predict
@@ -166,7 +193,18 @@ def predict_file(
         labels = labels.astype(np.uint16 if labels.max(initial=0) <= np.iinfo(np.uint16).max else np.uint32)
     else:
         labels = labels.astype(np.uint8 if labels.max(initial=0) <= 255 else np.uint16)
-    return _write(Path(output_path), labels, image.physical_pixel_sizes, axes, overwrite)
+    written = _write(Path(output_path), labels, image.physical_pixel_sizes, axes, overwrite)
+    return PredictedFile(written, _count_objects(labels, bool(options.get("instances"))), result.diameter, result.min_size)
+
+
+def _count_objects(labels: np.ndarray, instances: bool) -> int:
+    """Instances are counted by their numbers; a mask by its connected components, plane by plane."""
+    from scipy import ndimage
+
+    if instances:
+        return int(np.count_nonzero(np.unique(labels)))
+    planes = labels.reshape((-1, *labels.shape[-2:]))
+    return int(sum(ndimage.label(plane > 0)[1] for plane in planes))
 
 
 def _squeeze(labels: np.ndarray) -> tuple[np.ndarray, str]:
@@ -237,6 +275,14 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     scene: Any = args.scene
     if scene is not None and scene.isdigit():
         scene = int(scene)
+    min_size: Any = str(args.min_size).strip().lower()
+    if min_size != "auto":
+        try:
+            min_size = int(min_size)
+        except ValueError as e:
+            raise UsageError(f"--min-size must be a number of pixels or 'auto', got {args.min_size!r}") from e
+        if min_size < 0:
+            raise UsageError(f"--min-size must not be negative, got {args.min_size!r}")
     diameter: Any = str(getattr(args, "diameter", "auto")).strip().lower()
     if diameter != "auto":
         try:
@@ -253,7 +299,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         "channel": channel,
         "instances": args.instances,
         "threshold": args.threshold,
-        "min_size": args.min_size,
+        "min_size": min_size,
         "max_size": args.max_size,
         "fill_holes": args.fill_holes,
         "split": args.split,

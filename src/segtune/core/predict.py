@@ -1340,6 +1340,10 @@ class PredictionResult:
         ``"binary"``, ``"three_class"`` or ``"semantic"``.
     classes
         Class names from the model's config.
+    diameter
+        The object diameter the image was zoomed for (None when it was not zoomed).
+    min_size
+        The smallest object kept, in pixels (voxels): as given, or the default rule's.
     """
 
     probabilities: Any
@@ -1347,6 +1351,7 @@ class PredictionResult:
     head: str
     classes: list[str]
     diameter: float | None = None
+    min_size: int = 0
 
 
 def predict(
@@ -1361,7 +1366,7 @@ def predict(
     instances: bool = False,
     split: bool = False,
     min_distance: int | None = None,
-    min_size: int = 0,
+    min_size: int | str | None = 0,
     max_size: int | None = None,
     fill_holes: bool = False,
     normalize: bool = True,
@@ -1411,7 +1416,9 @@ def predict(
         Seed spacing for ``split`` (default a quarter of the object diameter, a third for
         three-class heads: the ``diameter`` used, else the config's ``object_diameter``, else 5).
     min_size, max_size, fill_holes
-        Object filters (pixels in 2D, voxels in 3D).
+        Object filters (pixels in 2D, voxels in 3D). ``min_size="auto"`` (or None) drops objects
+        smaller than :func:`segtune.core.postprocess.default_min_size` of the object diameter
+        (the ``diameter`` used, else the config's ``object_diameter``), 10 px without one.
     normalize
         Apply the config's normalisation (percentiles per channel over the whole image).
     labels
@@ -1428,12 +1435,15 @@ def predict(
         (``"auto_diameter": true``, the bundled nuclei models) and leaves other models' input
         as it is; ``None`` or 0 never zooms. See :func:`segtune.core.diameter.resolve_diameter`.
     progress, cancel
-        See :mod:`segtune.core.progress`.
+        See :mod:`segtune.core.progress`. One ``"predict"`` stage counts the diameter estimate,
+        the batches of tiles, and the planes (time points for a 3D model) labelled; ``message``
+        names the phase.
 
     Returns
     -------
     PredictionResult
-        With ``diameter`` the diameter used (None when the image was not zoomed).
+        With ``diameter`` the diameter used (None when the image was not zoomed) and ``min_size``
+        the smallest object kept.
 
     Raises
     ------
@@ -1456,11 +1466,15 @@ def predict(
 
     from segtune.core import diameter as sizing
 
+    n_units = n_t * n_z if spatial_dims == 2 else n_t  # planes (time points) to label
+    phases = _Phases(progress, cancel, labelling=n_units if labels and head != "image" else 0)
     sample = None
     if isinstance(diameter, str) and config.get("object_diameter") and config.get("auto_diameter"):
+        phases.start("estimating the object diameter")
         sample = np.sum([_compute(data[0, c]) for c in chosen], axis=0, dtype=np.float32)
         sample = sample[n_z // 2] if spatial_dims == 2 else sample
     used_diameter, zoom = sizing.resolve_diameter(diameter, config, sample)
+    phases.done_one()
     original_yx, final_out = (n_y, n_x), out
     if zoom != 1.0:
         # predict on an in-memory copy zoomed to the model's object size, then zoom back
@@ -1508,7 +1522,7 @@ def predict(
         model, source, items, spatial_dims=spatial_dims, in_channels=in_channels, make_output=make_output,
         tile_shape=tile_shape, overlap=overlap, batch_size=batch_size, device=device, blend=blend,
         precision=precision, memory_limit=memory_limit, halo=None, divisor=None, skip=skip,
-        skip_value=skip_value, sigma_scale=0.125, activation=activation, progress=progress, cancel=cancel,
+        skip_value=skip_value, sigma_scale=0.125, activation=activation, progress=phases.tiles, cancel=cancel,
     )
     if zoom != 1.0:
         if isinstance(final_out, (str, os.PathLike)):
@@ -1516,25 +1530,62 @@ def predict(
                                      (1, 1, 1, *original_yx), False)
         probabilities = sizing.restore_stack(probabilities, original_yx, final_out)
     result_labels = None
-    if labels and head != "image":
-        from segtune.core import postprocess
+    from segtune.core import postprocess
 
+    object_size = used_diameter or config.get("object_diameter")
+    if min_size is None or min_size == "auto":
+        min_size = postprocess.default_min_size(object_size, spatial_dims)
+    if labels and head != "image":
         # a model can ask for distance-peak seeds (the bundled nuclei models do: it splits
         # touching nuclei their boundary class missed); three-class seeds sit a third of a
         # diameter apart, binary split seeds a quarter
         split = split or bool(config.get("split_instances", False))
         if min_distance is None:
-            object_size = used_diameter or config.get("object_diameter")
             fraction = 3 if head == "three_class" else 4
             min_distance = max(1, int(round(float(object_size) / fraction))) if object_size else 5
         result_labels = _label_stack(
             probabilities, head, spatial_dims, postprocess, threshold=threshold, instances=instances, split=split,
-            min_distance=min_distance, min_size=min_size, max_size=max_size, fill_holes=fill_holes,
+            min_distance=min_distance, min_size=int(min_size), max_size=max_size, fill_holes=fill_holes,
+            step=phases.labelled,
         )
-    return PredictionResult(probabilities, result_labels, head, classes, used_diameter)
+    return PredictionResult(probabilities, result_labels, head, classes, used_diameter, int(min_size))
 
 
-def _label_stack(probabilities: Any, head: str, spatial_dims: int, postprocess: Any, **options: Any) -> np.ndarray:
+class _Phases:
+    """One progress count over predict()'s phases: the diameter estimate (one step), the batches
+    of tiles (as many as the tiling makes), then one step per plane or time point labelled."""
+
+    def __init__(self, progress: ProgressCallback | None, cancel: CancelToken | None, labelling: int) -> None:
+        self.reporter = Reporter(progress, cancel, stage="predict")
+        self.labelling = labelling
+        self.offset = 0  # steps of the phases before the tiles
+        self.tiles_total: int | None = None
+        self.labels_done = 0
+
+    def _total(self) -> int | None:
+        return None if self.tiles_total is None else self.offset + self.tiles_total + self.labelling
+
+    def start(self, message: str) -> None:
+        self.reporter.step(self.offset, total=self._total(), message=message)
+
+    def done_one(self) -> None:
+        self.offset = 1
+
+    def tiles(self, event: Any) -> None:
+        self.tiles_total = event.total
+        self.reporter.step(self.offset + event.done, total=self._total(), message="tiles", **event.metrics)
+
+    def labelled(self) -> None:
+        self.labels_done += 1
+        if self.tiles_total is None:
+            self.tiles_total = 0
+        done = self.offset + self.tiles_total + self.labels_done
+        self.reporter.step(done, total=self._total(), message="labelling planes")
+
+
+def _label_stack(
+    probabilities: Any, head: str, spatial_dims: int, postprocess: Any, step: Callable[[], None] | None = None, **options: Any
+) -> np.ndarray:
     """Post-process each time point (3D model) or plane (2D model); instance numbers run on across the stack."""
     n_t, _, n_z = probabilities.shape[:3]
     out = None
@@ -1559,6 +1610,8 @@ def _label_stack(probabilities: Any, head: str, spatial_dims: int, postprocess: 
             out[t] = result
         else:
             out[t, z] = result
+        if step is not None:
+            step()
     assert out is not None
     return out
 
