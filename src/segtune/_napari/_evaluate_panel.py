@@ -26,6 +26,7 @@ from qtpy.QtWidgets import (
 from segtune._napari._jobs import Job, guarded, notify_info
 from segtune._napari._layers import (
     LayerChoice,
+    adopt_pixel_size,
     check_same_shape,
     labels_array,
     layer_pixel_sizes,
@@ -174,6 +175,8 @@ class EvaluatePanel(QWidget):
         if pred_layer is truth_layer:
             raise UserError("Choose two different Labels layers: the segmentation and the ground truth.")
         check_same_shape(pred_layer, truth_layer, "segmentation", "ground truth")
+        # a mask opened without pixel sizes lies on the other's pixels: it takes their size
+        adopt_pixel_size(truth_layer, pred_layer) or adopt_pixel_size(pred_layer, truth_layer)
         pred, truth = labels_array(pred_layer), labels_array(truth_layer)
         level = self.overlay_level.currentText()
         want_overlay = self.overlay_check.isChecked()
