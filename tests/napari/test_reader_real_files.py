@@ -108,3 +108,13 @@ def test_plain_tif_labels_saved_by_the_plugin_keep_pixel_sizes_and_integers(make
     (again,) = viewer.open(str(out), plugin="napari-segtune")  # and it opens as labels again
     assert type(again).__name__ == "Labels"
     np.testing.assert_allclose(again.scale, (1.0, 0.8, 0.8))
+
+
+def test_labels_saved_by_napari_own_writer_open_as_labels(make_napari_viewer, qcanet_dir: Path, tmp_path: Path) -> None:
+    truth = tifffile.imread(qcanet_dir / "labels" / "8_cell_stage.tif")
+    viewer = make_napari_viewer()
+    layer = viewer.add_labels(truth.astype(np.int32))
+    (written,) = layer.save(str(tmp_path / "corrected.tif"), plugin="napari")  # int32, no pixel sizes
+    (again,) = viewer.open(written, plugin="napari-segtune")
+    assert type(again).__name__ == "Labels"
+    np.testing.assert_array_equal(again.data, truth)

@@ -3,8 +3,9 @@
 Layers stay lazy (dask), one image layer per channel (one RGB layer per colour channel),
 scaled in micrometres from the file's pixel sizes, with the file's axis names (t, z, y, x) and
 named after the file's channels. A label image opens as a Labels layer: one segtune wrote (its
-TIFF Software tag says so), or a one-channel integer image named like a mask (``*_labels*``,
-``*mask*``, ``man_seg*``) or lying in a folder called ``labels`` or ``masks``. A file that
+TIFF Software tag says so), a one-channel image of 32- or 64-bit integers (what napari's own
+writer, StarDist and Cellpose save), or a one-channel integer image named like a mask
+(``*_labels*``, ``*mask*``, ``man_seg*``) or lying in a folder called ``labels`` or ``masks``. A file that
 cannot be read raises ``ImageReadError`` naming the file, which napari shows as an error
 notification.
 """
@@ -59,6 +60,8 @@ def is_label_image(image: ImageData) -> bool:
         return False
     if image.metadata.get("software") == LABELS_SOFTWARE:
         return True
+    if image.dtype.itemsize >= 4:
+        return True  # no camera writes 32/64-bit integers; napari, StarDist, Cellpose labels are such
     name = image.path.name.lower()
     return any(fnmatch(name, pattern) for pattern in LABEL_NAME_PATTERNS) or image.path.parent.name.lower() in LABEL_FOLDERS
 
