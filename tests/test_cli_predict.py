@@ -232,7 +232,9 @@ def test_channel_names_a_colour_channel_of_a_czi(model_dir, colour_czi, czi_dir,
     out = tmp_path / "out"
     base = ["predict", "--model", str(model_dir), "--out", str(out), "--device", "cpu"]
     assert main([*base, str(colour_czi)]) == 2
-    assert "Pol_0 (red)" in capsys.readouterr().err  # the file's channel names, not "Channel 0..8"
+    err = capsys.readouterr().err
+    assert "Pol_0 (red)" in err  # the file's channel names, not "Channel 0..8"
+    assert "a colour channel by its name (Bright, Pol_0, Pol_45) gives the mean of its samples" in err
     assert main([*base, str(colour_czi), "--channel", "Pol_0"]) == 0
     grey = open_image(colour_czi).data[0, 3:6, 0].compute().astype(np.float32).mean(axis=0)  # Pol_0's samples
     expected = predict(load_model(model_dir), grey, device="cpu", min_size="auto").labels[0, 0]

@@ -1715,13 +1715,25 @@ def _colour_channel(data: Any, names: list[str], channel: Any, in_channels: int)
     return np.mean(colour, axis=1, keepdims=True, dtype=np.float32), [channel], 0
 
 
+def _colour_names(names: list[str]) -> list[str]:
+    """The colour channels (their RGB samples are channels) by the names ``channel=`` takes."""
+    from segtune.core.io import SAMPLE_NAMES
+
+    if list(names[:3]) == list(SAMPLE_NAMES[3]):
+        return ["RGB"]
+    found = [n.removesuffix(" (red)") for n in names if n.endswith(" (red)")]
+    return list(dict.fromkeys(found))
+
+
 def _select_channels(channel: Any, names: list[str], n_c: int, in_channels: int) -> list[int]:
     if channel is None:
         if n_c == in_channels:
             return list(range(n_c))
+        colours = _colour_names(names)
+        hint = f"; a colour channel by its name ({', '.join(colours)}) gives {'its three samples' if in_channels == 3 else 'the mean of its samples'}" if colours and in_channels in (1, 3) else ""
         raise ValueError(
             f"the image has {n_c} channels ({', '.join(names)}) and the model takes {in_channels}; "
-            f"choose with channel= (--channel), by index or name"
+            f"choose with channel= (--channel), by index or name{hint}"
         )
     wanted = [channel] if isinstance(channel, (int, str, np.integer)) else list(channel)
     chosen = []
