@@ -18,28 +18,32 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-@pytest.fixture(scope="session")
-def czi_dir(shared_data: Path) -> Path:
-    folder = shared_data / "czi"
+def _data_folder(shared_data: Path, name: str) -> Path:
+    folder = shared_data / name
     if not folder.is_dir():
         pytest.skip(f"{folder} is absent")
     return folder
+
+
+@pytest.fixture(scope="session")
+def czi_dir(shared_data: Path) -> Path:
+    return _data_folder(shared_data, "czi")
 
 
 @pytest.fixture(scope="session")
 def nuclei_dir(shared_data: Path) -> Path:
-    folder = shared_data / "nuclei_nih3t3"
-    if not folder.is_dir():
-        pytest.skip(f"{folder} is absent")
-    return folder
+    return _data_folder(shared_data, "nuclei_nih3t3")
 
 
 @pytest.fixture(scope="session")
 def membranes_dir(shared_data: Path) -> Path:
-    folder = shared_data / "membranes_isbi2012"
-    if not folder.is_dir():
-        pytest.skip(f"{folder} is absent")
-    return folder
+    return _data_folder(shared_data, "membranes_isbi2012")
+
+
+@pytest.fixture(scope="session")
+def qcanet_dir(shared_data: Path) -> Path:
+    """A mouse embryo stack and its instance labels (a label TIFF from another tool)."""
+    return _data_folder(shared_data, "nuclei3d_qcanet")
 
 
 @pytest.fixture(scope="session")

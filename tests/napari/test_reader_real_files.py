@@ -16,14 +16,6 @@ from segtune.core.io import open_image, read_labels, write_labels
 pytestmark = pytest.mark.gui
 
 
-@pytest.fixture(scope="module")
-def qcanet_dir(shared_data: Path) -> Path:
-    folder = shared_data / "nuclei3d_qcanet"
-    if not folder.is_dir():
-        pytest.skip(f"{folder} is absent")
-    return folder
-
-
 def test_lzw_tiff_opens_through_the_plugin(make_napari_viewer, nuclei_dir: Path, tmp_path: Path) -> None:
     nuclei = iio.imread(nuclei_dir / "images" / "0.png")
     path = tmp_path / "nuclei_lzw.tif"
