@@ -112,3 +112,19 @@ def test_predict_errors_are_plain_notifications(widget, qtbot, sample_2d, errors
     panel.run_button.click()
     assert "3D model" in errors()[-1] and "stack" in errors()[-1]
     assert panel.job is None and not widget.busy
+
+
+def test_smallest_object_defaults_to_the_rule_the_command_line_uses(widget, qtbot, sample_2d, errors) -> None:
+    viewer = widget.viewer
+    image = viewer.add_image(sample_2d["image"], name="nuclei", scale=SCALE_2D)
+    new_tiny_model(widget)
+    panel = widget.predict_panel
+    assert panel.min_size.text() == "auto"  # as `segtune predict --min-size auto`, its default
+    panel.image_layer.set_layer(image)
+    panel.run_button.click()
+    assert wait_for(qtbot, panel.job) == "done"
+    (labels,) = panel.last_layers
+    expected = predict(widget.state.model, sample_2d["image"], config=widget.state.config, axes="YX",
+                       instances=True, min_size="auto", device="cpu")
+    np.testing.assert_array_equal(labels.data, expected.labels[0, 0])
+    assert errors() == []
