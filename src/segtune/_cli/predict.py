@@ -37,8 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--overlap", type=float, default=None, help="window overlap for --blend gaussian (default 0.25)")
     parser.add_argument("--batch-size", type=int, default=None, metavar="N", help="tiles per forward pass (default: what memory allows)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="where to run the model (auto: CUDA, then MPS, then CPU)")
-    parser.add_argument("--channel", default=None, metavar="C", help="input channel by index or name (needed for multi-channel images)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="where to run the model; auto tries CUDA, then MPS, then the CPU")
+    parser.add_argument("--channel", default=None, metavar="C", help="input channel by index or name (needed for multi-channel images); the name of a colour "
+                        "channel (Bright, or RGB for an unnamed one) gives a one-channel model the mean of its red, green and blue")
     parser.add_argument("--instances", action="store_true", help="write instance labels (uint16) instead of a 0/1 mask")
     parser.add_argument("--threshold", type=float, default=0.5, help="foreground probability threshold (default 0.5)")
     parser.add_argument(

@@ -58,7 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     norm.add_argument("--normalize", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"), help="normalisation percentiles")
     parser.add_argument("--denoise-out", default=None, metavar="DIR", help="n2n: write the denoised inputs here (NAME_denoised.tif)")
     parser.add_argument("--max-minutes", type=float, default=None, metavar="M", help="stop after this many minutes")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="where to train (auto: CUDA, then MPS, then CPU)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="where to train; auto tries CUDA, then MPS, then the CPU")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random numbers (patches, corruptions, views)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing model folder")
     parser.set_defaults(func=run)

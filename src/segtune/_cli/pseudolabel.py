@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--threshold", type=float, default=0.9, metavar="P", help="confidence needed")
     parser.add_argument("--ignore-value", type=int, default=255, metavar="V", help="label of uncertain pixels")
     parser.add_argument("--channel", type=int, default=None, metavar="C", help="channel of multi-channel images")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="where to run the model (auto: CUDA, then MPS, then CPU)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="where to run the model; auto tries CUDA, then MPS, then the CPU")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.set_defaults(func=run)
 
