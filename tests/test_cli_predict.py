@@ -202,6 +202,11 @@ def test_progress_counts_tiles_and_planes_not_one_jump(model_dir):
     assert done == sorted(done) and events[-1].done == events[-1].total
     assert len(set(done)) > 4  # tiles, then each plane labelled, not 0/1 -> 1/1
     assert {"tiles", "labelling planes"} <= {e.message for e in events}
+    # one large 2D image on the CPU is several tiles, not one long step
+    events.clear()
+    big = np.tile(_blobs((70, 90), seed=9), (24, 20))  # 1680 x 1800 = 3 Mpx
+    predict(load_model(model_dir), big, device="cpu", progress=events.append)
+    assert len({e.done for e in events if e.message == "tiles"}) >= 2
 
 
 def test_every_option_of_every_command_has_help_and_sensible_defaults():
