@@ -183,6 +183,7 @@ def test_min_size_default_is_the_one_rule_shared_with_the_widget(model_dir, tmp_
     args = build_parser().parse_args(["predict", "--model", "m", "x.tif", "--out", "o"])
     assert args.min_size == "auto"
     assert default_min_size(None) == 10 and default_min_size(20.0) == 20 and default_min_size(12.0, spatial_dims=3) == 14
+    assert default_min_size(4.8) == 4 and default_min_size(4.8, spatial_dims=3) == 8  # never a 1-pixel speck
     path = _image(tmp_path / "k.tif", _blobs(seed=8))
     out = tmp_path / "out"
     assert main(["predict", "--model", str(model_dir), str(path), "--out", str(out), "--device", "cpu", "--min-size", "0"]) == 0

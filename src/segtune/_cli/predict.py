@@ -45,8 +45,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--min-size", default="auto", metavar="PX",
         help="drop objects smaller than this many pixels (voxels in 3D); 'auto' (default, as in the napari widget): "
-             "a disc (ball) a quarter of the object diameter across, e.g. 20 px for 20 px nuclei, or 10 px when "
-             "the diameter is unknown; 0 keeps every object",
+             "a disc (ball) a quarter of the object diameter across, e.g. 20 px for 20 px nuclei, at least 4 px "
+             "(8 voxels), or 10 px when the diameter is unknown; 0 keeps every object",
     )
     parser.add_argument("--max-size", type=int, default=None, metavar="PX", help="drop objects larger than this (default: no limit)")
     parser.add_argument("--fill-holes", action="store_true", help="fill holes inside objects")

@@ -94,7 +94,7 @@ class PredictPanel(QWidget):
         self.min_size.setSuffix(" px")
         self.min_size.setToolTip(
             "Objects smaller than this many pixels (voxels in 3D) are dropped as specks. auto: a disc a quarter "
-            "of the object diameter across (20 px for 20 px nuclei), or 10 px when the diameter is unknown; 0 keeps all."
+            "of the object diameter across (20 px for 20 px nuclei, at least 4 px), or 10 px when the diameter is unknown; 0 keeps all."
         )
         self.tile = QSpinBox()
         self.tile.setRange(0, 4096)

@@ -16,6 +16,8 @@ from scipy import ndimage as ndi
 
 __all__ = [
     "HEADS",
+    "DEFAULT_MIN_SIZE",
+    "default_min_size",
     "fill_label_holes",
     "filter_sizes",
     "instances_from_binary",
@@ -95,14 +97,14 @@ def default_min_size(object_diameter: float | None, spatial_dims: int = 2) -> in
     """The smallest object worth keeping, in pixels (voxels in 3D), when the user does not say.
 
     A disc (ball) a quarter of the typical object diameter across: 20 px for 20 px nuclei, 14
-    voxels for 12 px nuclei in 3D. Without a diameter, ``DEFAULT_MIN_SIZE`` (10) pixels. The
-    command line and the widget both use this rule.
+    voxels for 12 px nuclei in 3D; never less than a 2 x 2 speck (4 px, 8 voxels). Without a
+    diameter, ``DEFAULT_MIN_SIZE`` (10) pixels. The command line and the widget both use this rule.
     """
     if not object_diameter or object_diameter <= 0:
         return DEFAULT_MIN_SIZE
     radius = float(object_diameter) / 8
     size = math.pi * radius**2 if spatial_dims == 2 else 4 / 3 * math.pi * radius**3
-    return max(1, int(round(size)))
+    return max(4 if spatial_dims == 2 else 8, int(round(size)))
 
 
 def filter_sizes(labels: np.ndarray, min_size: int = 0, max_size: int | None = None) -> np.ndarray:
