@@ -325,7 +325,7 @@ def _run_distributed(jobs: list[dict[str, Any]], options: dict[str, Any], args: 
     scene, overwrite = options.pop("scene"), options.pop("overwrite")
     try:
         with tqdm_progress("files") as callback:
-            parallel_predict.predict_files(
+            report = parallel_predict.predict_files(
                 args.model, [job["input"] for job in jobs], args.out, workers=args.workers, scheduler=args.scheduler,
                 scene=scene, overwrite=overwrite, file_function=partial(predict_file, bar=False), progress=callback,
                 **options,
@@ -336,6 +336,9 @@ def _run_distributed(jobs: list[dict[str, Any]], options: dict[str, Any], args: 
         for name, message in e.report.failed.items():
             print(f"segtune predict: error: {name}: {message}", file=sys.stderr)
         raise UsageError(f"{len(e.report.failed)} of {len(jobs)} input(s) failed (see above)") from None
+    for output in report.outputs.values():  # the workers counted no objects: one line per file
+        print(output)
+    print(f"{len(report.outputs)} file(s) written to {args.out} by {report.workers} worker(s)")
     return 0
 
 
