@@ -110,3 +110,10 @@ def test_labels_saved_by_napari_own_writer_open_as_labels(make_napari_viewer, qc
     (again,) = viewer.open(written, plugin="napari-segtune")
     assert type(again).__name__ == "Labels"
     np.testing.assert_array_equal(again.data, truth)
+
+
+def test_any_integer_image_opens_as_labels_when_asked(make_napari_viewer, qcanet_dir: Path) -> None:
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(str(qcanet_dir / "images" / "8_cell_stage.tif"), plugin="napari-segtune", layer_type="labels")
+    assert type(layer).__name__ == "Labels"  # napari's layer_type option, through segtune's reader
+    assert layer.data.shape == (51, 120, 122)
