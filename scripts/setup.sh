@@ -5,7 +5,15 @@
 #
 #   bash scripts/setup.sh              # editable install, for working on the code
 #   SEGTUNE_EDITABLE=0 bash scripts/setup.sh   # a regular install, as a user gets it (CI uses this)
-#   TORCH_SPEC="torch" bash scripts/setup.sh   # the default CUDA build of torch instead of 2.13.0
+#   TORCH_SPEC="torch" bash scripts/setup.sh   # the newest torch instead of 2.13.0
+#   TORCH_INDEX_URL=<index> bash scripts/setup.sh   # torch from that wheel index only
+#
+# Which torch build arrives depends on where pip finds it. From PyPI alone, on Linux x86-64,
+# it is the build for CUDA (NVIDIA GPUs; several GB with its CUDA libraries; it runs on a CPU
+# too). The CPU-only build comes from PyTorch's own CPU wheel index: set TORCH_INDEX_URL to the
+# --index-url that pytorch.org's "Get started" page gives for pip / Linux / CPU. A machine
+# whose pip finds a CPU wheel locally (a --find-links folder) gets that one. The script says at
+# the end which build it installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,8 +34,12 @@ fi
 python3 -m venv .venv
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
-# torch first: a bare `torch` requirement would pull a multi-GB CUDA build on machines without one
-python -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
+# torch first, on its own, so that the build chosen here (TORCH_INDEX_URL) is the one segtune gets
+if [ -n "${TORCH_INDEX_URL:-}" ]; then
+  python -m pip install -q --index-url "$TORCH_INDEX_URL" "${TORCH_SPEC:-torch==2.13.0}"
+else
+  python -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
+fi
 if [ "${SEGTUNE_EDITABLE:-1}" = 1 ]; then
   python -m pip install -q -e ".[test]"
 else
@@ -36,4 +48,5 @@ fi
 # bioimageio.core (runs bioimage.io's test of exported models) pins an older bioimageio.spec than
 # segtune needs: installed without that pin; its other requirements come with the test extra
 python -m pip install -q --no-deps "bioimageio.core==0.11.0"
+echo "installed $(python scripts/torch_build.py)"
 echo "set up: run 'source .venv/bin/activate', then 'segtune demo' or 'python -m pytest'"

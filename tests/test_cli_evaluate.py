@@ -82,7 +82,7 @@ def test_folders_and_human_readable_table(files, capsys):
     assert lines[2].startswith("a_labels.tif") and "a.png" in lines[2]
     assert lines[3].startswith("b_labels.tif")
     assert any(line.startswith("mean") for line in lines)
-    assert "objects:" in lines[-1]
+    assert any(line.startswith("objects:") for line in lines) and lines[-1].startswith("legend:")
     with pytest.raises(json.JSONDecodeError):
         json.loads(out)
 
@@ -155,3 +155,24 @@ def test_command_exit_code_in_a_subprocess(files):
     assert done.returncode == 2
     assert done.stdout == ""
     assert "2 --pred file(s) but 1 --truth file(s)" in done.stderr
+
+
+def test_summary_counts_touching_objects_as_instances_and_explains_the_columns(shared_data, tmp_path, capsys):
+    """A DSB 2018 ground truth (instance labels) whose 70 nuclei touch into 40 connected components."""
+    truth_path = shared_data / "nuclei_dsb2018" / "labels" / "00ae65c1c6631ae6.png"
+    if not truth_path.is_file():
+        pytest.skip(f"{truth_path} is absent")
+    truth = iio.imread(truth_path)
+    ids = np.unique(truth)[1:]
+    assert len(ids) == 70
+    pred = np.where(np.isin(truth, ids[:3]), 0, truth)  # three nuclei missed
+    write_labels(tmp_path / "pred.tif", pred)
+    assert main(["evaluate", "--pred", str(tmp_path / "pred.tif"), "--truth", str(truth_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    summary = next(line for line in lines if line.startswith("objects:"))
+    assert summary.startswith("objects: 70 true, 67 predicted")
+    assert "67 matched one-to-one at IoU >= 0.5, 3 missed, 0 false" in summary
+    assert next(line for line in lines if line.startswith("connected components:")).startswith("connected components: 40 true")
+    legend = lines[-1]
+    for word in ("px = pixels", "obj = connected components", "P = precision", "R = recall", "F1@.5", "AP@.5", "mIoU", "PQ"):
+        assert word in legend

@@ -152,3 +152,99 @@ def test_bad_inputs_fail_with_one_line(model_dir, tmp_path, capsys):
     assert main(["predict", "--model", str(model_dir), str(good), "--out", str(out), "--tile", "x", "--overwrite"]) == 2
     assert "--tile" in capsys.readouterr().err
     assert main(["predict", "--model", str(tmp_path / "nope"), str(good), "--out", str(out), "--overwrite"]) == 2
+
+
+def test_lzw_tiff_of_a_real_image_is_predicted_and_reported(model_dir, nuclei_dir, tmp_path, capsys):
+    import imageio.v3 as iio
+
+    nuclei = iio.imread(nuclei_dir / "images" / "0.png")[:256, :320]
+    path = tmp_path / "nuclei.tif"
+    tifffile.imwrite(path, nuclei, compression="lzw")  # the default of many acquisition tools
+    out = tmp_path / "out"
+    assert main(["predict", "--model", str(model_dir), str(path), "--out", str(out), "--device", "cpu", "--instances"]) == 0
+    labels = read_labels(out / "nuclei_labels.tif")
+    assert labels.shape == nuclei.shape
+    lines = capsys.readouterr().out.strip().splitlines()
+    count = len(np.unique(labels)) - 1
+    assert count > 3
+    # one line per file (output, objects, diameter, size filter) and a total
+    assert lines == [
+        f"{out / 'nuclei_labels.tif'}: {count} object(s), not rescaled, objects under 10 px dropped",
+        f"1 file(s) written to {out}, {count} object(s) in total",
+    ]
+    sizes = np.bincount(labels.ravel())[1:]
+    assert sizes[sizes > 0].min() >= 10  # the default smallest object, as in the widget
+
+
+def test_min_size_default_is_the_one_rule_shared_with_the_widget(model_dir, tmp_path, capsys):
+    from segtune.cli import build_parser
+    from segtune.core.postprocess import default_min_size
+
+    args = build_parser().parse_args(["predict", "--model", "m", "x.tif", "--out", "o"])
+    assert args.min_size == "auto"
+    assert default_min_size(None) == 10 and default_min_size(20.0) == 20 and default_min_size(12.0, spatial_dims=3) == 14
+    assert default_min_size(4.8) == 4 and default_min_size(4.8, spatial_dims=3) == 8  # never a 1-pixel speck
+    path = _image(tmp_path / "k.tif", _blobs(seed=8))
+    out = tmp_path / "out"
+    assert main(["predict", "--model", str(model_dir), str(path), "--out", str(out), "--device", "cpu", "--min-size", "0"]) == 0
+    assert "no size filter" in capsys.readouterr().out
+    assert main(["predict", "--model", str(model_dir), str(path), "--out", str(out), "--min-size", "big", "--overwrite"]) == 2
+    assert "--min-size" in capsys.readouterr().err
+
+
+def test_progress_counts_tiles_and_planes_not_one_jump(model_dir):
+    from segtune.core.models.store import load_model
+    from segtune.core.predict import predict
+
+    stack = np.stack([_blobs((70, 90), seed=s) for s in range(4)])
+    events = []
+    predict(load_model(model_dir), stack, axes="ZYX", device="cpu", tile_shape=48, progress=events.append)
+    done = [e.done for e in events]
+    assert done == sorted(done) and events[-1].done == events[-1].total
+    assert len(set(done)) > 4  # tiles, then each plane labelled, not 0/1 -> 1/1
+    assert {"tiles", "labelling planes"} <= {e.message for e in events}
+    # one large 2D image on the CPU is several tiles, not one long step
+    events.clear()
+    big = np.tile(_blobs((70, 90), seed=9), (24, 20))  # 1680 x 1800 = 3 Mpx
+    predict(load_model(model_dir), big, device="cpu", progress=events.append)
+    assert len({e.done for e in events if e.message == "tiles"}) >= 2
+
+
+def test_every_option_of_every_command_has_help_and_sensible_defaults():
+    import argparse
+
+    from segtune.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    missing = [
+        f"{name} {'/'.join(action.option_strings) or action.dest}"
+        for name, sub in commands.items()
+        for action in sub._actions
+        if not action.help
+    ]
+    assert missing == []
+    train = commands["train"].format_help()
+    assert "default: 2)" not in train and "(default: 100)" in train  # --3d is a flag, --epochs a number
+    assert "(default: 10)" in commands["train"].format_help().replace("\n", " ").replace("  ", "")  # --patience
+    predict_help = " ".join(commands["predict"].format_help().split())
+    assert "'auto' (default, as in the napari widget)" in predict_help
+
+
+def test_channel_names_a_colour_channel_of_a_czi(model_dir, colour_czi, czi_dir, tmp_path, capsys):
+    from segtune.core.models.store import load_model
+    from segtune.core.predict import predict
+
+    out = tmp_path / "out"
+    base = ["predict", "--model", str(model_dir), "--out", str(out), "--device", "cpu"]
+    assert main([*base, str(colour_czi)]) == 2
+    err = capsys.readouterr().err
+    assert "Pol_0 (red)" in err  # the file's channel names, not "Channel 0..8"
+    assert "a colour channel by its name (Bright, Pol_0, Pol_45) gives the mean of its samples" in err
+    assert main([*base, str(colour_czi), "--channel", "Pol_0"]) == 0
+    grey = open_image(colour_czi).data[0, 3:6, 0].compute().astype(np.float32).mean(axis=0)  # Pol_0's samples
+    expected = predict(load_model(model_dir), grey, device="cpu", min_size="auto").labels[0, 0]
+    np.testing.assert_array_equal(read_labels(out / "polarisation_labels.tif"), expected)
+    # the shared RGB CZI: its one colour channel has no name of its own; it is "RGB"
+    assert main([*base, str(czi_dir / "RGB-8bit.czi"), "--channel", "RGB"]) == 0
+    assert read_labels(out / "RGB-8bit_labels.tif").shape == (624, 924)

@@ -55,3 +55,26 @@ def test_demo_predicts_finetunes_scores_and_exports(tmp_path: Path) -> None:
 def test_demo_command_refuses_a_zero_budget(tmp_path: Path, capsys) -> None:
     assert main(["demo", "--out", str(tmp_path), "--minutes", "0"]) == 2
     assert "--minutes must be positive" in capsys.readouterr().err
+
+
+def test_demo_gui_without_a_display_says_so_and_exits_2(tmp_path: Path) -> None:
+    """Run as a user would over SSH: a fresh process with no DISPLAY; Qt must not be started
+    (it would abort the process), the message must say what to do."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys; from segtune.cli import main; sys.exit(main(['demo', '--gui']))"],
+        env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "needs a display" in done.stderr and "xvfb-run" in done.stderr
+    assert "Traceback" not in done.stderr and done.stderr.count("\n") == 1
+    from segtune._cli.demo import display_problem
+
+    assert display_problem({"DISPLAY": ":0"}, "linux") is None
+    assert display_problem({"WAYLAND_DISPLAY": "wayland-0"}, "linux") is None
+    assert display_problem({"QT_QPA_PLATFORM": "offscreen"}, "linux") is None
+    assert display_problem({}, "darwin") is None

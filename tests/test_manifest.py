@@ -22,3 +22,14 @@ def test_packaged_manifest_is_the_top_level_file() -> None:
 
     packaged = Path(segtune.__file__).parent / "napari.yaml"
     assert packaged.read_text() == (REPO / "napari.yaml").read_text()
+
+
+def test_the_napari_extra_brings_the_qt_binding_napari_recommends() -> None:
+    from importlib.metadata import requires
+
+    # napari's own "pyqt" extra (what napari[all] installs) names the binding it recommends
+    recommended = [r for r in requires("napari") or [] if r.replace("'", '"').endswith('extra == "pyqt"')]
+    assert recommended and recommended[0].startswith("napari[pyqt6]")
+    text = (REPO / "pyproject.toml").read_text()
+    napari_extra = next(line for line in text.splitlines() if line.startswith("napari = ["))
+    assert '"napari[pyqt6]' in napari_extra and "PyQt5" not in napari_extra

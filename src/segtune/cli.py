@@ -40,6 +40,24 @@ class UsageError(Exception):
     """A problem with the user's input that a one-line message explains (exit code 2)."""
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Adds "(default: X)" to an option's help where the default says something and the help
+    does not already: not for flags, not for None (the help says what happens then)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (
+            not action.option_strings
+            or default in (None, False, argparse.SUPPRESS)
+            or isinstance(action, (argparse._StoreConstAction, argparse._VersionAction, argparse._HelpAction))
+            or "default" in text.lower()
+        ):
+            return text
+        shown = " ".join(str(v) for v in default) if isinstance(default, (list, tuple)) else str(default)
+        return f"{text} (default: {shown.replace('%', '%%')})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="segtune",
@@ -50,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"segtune._cli.{name}").register(subparsers)
+    for subparser in subparsers.choices.values():
+        subparser.formatter_class = HelpFormatter
     return parser
 
 

@@ -249,6 +249,7 @@ def test_cli_workers_write_what_the_single_process_command_writes(crops, model_2
     # --workers N gives each local worker cores // N torch threads; the reference uses as many
     with single_process_reference(max(1, (os.cpu_count() or 1) // 2)):
         assert main([*common, *files, "--out", str(tmp_path / "one")]) == 0
+    assert f"{len(files)} file(s) written to {tmp_path / 'one'}" in capsys.readouterr().out
     broken = tmp_path / "broken.tif"
     broken.write_bytes(b"II*\x00" + b"\x00" * 20)
     capsys.readouterr()

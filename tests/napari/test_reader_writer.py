@@ -17,7 +17,7 @@ CZI_LAYERS = {
     "CD_s_1_t_3_c_2_z_5.czi": (2, (3, 5, 170, 240), (1.0, 0.32, 0.0906, 0.0906)),
     "s_1_t_1_c_1_z_1.czi": (1, (325, 475), (1.0833, 1.0833)),
     "mosaic_test.czi": (1, (624, 1756), (1.0833, 1.0833)),
-    "RGB-8bit.czi": (3, (624, 924), (1.0833, 1.0833)),
+    # RGB-8bit.czi opens as one RGB layer: see test_reader_real_files.py
 }
 
 

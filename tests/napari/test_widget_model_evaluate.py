@@ -97,15 +97,20 @@ def test_evaluate_shows_the_core_numbers_and_an_overlay(widget, qtbot, sample_2d
     assert panel.results == expected
     shown = panel.table_values()
     assert shown["Pixels: F1 (Dice)"] == f"{expected['pixel']['f1']:.3f}"
-    assert shown["Objects: recall"] == f"{expected['object']['recall']:.3f}"
+    assert shown["Components: recall"] == f"{expected['object']['recall']:.3f}"
     assert shown["Matched: AP at IoU 0.5"] == f"{expected['matched']['ap_at_0.5']:.3f}"
-    assert shown["Objects in truth"] == str(expected["object"]["n_truth"])
-    assert shown["Objects predicted"] == str(expected["object"]["n_pred"])
+    assert shown["Objects in truth"] == str(expected["matched"]["n_truth"])  # instances, touching or not
+    assert shown["Objects predicted"] == str(expected["matched"]["n_pred"])
+    assert list(shown)[0] == "Matched: F1 at IoU 0.5"  # seen without scrolling, and in the line above
+    assert f"Matched F1 at IoU 0.5: {expected['matched']['f1_at_0.5']:.3f}" in panel.summary.text()
     assert expected["object"]["fp"] >= 1 and expected["object"]["fn"] >= 1
 
     rgb = viewer.layers["pred vs truth (object)"]
-    assert rgb.rgb
-    np.testing.assert_array_equal(rgb.data, overlay(pred, truth, level="object"))
+    assert rgb.rgb and viewer.layers[-1].name == rgb.name  # on top of the labels it compares
+    assert rgb.blending != "additive"  # green, red and blue must not mix with the labels' colours
+    colours = overlay(pred, truth, level="object")
+    np.testing.assert_array_equal(rgb.data[..., :3], colours)
+    np.testing.assert_array_equal(rgb.data[..., 3] > 0, colours.any(axis=-1))  # see-through where nothing is
     np.testing.assert_allclose(rgb.scale, scale)
     assert errors() == []
 

@@ -160,9 +160,25 @@ def test_large_image_shows_the_visible_part_first_then_the_whole(widget, qtbot, 
     assert [layer.name for layer in viewer.layers] == ["large", labels.name] and labels.editable
     config, diameter = whole_image_settings(widget.state.model, image_data, config=widget.state.config, axes="YX")
     expected = predict(widget.state.model, image_data, config=config, diameter=diameter, axes="YX", threshold=0.5,
-                       instances=True, min_size=panel.min_size.value(), device="cpu")
+                       instances=True, min_size="auto", device="cpu")
     np.testing.assert_array_equal(labels.data, expected.labels[0, 0])
     inner = (slice(max(0, y0) + FIRST_LOOK_MARGIN, y1 - FIRST_LOOK_MARGIN), slice(max(0, x0) + FIRST_LOOK_MARGIN, x1 - FIRST_LOOK_MARGIN))
     a, b = first[inner] > 0, labels.data[inner] > 0
     assert (a & b).sum() / max(1, (a | b).sum()) > 0.95  # the first look is the whole's result there
+    assert errors() == []
+
+
+def test_smallest_object_defaults_to_the_rule_the_command_line_uses(widget, qtbot, sample_2d, errors) -> None:
+    viewer = widget.viewer
+    image = viewer.add_image(sample_2d["image"], name="nuclei", scale=SCALE_2D)
+    new_tiny_model(widget)
+    panel = widget.predict_panel
+    assert panel.min_size.text() == "auto"  # as `segtune predict --min-size auto`, its default
+    panel.image_layer.set_layer(image)
+    panel.run_button.click()
+    assert wait_for(qtbot, panel.job) == "done"
+    (labels,) = panel.last_layers
+    expected = predict(widget.state.model, sample_2d["image"], config=widget.state.config, axes="YX",
+                       instances=True, min_size="auto", device="cpu")
+    np.testing.assert_array_equal(labels.data, expected.labels[0, 0])
     assert errors() == []

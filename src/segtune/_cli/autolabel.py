@@ -21,22 +21,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--images", nargs="+", required=True, metavar="PATH", help="images to label")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for the labels and the report")
-    parser.add_argument("--channel", type=int, default=0, metavar="C", help="fluorescence channel the labels come from (0)")
+    parser.add_argument("--channel", type=int, default=0, metavar="C", help="fluorescence channel the labels come from")
     parser.add_argument(
         "--export-channel", type=int, default=None, metavar="C",
         help="also write this channel (e.g. phase contrast) beside the labels, as the input to train on",
     )
     parser.add_argument(
         "--diameter", type=float, nargs=2, default=(5.0, 30.0), metavar=("MIN", "MAX"),
-        help="keep objects whose equivalent diameter in pixels is in this range (5 30)",
+        help="keep objects whose equivalent diameter in pixels is in this range",
     )
     parser.add_argument(
         "--window", type=int, default=None, metavar="R",
         help="radius in pixels of the local Otsu window (default: the maximum diameter)",
     )
-    parser.add_argument("--clahe-block", type=int, default=127, metavar="N", help="CLAHE block size in pixels (127)")
-    parser.add_argument("--clahe-clip", type=float, default=3.0, metavar="SLOPE", help="CLAHE clip slope (3)")
-    parser.add_argument("--clahe-bins", type=int, default=256, metavar="N", help="CLAHE histogram bins (256)")
+    parser.add_argument("--clahe-block", type=int, default=127, metavar="N", help="CLAHE block size in pixels")
+    parser.add_argument("--clahe-clip", type=float, default=3.0, metavar="SLOPE", help="CLAHE clip slope")
+    parser.add_argument("--clahe-bins", type=int, default=256, metavar="N", help="CLAHE histogram bins")
     parser.add_argument("--no-fill-holes", action="store_true", help="leave holes inside objects")
     parser.add_argument(
         "--stretch", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
@@ -45,11 +45,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-filter", action="store_true", help="keep every image (skip the dataset filter)")
     parser.add_argument(
         "--drop-lowest", type=float, default=0.25, metavar="FRACTION",
-        help="fraction of images with the least foreground to drop (0.25)",
+        help="fraction of images with the least foreground to drop",
     )
     parser.add_argument(
         "--max-foreground", type=float, default=0.5, metavar="FRACTION",
-        help="drop images whose foreground fraction is above this (0.5)",
+        help="drop images whose foreground fraction is above this",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.set_defaults(func=run)

@@ -34,6 +34,9 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
     if args.gui:
+        problem = display_problem()
+        if problem:
+            raise UsageError(problem)
         try:
             from segtune.demo import open_gui
 
@@ -47,3 +50,23 @@ def run(args: argparse.Namespace) -> int:
 
     run_demo(args.out, minutes=args.minutes, device=args.device, progress=epoch_printer(print))
     return 0
+
+
+def display_problem(environ: dict[str, str] | None = None, platform: str | None = None) -> str | None:
+    """Why napari could not open a window here, or None. On Linux a window needs an X or
+    Wayland display; without one Qt aborts the whole process, so ask before starting it.
+    A chosen Qt platform (QT_QPA_PLATFORM=offscreen, vnc ...) is left to Qt."""
+    import os
+    import sys
+
+    environ = os.environ if environ is None else environ
+    platform = sys.platform if platform is None else platform
+    if not platform.startswith("linux") or environ.get("QT_QPA_PLATFORM"):
+        return None
+    if environ.get("DISPLAY") or environ.get("WAYLAND_DISPLAY"):
+        return None
+    return (
+        "--gui needs a display, and none is set (no DISPLAY or WAYLAND_DISPLAY: an SSH session, a cluster node?). "
+        "Run it on the desktop, over 'ssh -X', or under a virtual display with 'xvfb-run segtune demo --gui'; "
+        "'segtune demo' without --gui runs the same workflow on the command line"
+    )

@@ -133,8 +133,23 @@ def _print_table(summary: dict[str, Any]) -> None:
             break  # one pair: the mean is that pair
         values = "  ".join(f"{result[section][key]:>6.3f}" for _, section, key in _COLUMNS)
         print(f"{pred:<{pred_w}}  {truth:<{truth_w}}  {values}")
-    obj, matched = summary["object"], summary["matched"]["thresholds"]["0.5"]
+    obj, instances = summary["object"], summary["matched"]
+    at_half = instances["thresholds"]["0.5"]
     print(
-        f"objects: {obj['n_truth']} true, {obj['n_pred']} predicted; connected components found "
-        f"{obj['tp']} and missed {obj['fn']}, {obj['fp']} false; IoU >= 0.5 matched {matched['tp']}"
+        f"objects: {instances['n_truth']} true, {instances['n_pred']} predicted (each labelled object counts, "
+        f"touching or not; a 0/1 mask counts its connected components); {at_half['tp']} matched one-to-one at "
+        f"IoU >= 0.5, {at_half['fn']} missed, {at_half['fp']} false"
     )
+    print(
+        f"connected components: {obj['n_truth']} true, {obj['n_pred']} predicted; {obj['tp']} true ones touched "
+        f"by a prediction, {obj['fn']} missed, {obj['fp']} predicted ones touching no truth"
+    )
+    print(LEGEND)
+
+
+LEGEND = (
+    "legend: px = pixels; obj = connected components (a true one is found when any predicted pixel touches it); "
+    "P = precision, R = recall, F1 = their harmonic mean (pixels: Dice), IoU = intersection over union; "
+    "F1@.5, AP@.5 = F1 and average precision of objects matched one-to-one at IoU >= 0.5; "
+    "mIoU = mean IoU of those pairs; PQ = panoptic quality (mIoU x F1@.5)"
+)

@@ -7,7 +7,7 @@ import logging
 import os
 import re
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +44,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--overlap", type=float, default=None, help="window overlap for --blend gaussian (default 0.25)")
     parser.add_argument("--batch-size", type=int, default=None, metavar="N", help="tiles per forward pass (default: what memory allows)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="where to run the model")
-    parser.add_argument("--channel", default=None, metavar="C", help="input channel by index or name (needed for multi-channel images)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="where to run the model; auto tries CUDA, then MPS, then the CPU")
+    parser.add_argument("--channel", default=None, metavar="C", help="input channel by index or name (needed for multi-channel images); the name of a colour "
+                        "channel (Bright, or RGB for an unnamed one) gives a one-channel model the mean of its red, green and blue")
     parser.add_argument("--instances", action="store_true", help="write instance labels (uint16) instead of a 0/1 mask")
     parser.add_argument("--threshold", type=float, default=0.5, help="foreground probability threshold (default 0.5)")
-    parser.add_argument("--min-size", type=int, default=0, metavar="PX", help="drop objects smaller than this (pixels/voxels)")
-    parser.add_argument("--max-size", type=int, default=None, metavar="PX", help="drop objects larger than this")
+    parser.add_argument(
+        "--min-size", default="auto", metavar="PX",
+        help="drop objects smaller than this many pixels (voxels in 3D); 'auto' (default, as in the napari widget): "
+             "a disc (ball) a quarter of the object diameter across, e.g. 20 px for 20 px nuclei, at least 4 px "
+             "(8 voxels), or 10 px when the diameter is unknown; 0 keeps every object",
+    )
+    parser.add_argument("--max-size", type=int, default=None, metavar="PX", help="drop objects larger than this (default: no limit)")
     parser.add_argument("--fill-holes", action="store_true", help="fill holes inside objects")
     parser.add_argument("--split", action="store_true", help="split touching objects (binary models) by a distance watershed")
     parser.add_argument(
@@ -124,19 +130,42 @@ def run(args: argparse.Namespace) -> int:
 
     model = load_model(args.model, device="cpu")
     results = [_guarded(job, options, model, len(jobs) > 1, bar=True) for job in jobs]
-    failed = [r for r in results if r is not None]
+    done = [r for r in results if isinstance(r, PredictedFile)]
+    counted = [r.objects for r in done if r.objects is not None]
+    total = f", {sum(counted)} object(s) in total" if counted else ""
+    print(f"{len(done)} file(s) written{f' to {out_dir}' if args.out is not None else ''}{total}")
+    failed = [r for r in results if not isinstance(r, PredictedFile)]
     if failed:
         raise UsageError(f"{len(failed)} of {len(jobs)} input(s) failed (see above)")
     return 0
 
 
-def _guarded(job: dict[str, Any], options: dict[str, Any], model: Any, many: bool, bar: bool) -> str | None:
-    """Predict one file; with several inputs a bad file is reported and the others go on."""
+@dataclass
+class PredictedFile:
+    """What ``segtune predict`` did with one input: where the labels went, how many objects,
+    the object diameter the image was zoomed for (None: not zoomed), the smallest object kept."""
+
+    output: Path
+    objects: int | None
+    diameter: float | None
+    min_size: int
+
+    def line(self) -> str:
+        """``out/cells_labels.tif: 113 objects, diameter 18.4 px, objects under 17 px dropped``."""
+        if self.objects is None:  # streamed OME-Zarr labels: written tile by tile, not counted
+            return f"{self.output}: written"
+        diameter = f"diameter {self.diameter:.1f} px" if self.diameter else "not rescaled"
+        sizes = f"objects under {self.min_size} px dropped" if self.min_size else "no size filter"
+        return f"{self.output}: {self.objects} object(s), {diameter}, {sizes}"
+
+
+def _guarded(job: dict[str, Any], options: dict[str, Any], model: Any, many: bool, bar: bool) -> PredictedFile | str:
+    """Predict one file and print its line; with several inputs a bad file is reported and the others go on."""
     from segtune.cli import UsageError
     from segtune.core.io import ImageReadError
 
     try:
-        predict_file(job["input"], job["output"], model=model, bar=bar, output_format=job.get("format", "tiff"), **options)
+        result = predict_file(job["input"], job["output"], model=model, bar=bar, output_format=job.get("format", "tiff"), **options)
     except (ImageReadError, ValueError, OSError) as e:
         named = Path(job["input"]).name in str(e) or Path(job["output"]).name in str(e)
         message = str(e) if named else f"{job['input']}: {e}"  # say which input it was
@@ -146,7 +175,8 @@ def _guarded(job: dict[str, Any], options: dict[str, Any], model: Any, many: boo
             raise UsageError(message) from e
         print(f"segtune predict: error: {message}", file=sys.stderr)
         return str(e)
-    return None
+    print(result.line(), flush=True)
+    return result
 
 
 def predict_file(
@@ -159,12 +189,14 @@ def predict_file(
     overwrite: bool = False,
     output_format: str = "tiff",
     **options: Any,
-) -> Path:
+) -> PredictedFile:
     """Predict one image file and write its labels (the work of one input of ``segtune predict``).
 
     ``model`` is a ``(module, config)`` pair or a model name/folder; ``options`` go to
-    :func:`segtune.core.predict.predict`. ``output_format="ome-zarr"`` streams OME-Zarr labels
-    to ``output_path`` (from :func:`_ome_zarr_target`).
+    :func:`segtune.core.predict.predict`. Returns the written file, its object count (instances,
+    or connected components of a mask), the diameter used and the smallest object kept.
+    ``output_format="ome-zarr"`` streams OME-Zarr labels to ``output_path`` (from
+    :func:`_ome_zarr_target`); their objects are not counted.
     """
     from segtune.core.io import open_image
     from segtune.core.predict import predict
@@ -176,7 +208,8 @@ def predict_file(
         model = load_model(model, device="cpu")
     image = open_image(input_path, scene=scene)
     if output_format == "ome-zarr":
-        return _predict_ome_zarr(Path(input_path), Path(output_path), model, image, bar, overwrite, options)
+        written = _predict_ome_zarr(Path(input_path), Path(output_path), model, image, bar, overwrite, options)
+        return PredictedFile(written, None, None, 0)
     name = Path(input_path).name
     if bar:
         with tqdm_progress(name, leave=False) as callback:
@@ -190,7 +223,18 @@ def predict_file(
         labels = labels.astype(np.uint16 if labels.max(initial=0) <= np.iinfo(np.uint16).max else np.uint32)
     else:
         labels = labels.astype(np.uint8 if labels.max(initial=0) <= 255 else np.uint16)
-    return _write(Path(output_path), labels, image.physical_pixel_sizes, axes, overwrite)
+    written = _write(Path(output_path), labels, image.physical_pixel_sizes, axes, overwrite)
+    return PredictedFile(written, _count_objects(labels, bool(options.get("instances"))), result.diameter, result.min_size)
+
+
+def _count_objects(labels: np.ndarray, instances: bool) -> int:
+    """Instances are counted by their numbers; a mask by its connected components, plane by plane."""
+    from scipy import ndimage
+
+    if instances:
+        return int(np.count_nonzero(np.unique(labels)))
+    planes = labels.reshape((-1, *labels.shape[-2:]))
+    return int(sum(ndimage.label(plane > 0)[1] for plane in planes))
 
 
 def _is_ome_zarr(path: Path) -> bool:
@@ -260,6 +304,14 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     scene: Any = args.scene
     if scene is not None and scene.isdigit():
         scene = int(scene)
+    min_size: Any = str(args.min_size).strip().lower()
+    if min_size != "auto":
+        try:
+            min_size = int(min_size)
+        except ValueError as e:
+            raise UsageError(f"--min-size must be a number of pixels or 'auto', got {args.min_size!r}") from e
+        if min_size < 0:
+            raise UsageError(f"--min-size must not be negative, got {args.min_size!r}")
     diameter: Any = str(getattr(args, "diameter", "auto")).strip().lower()
     if diameter != "auto":
         try:
@@ -276,7 +328,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         "channel": channel,
         "instances": args.instances,
         "threshold": args.threshold,
-        "min_size": args.min_size,
+        "min_size": min_size,
         "max_size": args.max_size,
         "fill_holes": args.fill_holes,
         "split": args.split,
@@ -301,7 +353,7 @@ def _run_distributed(jobs: list[dict[str, Any]], options: dict[str, Any], args: 
     scene, overwrite = options.pop("scene"), options.pop("overwrite")
     try:
         with tqdm_progress("files") as callback:
-            parallel_predict.predict_files(
+            report = parallel_predict.predict_files(
                 args.model, [job["input"] for job in jobs], args.out, workers=args.workers, scheduler=args.scheduler,
                 scene=scene, overwrite=overwrite, file_function=partial(predict_file, bar=False), progress=callback,
                 **options,
@@ -312,6 +364,9 @@ def _run_distributed(jobs: list[dict[str, Any]], options: dict[str, Any], args: 
         for name, message in e.report.failed.items():
             print(f"segtune predict: error: {name}: {message}", file=sys.stderr)
         raise UsageError(f"{len(e.report.failed)} of {len(jobs)} input(s) failed (see above)") from None
+    for output in report.outputs.values():  # the workers counted no objects: one line per file
+        print(output)
+    print(f"{len(report.outputs)} file(s) written to {args.out} by {report.workers} worker(s)")
     return 0
 
 

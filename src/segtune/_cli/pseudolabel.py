@@ -21,10 +21,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", required=True, metavar="M", help="bundled model name or model folder")
     parser.add_argument("--images", nargs="+", required=True, metavar="PATH", help="unlabelled 2D images")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for the pseudo-labels")
-    parser.add_argument("--threshold", type=float, default=0.9, metavar="P", help="confidence needed (0.9)")
-    parser.add_argument("--ignore-value", type=int, default=255, metavar="V", help="label of uncertain pixels (255)")
+    parser.add_argument("--threshold", type=float, default=0.9, metavar="P", help="confidence needed")
+    parser.add_argument("--ignore-value", type=int, default=255, metavar="V", help="label of uncertain pixels")
     parser.add_argument("--channel", type=int, default=None, metavar="C", help="channel of multi-channel images")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="where to run the model; auto tries CUDA, then MPS, then the CPU")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.set_defaults(func=run)
 

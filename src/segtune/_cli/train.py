@@ -20,7 +20,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "the best model so far, a training_log.csv and a checkpoint/ that --resume continues. "
             "Ctrl-C stops after the current step and keeps the best model."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--images", nargs="+", required=True, metavar="PATH", help="image files or folders")
     parser.add_argument("--labels", nargs="+", required=True, metavar="PATH", help="label files or folders, one per image")
@@ -29,13 +28,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-minutes", type=float, default=None,
                         help="training time: stops when spent, keeping the best model (default: 2 minutes when "
                              "fine-tuning with --from, 15 for a new model)")
-    parser.add_argument("--epochs", type=int, default=10_000, help="at most this many epochs (the time budget usually ends training first)")
+    parser.add_argument("--epochs", type=int, default=10_000, metavar="N", help="at most this many epochs (the time budget usually ends training first)")
     parser.add_argument("--patch", type=int, nargs="+", default=None,
                         help="patch size, one number or one per axis (default: about five object diameters, 128-256 px in 2D)")
-    parser.add_argument("--batch-size", type=int, default=None, help="patches per step (default: 8 for patches up to 160 px, else 4; 2 in 3D)")
+    parser.add_argument("--batch-size", type=int, default=None, metavar="N", help="patches per step (default: 8 for patches up to 160 px, else 4; 2 in 3D)")
     parser.add_argument("--loss", default="bce+dice", help="losses joined by '+': bce, ce, dice, iou, focal, ssim, mae (e.g. ssim+dice, 0.5*bce+dice)")
     parser.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default: 3e-4 when fine-tuning, 2e-3 for a new model)")
-    parser.add_argument("--schedule", choices=("cosine", "plateau", "none"), default="cosine")
+    parser.add_argument("--schedule", choices=("cosine", "plateau", "none"), default="cosine",
+                        help="learning rate: cosine (short warm-up, then annealed over --max-minutes or the epochs), "
+                        "plateau (halved when validation stalls for 3 epochs) or none (constant)")
     parser.add_argument("--val-fraction", type=float, default=0.2, help="images (or area of a single image) held out for validation")
     parser.add_argument("--patience", type=int, default=0, help="early stopping after this many epochs without improvement (0: never; the time budget stops training)")
     parser.add_argument("--steps-per-epoch", type=int, default=None, help="default: enough patches to cover the images once (at least 16)")
@@ -43,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="three_class (background/interior/boundary, separates touching objects; default for new models), "
                              "binary, or semantic (label values are classes); default: the --from model's")
     parser.add_argument("--classes", type=int, default=None, help="number of classes of a semantic head")
-    parser.add_argument("--3d", dest="spatial_dims", action="store_const", const=3, default=2, help="a 3D model trained on 3D patches")
+    parser.add_argument("--3d", dest="spatial_dims", action="store_const", const=3, default=2, help="a 3D model trained on 3D patches (default: a 2D model; a 3D --from model needs --3d)")
     parser.add_argument("--diameter", type=float, default=None,
                         help="rescale images so objects are this many pixels across (measured from the labels); "
                              "prediction rescales new images the same way. Large objects train much faster at ~24-32")
@@ -53,9 +54,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--contrast-stretch", action="store_true", help="normalise by the 5-98 percentiles and clip (the seeds' stretch)")
     parser.add_argument("--base-channels", type=int, default=16, help="width of the first U-Net level (new models)")
     parser.add_argument("--depth", type=int, default=4, help="number of 2x downsamplings (new models)")
-    parser.add_argument("--norm", choices=("batch", "group", "instance", "none"), default="batch")
-    parser.add_argument("--dropout", type=float, default=0.0)
-    parser.add_argument("--upsample", choices=("transpose", "resize"), default="transpose")
+    parser.add_argument("--norm", choices=("batch", "group", "instance", "none"), default="batch",
+                        help="normalisation layer after each convolution (new models)")
+    parser.add_argument("--dropout", type=float, default=0.0, metavar="P",
+                        help="channel dropout probability in the lower half of the encoder (new models; default: 0, none)")
+    parser.add_argument("--upsample", choices=("transpose", "resize"), default="transpose",
+                        help="decoder upsampling: transposed convolution or resize + convolution (new models)")
     parser.add_argument("--no-augment", action="store_true", help="train without augmentation")
     parser.add_argument("--min-foreground", type=float, default=0.03, help="skip crops with less labelled foreground than this")
     parser.add_argument("--ignore-value", type=int, default=None, help="label value whose pixels the loss ignores (e.g. 255)")
@@ -67,7 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random numbers (patches, augmentation, validation split)")
     parser.set_defaults(func=run)
 
 

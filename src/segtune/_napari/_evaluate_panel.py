@@ -15,6 +15,7 @@ from qtpy.QtWidgets import (
     QGroupBox,
     QHBoxLayout,
     QHeaderView,
+    QLabel,
     QLineEdit,
     QPushButton,
     QTableWidget,
@@ -26,6 +27,7 @@ from qtpy.QtWidgets import (
 from segtune._napari._jobs import Job, guarded, notify_info
 from segtune._napari._layers import (
     LayerChoice,
+    adopt_pixel_size,
     check_same_shape,
     labels_array,
     layer_pixel_sizes,
@@ -34,20 +36,21 @@ from segtune._napari._layers import (
 from segtune._napari._model_panel import ask_overwrite
 from segtune._napari._state import ModelState, UserError
 
-# (row title, section, key): what the table shows, in the words of the metrics module
+# (row title, section, key): what the table shows, in the words of the metrics module; the
+# matched scores and the object counts first, where they show without scrolling
 METRIC_ROWS: tuple[tuple[str, str, str], ...] = (
+    ("Matched: F1 at IoU 0.5", "matched", "f1_at_0.5"),
+    ("Matched: AP at IoU 0.5", "matched", "ap_at_0.5"),
+    ("Matched: mean IoU", "matched", "mean_iou_matched"),
+    ("Objects in truth", "matched", "n_truth"),
+    ("Objects predicted", "matched", "n_pred"),
     ("Pixels: precision", "pixel", "precision"),
     ("Pixels: recall", "pixel", "recall"),
     ("Pixels: F1 (Dice)", "pixel", "f1"),
     ("Pixels: IoU", "pixel", "iou"),
-    ("Objects: precision", "object", "precision"),
-    ("Objects: recall", "object", "recall"),
-    ("Objects: F1", "object", "f1"),
-    ("Matched: F1 at IoU 0.5", "matched", "f1_at_0.5"),
-    ("Matched: AP at IoU 0.5", "matched", "ap_at_0.5"),
-    ("Matched: mean IoU", "matched", "mean_iou_matched"),
-    ("Objects in truth", "object", "n_truth"),
-    ("Objects predicted", "object", "n_pred"),
+    ("Components: precision", "object", "precision"),
+    ("Components: recall", "object", "recall"),
+    ("Components: F1", "object", "f1"),
 )
 
 
@@ -73,7 +76,8 @@ class EvaluatePanel(QWidget):
     """Score a Labels layer against ground truth, and export results.
 
     Attributes tests drive: ``pred_layer``, ``truth_layer``, ``overlay_check``, ``overlay_level``,
-    ``evaluate_button``, ``table``, ``results`` (the core's metrics dict after a run);
+    ``evaluate_button``, ``summary`` (one line: matched F1 and counts), ``table``, ``results``
+    (the core's metrics dict after a run);
     ``export_layer``, ``export_image``, ``export_folder``, ``export_labels_button``,
     ``export_csv_button``, ``export_rois_button``, ``export_model_button``, ``export_bioimageio_button``, ``last_exported``
     (paths written by the last export). ``confirm_overwrite(path)`` returns True to replace an
@@ -105,6 +109,8 @@ class EvaluatePanel(QWidget):
         self.overlay_level.setToolTip("Colour each pixel by itself, or whole objects (found / false / missed).")
         self.evaluate_button = QPushButton("Evaluate")
         self.evaluate_button.setToolTip("Compare the two Labels layers and show the scores below (1.0 is perfect).")
+        self.summary = QLabel("")
+        self.summary.setWordWrap(True)
         self.table = QTableWidget(0, 2)
         self.table.setHorizontalHeaderLabels(["measure", "value"])
         self.table.verticalHeader().setVisible(False)
@@ -112,14 +118,16 @@ class EvaluatePanel(QWidget):
         self.table.setEditTriggers(QTableWidget.NoEditTriggers)
         self.table.setMinimumHeight(140)
         self.table.setToolTip(
-            "Pixels: overlap of the masks. Objects: a true object counts as found if any predicted pixel "
-            "touches it. Matched: one-to-one pairs overlapping by at least half (splits and merges count as errors)."
+            "Matched: one-to-one pairs of objects overlapping by at least half (IoU 0.5; splits and merges count "
+            "as errors); objects are counted as labelled, touching or not. Pixels: overlap of the masks. "
+            "Components: connected components; a true one counts as found if any predicted pixel touches it."
         )
         form.addRow("Segmentation", self.pred_layer)
         form.addRow("Ground truth", self.truth_layer)
         form.addRow(self.overlay_check)
         form.addRow("Colour by", self.overlay_level)
         form.addRow(self.evaluate_button)
+        form.addRow(self.summary)
         form.addRow(self.table)
         layout.addWidget(box)
 
@@ -180,6 +188,8 @@ class EvaluatePanel(QWidget):
         if pred_layer is truth_layer:
             raise UserError("Choose two different Labels layers: the segmentation and the ground truth.")
         check_same_shape(pred_layer, truth_layer, "segmentation", "ground truth")
+        # a mask opened without pixel sizes lies on the other's pixels: it takes their size
+        adopt_pixel_size(truth_layer, pred_layer) or adopt_pixel_size(pred_layer, truth_layer)
         pred, truth = labels_array(pred_layer), labels_array(truth_layer)
         level = self.overlay_level.currentText()
         want_overlay = self.overlay_check.isChecked()
@@ -196,24 +206,36 @@ class EvaluatePanel(QWidget):
             self.results = results
             self._fill_table(results)
             if rgb is not None:
+                # opaque colours where there is something, see-through elsewhere, drawn on top:
+                # green, red and blue stay themselves instead of mixing with the labels' colours
+                rgba = np.concatenate([rgb, np.where(rgb.any(axis=-1, keepdims=True), 255, 0).astype(np.uint8)], axis=-1)
                 name = f"{pred_layer.name} vs {truth_layer.name} ({level})"
                 if name in self.viewer.layers:
-                    self.viewer.layers[name].data = rgb
+                    self.viewer.layers[name].data = rgba
                 else:
                     self.viewer.add_image(
-                        rgb,
+                        rgba,
                         rgb=True,
                         name=name,
                         scale=pred_layer.scale,
                         translate=pred_layer.translate,
                         units=pred_layer.units,
-                        blending="additive",
-                        opacity=0.7,
+                        blending="translucent",
+                        opacity=0.9,
                     )
+                layers = self.viewer.layers
+                layers.move(layers.index(layers[name]), len(layers))
 
         return self._start(work, "Evaluating", done, self.evaluate_button)
 
     def _fill_table(self, results: dict[str, Any]) -> None:
+        matched = results["matched"]
+        at_half = matched.get("thresholds", {}).get("0.5", {})
+        self.summary.setText(
+            f"<b>Matched F1 at IoU 0.5: {format_metric(matched['f1_at_0.5'])}</b> &mdash; "
+            f"{at_half.get('tp', 0)} of {matched['n_truth']} true objects matched, "
+            f"{at_half.get('fp', 0)} false, {at_half.get('fn', 0)} missed ({matched['n_pred']} predicted)"
+        )
         self.table.setRowCount(len(METRIC_ROWS))
         for row, (title, section, key) in enumerate(METRIC_ROWS):
             self.table.setItem(row, 0, QTableWidgetItem(title))

@@ -152,6 +152,35 @@ def labels_array(layer: Any) -> np.ndarray:
     return np.asarray(layer.data)
 
 
+def plain(values: Any) -> str:
+    """Numbers as people write them: ``(np.float64(1.0), 0.325)`` -> ``1 x 0.325``."""
+    return " x ".join(f"{float(v):g}" for v in values)
+
+
+def adopt_pixel_size(labels: Any, reference: Any, scale: Any = None, translate: Any = None) -> bool:
+    """Give a Labels layer that was never given pixel sizes (scale all 1, at the origin) the
+    pixel size and position of ``reference`` (whose ``scale``/``translate`` may be passed when its
+    channel axis is not among the labels' axes), and say so. Returns whether it did."""
+    scale = np.asarray(reference.scale if scale is None else scale, dtype=float)
+    translate = np.asarray(reference.translate if translate is None else translate, dtype=float)
+    own_scale, own_translate = np.asarray(labels.scale, dtype=float), np.asarray(labels.translate, dtype=float)
+    if (
+        own_scale.shape != scale.shape
+        or not np.all(own_scale == 1.0)
+        or np.all(scale == 1.0)
+        or np.any(own_translate != 0.0)
+    ):
+        return False
+    from napari.utils.notifications import show_info
+
+    labels.scale = tuple(float(s) for s in scale)
+    labels.translate = tuple(float(t) for t in translate)
+    units = {str(u) for u in getattr(reference, "units", ()) or ()} - {"pixel"}
+    unit = f" {units.pop()}" if len(units) == 1 else ""
+    show_info(f"'{labels.name}' had no pixel size; it now has the pixel size of '{reference.name}' ({plain(scale)}{unit}).")
+    return True
+
+
 def check_same_shape(a: Any, b: Any, what_a: str, what_b: str) -> None:
     """Raise a plain-language error when two layers' shapes differ."""
     if tuple(a.data.shape) != tuple(b.data.shape):
@@ -305,8 +334,10 @@ def matching_index(image: Any, labels: Any, labels_index: tuple[slice, ...], *, 
             "the masks must be drawn on the image (add the Labels layer while the image is open)."
         )
     labels_scale = np.asarray(labels.scale, dtype=float)
+    if not np.allclose(labels_scale, image_scale, rtol=1e-3) and adopt_pixel_size(labels, image, image_scale, image_translate):
+        labels_scale = image_scale
     if not np.allclose(labels_scale, image_scale, rtol=1e-3):
-        raise UserError(f"'{labels.name}' (pixel size {tuple(labels_scale)}) and '{image.name}' ({tuple(image_scale)}) do not share their pixel size.")
+        raise UserError(f"'{labels.name}' (pixel size {plain(labels_scale)}) and '{image.name}' ({plain(image_scale)}) do not share their pixel size.")
     offset = (np.asarray(labels.translate, dtype=float) - image_translate) / image_scale
     if not np.allclose(offset, np.round(offset), atol=1e-3):
         raise UserError(f"'{labels.name}' is not aligned with the pixels of '{image.name}'.")

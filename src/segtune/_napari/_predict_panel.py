@@ -103,10 +103,14 @@ class PredictPanel(QWidget):
         self.output.addItems(list(OUTPUT_TEXT))
         self.output.setToolTip("Numbered objects (instance labels: to count and measure them), or a mask saying which pixels belong to objects (or to which class).")
         self.min_size = QSpinBox()
-        self.min_size.setRange(0, 1_000_000)
-        self.min_size.setValue(10)
+        self.min_size.setRange(-1, 1_000_000)
+        self.min_size.setSpecialValueText("auto")  # -1: the rule segtune predict --min-size auto applies
+        self.min_size.setValue(-1)
         self.min_size.setSuffix(" px")
-        self.min_size.setToolTip("Objects smaller than this many pixels (voxels in 3D) are dropped as specks.")
+        self.min_size.setToolTip(
+            "Objects smaller than this many pixels (voxels in 3D) are dropped as specks. auto: a disc a quarter "
+            "of the object diameter across (20 px for 20 px nuclei, at least 4 px), or 10 px when the diameter is unknown; 0 keeps all."
+        )
         self.tile = QSpinBox()
         self.tile.setRange(0, 4096)
         self.tile.setSingleStep(64)
@@ -273,7 +277,7 @@ class PredictPanel(QWidget):
             channel=channel,
             threshold=self.threshold.value(),
             instances=instances,
-            min_size=self.min_size.value(),
+            min_size=self.min_size.value() if self.min_size.value() >= 0 else "auto",
             tile_shape=tile,
             blend=self.blend.currentText(),
             overlap=self.overlap.value() if self.blend.currentText() == "gaussian" else None,

@@ -39,6 +39,8 @@ DIMS = "TCZYX"
 TIFF_EXTENSIONS = (".ome.tif", ".ome.tiff", ".tif", ".tiff")
 PLAIN_EXTENSIONS = (".png", ".jpg", ".jpeg")
 SUPPORTED_EXTENSIONS = (".czi", *TIFF_EXTENSIONS, *PLAIN_EXTENSIONS)
+# the Software tag of every label TIFF segtune writes: how the napari reader knows them as labels
+LABELS_SOFTWARE = "segtune"
 
 
 class ImageReadError(Exception):
@@ -70,7 +72,8 @@ class ImageData:
     physical_pixel_sizes
         (Z, Y, X) in micrometres, None where unknown.
     channel_names
-        One name per channel.
+        One name per channel. RGB samples of a named channel are ``"name (red)"``,
+        ``"name (green)"``, ``"name (blue)"`` (see :func:`sample_group`).
     scenes
         Names of the scenes (CZI scenes, TIFF series) in the file; ``scene`` is the one opened.
     """
@@ -82,6 +85,9 @@ class ImageData:
     scenes: list[str]
     scene: str
     metadata: dict[str, Any] = field(default_factory=dict)
+    """What else the file says: ``samples`` (3 or 4 when each channel is an RGB(A) colour image,
+    its samples consecutive channels), ``axes`` (a TIFF's own axes), ``software`` (a TIFF's
+    Software tag: ``"segtune"`` for label files segtune wrote)."""
 
     dims = DIMS
 
@@ -203,16 +209,18 @@ def _open_czi(path: Path, scene: int | str | None) -> ImageData:
     image.set_scene(index)
     dims = image.dims.order
     data = guarded_array(path, image.dask_data, dims)
+    samples = 1
     if "S" in dims:  # RGB(A) samples become channels
+        samples = int(data.shape[dims.index("S")])
         data, dims = _samples_to_channels(data, dims)
     if dims != DIMS:
         raise ImageReadError(path, f"unexpected dimension order {dims!r} from the CZI reader")
     sizes = image.physical_pixel_sizes
     channel_names = [str(c) for c in (image.channel_names or [])]
-    if len(channel_names) != data.shape[1]:
+    if samples > 1:
+        channel_names = _sample_names(channel_names, samples, data.shape[1])
+    elif len(channel_names) != data.shape[1]:
         channel_names = _default_channel_names(data.shape[1])
-        if "S" in image.dims.order and data.shape[1] == 3:
-            channel_names = ["red", "green", "blue"]
     return ImageData(
         path=path,
         data=data,
@@ -220,6 +228,7 @@ def _open_czi(path: Path, scene: int | str | None) -> ImageData:
         channel_names=channel_names,
         scenes=scenes,
         scene=scenes[index],
+        metadata={"samples": samples},
     )
 
 
@@ -324,6 +333,33 @@ def guarded_array(path: Path, source: Any, axes: str) -> da.Array:
     return da.from_array(_GuardedReads(path, source, axes), chunks=chunks, asarray=True, fancy=False)
 
 
+SAMPLE_NAMES = {3: ("red", "green", "blue"), 4: ("red", "green", "blue", "alpha")}
+
+
+def _sample_names(names: list[str], samples: int, n_channels: int) -> list[str]:
+    """Channel names once RGB(A) samples are channels: ``Bright`` -> ``Bright (red)``, ... .
+
+    A single colour channel without a name of its own (bioio calls it ``Channel:0:0``) is
+    plain ``red``, ``green``, ``blue``.
+    """
+    suffixes = SAMPLE_NAMES.get(samples) or tuple(f"sample {i}" for i in range(samples))
+    if len(names) * samples != n_channels:
+        names = _default_channel_names(n_channels // samples)
+    if len(names) == 1 and re.fullmatch(r"Channel[: ]?\d+(:\d+)*", names[0]):
+        return list(suffixes)
+    return [f"{name} ({suffix})" for name in names for suffix in suffixes]
+
+
+def sample_group(names: Sequence[str], name: str) -> list[int]:
+    """The channels holding the RGB(A) samples of channel ``name`` (``Bright`` -> the indices of
+    ``Bright (red)``, ``Bright (green)``, ``Bright (blue)``; ``RGB`` -> ``red``, ``green``,
+    ``blue``); empty when there are none."""
+    if name.lower() == "rgb" and list(names[:3]) == list(SAMPLE_NAMES[3]):
+        return [0, 1, 2]  # a single colour channel without a name of its own
+    suffixes = {f"{name} ({s})" for group in SAMPLE_NAMES.values() for s in group}
+    return [i for i, n in enumerate(names) if n in suffixes]
+
+
 def _samples_to_channels(data: da.Array, dims: str) -> tuple[da.Array, str]:
     """Fold an ``S`` (samples) axis into ``C``: an RGB image with C=1 becomes C=3."""
     s_axis, c_axis = dims.index("S"), dims.index("C")
@@ -360,8 +396,10 @@ def _open_tiff(path: Path, scene: int | str | None) -> ImageData:
         index = _pick_scene(path, scenes, scene)
         series = series_list[index]
         _check_tiff_complete(path, series, problems.messages)
+        _check_tiff_codec(path, series)
         axes = series.axes
         shape = series.shape
+        software = str(series.keyframe.software or "")
         ome = _parse_ome(tif.ome_metadata, index) if tif.is_ome else {}
         imagej = tif.imagej_metadata or {}
         resolution = _tiff_resolution(series)
@@ -381,11 +419,14 @@ def _open_tiff(path: Path, scene: int | str | None) -> ImageData:
     y = ome.get("Y") or (resolution[0] if resolution else None)
     x = ome.get("X") or (resolution[1] if resolution else None)
     channel_names = ome.get("channels") or []
+    samples = int(shape[axes.index("S")]) if "S" in axes and "C" not in axes else 1
     if len(channel_names) != data.shape[1]:
         labels = imagej.get("Labels")
         channel_names = _default_channel_names(data.shape[1])
         if isinstance(labels, list) and len(labels) == data.shape[1]:
             channel_names = [str(s) for s in labels]
+        elif samples in SAMPLE_NAMES and data.shape[1] == samples:
+            channel_names = list(SAMPLE_NAMES[samples])
     return ImageData(
         path=path,
         data=data,
@@ -393,7 +434,7 @@ def _open_tiff(path: Path, scene: int | str | None) -> ImageData:
         channel_names=channel_names,
         scenes=scenes,
         scene=scenes[index],
-        metadata={"axes": axes},
+        metadata={"axes": axes, "samples": samples if samples in SAMPLE_NAMES else 1, "software": software},
     )
 
 
@@ -420,6 +461,22 @@ def _check_tiff_complete(path: Path, series: Any, problems: list[str]) -> None:
         raise ImageReadError(
             path, f"the file is truncated or corrupt: image data runs to byte {end} but the file has {size}"
         )
+
+
+def _check_tiff_codec(path: Path, series: Any) -> None:
+    """Refuse at open time a TIFF whose compression cannot be decoded (the data is read lazily,
+    so without this the failure would come later, from inside the zarr store, without the file name)."""
+    from tifffile import TIFF
+
+    page = series.keyframe
+    compression = getattr(page, "compression", 1)
+    if compression == 1:
+        return
+    try:
+        TIFF.DECOMPRESSORS[compression]
+    except KeyError as e:
+        name = getattr(compression, "name", str(compression))
+        raise ImageReadError(path, f"its image data is compressed with {name}, which cannot be decoded here ({e.args[0]})") from None
 
 
 class _CollectProblems(logging.Handler):
@@ -558,13 +615,15 @@ def _open_plain(path: Path, scene: int | str | None) -> ImageData:
     else:
         raise ImageReadError(path, f"unexpected image shape {array.shape}")
     data = da.from_array(array[np.newaxis, :, np.newaxis], chunks=-1)
+    samples = array.shape[0] if array.ndim == 3 and array.shape[0] in SAMPLE_NAMES else 1
     return ImageData(
         path=path,
         data=data,
         physical_pixel_sizes=PhysicalPixelSizes(),
-        channel_names=_default_channel_names(array.shape[0]) if array.shape[0] != 3 else ["red", "green", "blue"],
+        channel_names=list(SAMPLE_NAMES[samples]) if samples > 1 else _default_channel_names(array.shape[0]),
         scenes=["Image 0"],
         scene="Image 0",
+        metadata={"samples": samples},
     )
 
 
@@ -670,7 +729,7 @@ def write_labels(
     metadata = ome_metadata(axes, pixel_sizes)
     return atomic_write(
         path,
-        lambda temporary: tifffile.imwrite(temporary, labels, ome=True, metadata=metadata, compression="zlib"),
+        lambda temporary: tifffile.imwrite(temporary, labels, ome=True, metadata=metadata, compression="zlib", software=LABELS_SOFTWARE),
         overwrite=overwrite,
     )
 

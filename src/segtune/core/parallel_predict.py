@@ -1284,6 +1284,7 @@ def _zarr_to_tiff_task(store: str, destination: str, pixel_sizes: Any) -> str:
     import zarr
 
     from segtune.core.files import atomic_write, ome_metadata
+    from segtune.core.io import LABELS_SOFTWARE
 
     labels = zarr.open_group(store, mode="r")[LABELS_ARRAY]
     n_t, n_z = labels.shape[:2]
@@ -1298,7 +1299,7 @@ def _zarr_to_tiff_task(store: str, destination: str, pixel_sizes: Any) -> str:
         planes = (np.asarray(labels[t, z]).astype(dtype) for t in range(n_t) for z in range(n_z))
         nbytes = math.prod(shape) * np.dtype(dtype).itemsize
         tifffile.imwrite(temporary, data=planes, shape=shape, dtype=dtype, ome=True, metadata=metadata,
-                         compression="zlib", bigtiff=nbytes > 2**31)
+                         compression="zlib", bigtiff=nbytes > 2**31, software=LABELS_SOFTWARE)
 
     atomic_write(destination, write, overwrite=True)  # the caller decided about an existing file
     return destination

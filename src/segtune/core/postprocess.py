@@ -7,6 +7,7 @@ object that crossed a tile border during prediction is one object here: tiling n
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,6 +19,7 @@ from segtune.core.labels import relabel_sequential, remove_sizes
 
 __all__ = [
     "HEADS",
+    "DEFAULT_MIN_SIZE",
     "default_min_size",
     "fill_label_holes",
     "filter_sizes",
@@ -99,27 +101,22 @@ def distance_to_background(
     return edt.edt(mask, anisotropy=anisotropy, black_border=border_is_background, parallel=1).astype(np.float64)
 
 
-# the smallest object kept by default, as a fraction of the area (volume) of a typical object
-MIN_SIZE_FRACTION = 0.1
-MIN_SIZE_WITHOUT_DIAMETER = 10
+# the smallest object kept when nothing says how large the objects are
+DEFAULT_MIN_SIZE = 10
 
 
-def default_min_size(diameter: float | None, spatial_dims: int = 2) -> int:
-    """The default smallest object (pixels or voxels): a tenth of the area of a disc (2D) or the
-    volume of a ball (3D) of ``diameter`` pixels, at least 4; ``MIN_SIZE_WITHOUT_DIAMETER``
-    when the object size is unknown. Specks a tenth of a typical object's size are noise in
-    nearly every segmentation; a user who wants them gives ``min_size=0``.
+def default_min_size(object_diameter: float | None, spatial_dims: int = 2) -> int:
+    """The smallest object worth keeping, in pixels (voxels in 3D), when the user does not say.
 
-    Examples
-    --------
-    >>> default_min_size(20.0), default_min_size(None), default_min_size(12.0, 3)
-    (31, 10, 90)
+    A disc (ball) a quarter of the typical object diameter across: 20 px for 20 px nuclei, 14
+    voxels for 12 px nuclei in 3D; never less than a 2 x 2 speck (4 px, 8 voxels). Without a
+    diameter, ``DEFAULT_MIN_SIZE`` (10) pixels. The command line and the widget both use this rule.
     """
-    if not diameter or not np.isfinite(diameter) or diameter <= 0:
-        return MIN_SIZE_WITHOUT_DIAMETER
-    radius = float(diameter) / 2
-    size = np.pi * radius**2 if spatial_dims == 2 else 4 / 3 * np.pi * radius**3
-    return max(4, int(round(MIN_SIZE_FRACTION * size)))
+    if not object_diameter or object_diameter <= 0:
+        return DEFAULT_MIN_SIZE
+    radius = float(object_diameter) / 8
+    size = math.pi * radius**2 if spatial_dims == 2 else 4 / 3 * math.pi * radius**3
+    return max(4 if spatial_dims == 2 else 8, int(round(size)))
 
 
 def filter_sizes(labels: np.ndarray, min_size: int = 0, max_size: int | None = None) -> np.ndarray:

@@ -1137,8 +1137,12 @@ def _execute(
     progress: ProgressCallback | None,
     cancel: CancelToken | None,
     output_chunks: tuple[int, ...] | None = None,
+    cpu_tile_pixels: int | None = None,
 ) -> Any:
-    """Plan, run and (on out-of-memory) re-plan; returns the output array."""
+    """Plan, run and (on out-of-memory) re-plan; returns the output array.
+
+    ``cpu_tile_pixels`` caps the planned tile on the CPU (when no tile shape is given), so that
+    a large image is several tiles and its progress moves, at the price of some halo pixels."""
     if blend not in BLENDS:
         raise ValueError(f"blend must be one of {', '.join(BLENDS)}, got {blend!r}")
     shape = tuple(int(s) for s in source.shape)
@@ -1181,6 +1185,8 @@ def _execute(
         tile_shape = padded  # nothing tiled is exact for such a model; one pass is, when it fits
 
     def make_plan(limit: float, batch: int | None, on_cpu: bool) -> TilePlan:
+        if on_cpu and cpu_tile_pixels and tile_shape is None:
+            limit = min(limit, cpu_tile_pixels * geometry.bytes_per_pixel * (batch or 1))
         return plan_tiles(
             shape, geometry, memory_limit=limit, tile_shape=tile_shape, batch_size=batch, chunks=output_chunks,
             n_items=len(items), max_batch=16 if on_cpu else 64, max_batch_pixels=(1 << 22) if on_cpu else None,
@@ -1420,6 +1426,10 @@ class PredictionResult:
         ``"binary"``, ``"three_class"`` or ``"semantic"``.
     classes
         Class names from the model's config.
+    diameter
+        The object diameter the image was zoomed for (None when it was not zoomed).
+    min_size
+        The smallest object kept, in pixels (voxels): as given, or the default rule's.
     """
 
     probabilities: Any
@@ -1427,6 +1437,7 @@ class PredictionResult:
     head: str
     classes: list[str]
     diameter: float | None = None
+    min_size: int = 0
 
 
 @_on_local_threads
@@ -1442,7 +1453,7 @@ def predict(
     instances: bool = False,
     split: bool = False,
     min_distance: int | None = None,
-    min_size: int = 0,
+    min_size: int | str | None = 0,
     max_size: int | None = None,
     fill_holes: bool = False,
     normalize: bool = True,
@@ -1492,7 +1503,9 @@ def predict(
         Seed spacing for ``split`` (default a quarter of the object diameter, a third for
         three-class heads: the ``diameter`` used, else the config's ``object_diameter``, else 5).
     min_size, max_size, fill_holes
-        Object filters (pixels in 2D, voxels in 3D).
+        Object filters (pixels in 2D, voxels in 3D). ``min_size="auto"`` (or None) drops objects
+        smaller than :func:`segtune.core.postprocess.default_min_size` of the object diameter
+        (the ``diameter`` used, else the config's ``object_diameter``), 10 px without one.
     normalize
         Apply the config's normalisation (percentiles per channel over the whole image).
     labels
@@ -1509,12 +1522,15 @@ def predict(
         (``"auto_diameter": true``, the bundled nuclei models) and leaves other models' input
         as it is; ``None`` or 0 never zooms. See :func:`segtune.core.diameter.resolve_diameter`.
     progress, cancel
-        See :mod:`segtune.core.progress`.
+        See :mod:`segtune.core.progress`. One ``"predict"`` stage counts the diameter estimate,
+        the batches of tiles, and the planes (time points for a 3D model) labelled; ``message``
+        names the phase.
 
     Returns
     -------
     PredictionResult
-        With ``diameter`` the diameter used (None when the image was not zoomed).
+        With ``diameter`` the diameter used (None when the image was not zoomed) and ``min_size``
+        the smallest object kept.
 
     Raises
     ------
@@ -1534,12 +1550,19 @@ def predict(
     from segtune.core.normalize import check_pixels
 
     check_pixels(data)
+    data, names, channel = _colour_channel(data, names, channel, in_channels)
     n_t, n_c, n_z, n_y, n_x = (int(s) for s in data.shape)
     chosen = _select_channels(channel, names, n_c, in_channels)
 
     from segtune.core import diameter as sizing
 
+    n_units = n_t * n_z if spatial_dims == 2 else n_t  # planes (time points) to label
+    phases = _Phases(progress, cancel, labelling=n_units if labels and head != "image" else 0)
+    wants_estimate = isinstance(diameter, str) and config.get("object_diameter") and config.get("auto_diameter")
+    if wants_estimate:
+        phases.start("estimating the object diameter")
     used_diameter, zoom = sizing.resolve_diameter(diameter, config, _diameter_sample(data, chosen, config, diameter))
+    phases.done_one()
     original_yx, final_out = (n_y, n_x), out
     if zoom != 1.0:
         # predict on an in-memory copy zoomed to the model's object size, then zoom back
@@ -1587,7 +1610,8 @@ def predict(
         model, source, items, spatial_dims=spatial_dims, in_channels=in_channels, make_output=make_output,
         tile_shape=tile_shape, overlap=overlap, batch_size=batch_size, device=device, blend=blend,
         precision=precision, memory_limit=memory_limit, halo=None, divisor=None, skip=skip,
-        skip_value=skip_value, sigma_scale=0.125, activation=activation, progress=progress, cancel=cancel,
+        skip_value=skip_value, sigma_scale=0.125, activation=activation, progress=phases.tiles, cancel=cancel,
+        cpu_tile_pixels=CPU_TILE_PIXELS,
     )
     if zoom != 1.0:
         if isinstance(final_out, (str, os.PathLike)):
@@ -1595,22 +1619,25 @@ def predict(
                                      (1, 1, 1, *original_yx), False)
         probabilities = sizing.restore_stack(probabilities, original_yx, final_out)
     result_labels = None
-    if labels and head != "image":
-        from segtune.core import postprocess
+    from segtune.core import postprocess
 
+    object_size = used_diameter or config.get("object_diameter")
+    if min_size is None or min_size == "auto":
+        min_size = postprocess.default_min_size(object_size, spatial_dims)
+    if labels and head != "image":
         # a model can ask for distance-peak seeds (the bundled nuclei models do: it splits
         # touching nuclei their boundary class missed); three-class seeds sit a third of a
         # diameter apart, binary split seeds a quarter
         split = split or bool(config.get("split_instances", False))
         if min_distance is None:
-            object_size = used_diameter or config.get("object_diameter")
             fraction = 3 if head == "three_class" else 4
             min_distance = max(1, int(round(float(object_size) / fraction))) if object_size else 5
         result_labels = _label_stack(
             probabilities, head, spatial_dims, postprocess, threshold=threshold, instances=instances, split=split,
-            min_distance=min_distance, min_size=min_size, max_size=max_size, fill_holes=fill_holes,
+            min_distance=min_distance, min_size=int(min_size), max_size=max_size, fill_holes=fill_holes,
+            step=phases.labelled,
         )
-    return PredictionResult(probabilities, result_labels, head, classes, used_diameter)
+    return PredictionResult(probabilities, result_labels, head, classes, used_diameter, int(min_size))
 
 
 def whole_image_settings(
@@ -1669,7 +1696,46 @@ def _diameter_sample(data: Any, chosen: list[int], config: Mapping[str, Any], di
     return sample[sample.shape[0] // 2] if spatial_dims == 2 else sample
 
 
-def _label_stack(probabilities: Any, head: str, spatial_dims: int, postprocess: Any, **options: Any) -> np.ndarray:
+# predict()'s largest tile on the CPU: one pass over 2 Mpx takes some ten seconds there, so a
+# larger image is cut into tiles and its progress bar moves (for ~10 % more pixels computed)
+CPU_TILE_PIXELS = 1 << 21
+
+
+class _Phases:
+    """One progress count over predict()'s phases: the diameter estimate (one step), the batches
+    of tiles (as many as the tiling makes), then one step per plane or time point labelled."""
+
+    def __init__(self, progress: ProgressCallback | None, cancel: CancelToken | None, labelling: int) -> None:
+        self.reporter = Reporter(progress, cancel, stage="predict")
+        self.labelling = labelling
+        self.offset = 0  # steps of the phases before the tiles
+        self.tiles_total: int | None = None
+        self.labels_done = 0
+
+    def _total(self) -> int | None:
+        return None if self.tiles_total is None else self.offset + self.tiles_total + self.labelling
+
+    def start(self, message: str) -> None:
+        self.reporter.step(self.offset, total=self._total(), message=message)
+
+    def done_one(self) -> None:
+        self.offset = 1
+
+    def tiles(self, event: Any) -> None:
+        self.tiles_total = event.total
+        self.reporter.step(self.offset + event.done, total=self._total(), message="tiles", **event.metrics)
+
+    def labelled(self) -> None:
+        self.labels_done += 1
+        if self.tiles_total is None:
+            self.tiles_total = 0
+        done = self.offset + self.tiles_total + self.labels_done
+        self.reporter.step(done, total=self._total(), message="labelling planes")
+
+
+def _label_stack(
+    probabilities: Any, head: str, spatial_dims: int, postprocess: Any, step: Callable[[], None] | None = None, **options: Any
+) -> np.ndarray:
     """Post-process each time point (3D model) or plane (2D model); instance numbers run on across the stack."""
     n_t, _, n_z = probabilities.shape[:3]
     out = None
@@ -1694,6 +1760,8 @@ def _label_stack(probabilities: Any, head: str, spatial_dims: int, postprocess: 
             out[t] = result
         else:
             out[t, z] = result
+        if step is not None:
+            step()
     assert out is not None
     return out
 
@@ -1778,13 +1846,44 @@ def _expand(data: Any, position: int) -> Any:
         return np.expand_dims(np.asarray(data), position)
 
 
+def _colour_channel(data: Any, names: list[str], channel: Any, in_channels: int) -> tuple[Any, list[str], Any]:
+    """``channel="Bright"`` naming a colour channel, whose RGB samples are the channels ``Bright (red)``,
+    ``Bright (green)``, ``Bright (blue)``: those samples for a model that takes three channels, their
+    mean (a grey image) for a model that takes one."""
+    from segtune.core.io import sample_group
+
+    if not isinstance(channel, str) or channel in names:
+        return data, names, channel
+    group = sample_group(names, channel)[:3]  # alpha is no colour
+    if len(group) != 3:
+        return data, names, channel
+    if in_channels == 3:
+        return data, names, group
+    if in_channels != 1:
+        return data, names, channel
+    colour = data[:, group[0] : group[-1] + 1]
+    return np.mean(colour, axis=1, keepdims=True, dtype=np.float32), [channel], 0
+
+
+def _colour_names(names: list[str]) -> list[str]:
+    """The colour channels (their RGB samples are channels) by the names ``channel=`` takes."""
+    from segtune.core.io import SAMPLE_NAMES
+
+    if list(names[:3]) == list(SAMPLE_NAMES[3]):
+        return ["RGB"]
+    found = [n.removesuffix(" (red)") for n in names if n.endswith(" (red)")]
+    return list(dict.fromkeys(found))
+
+
 def _select_channels(channel: Any, names: list[str], n_c: int, in_channels: int) -> list[int]:
     if channel is None:
         if n_c == in_channels:
             return list(range(n_c))
+        colours = _colour_names(names)
+        hint = f"; a colour channel by its name ({', '.join(colours)}) gives {'its three samples' if in_channels == 3 else 'the mean of its samples'}" if colours and in_channels in (1, 3) else ""
         raise ValueError(
             f"the image has {n_c} channels ({', '.join(names)}) and the model takes {in_channels}; "
-            f"choose with channel= (--channel), by index or name"
+            f"choose with channel= (--channel), by index or name{hint}"
         )
     wanted = [channel] if isinstance(channel, (int, str, np.integer)) else list(channel)
     chosen = []

@@ -176,6 +176,8 @@ def tqdm_progress(desc: str = "", **tqdm_kwargs: Any) -> Iterator[ProgressCallba
             bars[event.stage] = bar
         if event.total is not None and bar.total != event.total:
             bar.total = event.total
+        if event.message:  # what the step is doing ("tiles", "epoch 3/20")
+            bar.set_description_str(f"{event.stage or desc} ({event.message})", refresh=False)
         if event.metrics:
             bar.set_postfix(
                 {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in event.metrics.items()},
