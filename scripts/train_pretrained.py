@@ -319,7 +319,22 @@ def train_one(name: str, data: Path, *, minutes: float, seed: int, device: str, 
     result = train(images, labels, config, names=names, validation=validation, model=start, out=work,
                    overwrite=True, resume=resume, provenance={"command": command, "note": note})
     seconds = time.monotonic() - started
-    model_config = dict(result.config)
+    model_config = bundled_config(name, result.config, seconds)
+    logger.info("%s: trained in %.1f min (%s, best epoch %s, %d epochs)", name, seconds / 60, result.stop_reason,
+                result.best_epoch, len(result.history))
+    return result.model, model_config, seconds
+
+
+def _log_rows(folder: Path) -> list[dict[str, str]]:
+    from segtune.core.train.trainer import read_log
+
+    return read_log(folder) if (folder / "training_log.csv").exists() else []
+
+
+def bundled_config(name: str, config: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """A trained model's config as the bundled model ships it: description, the object size that
+    prediction zooms new images to, distance-peak splitting, the training's wall time."""
+    model_config = dict(config)
     model_config["description"] = DESCRIPTIONS[name]
     if name == "nuclei-2d":
         model_config.update(object_diameter=NUCLEI_2D_DIAMETER, auto_diameter=True, split_instances=True)
@@ -328,9 +343,7 @@ def train_one(name: str, data: Path, *, minutes: float, seed: int, device: str, 
     else:
         model_config.update(object_diameter=None, auto_diameter=False, split_instances=False)  # EM: no rescaling by object size
     model_config["training"] = {**model_config.get("training", {}), "wall_seconds": round(seconds, 1)}
-    logger.info("%s: trained in %.1f min (%s, best epoch %s, %d epochs)", name, seconds / 60, result.stop_reason,
-                result.best_epoch, len(result.history))
-    return result.model, model_config, seconds
+    return model_config
 
 
 def save_model_config(folder: Path, config: dict[str, Any]) -> None:
@@ -684,6 +697,10 @@ def main(argv: list[str] | None = None) -> int:
             from segtune.core.models.store import load_model
 
             model, config = load_model(args.install, device="cpu")
+            training = config.get("training", {})
+            # a run stopped by hand (kill) never wrote its bundled config: make it here
+            config = bundled_config(name, config, training.get("wall_seconds") or training.get("seconds")
+                                    or sum(float(r.get("seconds") or 0) for r in _log_rows(args.install)))
             folder = write_model(name, model, config)
             config["validation"] = validate(name, args.data)
             folder = write_model(name, model, config)
