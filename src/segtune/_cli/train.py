@@ -47,6 +47,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--normalize", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None,
                         help="percentiles mapped to 0 and 1 (default 1 99.8, or the --from model's)")
     parser.add_argument("--contrast-stretch", action="store_true", help="normalise by the 5-98 percentiles and clip (the seeds' stretch)")
+    parser.add_argument("--architecture", choices=("unet", "unetpp"), default="unet",
+                        help="network of a new model: U-Net, or UNet++ (nested skip paths, depth 4)")
+    parser.add_argument("--encoder", choices=("resnet18", "resnet34", "resnet50"), default=None,
+                        help="a U-Net with this ResNet encoder (random weights, or from segtune pretrain --encoder; "
+                             "--depth does not apply, --base-channels sets the decoder: 16 gives 256-128-64-32-16)")
     parser.add_argument("--base-channels", type=int, default=16, help="width of the first U-Net level (new models)")
     parser.add_argument("--depth", type=int, default=4, help="number of 2x downsamplings (new models)")
     parser.add_argument("--norm", choices=("batch", "group", "instance", "none"), default="batch")
@@ -100,6 +105,7 @@ def _config(args: argparse.Namespace):
         schedule=args.schedule, val_fraction=args.val_fraction, patience=args.patience or None,
         min_foreground=args.min_foreground, normalization=normalization, clip=clip, object_diameter=args.diameter,
         scale=args.scale, augmentation=AugmentConfig.none() if args.no_augment else AugmentConfig(),
+        architecture=args.architecture, encoder=args.encoder,
         depth=args.depth, base_channels=args.base_channels, norm=args.norm, dropout=args.dropout, upsample=args.upsample,
         freeze_encoder=args.freeze_encoder, max_minutes=args.max_minutes, device=args.device, amp=not args.no_amp,
         seed=args.seed, ignore_value=args.ignore_value,

@@ -260,11 +260,9 @@ def save_model(model: nn.Module, config: Mapping[str, Any], folder: str | os.Pat
 
 
 def _arch_core(architecture: Mapping[str, Any]) -> dict[str, Any]:
-    from segtune.core.models.unet import default_architecture
+    from segtune.core.models.unet import full_architecture
 
-    full = default_architecture(**{k: v for k, v in architecture.items() if k != "name"})
-    full["dropout"] = float(full["dropout"])
-    return full
+    return full_architecture(architecture)
 
 
 # --- loading ---------------------------------------------------------------------------------

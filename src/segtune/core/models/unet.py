@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -9,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["NORMS", "UPSAMPLES", "UNet", "build_model", "default_architecture"]
+__all__ = ["ARCHITECTURES", "NORMS", "UPSAMPLES", "UNet", "build_model", "default_architecture", "full_architecture", "new_architecture"]
 
 NORMS = ("batch", "group", "instance", "none")
 UPSAMPLES = ("transpose", "resize")
@@ -257,6 +258,69 @@ def default_architecture(**overrides: Any) -> dict[str, Any]:
     return {"name": "unet", **base}
 
 
+ARCHITECTURES = ("unet", "resnet_unet", "unetpp")
+
+
+def architecture_class(name: str) -> type[nn.Module]:
+    if name == "unet":
+        return UNet
+    if name in ("resnet_unet", "unetpp"):
+        # imported here: nets.py builds on this module (and on MONAI)
+        from segtune.core.models.nets import ResNetUNet, UNetPlusPlus
+
+        return ResNetUNet if name == "resnet_unet" else UNetPlusPlus
+    raise ValueError(f"architecture name {name!r} is not known; known: {', '.join(ARCHITECTURES)}")
+
+
+def full_architecture(architecture: Mapping[str, Any]) -> dict[str, Any]:
+    """``architecture`` with its ``name`` and every left-out key at its default.
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``name`` or keys the named network does not take.
+    """
+    if not isinstance(architecture, Mapping):
+        raise ValueError(f"architecture must be a dict, got {type(architecture).__name__}")
+    arguments = dict(architecture)
+    name = arguments.pop("name", "unet")
+    parameters = inspect.signature(architecture_class(name).__init__).parameters
+    known = [key for key in parameters if key != "self"]
+    unknown = set(arguments) - set(known)
+    if unknown:
+        raise ValueError(f"unknown architecture keys {sorted(unknown)} for {name!r}; known: {', '.join(known)}")
+    full = {key: arguments.get(key, parameters[key].default) for key in known}
+    full["dropout"] = float(full["dropout"])
+    return {"name": name, **full}
+
+
+def new_architecture(name: str = "unet", *, encoder: str | None = None, **settings: Any) -> dict[str, Any]:
+    """The architecture dict of a new network, from the command line's choices.
+
+    Parameters
+    ----------
+    name
+        ``"unet"`` or ``"unetpp"`` (``"resnet_unet"`` is ``"unet"`` with an ``encoder``).
+    encoder
+        ``"resnet18"``, ``"resnet34"`` or ``"resnet50"``: a U-Net with that ResNet encoder.
+    settings
+        ``spatial_dims``, ``in_channels``, ``out_channels``, ``depth``, ``base_channels``,
+        ``norm``, ``dropout``, ``upsample``; those the chosen network does not have (``depth``
+        of the ResNet U-Net and UNet++, whose depth is fixed) are left out.
+
+    Examples
+    --------
+    >>> new_architecture("unet", encoder="resnet18", spatial_dims=2, depth=4)["name"]
+    'resnet_unet'
+    """
+    if encoder is not None:
+        if name not in ("unet", "resnet_unet"):
+            raise ValueError(f"--encoder {encoder} gives a U-Net with a ResNet encoder; it does not combine with architecture {name!r}")
+        name, settings = "resnet_unet", {**settings, "encoder": encoder}
+    known = inspect.signature(architecture_class(name).__init__).parameters
+    return full_architecture({"name": name, **{k: v for k, v in settings.items() if k in known}})
+
+
 def build_model(architecture: Mapping[str, Any]) -> nn.Module:
     """Build the network a config's ``"architecture"`` dict describes.
 
@@ -264,7 +328,8 @@ def build_model(architecture: Mapping[str, Any]) -> nn.Module:
     ----------
     architecture
         ``{"name": "unet", "spatial_dims": 2, "in_channels": 1, "out_channels": 3, ...}``;
-        keys left out take :class:`UNet`'s defaults.
+        ``name`` is ``"unet"`` (the default), ``"resnet_unet"`` or ``"unetpp"``; keys left out
+        take the network's defaults.
 
     Returns
     -------
@@ -281,13 +346,6 @@ def build_model(architecture: Mapping[str, Any]) -> nn.Module:
     >>> build_model({"spatial_dims": 3, "out_channels": 2, "depth": 2}).architecture["spatial_dims"]
     3
     """
-    if not isinstance(architecture, Mapping):
-        raise ValueError(f"architecture must be a dict, got {type(architecture).__name__}")
-    arguments = dict(architecture)
-    name = arguments.pop("name", "unet")
-    if name != "unet":
-        raise ValueError(f"architecture name {name!r} is not known; this version builds 'unet' only")
-    unknown = set(arguments) - set(_ARCHITECTURE_KEYS)
-    if unknown:
-        raise ValueError(f"unknown architecture keys {sorted(unknown)}; known: {', '.join(_ARCHITECTURE_KEYS)}")
-    return UNet(**arguments)
+    full = full_architecture(architecture)
+    name = full.pop("name")
+    return architecture_class(name)(**full)

@@ -49,7 +49,7 @@ from segtune.core.models.store import (
     default_config,
     save_model,
 )
-from segtune.core.models.unet import UNet
+from segtune.core.models.unet import build_model, new_architecture
 from segtune.core.progress import Cancelled, CancelToken, ProgressCallback, Reporter
 from segtune.core.train.augment import AugmentConfig
 from segtune.core.train.data import HEADS, make_sample, make_targets, split_samples
@@ -115,6 +115,10 @@ class TrainConfig:
         A fixed Y/X resize factor instead of ``object_diameter``.
     augmentation
         The augmentation settings.
+    architecture, encoder
+        The network of a new model: ``"unet"`` or ``"unetpp"``; ``encoder`` ``"resnet18"``,
+        ``"resnet34"`` or ``"resnet50"`` gives a U-Net with that ResNet encoder (see
+        :func:`~segtune.core.models.unet.new_architecture`).
     depth, base_channels, norm, dropout, upsample
         The architecture of a new model (see :class:`~segtune.core.models.unet.UNet`).
     freeze_encoder
@@ -151,6 +155,8 @@ class TrainConfig:
     object_diameter: float | None = None
     scale: float | None = None
     augmentation: AugmentConfig = field(default_factory=AugmentConfig)
+    architecture: str = "unet"
+    encoder: str | None = None
     depth: int = 4
     base_channels: int = 16
     norm: str = "batch"
@@ -218,6 +224,8 @@ class TrainConfig:
         if self.object_diameter is not None and self.scale is not None:
             raise ValueError("give object_diameter or scale, not both")
         parse_loss(self.loss, self.head or "binary")
+        new_architecture(self.architecture, encoder=self.encoder, spatial_dims=self.spatial_dims, depth=self.depth,
+                         base_channels=self.base_channels, norm=self.norm, dropout=self.dropout, upsample=self.upsample)
 
 
 @dataclass
@@ -584,7 +592,6 @@ def train(
     resumed_config: dict[str, Any] | None = None
     if checkpoint is not None:
         from segtune.core.models.store import read_config
-        from segtune.core.models.unet import build_model
 
         # the interrupted run's own folder says what the network is and where it came from
         resumed_config = read_config(out_folder)
@@ -648,8 +655,10 @@ def train(
     # --- model ---
     _seed_everything(config.seed)
     if model is None:
-        model = UNet(config.spatial_dims, in_channels, _out_channels(head, config.n_classes), depth=config.depth,
-                     base_channels=config.base_channels, norm=config.norm, dropout=config.dropout, upsample=config.upsample)
+        model = build_model(new_architecture(
+            config.architecture, encoder=config.encoder, spatial_dims=config.spatial_dims, in_channels=in_channels,
+            out_channels=_out_channels(head, config.n_classes), depth=config.depth, base_channels=config.base_channels,
+            norm=config.norm, dropout=config.dropout, upsample=config.upsample))
     architecture = getattr(model, "architecture", None) or dict(base_config.get("architecture", {}))
     if int(architecture.get("in_channels", in_channels)) != in_channels:
         raise ValueError(f"the model takes {architecture.get('in_channels')} channel(s) but the images have {in_channels}")
