@@ -35,10 +35,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--val-fraction", type=float, default=0.2, help="images (or area of a single image) held out for validation")
     parser.add_argument("--patience", type=int, default=10, help="early stopping after this many epochs without improvement (0: never)")
     parser.add_argument("--steps-per-epoch", type=int, default=None, help="default: enough patches to cover the images once (at least 16)")
-    parser.add_argument("--head", choices=("three_class", "binary", "semantic"), default=None,
+    parser.add_argument("--head", choices=("three_class", "binary", "semantic", "multilabel"), default=None,
                         help="three_class (background/interior/boundary, separates touching objects; default for new models), "
-                             "binary, or semantic (label values are classes); default: the --from model's")
-    parser.add_argument("--classes", type=int, default=None, help="number of classes of a semantic head")
+                             "binary, semantic (label values are classes), or multilabel (non-exclusive classes, "
+                             "bit k of a label value is class k: e.g. nuclei 1, Golgi 2); default: the --from model's")
+    parser.add_argument("--classes", type=int, default=None, help="number of classes of a semantic or multilabel head")
     parser.add_argument("--3d", dest="spatial_dims", action="store_const", const=3, default=2, help="a 3D model trained on 3D patches")
     parser.add_argument("--diameter", type=float, default=None,
                         help="rescale images so objects are this many pixels across (measured from the labels); "

@@ -47,7 +47,8 @@ __all__ = [
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "weights.safetensors"
 # "image": linear outputs, an image-to-image network (a Noise2Noise denoiser), not a segmenter
-HEADS = ("binary", "three_class", "semantic", "image")
+# "multilabel": one sigmoid per class, classes may overlap (label files carry them as bit flags)
+HEADS = ("binary", "three_class", "semantic", "multilabel", "image")
 FORMAT = "segtune-model"
 FORMAT_VERSION = 1
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".tar", ".joblib")

@@ -77,7 +77,8 @@ class TrainConfig:
         2 (2D patches, also taken from single planes of stacks) or 3 (3D patches).
     head
         ``"binary"``, ``"three_class"`` (background/interior/boundary, separates touching
-        objects; the default for a new model) or ``"semantic"``. None: the starting model's.
+        objects; the default for a new model), ``"semantic"`` or ``"multilabel"`` (non-exclusive
+        classes, given as bit flags in the labels). None: the starting model's.
     n_classes
         Number of classes of a semantic head.
     patch
@@ -201,8 +202,8 @@ class TrainConfig:
             raise ValueError(f"spatial_dims must be 2 or 3, got {self.spatial_dims}")
         if self.head is not None and self.head not in HEADS:
             raise ValueError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
-        if self.head == "semantic" and (self.n_classes is None or self.n_classes < 2):
-            raise ValueError(f"a semantic head needs n_classes >= 2, got {self.n_classes}")
+        if self.head in ("semantic", "multilabel") and (self.n_classes is None or self.n_classes < 2):
+            raise ValueError(f"a {self.head} head needs n_classes >= 2, got {self.n_classes}")
         normalize_patch_shape(self.patch, self.spatial_dims)
         for name in ("batch_size", "epochs"):
             if int(getattr(self, name)) < 1:
@@ -341,9 +342,9 @@ def _validate(model, samples, *, head, n_classes, loss_fn, device, spatial_dims,
             if valid.any():
                 losses.append(float(loss_fn(logits[None], target, valid_t)))
                 weights.append(float(valid.sum()))
-            if head == "binary":
+            if head in ("binary", "multilabel"):
                 probabilities = torch.sigmoid(logits).numpy()
-                predicted_fg = probabilities[0] > 0.5
+                predicted_fg = (probabilities > 0.5).any(0)
             else:
                 probabilities = torch.softmax(logits, 0).numpy()
                 predicted_fg = probabilities.argmax(0) > 0
@@ -612,7 +613,7 @@ def train(
         config.head = model_head
         if architecture.get("spatial_dims", config.spatial_dims) != config.spatial_dims:
             raise ValueError(f"the starting model is {architecture.get('spatial_dims')}D but spatial_dims={config.spatial_dims}")
-        if model_head == "semantic":
+        if model_head in ("semantic", "multilabel"):
             config.n_classes = int(architecture.get("out_channels", config.n_classes or 2))
         base_norm = base_config.get("normalization") or {}
         if config.normalization is None and "low" in base_norm:
@@ -631,7 +632,7 @@ def train(
     if not any(np.any(lab != 0) if config.ignore_value is None else np.any((lab != 0) & (lab != config.ignore_value)) for lab in label_arrays):
         raise ValueError(f"the labels are empty: none of the {len(label_arrays)} label image(s) has a labelled pixel")
     data_diameter = None
-    if head != "semantic":
+    if head not in ("semantic", "multilabel"):
         diameters = [labels_diameter(np.where(lab == config.ignore_value, 0, lab) if config.ignore_value is not None else lab) for lab in label_arrays]
         diameters = [d for d in diameters if np.isfinite(d)]
         data_diameter = float(np.median(diameters)) if diameters else None
