@@ -23,7 +23,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--images", nargs="+", required=True, metavar="PATH", help="image files or folders")
-    parser.add_argument("--labels", nargs="+", required=True, metavar="PATH", help="label files or folders, one per image")
+    parser.add_argument("--labels", nargs="+", default=None, metavar="PATH", help="label files or folders, one per image (not with --method cyclegan)")
+    parser.add_argument("--method", choices=("supervised", "vox2vox", "cyclegan"), default="supervised",
+                        help="supervised (the loss against the labels); vox2vox: a 3D U-Net with a PatchGAN critic, "
+                             "adversarial + Dice/BCE (3D, labels); cyclegan: no labels at all, a 3D CycleGAN between "
+                             "the unlabelled stacks and synthetic masks drawn by --mask-recipe (the image->mask "
+                             "generator becomes the model). GAN methods train 3D U-Nets on --patch Z Y X (default 16 64 64)")
+    parser.add_argument("--mask-recipe", default="diameter=14,z_anisotropy=2", metavar="NAME=VALUE,...",
+                        help="cyclegan: synthetic nuclei masks, as arguments of segtune.core.synthetic.synthetic_nuclei "
+                             "(diameter in XY pixels, z_anisotropy = Z step / XY pixel size, touching, eccentricity, ...)"),
     parser.add_argument("--out", required=True, metavar="MODEL_DIR", help="the model folder to write")
     parser.add_argument("--from", dest="start", metavar="M", default=None, help="fine-tune this bundled model or model folder")
     parser.add_argument("--epochs", type=int, default=100)
@@ -121,6 +129,10 @@ def run(args: argparse.Namespace) -> int:
     from segtune.core.progress import CancelToken, tqdm_progress
     from segtune.core.train.trainer import train_files
 
+    if args.method != "supervised":
+        return _run_gan(args)
+    if not args.labels:
+        raise ValueError("--labels is required (one label file per image), except with --method cyclegan")
     images = _expand(args.images, "--images")
     labels = _expand(args.labels, "--labels")
     if len(images) != len(labels):
@@ -159,4 +171,51 @@ def run(args: argparse.Namespace) -> int:
     print(f"{result.stop_reason}: {len(result.history)} epoch(s), best epoch {result.best_epoch}"
           + (f" ({summary})" if summary else ""))
     print(f"model: {out} (log: {out / 'training_log.csv'})")
+    return 130 if result.stop_reason == "cancelled" else 0
+
+
+def _run_gan(args: argparse.Namespace) -> int:
+    """``--method vox2vox|cyclegan``: adversarial 3D training (segtune.core.train.gan)."""
+    from segtune.core.io import read_labels
+    from segtune.core.progress import CancelToken, tqdm_progress
+    from segtune.core.train.gan import GanConfig, parse_mask_recipe, train_gan
+    from segtune.core.train.pretrain import read_images
+
+    if args.method == "cyclegan" and args.labels:
+        raise ValueError("--method cyclegan trains without labels: leave out --labels (the masks come from --mask-recipe)")
+    if args.method == "vox2vox" and not args.labels:
+        raise ValueError("--method vox2vox needs --labels, one label stack per image")
+    if args.start or args.resume:
+        raise ValueError(f"--method {args.method} trains new networks: --from and --resume are not available")
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise FileExistsError(f"model folder {out} already exists; pass --overwrite to replace it")
+    image_files = _expand(args.images, "--images")
+    images, names = read_images(image_files)
+    labels = None
+    if args.labels:
+        label_files = _expand(args.labels, "--labels")
+        if len(label_files) != len(images):
+            raise ValueError(f"{len(images)} image stack(s) but {len(label_files)} label file(s); give one label file per image")
+        labels = [read_labels(path) for path in label_files]
+    patch = tuple(args.patch) if len(args.patch) == 3 else (16, 64, 64)
+    config = GanConfig(method=args.method, patch=patch, batch_size=args.batch_size, epochs=args.epochs,
+                       steps_per_epoch=args.steps_per_epoch or 20, learning_rate=args.lr,
+                       depth=args.depth, base_channels=args.base_channels, norm=args.norm,
+                       mask_recipe=parse_mask_recipe(args.mask_recipe), max_minutes=args.max_minutes,
+                       normalization=tuple(args.normalize) if args.normalize else (1.0, 99.8), device=args.device, seed=args.seed)
+    config.validate()
+    token = CancelToken()
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, lambda signum, frame: token.cancel())
+    try:
+        with tqdm_progress(args.method, file=sys.stderr, mininterval=1.0) as progress:
+            result = train_gan(images, labels, config, names=names, out=out, overwrite=args.overwrite,
+                               provenance={"command": args.command_line}, progress=progress, cancel=token)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    last = result.history[-1] if result.history else {}
+    print(f"{args.method} {result.stop_reason}: {len(result.history)} epoch(s)"
+          + (f", generator loss {last['generator']:.3f}, critic loss {last['critic']:.3f}" if last else ""))
+    print(f"model: {out}")
     return 130 if result.stop_reason == "cancelled" else 0
