@@ -273,10 +273,18 @@ def train_gan(
     g_optimizer = torch.optim.Adam(generators, lr=config.learning_rate, betas=(0.5, 0.999))
     d_optimizer = torch.optim.Adam(critics, lr=config.learning_rate, betas=(0.5, 0.999))
 
+    # CycleGAN's masks: a pool drawn once from the recipe (drawing costs more than a step),
+    # shown in random flips; unpaired: nothing ties a mask to the image patch beside it
+    pool = synthetic_masks(config.mask_recipe, config.patch, 32, rng) if cyclegan else None
+
     def batch() -> tuple[torch.Tensor, torch.Tensor]:
         x, y, _ = sampler.batch(config.batch_size, head="binary", augmentation=None)
-        if cyclegan:  # an unpaired mask: drawn from the recipe, not from this image
-            y = synthetic_masks(config.mask_recipe, config.patch, config.batch_size, rng)
+        if pool is not None:
+            y = pool[rng.integers(len(pool), size=config.batch_size)]
+            for axis in (2, 3, 4):
+                if rng.random() < 0.5:
+                    y = np.flip(y, axis)
+            y = np.ascontiguousarray(y)
         else:
             y = y[:, None] if y.ndim == 4 else y
         return torch.from_numpy(x).to(device), torch.from_numpy(np.asarray(y, np.float32)).to(device)
