@@ -29,7 +29,7 @@ import torch
 from monai.networks.nets import BasicUNetPlusPlus, FlexibleUNet
 from torch import nn
 
-from segtune.core.models.unet import NORMS, UPSAMPLES, _pad_to_multiple
+from segtune.core.models.unet import check_input, pad_to_multiple, validate_settings
 
 __all__ = ["ENCODERS", "ResNetUNet", "UNetPlusPlus"]
 
@@ -49,29 +49,17 @@ def _monai_norm(norm: str) -> tuple | str | None:
 
 
 def _check(spatial_dims: int, in_channels: int, out_channels: int, base_channels: int, norm: str, dropout: float, upsample: str) -> None:
-    if spatial_dims not in (2, 3):
-        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
-    for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("base_channels", base_channels)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    validate_settings(spatial_dims, in_channels, out_channels, base_channels, norm, dropout, upsample)
     if base_channels % 8:
         raise ValueError(f"base_channels must be a multiple of 8 for this architecture, got {base_channels}")
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
-    if not 0.0 <= float(dropout) < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
-    if upsample not in UPSAMPLES:
-        raise ValueError(f"upsample must be one of {', '.join(UPSAMPLES)}, got {upsample!r}")
 
 
-def _checked_input(model: nn.Module, x: torch.Tensor) -> None:
-    if x.ndim != model.spatial_dims + 2:
-        raise ValueError(
-            f"a {model.spatial_dims}D network takes input of shape (N, C, {', '.join('ZYX'[-model.spatial_dims:])}), "
-            f"got shape {tuple(x.shape)}"
-        )
-    if x.shape[1] != model.in_channels:
-        raise ValueError(f"the network expects {model.in_channels} input channel(s), got {x.shape[1]} (shape {tuple(x.shape)})")
+def _padded(model: nn.Module, forward, x: torch.Tensor) -> torch.Tensor:
+    """``forward`` on ``x`` padded to the model's size multiple, cropped back to ``x``'s size."""
+    check_input(model, x)
+    spatial = tuple(x.shape[2:])
+    y = forward(pad_to_multiple(x, model.size_multiple))
+    return y[(..., *(slice(0, n) for n in spatial))]
 
 
 class ResNetUNet(FlexibleUNet):
@@ -98,6 +86,7 @@ class ResNetUNet(FlexibleUNet):
     """
 
     size_multiple = 32  # the ResNet halves the size five times
+    display_name = "ResNet U-Net"
 
     def __init__(
         self,
@@ -142,10 +131,7 @@ class ResNetUNet(FlexibleUNet):
         return [self.encoder]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _checked_input(self, x)
-        spatial = tuple(x.shape[2:])
-        y = super().forward(_pad_to_multiple(x, self.size_multiple))
-        return y[(..., *(slice(0, n) for n in spatial))]
+        return _padded(self, super().forward, x)
 
 
 class UNetPlusPlus(BasicUNetPlusPlus):
@@ -163,6 +149,7 @@ class UNetPlusPlus(BasicUNetPlusPlus):
     """
 
     size_multiple = 16
+    display_name = "UNet++"
 
     def __init__(
         self,
@@ -207,7 +194,4 @@ class UNetPlusPlus(BasicUNetPlusPlus):
         return list(self.encoder)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _checked_input(self, x)
-        spatial = tuple(x.shape[2:])
-        y = super().forward(_pad_to_multiple(x, self.size_multiple))[-1]
-        return y[(..., *(slice(0, n) for n in spatial))]
+        return _padded(self, lambda padded: super(UNetPlusPlus, self).forward(padded)[-1], x)

@@ -117,6 +117,8 @@ class UNet(nn.Module):
     torch.Size([1, 3, 37, 50])
     """
 
+    display_name = "U-Net"
+
     def __init__(
         self,
         spatial_dims: int = 2,
@@ -198,15 +200,9 @@ class UNet(nn.Module):
         return 2**self.depth
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != self.spatial_dims + 2:
-            raise ValueError(
-                f"a {self.spatial_dims}D U-Net takes input of shape (N, C, {', '.join('ZYX'[-self.spatial_dims:])}), "
-                f"got shape {tuple(x.shape)}"
-            )
-        if x.shape[1] != self.in_channels:
-            raise ValueError(f"the U-Net expects {self.in_channels} input channel(s), got {x.shape[1]} (shape {tuple(x.shape)})")
+        check_input(self, x)
         spatial = tuple(x.shape[2:])
-        x = _pad_to_multiple(x, self.size_multiple)
+        x = pad_to_multiple(x, self.size_multiple)
         skips = []
         for level, block in enumerate(self.encoder):
             x = block(x)
@@ -220,7 +216,8 @@ class UNet(nn.Module):
         return x[(..., *(slice(0, n) for n in spatial))]
 
 
-def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Pad the spatial axes of ``x`` at their ends to a multiple of ``multiple`` (reflecting where possible)."""
     pads: list[int] = []
     for n in reversed(x.shape[2:]):
         pads += [0, (-n) % multiple]
@@ -231,14 +228,31 @@ def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     return F.pad(x, pads, mode=mode)
 
 
+def check_input(model: nn.Module, x: torch.Tensor) -> None:
+    """Raise ValueError unless ``x`` is ``(N, C, *spatial)`` for ``model``'s dimensions and channels."""
+    name = getattr(model, "display_name", type(model).__name__)
+    if x.ndim != model.spatial_dims + 2:
+        raise ValueError(
+            f"a {model.spatial_dims}D {name} takes input of shape (N, C, {', '.join('ZYX'[-model.spatial_dims:])}), "
+            f"got shape {tuple(x.shape)}"
+        )
+    if x.shape[1] != model.in_channels:
+        raise ValueError(f"the {name} expects {model.in_channels} input channel(s), got {x.shape[1]} (shape {tuple(x.shape)})")
+
+
 def _validate(spatial_dims, in_channels, out_channels, depth, base_channels, norm, dropout, upsample) -> None:
+    if not isinstance(depth, int) or isinstance(depth, bool) or not 0 <= depth <= 8:
+        raise ValueError(f"depth must be an integer from 0 to 8, got {depth!r}")
+    validate_settings(spatial_dims, in_channels, out_channels, base_channels, norm, dropout, upsample)
+
+
+def validate_settings(spatial_dims, in_channels, out_channels, base_channels, norm, dropout, upsample) -> None:
+    """Raise ValueError naming the first bad setting shared by every network here."""
     if spatial_dims not in (2, 3):
         raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
     for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("base_channels", base_channels)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if not isinstance(depth, int) or isinstance(depth, bool) or not 0 <= depth <= 8:
-        raise ValueError(f"depth must be an integer from 0 to 8, got {depth!r}")
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
     if not 0.0 <= float(dropout) < 1.0:
