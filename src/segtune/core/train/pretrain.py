@@ -153,13 +153,14 @@ class PretrainConfig:
             raise ValueError(f"SimCLR needs batch_size >= 2 (the other images are the negatives), got {self.batch_size}")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise ValueError(f"steps_per_epoch must be at least 1, got {self.steps_per_epoch}")
-        multiple = 2**self.depth
+        multiple, what = 2**self.depth, f"2**depth = {2**self.depth}"
         if self.architecture != "unet" or self.encoder is not None:
             if self.method not in ("restore", "n2n"):
                 raise ValueError(f"{self.method} pretraining needs the plain U-Net; the ResNet U-Net and UNet++ pretrain by restore")
             multiple = self.network_class().size_multiple
+            what = f"{multiple} (the network's downsampling)"
         if self.patch < 16 or self.patch % multiple:
-            raise ValueError(f"patch must be at least 16 and a multiple of {multiple} (the network's downsampling), got {self.patch}")
+            raise ValueError(f"patch must be at least 16 and a multiple of {what}, got {self.patch}")
         if self.method == "local-contrastive" and self.patch % self.block_size:
             raise ValueError(f"patch {self.patch} must be a multiple of block_size {self.block_size}")
         if self.head is not None and self.head not in ("binary", "three_class", "semantic"):
