@@ -7,7 +7,7 @@ elastic deformation of 2 px, blur 1 px, Poisson and read noise. Seeds 0.. train,
 test. The model: a 3D U-Net (depth 3, base 8, 2 input channels), multilabel head (one sigmoid
 per class), BCE + Dice, trained for ``--minutes``. Scores on the test stacks: Dice per class
 (probability > 0.5), and the pair count: objects of each class (connected components of its
-mask) paired one to one by :func:`segtune.core.measure.pair_objects` (Golgi centroid within
+mask; touching nuclei split by a distance-transform watershed, seeds 4 px apart) paired one to one by :func:`segtune.core.measure.pair_objects` (Golgi centroid within
 ``--max-distance`` XY pixels of the nucleus surface, Z scaled by 2), against the true number of pairs.
 
     python benchmarks/nuclei_golgi.py --minutes 6
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             pred, truth = probabilities[k] > 0.5, ((stack.classes >> k) & 1) > 0
             scores[f"dice_{name}"] = float(2 * (pred & truth).sum() / max(1, pred.sum() + truth.sum()))
         flags = (probabilities[0] > 0.5) * 1 + (probabilities[1] > 0.5) * 2
-        nuclei, golgi = class_instances(flags, 2, min_size=4)
+        nuclei, golgi = class_instances(flags, 2, min_size=4, split=(0,), min_distance=4, sampling=(2.0, 1.0, 1.0))
         found = int((pair_objects(nuclei, golgi, (2.0, 1.0, 1.0), max_distance=args.max_distance)["partner"] > 0).sum())
         rows.append({"stack": 1000 + index, **scores, "pairs_true": stack.n_pairs, "pairs_found": found,
                      "pair_count_error": (found - stack.n_pairs) / stack.n_pairs})

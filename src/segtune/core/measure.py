@@ -267,7 +267,10 @@ def measure(
     return pd.concat(parts, ignore_index=True)
 
 
-def class_instances(flags: Any, n_classes: int, *, min_size: int = 0) -> list[np.ndarray]:
+def class_instances(
+    flags: Any, n_classes: int, *, min_size: int = 0, split: Sequence[int] = (), min_distance: int = 4,
+    sampling: Sequence[float] | None = None,
+) -> list[np.ndarray]:
     """The objects of each class of a multilabel mask, as one instance-label image per class.
 
     Parameters
@@ -279,18 +282,23 @@ def class_instances(flags: Any, n_classes: int, *, min_size: int = 0) -> list[np
         Number of classes (bits) to read.
     min_size
         Objects with fewer pixels are dropped.
+    split, min_distance, sampling
+        Classes whose touching objects are split by a distance-transform watershed (seeds at
+        least ``min_distance`` pixels apart, ``sampling`` the pixel spacing per axis), e.g. the
+        nuclei, which a mask joins where they touch.
 
     Returns
     -------
     list of numpy.ndarray
         ``n_classes`` int32 label images: the connected components (8- / 26-connected) of each class.
     """
-    from segtune.core.postprocess import filter_sizes, label_components
+    from segtune.core.postprocess import filter_sizes, label_components, split_touching
 
     flags = np.asarray(flags).astype(np.int64)
     out = []
     for k in range(int(n_classes)):
-        labels = label_components((flags >> k) & 1)
+        mask = (flags >> k) & 1
+        labels = split_touching(mask, min_distance=min_distance, sampling=sampling) if k in split else label_components(mask)
         if min_size > 0:
             labels = filter_sizes(labels, min_size)
         out.append(labels.astype(np.int32))
