@@ -7,8 +7,10 @@ elastic deformation of 2 px, blur 1 px, Poisson and read noise. Seeds 0.. train,
 test. The model: a 3D U-Net (depth 3, base 8, 2 input channels), multilabel head (one sigmoid
 per class), BCE + Dice, trained for ``--minutes``. Scores on the test stacks: Dice per class
 (probability > 0.5), and the pair count: objects of each class (connected components of its
-mask; touching nuclei split by a distance-transform watershed, seeds 4 px apart) paired one to one by :func:`segtune.core.measure.pair_objects` (Golgi centroid within
-``--max-distance``, 8 XY pixels, of the nucleus surface, Z scaled by 2: the gap is up to 3 px, the Golgi radius 2-3 px, the deformation 2 px), against the true number of pairs.
+mask; touching nuclei split by a distance-transform watershed, seeds 4 px apart) paired one to
+one by :func:`segtune.core.measure.pair_objects` (Golgi centroid within ``--max-distance``, 8
+XY pixels, of the nucleus surface, Z scaled by 2: the gap is up to 3 px, the Golgi radius 2-3
+px, the deformation 2 px), against the true number of pairs.
 
     python benchmarks/nuclei_golgi.py --minutes 6
 """
