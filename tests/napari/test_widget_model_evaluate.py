@@ -24,6 +24,18 @@ def test_manifest_widget_opens_the_dock(make_napari_viewer) -> None:
     assert "Evaluate & Export" in [widget.tabs.tabText(i).replace("&&", "&") for i in range(widget.tabs.count())]
 
 
+@pytest.mark.parametrize(("network", "name"), [("U-Net, ResNet-18 encoder", "resnet_unet"), ("UNet++", "unetpp")])
+def test_new_model_other_networks(widget, network: str, name: str, errors) -> None:
+    panel = widget.model_panel
+    panel.new_dims.setCurrentText("2D")
+    panel.new_size.setCurrentText("tiny (quick experiments)")
+    panel.new_network.setCurrentText(network)
+    panel.new_button.click()
+    model = widget.state.model
+    assert model.architecture["name"] == name and hasattr(model, "encoder_parameters")
+    assert model(torch.zeros(1, 1, 40, 50)).shape == (1, 3, 40, 50)
+
+
 def test_new_model_save_and_load_round_trip(widget, tmp_path: Path, errors) -> None:
     panel = widget.model_panel
     # the bundled model shown is already in use (none in an installation without bundled models)

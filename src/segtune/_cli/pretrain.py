@@ -41,6 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--head", default=None, choices=("binary", "three_class", "semantic"),
                         help="segmentation head of the saved model (default: the --from model's, else three_class)")
     parser.add_argument("--classes", type=int, default=None, metavar="N", help="number of classes of a semantic head")
+    parser.add_argument("--architecture", choices=("unet", "unetpp"), default="unet", help="network (unet; unetpp: restore and n2n only)")
+    parser.add_argument("--encoder", choices=("resnet18", "resnet34", "resnet50"), default=None,
+                        help="a U-Net with this ResNet encoder (restore and n2n only; --depth does not apply)")
     parser.add_argument("--depth", type=int, default=4, metavar="N", help="U-Net depth")
     parser.add_argument("--base-channels", type=int, default=32, metavar="N", help="U-Net width of the first level")
     parser.add_argument("--corruptions", default="drop,blur,sobel,noise", metavar="LIST",
@@ -87,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     config = PretrainConfig(
         method=args.method, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
         patch=args.patch, learning_rate=args.lr, normalization=normalization, clip=clip, head=args.head,
-        n_classes=args.classes, depth=args.depth, base_channels=args.base_channels,
+        n_classes=args.classes, architecture=args.architecture, encoder=args.encoder, depth=args.depth, base_channels=args.base_channels,
         corruptions=tuple(c.strip() for c in args.corruptions.split(",") if c.strip()), corruption_mode=args.corruption_mode,
         drop_fraction=args.drop_fraction, restore_loss=args.restore_loss, temperature=args.temperature,
         block_size=args.block_size, freeze_encoder=args.freeze_encoder, max_minutes=args.max_minutes,

@@ -22,7 +22,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("--images", nargs="+", required=True, metavar="PATH", help="image files or folders")
-    parser.add_argument("--labels", nargs="+", required=True, metavar="PATH", help="label files or folders, one per image")
+    parser.add_argument("--labels", nargs="+", default=None, metavar="PATH", help="label files or folders, one per image (not with --method cyclegan)")
+    parser.add_argument("--method", choices=("supervised", "vox2vox", "cyclegan"), default="supervised",
+                        help="supervised (the loss against the labels); vox2vox: a 3D U-Net with a PatchGAN critic, "
+                             "adversarial + Dice/BCE (3D, labels); cyclegan: no labels at all, a 3D CycleGAN between "
+                             "the unlabelled stacks and synthetic masks drawn by --mask-recipe (the image->mask "
+                             "generator becomes the model). GAN methods train 3D U-Nets on --patch Z Y X (default 16 64 64)")
+    parser.add_argument("--mask-recipe", default="diameter=14,z_anisotropy=2", metavar="NAME=VALUE,...",
+                        help="cyclegan: synthetic nuclei masks, as arguments of segtune.core.synthetic.synthetic_nuclei "
+                             "(diameter in XY pixels, z_anisotropy = Z step / XY pixel size, touching, eccentricity, ...)"),
     parser.add_argument("--out", required=True, metavar="MODEL_DIR", help="the model folder to write")
     parser.add_argument("--from", dest="start", metavar="M", default=None, help="fine-tune this bundled model or model folder")
     parser.add_argument("--max-minutes", type=float, default=None,
@@ -40,10 +48,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--val-fraction", type=float, default=0.2, help="images (or area of a single image) held out for validation")
     parser.add_argument("--patience", type=int, default=0, help="early stopping after this many epochs without improvement (0: never; the time budget stops training)")
     parser.add_argument("--steps-per-epoch", type=int, default=None, help="default: enough patches to cover the images once (at least 16)")
-    parser.add_argument("--head", choices=("three_class", "binary", "semantic"), default=None,
+    parser.add_argument("--head", choices=("three_class", "binary", "semantic", "multilabel"), default=None,
                         help="three_class (background/interior/boundary, separates touching objects; default for new models), "
-                             "binary, or semantic (label values are classes); default: the --from model's")
-    parser.add_argument("--classes", type=int, default=None, help="number of classes of a semantic head")
+                             "binary, semantic (label values are classes), or multilabel (non-exclusive classes, "
+                             "bit k of a label value is class k: e.g. nuclei 1, Golgi 2); default: the --from model's")
+    parser.add_argument("--classes", type=int, default=None, help="number of classes of a semantic or multilabel head")
     parser.add_argument("--3d", dest="spatial_dims", action="store_const", const=3, default=2, help="a 3D model trained on 3D patches (default: a 2D model; a 3D --from model needs --3d)")
     parser.add_argument("--diameter", type=float, default=None,
                         help="rescale images so objects are this many pixels across (measured from the labels); "
@@ -52,6 +61,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--normalize", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None,
                         help="percentiles mapped to 0 and 1 (default 1 99.8, or the --from model's)")
     parser.add_argument("--contrast-stretch", action="store_true", help="normalise by the 5-98 percentiles and clip (the seeds' stretch)")
+    parser.add_argument("--architecture", choices=("unet", "unetpp"), default="unet",
+                        help="network of a new model: U-Net, or UNet++ (nested skip paths, depth 4)")
+    parser.add_argument("--encoder", choices=("resnet18", "resnet34", "resnet50"), default=None,
+                        help="a U-Net with this ResNet encoder (random weights, or from segtune pretrain --encoder; "
+                             "--depth does not apply, --base-channels sets the decoder: 16 gives 256-128-64-32-16)")
     parser.add_argument("--base-channels", type=int, default=16, help="width of the first U-Net level (new models)")
     parser.add_argument("--depth", type=int, default=4, help="number of 2x downsamplings (new models)")
     parser.add_argument("--norm", choices=("batch", "group", "instance", "none"), default="batch",
@@ -111,6 +125,7 @@ def _config(args: argparse.Namespace):
         schedule=args.schedule, val_fraction=args.val_fraction, patience=args.patience or None,
         min_foreground=args.min_foreground, normalization=normalization, clip=clip, object_diameter=args.diameter,
         scale=args.scale, augmentation=AugmentConfig.none() if args.no_augment else AugmentConfig(),
+        architecture=args.architecture, encoder=args.encoder,
         depth=args.depth, base_channels=args.base_channels, norm=args.norm, dropout=args.dropout, upsample=args.upsample,
         freeze_encoder=args.freeze_encoder, keep_if_worse=not args.keep_worse, max_minutes=minutes, device=args.device, amp=not args.no_amp,
         seed=args.seed, ignore_value=args.ignore_value,
@@ -125,6 +140,10 @@ def run(args: argparse.Namespace) -> int:
     from segtune.core.progress import CancelToken, tqdm_progress
     from segtune.core.train.trainer import train_files
 
+    if args.method != "supervised":
+        return _run_gan(args)
+    if not args.labels:
+        raise ValueError("--labels is required (one label file per image), except with --method cyclegan")
     images = _expand(args.images, "--images")
     labels = _expand(args.labels, "--labels")
     if len(images) != len(labels):
@@ -166,4 +185,51 @@ def run(args: argparse.Namespace) -> int:
     print(f"{result.stop_reason}: {len(result.history)} epoch(s), best epoch {result.best_epoch}")
     print(held_out_summary(result))
     print(f"model: {out} (log: {out / 'training_log.csv'})")
+    return 130 if result.stop_reason == "cancelled" else 0
+
+
+def _run_gan(args: argparse.Namespace) -> int:
+    """``--method vox2vox|cyclegan``: adversarial 3D training (segtune.core.train.gan)."""
+    from segtune.core.io import read_labels
+    from segtune.core.progress import CancelToken, tqdm_progress
+    from segtune.core.train.gan import GanConfig, parse_mask_recipe, train_gan
+    from segtune.core.train.pretrain import read_images
+
+    if args.method == "cyclegan" and args.labels:
+        raise ValueError("--method cyclegan trains without labels: leave out --labels (the masks come from --mask-recipe)")
+    if args.method == "vox2vox" and not args.labels:
+        raise ValueError("--method vox2vox needs --labels, one label stack per image")
+    if args.start or args.resume:
+        raise ValueError(f"--method {args.method} trains new networks: --from and --resume are not available")
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise FileExistsError(f"model folder {out} already exists; pass --overwrite to replace it")
+    image_files = _expand(args.images, "--images")
+    images, names = read_images(image_files)
+    labels = None
+    if args.labels:
+        label_files = _expand(args.labels, "--labels")
+        if len(label_files) != len(images):
+            raise ValueError(f"{len(images)} image stack(s) but {len(label_files)} label file(s); give one label file per image")
+        labels = [read_labels(path) for path in label_files]
+    patch = tuple(args.patch) if len(args.patch) == 3 else (16, 64, 64)
+    config = GanConfig(method=args.method, patch=patch, batch_size=args.batch_size, epochs=args.epochs,
+                       steps_per_epoch=args.steps_per_epoch or 20, learning_rate=args.lr,
+                       depth=args.depth, base_channels=args.base_channels, norm=args.norm,
+                       mask_recipe=parse_mask_recipe(args.mask_recipe), max_minutes=args.max_minutes,
+                       normalization=tuple(args.normalize) if args.normalize else (1.0, 99.8), device=args.device, seed=args.seed)
+    config.validate()
+    token = CancelToken()
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, lambda signum, frame: token.cancel())
+    try:
+        with tqdm_progress(args.method, file=sys.stderr, mininterval=1.0) as progress:
+            result = train_gan(images, labels, config, names=names, out=out, overwrite=args.overwrite,
+                               provenance={"command": args.command_line}, progress=progress, cancel=token)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    last = result.history[-1] if result.history else {}
+    print(f"{args.method} {result.stop_reason}: {len(result.history)} epoch(s)"
+          + (f", generator loss {last['generator']:.3f}, critic loss {last['critic']:.3f}" if last else ""))
+    print(f"model: {out}")
     return 130 if result.stop_reason == "cancelled" else 0

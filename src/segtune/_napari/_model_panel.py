@@ -29,6 +29,14 @@ MODEL_SIZES = {
     "standard (best results, wants a GPU)": (32, 4),
     "tiny (quick experiments)": (8, 2),
 }
+# the network of a new model: (architecture, ResNet encoder)
+NETWORKS = {
+    "U-Net": ("unet", None),
+    "U-Net, ResNet-18 encoder": ("unet", "resnet18"),
+    "U-Net, ResNet-34 encoder": ("unet", "resnet34"),
+    "U-Net, ResNet-50 encoder": ("unet", "resnet50"),
+    "UNet++": ("unetpp", None),
+}
 HEADS = {
     "objects, touching ones split (interior + border)": "three_class",
     "objects vs background": "binary",
@@ -118,6 +126,12 @@ class ModelPanel(QWidget):
         self.new_size = QComboBox()
         self.new_size.addItems(list(MODEL_SIZES))
         self.new_size.setToolTip("Bigger models can learn harder images but train and predict more slowly.")
+        self.new_network = QComboBox()
+        self.new_network.addItems(list(NETWORKS))
+        self.new_network.setToolTip(
+            "U-Net is the usual choice. A ResNet encoder is a deeper, wider feature extractor (worth it with "
+            "many images, or after restoration pretraining in the Tools tab); UNet++ nests its skip connections."
+        )
         self.new_button = QPushButton("Start a new model")
         self.new_button.setToolTip("Create an untrained model with these settings; teach it on your masks in the Fine-tune tab.")
         form.addRow("Dimensions", self.new_dims)
@@ -125,6 +139,7 @@ class ModelPanel(QWidget):
         form.addRow("Classes", self.new_classes)
         form.addRow("Channels", self.new_channels)
         form.addRow("Size", self.new_size)
+        form.addRow("Network", self.new_network)
         form.addRow(self.new_button)
         layout.addWidget(new_box)
 
@@ -232,14 +247,17 @@ class ModelPanel(QWidget):
     def new_model(self) -> None:
         """Start an untrained model from the New model settings."""
         from segtune.core.models.store import default_config
-        from segtune.core.models.unet import build_model, default_architecture
+        from segtune.core.models.unet import build_model, new_architecture
 
         self.state.require_idle("changing the model")
         head = HEADS[self.new_output.currentText()]
         out_channels = {"binary": 1, "three_class": 3}.get(head, self.new_classes.value())
         base, depth = MODEL_SIZES[self.new_size.currentText()]
         dims = 3 if self.new_dims.currentText() == "3D" else 2
-        architecture = default_architecture(
+        network, encoder = NETWORKS[self.new_network.currentText()]
+        architecture = new_architecture(
+            network,
+            encoder=encoder,
             spatial_dims=dims,
             in_channels=self.new_channels.value(),
             out_channels=out_channels,

@@ -24,7 +24,7 @@ from segtune.core.metrics import _as_labels, _is_binary, connected_components
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["measure", "save_table"]
+__all__ = ["class_instances", "measure", "pair_objects", "save_table"]
 
 _LABEL_AXES = ("YX", "ZYX", "TYX", "TZYX")
 
@@ -264,6 +264,131 @@ def measure(
     if not parts:
         return pd.DataFrame(columns=columns)
     return pd.concat(parts, ignore_index=True)
+
+
+def class_instances(
+    flags: Any, n_classes: int, *, min_size: int = 0, split: Sequence[int] = (), min_distance: int = 4,
+    sampling: Sequence[float] | None = None,
+) -> list[np.ndarray]:
+    """The objects of each class of a multilabel mask, as one instance-label image per class.
+
+    Parameters
+    ----------
+    flags
+        Class flags (bit k set where class k is present), as a multilabel model predicts them
+        (``segtune predict`` with a multilabel head) and as multilabel training reads them.
+    n_classes
+        Number of classes (bits) to read.
+    min_size
+        Objects with fewer pixels are dropped.
+    split, min_distance, sampling
+        Classes whose touching objects are split by a distance-transform watershed (seeds at
+        least ``min_distance`` pixels apart, ``sampling`` the pixel spacing per axis), e.g. the
+        nuclei, which a mask joins where they touch.
+
+    Returns
+    -------
+    list of numpy.ndarray
+        ``n_classes`` int32 label images: the connected components (8- / 26-connected) of each class.
+    """
+    from segtune.core.postprocess import filter_sizes, label_components, split_touching
+
+    flags = np.asarray(flags).astype(np.int64)
+    out = []
+    for k in range(int(n_classes)):
+        mask = (flags >> k) & 1
+        labels = split_touching(mask, min_distance=min_distance, sampling=sampling) if k in split else label_components(mask)
+        if min_size > 0:
+            labels = filter_sizes(labels, min_size)
+        out.append(labels.astype(np.int32))
+    return out
+
+
+def pair_objects(labels: Any, partners: Any, pixel_sizes: Any = None, *, max_distance: float | None = None) -> pd.DataFrame:
+    """Pair each object with at most one partner object (e.g. each nucleus with its Golgi), one to one.
+
+    The distance of a partner to an object is from the partner's centroid to the object's
+    nearest surface pixel (a Golgi sits beside its own nucleus even when a larger neighbour's
+    centre is nearer); pairs minimise the total distance (Hungarian assignment), and a partner
+    farther than ``max_distance`` from an object's surface is not paired with it. Vectors run
+    from centroid to centroid.
+
+    Parameters
+    ----------
+    labels, partners
+        Instance labels of the same shape (2D or 3D), e.g. nuclei and Golgi.
+    pixel_sizes
+        (Z, Y, X) in micrometres (None where unknown): vectors and distances are in micrometres
+        when every size needed is known, else in pixels.
+    max_distance
+        Longest partner-centroid-to-surface distance of a pair, in the unit of the vectors (None: no limit).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per object of ``labels``: ``label``, ``partner`` (its partner's id, 0 if
+        unpaired), ``vector_z`` (3D), ``vector_y``, ``vector_x`` (partner centroid minus object
+        centroid; NaN if unpaired), ``pair_distance`` and ``pair_unit`` (``"um"`` or ``"px"``).
+
+    Examples
+    --------
+    >>> nuclei = np.zeros((9, 9), int); nuclei[1:4, 1:4] = 1; nuclei[5:8, 5:8] = 2
+    >>> golgi = np.zeros((9, 9), int); golgi[2, 5] = 7
+    >>> pair_objects(nuclei, golgi)[["label", "partner"]].values.tolist()
+    [[1, 7], [2, 0]]
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    labels, partners = np.asarray(labels), np.asarray(partners)
+    if labels.shape != partners.shape:
+        raise ValueError(f"`partners` (shape {partners.shape}) must have the shape of `labels` (shape {labels.shape})")
+    if labels.ndim not in (2, 3):
+        raise ValueError(f"labels must be 2D or 3D instance labels, got shape {labels.shape}")
+    sizes = _sizes(pixel_sizes)[-labels.ndim:]
+    unit = "um" if all(v is not None for v in sizes) else "px"
+    factor = np.array([v if unit == "um" else 1.0 for v in sizes])
+
+    def centroids(array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ids = np.unique(array[array > 0])
+        if not ids.size:
+            return ids, np.zeros((0, array.ndim))
+        return ids, np.array(ndimage.center_of_mass(np.ones(array.shape), array, ids)).reshape(len(ids), -1) * factor
+
+    ids, centres = centroids(labels)
+    partner_ids, partner_centres = centroids(partners)
+    vectors = np.full((len(ids), labels.ndim), np.nan)
+    matched = np.zeros(len(ids), np.int64)
+    if len(ids) and len(partner_ids):
+        distance = _surface_distances(labels, ids, partner_centres, factor)
+        limit = np.inf if max_distance is None else float(max_distance)
+        rows, cols = linear_sum_assignment(np.where(distance <= limit, distance, 1e12))
+        for r, c in zip(rows, cols, strict=True):
+            if distance[r, c] <= limit:
+                matched[r] = partner_ids[c]
+                vectors[r] = partner_centres[c] - centres[r]
+    columns = {"label": ids.astype(np.int64), "partner": matched}
+    for axis, values in zip("zyx"[-labels.ndim:], vectors.T, strict=True):
+        columns[f"vector_{axis}"] = values
+    columns["pair_distance"] = np.linalg.norm(vectors, axis=1)
+    columns["pair_unit"] = [unit] * len(ids)
+    return pd.DataFrame(columns)
+
+
+def _surface_distances(labels: np.ndarray, ids: np.ndarray, points: np.ndarray, factor: np.ndarray) -> np.ndarray:
+    """``(len(ids), len(points))``: distance from each point to the nearest surface pixel of each object."""
+    from skimage.segmentation import find_boundaries
+
+    surface = find_boundaries(labels, mode="inner") & (labels > 0)
+    coords = np.argwhere(surface)
+    owner = labels[surface]
+    order = np.argsort(owner, kind="stable")
+    coords, owner = coords[order] * factor, owner[order]
+    starts = np.searchsorted(owner, ids)
+    out = np.empty((len(ids), len(points)))
+    for j in range(0, len(points), 64):  # bounded memory: 64 points against every surface pixel
+        block = np.linalg.norm(coords[:, None] - points[None, j : j + 64], axis=-1)
+        out[:, j : j + 64] = np.minimum.reduceat(block, starts, axis=0)
+    return out
 
 
 def save_table(df: pd.DataFrame, path: str | os.PathLike, overwrite: bool = False) -> Path:

@@ -35,7 +35,7 @@ __all__ = [
     "threshold",
 ]
 
-HEADS = ("binary", "three_class", "semantic")
+HEADS = ("binary", "three_class", "semantic", "multilabel")
 
 
 def threshold(probability: np.ndarray, level: float = 0.5) -> np.ndarray:
@@ -55,7 +55,9 @@ def mask_from_probabilities(probabilities: np.ndarray, head: str, level: float =
 
     ``binary``: foreground where the probability exceeds ``level`` (uint8 0/1);
     ``three_class``: foreground (interior or boundary) where ``1 - p(background) > level`` (uint8 0/1);
-    ``semantic``: the most probable class index (uint8, or uint16 beyond 255 classes; ``level`` unused).
+    ``semantic``: the most probable class index (uint8, or uint16 beyond 255 classes; ``level`` unused);
+    ``multilabel``: class flags, bit k set where class k's probability exceeds ``level`` (the
+    format multilabel training reads; uint8 up to 8 classes).
     """
     probabilities = np.asarray(probabilities)
     _check_head(head, probabilities)
@@ -63,6 +65,11 @@ def mask_from_probabilities(probabilities: np.ndarray, head: str, level: float =
         return threshold(probabilities[0], level).astype(np.uint8)
     if head == "three_class":
         return threshold(1.0 - probabilities[0], level).astype(np.uint8)
+    if head == "multilabel":
+        flags = np.zeros(probabilities.shape[1:], np.uint8 if probabilities.shape[0] <= 8 else np.uint32)
+        for k, p in enumerate(probabilities):
+            flags |= threshold(p, level).astype(flags.dtype) << k
+        return flags
     dtype = np.uint8 if probabilities.shape[0] <= 256 else np.uint16
     return np.argmax(probabilities, axis=0).astype(dtype)
 
@@ -318,7 +325,7 @@ def postprocess(
     _check_head(head, probabilities)
     if not instances:
         mask = mask_from_probabilities(probabilities, head, level)
-        if head != "semantic" and (min_size > 0 or max_size is not None or fill_holes):
+        if head not in ("semantic", "multilabel") and (min_size > 0 or max_size is not None or fill_holes):
             mask = (_finish(label_components(mask), min_size, max_size, fill_holes) > 0).astype(np.uint8)
         return mask
     if head == "binary":
@@ -329,7 +336,8 @@ def postprocess(
     if head == "three_class":
         return instances_from_three_class(probabilities, level, min_size=min_size, max_size=max_size, fill_holes=fill_holes,
                                           split_distance=min_distance if split else None)
-    raise ValueError("instances need a 'binary' or 'three_class' head; a 'semantic' head gives class maps only")
+    raise ValueError(f"instances need a 'binary' or 'three_class' head; a '{head}' head gives class maps only "
+                     "(multilabel: segtune.core.measure.class_instances gives each class's objects)")
 
 
 def label_blockwise(

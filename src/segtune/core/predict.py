@@ -1933,7 +1933,7 @@ def _normalizer(data: Any, chosen: list[int], normalization: Any) -> Callable[[n
 
 
 def _activation(head: str) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    if head == "binary":
+    if head in ("binary", "multilabel"):
         return torch.sigmoid
     if head in ("three_class", "semantic"):
         return lambda y: torch.softmax(y, dim=1)
@@ -1944,7 +1944,7 @@ def _activation(head: str) -> Callable[[torch.Tensor], torch.Tensor] | None:
 
 def _background_probabilities(head: str, out_channels: int) -> list[float]:
     """What a skipped tile reads as: certain background."""
-    if head in ("binary", "image"):
+    if head in ("binary", "multilabel", "image"):
         return [0.0] * out_channels
     return [1.0] + [0.0] * (out_channels - 1)
 

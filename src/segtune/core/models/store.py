@@ -47,7 +47,8 @@ __all__ = [
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "weights.safetensors"
 # "image": linear outputs, an image-to-image network (a Noise2Noise denoiser), not a segmenter
-HEADS = ("binary", "three_class", "semantic", "image")
+# "multilabel": one sigmoid per class, classes may overlap (label files carry them as bit flags)
+HEADS = ("binary", "three_class", "semantic", "multilabel", "image")
 FORMAT = "segtune-model"
 FORMAT_VERSION = 1
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".tar", ".joblib")
@@ -203,11 +204,9 @@ def save_model(model: nn.Module, config: Mapping[str, Any], folder: str | os.Pat
 
 
 def _arch_core(architecture: Mapping[str, Any]) -> dict[str, Any]:
-    from segtune.core.models.unet import default_architecture
+    from segtune.core.models.unet import full_architecture
 
-    full = default_architecture(**{k: v for k, v in architecture.items() if k != "name"})
-    full["dropout"] = float(full["dropout"])
-    return full
+    return full_architecture(architecture)
 
 
 # --- loading ---------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "ARCHITECTURES",
     "MAX_PARAMETERS",
     "NORMS",
     "UPSAMPLES",
@@ -17,6 +19,8 @@ __all__ = [
     "build_model",
     "check_size",
     "default_architecture",
+    "full_architecture",
+    "new_architecture",
     "parameter_count",
 ]
 
@@ -125,6 +129,8 @@ class UNet(nn.Module):
     torch.Size([1, 3, 37, 50])
     """
 
+    display_name = "U-Net"
+
     def __init__(
         self,
         spatial_dims: int = 2,
@@ -206,15 +212,9 @@ class UNet(nn.Module):
         return 2**self.depth
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != self.spatial_dims + 2:
-            raise ValueError(
-                f"a {self.spatial_dims}D U-Net takes input of shape (N, C, {', '.join('ZYX'[-self.spatial_dims:])}), "
-                f"got shape {tuple(x.shape)}"
-            )
-        if x.shape[1] != self.in_channels:
-            raise ValueError(f"the U-Net expects {self.in_channels} input channel(s), got {x.shape[1]} (shape {tuple(x.shape)})")
+        check_input(self, x)
         spatial = tuple(x.shape[2:])
-        x = _pad_to_multiple(x, self.size_multiple)
+        x = pad_to_multiple(x, self.size_multiple)
         skips = []
         for level, block in enumerate(self.encoder):
             x = block(x)
@@ -228,7 +228,8 @@ class UNet(nn.Module):
         return x[(..., *(slice(0, n) for n in spatial))]
 
 
-def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Pad the spatial axes of ``x`` at their ends to a multiple of ``multiple`` (reflecting where possible)."""
     pads: list[int] = []
     for n in reversed(x.shape[2:]):
         pads += [0, (-n) % multiple]
@@ -239,14 +240,31 @@ def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     return F.pad(x, pads, mode=mode)
 
 
+def check_input(model: nn.Module, x: torch.Tensor) -> None:
+    """Raise ValueError unless ``x`` is ``(N, C, *spatial)`` for ``model``'s dimensions and channels."""
+    name = getattr(model, "display_name", type(model).__name__)
+    if x.ndim != model.spatial_dims + 2:
+        raise ValueError(
+            f"a {model.spatial_dims}D {name} takes input of shape (N, C, {', '.join('ZYX'[-model.spatial_dims:])}), "
+            f"got shape {tuple(x.shape)}"
+        )
+    if x.shape[1] != model.in_channels:
+        raise ValueError(f"the {name} expects {model.in_channels} input channel(s), got {x.shape[1]} (shape {tuple(x.shape)})")
+
+
 def _validate(spatial_dims, in_channels, out_channels, depth, base_channels, norm, dropout, upsample) -> None:
+    if not isinstance(depth, int) or isinstance(depth, bool) or not 0 <= depth <= 8:
+        raise ValueError(f"depth must be an integer from 0 to 8, got {depth!r}")
+    validate_settings(spatial_dims, in_channels, out_channels, base_channels, norm, dropout, upsample)
+
+
+def validate_settings(spatial_dims, in_channels, out_channels, base_channels, norm, dropout, upsample) -> None:
+    """Raise ValueError naming the first bad setting shared by every network here."""
     if spatial_dims not in (2, 3):
         raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
     for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("base_channels", base_channels)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if not isinstance(depth, int) or isinstance(depth, bool) or not 0 <= depth <= 8:
-        raise ValueError(f"depth must be an integer from 0 to 8, got {depth!r}")
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
     if not 0.0 <= float(dropout) < 1.0:
@@ -316,6 +334,69 @@ def default_architecture(**overrides: Any) -> dict[str, Any]:
     return {"name": "unet", **base}
 
 
+ARCHITECTURES = ("unet", "resnet_unet", "unetpp")
+
+
+def architecture_class(name: str) -> type[nn.Module]:
+    if name == "unet":
+        return UNet
+    if name in ("resnet_unet", "unetpp"):
+        # imported here: nets.py builds on this module (and on MONAI)
+        from segtune.core.models.nets import ResNetUNet, UNetPlusPlus
+
+        return ResNetUNet if name == "resnet_unet" else UNetPlusPlus
+    raise ValueError(f"architecture name {name!r} is not known; known: {', '.join(ARCHITECTURES)}")
+
+
+def full_architecture(architecture: Mapping[str, Any]) -> dict[str, Any]:
+    """``architecture`` with its ``name`` and every left-out key at its default.
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``name`` or keys the named network does not take.
+    """
+    if not isinstance(architecture, Mapping):
+        raise ValueError(f"architecture must be a dict, got {type(architecture).__name__}")
+    arguments = dict(architecture)
+    name = arguments.pop("name", "unet")
+    parameters = inspect.signature(architecture_class(name).__init__).parameters
+    known = [key for key in parameters if key != "self"]
+    unknown = set(arguments) - set(known)
+    if unknown:
+        raise ValueError(f"unknown architecture keys {sorted(unknown)} for {name!r}; known: {', '.join(known)}")
+    full = {key: arguments.get(key, parameters[key].default) for key in known}
+    full["dropout"] = float(full["dropout"])
+    return {"name": name, **full}
+
+
+def new_architecture(name: str = "unet", *, encoder: str | None = None, **settings: Any) -> dict[str, Any]:
+    """The architecture dict of a new network, from the command line's choices.
+
+    Parameters
+    ----------
+    name
+        ``"unet"`` or ``"unetpp"`` (``"resnet_unet"`` is ``"unet"`` with an ``encoder``).
+    encoder
+        ``"resnet18"``, ``"resnet34"`` or ``"resnet50"``: a U-Net with that ResNet encoder.
+    settings
+        ``spatial_dims``, ``in_channels``, ``out_channels``, ``depth``, ``base_channels``,
+        ``norm``, ``dropout``, ``upsample``; those the chosen network does not have (``depth``
+        of the ResNet U-Net and UNet++, whose depth is fixed) are left out.
+
+    Examples
+    --------
+    >>> new_architecture("unet", encoder="resnet18", spatial_dims=2, depth=4)["name"]
+    'resnet_unet'
+    """
+    if encoder is not None:
+        if name not in ("unet", "resnet_unet"):
+            raise ValueError(f"--encoder {encoder} gives a U-Net with a ResNet encoder; it does not combine with architecture {name!r}")
+        name, settings = "resnet_unet", {**settings, "encoder": encoder}
+    known = inspect.signature(architecture_class(name).__init__).parameters
+    return full_architecture({"name": name, **{k: v for k, v in settings.items() if k in known}})
+
+
 def build_model(architecture: Mapping[str, Any]) -> nn.Module:
     """Build the network a config's ``"architecture"`` dict describes.
 
@@ -323,7 +404,8 @@ def build_model(architecture: Mapping[str, Any]) -> nn.Module:
     ----------
     architecture
         ``{"name": "unet", "spatial_dims": 2, "in_channels": 1, "out_channels": 3, ...}``;
-        keys left out take :class:`UNet`'s defaults.
+        ``name`` is ``"unet"`` (the default), ``"resnet_unet"`` or ``"unetpp"``; keys left out
+        take the network's defaults.
 
     Returns
     -------
@@ -340,13 +422,6 @@ def build_model(architecture: Mapping[str, Any]) -> nn.Module:
     >>> build_model({"spatial_dims": 3, "out_channels": 2, "depth": 2}).architecture["spatial_dims"]
     3
     """
-    if not isinstance(architecture, Mapping):
-        raise ValueError(f"architecture must be a dict, got {type(architecture).__name__}")
-    arguments = dict(architecture)
-    name = arguments.pop("name", "unet")
-    if name != "unet":
-        raise ValueError(f"architecture name {name!r} is not known; this version builds 'unet' only")
-    unknown = set(arguments) - set(_ARCHITECTURE_KEYS)
-    if unknown:
-        raise ValueError(f"unknown architecture keys {sorted(unknown)}; known: {', '.join(_ARCHITECTURE_KEYS)}")
-    return UNet(**arguments)
+    full = full_architecture(architecture)
+    name = full.pop("name")
+    return architecture_class(name)(**full)

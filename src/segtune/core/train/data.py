@@ -15,6 +15,9 @@ three_class
     Binary masks are split into objects by connected components first.
 semantic
     the label value is the class index (0..n-1).
+multilabel
+    n non-exclusive classes: bit k of the label value says the pixel belongs to class k
+    (nuclei 1, Golgi 2, both 3); the target is ``(n, *spatial)`` of 0/1.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ __all__ = [
     "split_samples",
 ]
 
-HEADS = ("binary", "three_class", "semantic")
+HEADS = ("binary", "three_class", "semantic", "multilabel")
 
 
 @dataclass
@@ -211,6 +214,13 @@ def make_targets(labels: np.ndarray, head: str, *, n_classes: int | None = None,
         if n_classes is not None and labels.size and labels.max() >= n_classes:
             raise ValueError(f"label value {labels.max()} is not a class of a {n_classes}-class semantic head")
         return labels.astype(np.int64)
+    if head == "multilabel":
+        if n_classes is None:
+            raise ValueError("a multilabel head needs n_classes")
+        if labels.size and int(labels.max()) >= 2**n_classes:
+            raise ValueError(f"label value {labels.max()} has bits beyond the {n_classes} classes of a multilabel head")
+        flags = labels.astype(np.int64)
+        return np.stack([(flags >> k) & 1 for k in range(n_classes)]).astype(np.uint8)
     raise ValueError(f"head must be one of {', '.join(HEADS)}, got {head!r}")
 
 

@@ -8,6 +8,9 @@ binary
 three_class, semantic
     logits ``(N, K, *S)``, target ``(N, *S)`` of class indices; probabilities are
     ``softmax(logits)`` and the target is compared as one-hot.
+multilabel
+    K non-exclusive classes: logits ``(N, K, *S)``, target ``(N, K, *S)`` of 0/1; each channel
+    is a binary head (``sigmoid``), Dice and IoU are the mean over the K classes.
 
 and an optional ``valid`` mask ``(N, *S)`` (or ``(N, 1, *S)``): pixels where it is 0 take no
 part in the loss (pseudo-labelling marks uncertain pixels so; patches padded beyond an image
@@ -61,8 +64,8 @@ def _prepare(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | N
     if logits.ndim < 3:
         raise ValueError(f"logits must have shape (N, K, *spatial), got {tuple(logits.shape)}")
     n, k, *spatial = logits.shape
-    if head == "binary":
-        if k != 1:
+    if head in ("binary", "multilabel"):
+        if head == "binary" and k != 1:
             raise ValueError(f"a binary head has 1 output channel, the logits have {k}")
         if target.ndim == logits.ndim - 1:
             target = target.unsqueeze(1)
@@ -87,7 +90,7 @@ def _prepare(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | N
 
 
 def _probabilities_and_onehot(logits, target, head):
-    if head == "binary":
+    if head in ("binary", "multilabel"):
         return torch.sigmoid(logits), target
     k = logits.shape[1]
     # indices outside 0..K-1 (an ignore value) only occur under valid == 0; clamp them away
@@ -98,11 +101,11 @@ def _probabilities_and_onehot(logits, target, head):
 def bce_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None, *, head: str = "binary") -> torch.Tensor:
     """Binary (one channel) or categorical (K channels) cross-entropy, averaged over valid pixels."""
     target, weight = _prepare(logits, target, valid, head)
-    if head == "binary":
+    if head in ("binary", "multilabel"):
         per_pixel = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     else:
         per_pixel = F.cross_entropy(logits, target.clamp(0, logits.shape[1] - 1), reduction="none").unsqueeze(1)
-    return (per_pixel * weight).sum() / weight.sum().clamp_min(1.0)
+    return (per_pixel * weight).sum() / weight.sum().clamp_min(1.0) / per_pixel.shape[1]
 
 
 def _overlap_terms(logits, target, valid, head):
@@ -112,7 +115,7 @@ def _overlap_terms(logits, target, valid, head):
     intersection = (probs * onehot * weight).sum(dims)
     p_sum = (probs * weight).sum(dims)
     t_sum = (onehot * weight).sum(dims)
-    if head != "binary" and logits.shape[1] > 1:
+    if head not in ("binary", "multilabel") and logits.shape[1] > 1:
         intersection, p_sum, t_sum = intersection[1:], p_sum[1:], t_sum[1:]
     return intersection, p_sum, t_sum
 
@@ -144,7 +147,7 @@ def focal_loss(
 ) -> torch.Tensor:
     """Focal loss (Lin et al. 2017), ``gamma = 2``, ``alpha = 0.5`` by default."""
     target, weight = _prepare(logits, target, valid, head)
-    if head == "binary":
+    if head in ("binary", "multilabel"):
         log_p = F.logsigmoid(logits)
         log_not_p = F.logsigmoid(-logits)
         log_pt = torch.where(target > 0.5, log_p, log_not_p)
@@ -154,7 +157,7 @@ def focal_loss(
         log_pt = log_probs.gather(1, target.clamp(0, logits.shape[1] - 1).unsqueeze(1))
         alpha_t = torch.full_like(log_pt, alpha)
     per_pixel = -alpha_t * (1 - log_pt.exp()).pow(gamma) * log_pt
-    return (per_pixel * weight).sum() / weight.sum().clamp_min(1.0)
+    return (per_pixel * weight).sum() / weight.sum().clamp_min(1.0) / per_pixel.shape[1]
 
 
 def mae_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None, *, head: str = "binary") -> torch.Tensor:
@@ -295,8 +298,8 @@ def parse_loss(spec: str, head: str = "binary") -> CombinedLoss:
     >>> parse_loss("bce+dice").spec
     'bce+dice'
     """
-    if head not in ("binary", "three_class", "semantic"):
-        raise ValueError(f"head must be 'binary', 'three_class' or 'semantic', got {head!r}")
+    if head not in ("binary", "three_class", "semantic", "multilabel"):
+        raise ValueError(f"head must be 'binary', 'three_class', 'semantic' or 'multilabel', got {head!r}")
     terms = []
     for term in str(spec).lower().split("+"):
         match = _TERM.match(term)

@@ -71,6 +71,10 @@ class PretrainConfig:
     head, n_classes
         The segmentation head of the saved model (not used by ``n2n``); None: the head of
         ``from_model``, else ``"three_class"`` (as for a new model in ``segtune train``).
+    architecture, encoder
+        ``"unet"`` or ``"unetpp"``, and a ResNet ``encoder`` for a ResNet-encoder U-Net (see
+        :func:`~segtune.core.models.unet.new_architecture`); the UNet++ and ResNet U-Net are
+        pretrained by ``restore`` only.
     depth, base_channels, norm, upsample
         The U-Net (ignored when starting ``from_model``, whose architecture is kept).
     corruptions, corruption_mode, drop_fraction, blur_sigma, noise_std, restore_loss, l1_weight
@@ -102,6 +106,8 @@ class PretrainConfig:
     clip: bool = False
     head: str | None = None
     n_classes: int | None = None
+    architecture: str = "unet"
+    encoder: str | None = None
     depth: int = 4
     base_channels: int = 32
     norm: str = "batch"
@@ -147,9 +153,14 @@ class PretrainConfig:
             raise ValueError(f"SimCLR needs batch_size >= 2 (the other images are the negatives), got {self.batch_size}")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise ValueError(f"steps_per_epoch must be at least 1, got {self.steps_per_epoch}")
-        multiple = 2**self.depth
+        multiple, what = 2**self.depth, f"2**depth = {2**self.depth}"
+        if self.architecture != "unet" or self.encoder is not None:
+            if self.method not in ("restore", "n2n"):
+                raise ValueError(f"{self.method} pretraining needs the plain U-Net; the ResNet U-Net and UNet++ pretrain by restore")
+            multiple = self.network_class().size_multiple
+            what = f"{multiple} (the network's downsampling)"
         if self.patch < 16 or self.patch % multiple:
-            raise ValueError(f"patch must be at least 16 and a multiple of 2**depth = {multiple}, got {self.patch}")
+            raise ValueError(f"patch must be at least 16 and a multiple of {what}, got {self.patch}")
         if self.method == "local-contrastive" and self.patch % self.block_size:
             raise ValueError(f"patch {self.patch} must be a multiple of block_size {self.block_size}")
         if self.head is not None and self.head not in ("binary", "three_class", "semantic"):
@@ -168,6 +179,19 @@ class PretrainConfig:
         if not 0 <= low < high <= 100:
             raise ValueError(f"normalization percentiles must satisfy 0 <= low < high <= 100, got {self.normalization}")
         self.corruption_config()  # validates the corruption settings
+
+    def new_architecture(self, in_channels: int, out_channels: int) -> dict[str, Any]:
+        """The architecture dict of a new 2D network with these settings."""
+        from segtune.core.models.unet import new_architecture
+
+        return new_architecture(self.architecture, encoder=self.encoder, spatial_dims=2, in_channels=in_channels,
+                                out_channels=out_channels, depth=self.depth, base_channels=self.base_channels,
+                                norm=self.norm, upsample=self.upsample)
+
+    def network_class(self) -> type[nn.Module]:
+        from segtune.core.models.unet import architecture_class
+
+        return architecture_class(self.new_architecture(1, 1)["name"])
 
     def corruption_config(self):
         from segtune.core.train.pretext import CorruptionConfig
@@ -372,7 +396,7 @@ def pretrain(
     from segtune import __version__
     from segtune.core.device import select_device
     from segtune.core.models.store import default_config, load_model, save_model
-    from segtune.core.models.unet import UNet
+    from segtune.core.models.unet import UNet, build_model
     from segtune.core.train.contrastive import (
         PixelProjectionHead,
         ProjectionHead,
@@ -416,6 +440,8 @@ def pretrain(
         arch = base_config["architecture"]
         config.depth, config.base_channels = int(arch.get("depth", config.depth)), int(arch.get("base_channels", config.base_channels))
         config.norm, config.upsample = arch.get("norm", config.norm), arch.get("upsample", config.upsample)
+        config.architecture = "unetpp" if arch.get("name") == "unetpp" else "unet"
+        config.encoder = arch.get("encoder") if arch.get("name") == "resnet_unet" else None
         if config.head is None and base_config.get("head") in ("binary", "three_class", "semantic"):
             config.head = base_config["head"]
             if config.head == "semantic":
@@ -465,7 +491,7 @@ def pretrain(
     temperature = config.effective_temperature
     image_out = in_channels  # restore / n2n predict the image
     if base_model is not None and method in ("restore", "n2n"):
-        unet = UNet(2, in_channels, image_out, depth=config.depth, base_channels=config.base_channels, norm=config.norm, upsample=config.upsample)
+        unet = build_model({**base_model.architecture, "out_channels": image_out})
         transfer_encoder(base_model, unet)
     elif base_model is not None:
         unet = base_model  # the global stage's network (its encoder is the SimCLR encoder)
@@ -475,7 +501,7 @@ def pretrain(
             unet = fresh
     else:
         out_channels = image_out if method in ("restore", "n2n") else {"binary": 1, "three_class": 3}.get(config.head, config.n_classes or 2)
-        unet = UNet(2, in_channels, out_channels, depth=config.depth, base_channels=config.base_channels, norm=config.norm, upsample=config.upsample)
+        unet = build_model(config.new_architecture(in_channels, out_channels))
         if method == "local-contrastive" and config.freeze_encoder:
             logger.warning("freeze_encoder without a global stage freezes a random encoder")
             for parameter in unet.encoder_parameters():

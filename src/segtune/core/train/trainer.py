@@ -51,7 +51,7 @@ from segtune.core.models.store import (
     default_config,
     save_model,
 )
-from segtune.core.models.unet import UNet
+from segtune.core.models.unet import build_model, new_architecture
 from segtune.core.normalize import check_pixels
 from segtune.core.progress import Cancelled, CancelToken, ProgressCallback, Reporter
 from segtune.core.train.augment import AugmentConfig
@@ -85,7 +85,8 @@ class TrainConfig:
         2 (2D patches, also taken from single planes of stacks) or 3 (3D patches).
     head
         ``"binary"``, ``"three_class"`` (background/interior/boundary, separates touching
-        objects; the default for a new model) or ``"semantic"``. None: the starting model's.
+        objects; the default for a new model), ``"semantic"`` or ``"multilabel"`` (non-exclusive
+        classes, given as bit flags in the labels). None: the starting model's.
     n_classes
         Number of classes of a semantic head.
     patch
@@ -127,6 +128,10 @@ class TrainConfig:
         A fixed Y/X resize factor instead of ``object_diameter``.
     augmentation
         The augmentation settings.
+    architecture, encoder
+        The network of a new model: ``"unet"`` or ``"unetpp"``; ``encoder`` ``"resnet18"``,
+        ``"resnet34"`` or ``"resnet50"`` gives a U-Net with that ResNet encoder (see
+        :func:`~segtune.core.models.unet.new_architecture`).
     depth, base_channels, norm, dropout, upsample
         The architecture of a new model (see :class:`~segtune.core.models.unet.UNet`).
     freeze_encoder
@@ -175,6 +180,8 @@ class TrainConfig:
     object_diameter: float | None = None
     scale: float | None = None
     augmentation: AugmentConfig = field(default_factory=AugmentConfig)
+    architecture: str = "unet"
+    encoder: str | None = None
     depth: int = 4
     base_channels: int = 16
     norm: str = "batch"
@@ -222,8 +229,8 @@ class TrainConfig:
             raise ValueError(f"spatial_dims must be 2 or 3, got {self.spatial_dims}")
         if self.head is not None and self.head not in HEADS:
             raise ValueError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
-        if self.head == "semantic" and (self.n_classes is None or self.n_classes < 2):
-            raise ValueError(f"a semantic head needs n_classes >= 2, got {self.n_classes}")
+        if self.head in ("semantic", "multilabel") and (self.n_classes is None or self.n_classes < 2):
+            raise ValueError(f"a {self.head} head needs n_classes >= 2, got {self.n_classes}")
         if self.patch is not None:
             normalize_patch_shape(self.patch, self.spatial_dims)
         for name in ("batch_size", "epochs"):
@@ -246,6 +253,8 @@ class TrainConfig:
         if self.object_diameter is not None and self.scale is not None:
             raise ValueError("give object_diameter or scale, not both")
         parse_loss(self.loss, self.head or "binary")
+        new_architecture(self.architecture, encoder=self.encoder, spatial_dims=self.spatial_dims, depth=self.depth,
+                         base_channels=self.base_channels, norm=self.norm, dropout=self.dropout, upsample=self.upsample)
 
 
 @dataclass
@@ -427,9 +436,9 @@ def _validate(model, samples, *, head, n_classes, loss_fn, device, spatial_dims,
             if valid.any():
                 losses.append(float(loss_fn(logits[None], target, valid_t)))
                 weights.append(float(valid.sum()))
-            if head == "binary":
+            if head in ("binary", "multilabel"):
                 probabilities = torch.sigmoid(logits).numpy()
-                predicted_fg = probabilities[0] > 0.5
+                predicted_fg = (probabilities > 0.5).any(0)
             else:
                 probabilities = torch.softmax(logits, 0).numpy()
                 predicted_fg = probabilities.argmax(0) > 0
@@ -687,7 +696,6 @@ def train(
     resumed_config: dict[str, Any] | None = None
     if checkpoint is not None:
         from segtune.core.models.store import read_config
-        from segtune.core.models.unet import build_model
 
         # the interrupted run's own folder says what the network is and where it came from
         resumed_config = read_config(out_folder)
@@ -708,7 +716,7 @@ def train(
         config.head = model_head
         if architecture.get("spatial_dims", config.spatial_dims) != config.spatial_dims:
             raise ValueError(f"the starting model is {architecture.get('spatial_dims')}D but spatial_dims={config.spatial_dims}")
-        if model_head == "semantic":
+        if model_head in ("semantic", "multilabel"):
             config.n_classes = int(architecture.get("out_channels", config.n_classes or 2))
         base_norm = base_config.get("normalization") or {}
         if config.normalization is None and "low" in base_norm:
@@ -733,7 +741,7 @@ def train(
     if not any(np.any(lab != 0) if config.ignore_value is None else np.any((lab != 0) & (lab != config.ignore_value)) for lab in label_arrays):
         raise ValueError(f"the labels are empty: none of the {len(label_arrays)} label image(s) has a labelled pixel")
     data_diameter = None
-    if head != "semantic":
+    if head not in ("semantic", "multilabel"):
         diameters = [labels_diameter(np.where(lab == config.ignore_value, 0, lab) if config.ignore_value is not None else lab) for lab in label_arrays]
         diameters = [d for d in diameters if np.isfinite(d)]
         data_diameter = float(np.median(diameters)) if diameters else None
@@ -770,8 +778,10 @@ def train(
     fine_tuning = model is not None and checkpoint is None
     config = auto_settings(config, fine_tuning=fine_tuning, diameter=model_diameter)
     if model is None:
-        model = UNet(config.spatial_dims, in_channels, _out_channels(head, config.n_classes), depth=config.depth,
-                     base_channels=config.base_channels, norm=config.norm, dropout=config.dropout, upsample=config.upsample)
+        model = build_model(new_architecture(
+            config.architecture, encoder=config.encoder, spatial_dims=config.spatial_dims, in_channels=in_channels,
+            out_channels=_out_channels(head, config.n_classes), depth=config.depth, base_channels=config.base_channels,
+            norm=config.norm, dropout=config.dropout, upsample=config.upsample))
     architecture = getattr(model, "architecture", None) or dict(base_config.get("architecture", {}))
     if int(architecture.get("in_channels", in_channels)) != in_channels:
         raise ValueError(f"the model takes {architecture.get('in_channels')} channel(s) but the images have {in_channels}")
