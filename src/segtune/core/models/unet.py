@@ -255,11 +255,12 @@ def check_input(model: nn.Module, x: torch.Tensor) -> None:
 def _validate(spatial_dims, in_channels, out_channels, depth, base_channels, norm, dropout, upsample) -> None:
     if not isinstance(depth, int) or isinstance(depth, bool) or not 0 <= depth <= 8:
         raise ValueError(f"depth must be an integer from 0 to 8, got {depth!r}")
-    validate_settings(spatial_dims, in_channels, out_channels, base_channels, norm, dropout, upsample)
+    validate_settings(spatial_dims, in_channels, out_channels, base_channels, norm, dropout, upsample, depth=depth)
 
 
-def validate_settings(spatial_dims, in_channels, out_channels, base_channels, norm, dropout, upsample) -> None:
-    """Raise ValueError naming the first bad setting shared by every network here."""
+def validate_settings(spatial_dims, in_channels, out_channels, base_channels, norm, dropout, upsample, depth=4) -> None:
+    """Raise ValueError naming the first bad setting shared by every network here (the size check
+    counts a U-Net of ``depth`` levels: other networks of the same width are of that order)."""
     if spatial_dims not in (2, 3):
         raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
     for name, value in (("in_channels", in_channels), ("out_channels", out_channels), ("base_channels", base_channels)):
