@@ -60,13 +60,13 @@ def sources(data: Path) -> dict[str, tuple[str, list[tuple[np.ndarray, np.ndarra
     return found
 
 
-def score(model, config, pairs) -> float:
+def score(model, config, pairs, pixels: bool = False) -> float:
     from segtune.core.metrics import matched_metrics, pixel_metrics
     from segtune.core.predict import predict
 
     values = []
     for image, truth in pairs:
-        if config.get("head") == "binary" and not config.get("object_diameter"):  # membranes: pixels
+        if pixels:  # membranes: interior pixel F1
             mask = np.asarray(predict((model, config), image, axes="YX", instances=False, device="cpu").labels)[0, 0]
             values.append(pixel_metrics(mask, truth)["f1"])
         else:
@@ -91,12 +91,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.sources and name not in args.sources:
             continue
         model, config = load_model(model_name)
-        before = score(model, config, pairs[1:])
+        pixels = model_name == "membranes-2d"
+        before = score(model, config, pairs[1:], pixels)
         (image, truth), start = pairs[0], time.monotonic()
         settings = TrainConfig(epochs=10_000, max_minutes=args.minutes, patience=None, device="cpu", seed=args.seed)
         result = train([image], [truth.astype(np.int32)], settings, model=model_name)
         seconds = time.monotonic() - start
-        after = score(result.model, result.config, pairs[1:])
+        after = score(result.model, result.config, pairs[1:], pixels)
         row = {"source": name, "model": model_name, "scored_images": len(pairs) - 1, "before": round(before, 4),
                "after": round(after, 4), "gain": round(after - before, 4), "kept_start": result.kept_start,
                "held_out": held_out_summary(result), "epochs": len(result.history), "seconds": round(seconds)}

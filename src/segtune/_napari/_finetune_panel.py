@@ -378,8 +378,9 @@ class FinetunePanel(QWidget):
         def work(progress: Any = None, cancel: Any = None) -> Any:
             arrays = [np.asarray(a) for a in images]
             label_arrays = [np.asarray(a) for a in labels]
+            # with its config, so that training sees the images at the scale the model predicts at
             return train(
-                arrays, label_arrays, settings, masks=masks, names=names, model=start_model,
+                arrays, label_arrays, settings, masks=masks, names=names, model=(start_model, start_config),
                 provenance=provenance, progress=progress, cancel=cancel,
             )
 

@@ -618,8 +618,9 @@ def train(
         Optional ``(images, labels)`` held out by the caller: they alone validate (rescaled and
         normalised like the training images) and ``val_fraction`` is not applied.
     model
-        None for a new model; a module, a bundled model name or a model folder to fine-tune.
-        A starting model's head, normalisation and object diameter are kept.
+        None for a new model; a module, a ``(module, config)`` pair, a bundled model name or a
+        model folder to fine-tune. A starting model's head, normalisation and object diameter
+        are kept: training images are zoomed to the object size it predicts at.
     out
         The model folder to write while training (see the module docstring); None keeps the
         model in memory only.
@@ -706,8 +707,12 @@ def train(
     if isinstance(model, (str, os.PathLike)):
         base_name = str(model)
         model, base_config = load_model(model, device="cpu")
+    elif isinstance(model, tuple) and len(model) == 2 and isinstance(model[1], dict):
+        model, base_config = model[0], dict(model[1])  # a module with its config (the widget's model)
+        base_name = base_config.get("name")
     if model is not None and not isinstance(model, nn.Module):
-        raise ValueError(f"model must be None, a torch module, a bundled model name or a folder, got {type(model).__name__}")
+        raise ValueError(f"model must be None, a torch module, a (module, config) pair, a bundled model name or a folder, "
+                         f"got {type(model).__name__}")
     if model is not None:
         architecture = getattr(model, "architecture", None) or base_config.get("architecture", {})
         model_head = base_config.get("head") or _head_of(int(architecture.get("out_channels", 1)))
@@ -840,7 +845,9 @@ def train(
         architecture, head=head, classes=classes,
         normalization={"method": "percentile", "low": float(normalization[0]), "high": float(normalization[1]), "clip": bool(config.clip)},
         tile_shape=list(patch_shape),
-        object_diameter=round(model_diameter, 3) if model_diameter else None,
+        # a starting model that sees images at their own scale (EM membranes) keeps doing so
+        object_diameter=round(model_diameter, 3) if model_diameter and (scale != 1.0 or not fine_tuning
+                                                                         or base_config.get("object_diameter")) else None,
         input_scale=scale,
         # trained on rescaled images: prediction must zoom new images to this object size too
         # (segtune predict --diameter auto estimates their diameter when this is set)
