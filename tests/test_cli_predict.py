@@ -225,8 +225,8 @@ def test_every_option_of_every_command_has_help_and_sensible_defaults():
     ]
     assert missing == []
     train = commands["train"].format_help()
-    assert "default: 2)" not in train and "(default: 100)" in train  # --3d is a flag, --epochs a number
-    assert "(default: 10)" in commands["train"].format_help().replace("\n", " ").replace("  ", "")  # --patience
+    assert "default: 2)" not in train and "(default: 10000)" in train  # --3d is a flag, --epochs a number
+    assert "0: never" in commands["train"].format_help()  # --patience: off unless asked, the time budget stops training
     predict_help = " ".join(commands["predict"].format_help().split())
     assert "'auto' (default, as in the napari widget)" in predict_help
 

@@ -79,4 +79,5 @@ def test_the_diameter_reaches_the_prediction(widget, qtbot, sample_2d) -> None:
     panel.run_button.click()
     assert wait_for(qtbot, panel.job, timeout=120_000) == "done"
     zoomed = panel.last_layers[-1].data
-    assert zoomed.shape == auto.shape and zoomed.max() < auto.max()  # small nuclei merge or vanish when shrunk 3x
+    assert zoomed.shape == auto.shape
+    assert not np.array_equal(zoomed > 0, auto > 0)  # the image was zoomed for the diameter given: other masks
