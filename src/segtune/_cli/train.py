@@ -212,11 +212,13 @@ def _run_gan(args: argparse.Namespace) -> int:
         if len(label_files) != len(images):
             raise ValueError(f"{len(images)} image stack(s) but {len(label_files)} label file(s); give one label file per image")
         labels = [read_labels(path) for path in label_files]
-    patch = tuple(args.patch) if len(args.patch) == 3 else (16, 64, 64)
-    config = GanConfig(method=args.method, patch=patch, batch_size=args.batch_size, epochs=args.epochs,
-                       steps_per_epoch=args.steps_per_epoch or 20, learning_rate=args.lr,
+    # the GAN methods' own defaults where the option was left at "auto"; time is the knob here too
+    patch = tuple(args.patch) if args.patch and len(args.patch) == 3 else (16, 64, 64)
+    config = GanConfig(method=args.method, patch=patch, batch_size=args.batch_size or 2, epochs=args.epochs,
+                       steps_per_epoch=args.steps_per_epoch or 20, learning_rate=args.lr or 2e-4,
                        depth=args.depth, base_channels=args.base_channels, norm=args.norm,
-                       mask_recipe=parse_mask_recipe(args.mask_recipe), max_minutes=args.max_minutes,
+                       mask_recipe=parse_mask_recipe(args.mask_recipe),
+                       max_minutes=args.max_minutes if args.max_minutes is not None else 15.0,
                        normalization=tuple(args.normalize) if args.normalize else (1.0, 99.8), device=args.device, seed=args.seed)
     config.validate()
     token = CancelToken()
