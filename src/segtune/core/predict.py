@@ -1630,8 +1630,7 @@ def predict(
         # diameter apart, binary split seeds a quarter
         split = split or bool(config.get("split_instances", False))
         if min_distance is None:
-            fraction = 3 if head == "three_class" else 4
-            min_distance = max(1, int(round(float(object_size) / fraction))) if object_size else 5
+            min_distance = postprocess.default_seed_distance(object_size, head)
         result_labels = _label_stack(
             probabilities, head, spatial_dims, postprocess, threshold=threshold, instances=instances, split=split,
             min_distance=min_distance, min_size=int(min_size), max_size=max_size, fill_holes=fill_holes,

@@ -354,12 +354,11 @@ def _instance_options(head: str, model_config: dict[str, Any], diameter: float |
     """How validation turns probabilities into instances: as prediction does for this model
     (distance-peak split when its config asks for it, seeds and smallest object from its object
     size), so that the held-out score is the one the user will get."""
-    from segtune.core.postprocess import default_min_size
+    from segtune.core.postprocess import default_min_size, default_seed_distance
 
-    fraction = 3 if head == "three_class" else 4
     return {
         "split": bool(model_config.get("split_instances", False)),
-        "min_distance": max(1, int(round(diameter / fraction))) if diameter else 5,
+        "min_distance": default_seed_distance(diameter, head),
         "min_size": default_min_size(diameter, 2),
     }
 
