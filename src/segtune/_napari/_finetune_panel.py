@@ -433,10 +433,10 @@ class FinetunePanel(QWidget):
         return self.job.start()
 
     def _show_events(self, events: list[Any]) -> None:
-        epochs = self._timing.get("epochs", 1.0)
         for event in events:
-            if event.stage == "train" and event.total:
-                self.curve.add_step(epochs * event.done / event.total, event.metrics.get("loss", float("nan")))
+            if event.stage == "train" and event.metrics.get("steps_per_epoch"):
+                m = event.metrics
+                self.curve.add_step(m["epoch"] - 1 + m["step"] / m["steps_per_epoch"], m.get("loss", float("nan")))
             elif event.stage == "validate":
                 self.curve.add_epoch(int(event.metrics.get("epoch", event.done)), event.metrics)
         self.curve.redraw()

@@ -573,6 +573,14 @@ def _lr_factor(config: TrainConfig, step: int, total_steps: int, elapsed: float,
     return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def _projected_steps(done: int, total: int, elapsed: float, budget: float | None) -> int:
+    """The steps training will have run when it stops: all of them, or with a time budget as many
+    as fit in it at the pace so far (so a progress bar's end and time left mean the budget)."""
+    if not budget or elapsed <= 0 or done < 1:
+        return total
+    return int(min(total, max(done, round(done * budget / elapsed))))
+
+
 def _monitor_name(config: TrainConfig, has_validation: bool) -> tuple[str, bool]:
     """The metric deciding the best epoch and whether larger is better."""
     if not has_validation:
@@ -982,7 +990,8 @@ def train(
                 global_step += 1
                 steps_done += 1
                 running += float(loss.detach())
-                report.step(global_step, message=f"epoch {epoch}/{config.epochs}", epoch=epoch, step=step + 1,
+                report.step(global_step, total=_projected_steps(global_step, total_steps, time.monotonic() - started, budget),
+                            message=f"epoch {epoch}", epoch=epoch, step=step + 1, steps_per_epoch=steps_per_epoch,
                             loss=running / steps_done, lr=optimizer.param_groups[0]["lr"])
                 late = deadline is not None and time.monotonic() + last_validation_seconds * 1.2 + 1.0 >= deadline
                 if dist.active:  # one small collective a step: every process stops at the same step
@@ -1017,7 +1026,7 @@ def train(
                 _save_checkpoint(out_folder, model, optimizer, scaler, checkpoint_state(epoch), rng)
                 _write_log(out_folder, history)
             if progress is not None:
-                report.child("validate", total=config.epochs).step(epoch, message=f"epoch {epoch}/{config.epochs}", **history[-1])
+                report.child("validate", total=config.epochs).step(epoch, message=f"epoch {epoch}", **history[-1])
             if out_of_time:
                 stop_reason = "time_budget"
                 break
