@@ -417,7 +417,7 @@ class FinetunePanel(QWidget):
         self.curve.clear(epochs=1)
         self.epoch_label.setText("Preparing the masks…")
         self.status.setText("")
-        self._timing = {"start": time.monotonic(), "epochs": float(settings.epochs), "budget": settings.max_minutes * 60.0}
+        self._timing = {"start": time.monotonic(), "budget": settings.max_minutes * 60.0}
         state.set_busy("fine-tuning")
         self.cancel_button.setEnabled(True)
         self.job = Job(
