@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import re
@@ -47,7 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="where to run the model; auto tries CUDA, then MPS, then the CPU")
     parser.add_argument("--channel", default=None, metavar="C", help="input channel by index or name (needed for multi-channel images); the name of a colour "
                         "channel (Bright, or RGB for an unnamed one) gives a one-channel model the mean of its red, green and blue")
-    parser.add_argument("--instances", action="store_true", help="write instance labels (uint16) instead of a 0/1 mask")
+    parser.add_argument("--instances", action="store_true", help="write instance labels (uint16; uint32 above 65535 objects "
+                        "and block by block) instead of a 0/1 mask")
     parser.add_argument("--threshold", type=float, default=0.5, help="foreground probability threshold (default 0.5)")
     parser.add_argument(
         "--min-size", default="auto", metavar="PX",
@@ -67,6 +69,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--blend", default="exact", choices=("exact", "gaussian"), help="exact stitching (default) or MONAI-style Gaussian blending")
     parser.add_argument("--precision", default="float32", choices=("float32", "bfloat16", "float16"), help="float32 (default) or half-precision autocast on CUDA")
     parser.add_argument("--memory-limit", default=None, metavar="SIZE", help="memory one forward pass may use, e.g. 2GB (default: half the free memory)")
+    parser.add_argument(
+        "--blockwise", action="store_true",
+        help="predict each plane block by block, streaming the labels into a tiled TIFF: memory stays bounded whatever "
+             "the image size (automatic for planes over 4096 x 4096 with a 2D model); objects keep one number across blocks",
+    )
     parser.add_argument("--scene", default=None, metavar="S", help="scene (CZI) or series (TIFF) to read, by index or name")
     existing = parser.add_mutually_exclusive_group()
     existing.add_argument("--overwrite", action="store_true", help="replace label files that exist")
@@ -188,6 +195,7 @@ def predict_file(
     scene: str | int | None = None,
     overwrite: bool = False,
     output_format: str = "tiff",
+    blockwise: bool = False,
     **options: Any,
 ) -> PredictedFile:
     """Predict one image file and write its labels (the work of one input of ``segtune predict``).
@@ -196,8 +204,10 @@ def predict_file(
     :func:`segtune.core.predict.predict`. Returns the written file, its object count (instances,
     or connected components of a mask), the diameter used and the smallest object kept.
     ``output_format="ome-zarr"`` streams OME-Zarr labels to ``output_path`` (from
-    :func:`_ome_zarr_target`); their objects are not counted.
+    :func:`_ome_zarr_target`); their objects are not counted. ``blockwise`` (automatic for large
+    planes, see :mod:`segtune.core.blockwise`) predicts block by block into a tiled TIFF.
     """
+    from segtune.core import blockwise as blocks
     from segtune.core.io import open_image
     from segtune.core.predict import predict
     from segtune.core.progress import tqdm_progress
@@ -211,6 +221,13 @@ def predict_file(
         written = _predict_ome_zarr(Path(input_path), Path(output_path), model, image, bar, overwrite, options)
         return PredictedFile(written, None, None, 0)
     name = Path(input_path).name
+    if output_format == "tiff" and (blockwise or blocks.eligible(model, image)):
+        # a plane too large for memory: block by block, streamed into a tiled TIFF
+        with tqdm_progress(name, leave=False) if bar else contextlib.nullcontext() as callback:
+            report = (lambda e: callback(replace(e, stage=name))) if bar else None
+            written, count, diameter, min_size = blocks.predict_to_tiff(
+                model, image, output_path, overwrite=overwrite, progress=report, **options)
+        return PredictedFile(written, count, diameter, min_size)
     if bar:
         with tqdm_progress(name, leave=False) as callback:
             result = predict(model, image, progress=lambda e: callback(replace(e, stage=name)), **options)
@@ -338,6 +355,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         "memory_limit": args.memory_limit,
         "scene": scene,
         "overwrite": args.overwrite,
+        "blockwise": args.blockwise,
     }
 
 
@@ -350,12 +368,12 @@ def _run_distributed(jobs: list[dict[str, Any]], options: dict[str, Any], args: 
     from segtune.core.progress import tqdm_progress
 
     options = dict(options)
-    scene, overwrite = options.pop("scene"), options.pop("overwrite")
+    scene, overwrite, blockwise = options.pop("scene"), options.pop("overwrite"), options.pop("blockwise", False)
     try:
         with tqdm_progress("files") as callback:
             report = parallel_predict.predict_files(
                 args.model, [job["input"] for job in jobs], args.out, workers=args.workers, scheduler=args.scheduler,
-                scene=scene, overwrite=overwrite, file_function=partial(predict_file, bar=False), progress=callback,
+                scene=scene, overwrite=overwrite, file_function=partial(predict_file, bar=False, blockwise=blockwise), progress=callback,
                 **options,
             )
     except ImportError as e:

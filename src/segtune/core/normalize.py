@@ -34,9 +34,11 @@ def percentiles(
     values = image
     size = int(np.prod(image.shape))
     if size > max_samples:
-        step = int(np.ceil((size / max_samples) ** (1 / max(1, image.ndim))))
+        # the step spreads over the axes longer than 1 (a 1 x 1 x Y x X array is sampled in Y and X)
+        long = sum(1 for n in image.shape if n > 1)
+        step = int(np.ceil((size / max_samples) ** (1 / max(1, long))))
         rng = np.random.default_rng(seed)
-        index = tuple(slice(int(rng.integers(0, min(step, n))), None, step) for n in image.shape)
+        index = tuple(slice(int(rng.integers(0, min(step, n))), None, step) if n > 1 else slice(None) for n in image.shape)
         values = image[index]
     values = np.asarray(values, dtype=np.float32)
     lo, hi = np.percentile(values, [low, high])
