@@ -10,9 +10,9 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import tifffile
-from scipy import ndimage
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy import ndimage
 from skimage.measure import label
 
 from segtune.core import blockwise
