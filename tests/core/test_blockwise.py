@@ -137,6 +137,17 @@ def test_blockwise_mask_and_cancel(dsb, nuclei_model, tmp_path):
     mask = tifffile.imread(path)
     assert mask.dtype == np.uint8 and set(np.unique(mask)) == {0, 1} and objects > 20
 
+    # the same labels into an array on disk (what the widget shows for a large image)
+    import zarr
+
+    store = zarr.open_array(str(tmp_path / "labels.zarr"), mode="w", shape=(1, 1, 300, 300), chunks=(1, 1, 160, 160),
+                            dtype=np.uint32)
+    count, _, _ = blockwise.predict_into(nuclei_model, crop, store, block=160)
+    labels = np.asarray(store[0, 0])
+    assert count == objects == int(labels.max()) and np.array_equal(labels > 0, mask > 0)
+    with pytest.raises(ValueError, match="shape"):
+        blockwise.predict_into(nuclei_model, crop, np.zeros((300, 300), np.uint32), block=160)
+
     token = CancelToken()
 
     def cancel_after_first_block(event):
@@ -146,7 +157,7 @@ def test_blockwise_mask_and_cancel(dsb, nuclei_model, tmp_path):
     with pytest.raises(Cancelled):
         blockwise.predict_to_tiff(nuclei_model, crop, tmp_path / "cancelled.tif", block=160,
                                   progress=cancel_after_first_block, cancel=token)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["mask.tif"]  # no partial file, no temporary
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.zarr", "mask.tif"]  # no partial file, no temporary
 
 
 def test_blockwise_refuses_3d_models_and_existing_files(tmp_path, nuclei_model):

@@ -164,43 +164,114 @@ def eligible(model: Any, image: Any) -> bool:
     return shape is not None and len(shape) >= 2 and int(shape[-1]) * int(shape[-2]) > LARGE_PLANE_PIXELS
 
 
+class Blockwise:
+    """One image's block-by-block prediction, its settings fixed for the whole image.
+
+    The normalisation limits (percentiles of the whole image, sampled) and the object diameter
+    (estimated from the middle ``2048 x 2048`` of the first plane) are measured once, so every
+    window is predicted as it would be inside the whole; the smallest object kept follows that
+    diameter. Iterate :meth:`bands` to get the labels, row of blocks by row of blocks.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        image: Any,
+        *,
+        config: Mapping[str, Any] | None = None,
+        axes: str | None = None,
+        block: int = DEFAULT_BLOCK,
+        diameter: float | str | None = "auto",
+        channel: int | str | Sequence[int | str] | None = None,
+        progress: ProgressCallback | None = None,
+        cancel: CancelToken | None = None,
+        **options: Any,
+    ) -> None:
+        from segtune.core.predict import _as_tczyx, _resolve_model, whole_image_settings
+
+        if block < 16 or block % 16:
+            raise ValueError(f"block must be a positive multiple of 16 pixels, got {block}")
+        self.model, config = _resolve_model(model, config, options.get("device", "auto"))
+        if int((config.get("architecture", {}) or {}).get("spatial_dims", 2)) != 2:
+            raise ValueError("block-by-block prediction takes a 2D model; a 3D model predicts volumes whole")
+        self.data, self.names, _ = _as_tczyx(image, None if hasattr(image, "dims") else axes, None)
+        self.channel, self.block, self.cancel = channel, block, cancel
+        diameter = _estimate_diameter(self.data, self.names, channel, config, diameter)
+        self.config, self.diameter = whole_image_settings(
+            (self.model, config), self.data, config=config, axes="TCZYX", channel=channel, channel_names=self.names,
+            diameter=diameter)
+        self.halo = halo_for(self.diameter or config.get("object_diameter"))
+        self.options = {**options, "instances": True}  # objects are kept or left whole: the windows need instances
+        n_t, _, n_z, n_y, n_x = (int(s) for s in self.data.shape)
+        self.shape = (n_t, n_z, n_y, n_x)
+        self.total = n_t * n_z * sum(len(row) for row in blocks((n_y, n_x), block))
+        self.counter = Counter()
+        self.min_size: int | None = None
+        self._done = 0
+        self._reporter = Reporter(progress, cancel, stage="predict")
+        self._reporter.step(0, total=self.total, message=f"{self.total} blocks of {block} px (halo {self.halo} px)")
+
+    def _segment(self, t: int, z: int) -> Callable[[Box], np.ndarray]:
+        from segtune.core.predict import predict
+
+        def segment(box: Box) -> np.ndarray:
+            y0, y1, x0, x1 = box
+            window = np.asarray(self.data[t, :, z, y0:y1, x0:x1])
+            result = predict((self.model, self.config), window, axes="CYX", channel=self.channel, channel_names=self.names,
+                             diameter=self.diameter, cancel=self.cancel, **self.options)
+            self.min_size = result.min_size
+            return np.asarray(result.labels)[0, 0]
+
+        return segment
+
+    def _step(self) -> None:
+        self._done += 1
+        self._reporter.step(self._done, total=self.total, message="blocks")
+
+    def bands(self) -> Iterator[tuple[int, int, int, np.ndarray]]:
+        """``(t, z, y0, labels)``: each plane's rows of blocks, top to bottom, as they are final (uint32)."""
+        n_t, n_z, n_y, n_x = self.shape
+        for t in range(n_t):
+            for z in range(n_z):
+                y0 = 0
+                for band in label_plane(self._segment(t, z), (n_y, n_x), block=self.block, halo=self.halo,
+                                        counter=self.counter, step=self._step):
+                    yield t, z, y0, band
+                    y0 += len(band)
+
+    @property
+    def used_diameter(self) -> float | None:
+        """The diameter the image was zoomed for (None: not zoomed)."""
+        return self.diameter or None
+
+
 def predict_to_tiff(
     model: Any,
     image: Any,
     path: str | os.PathLike,
     *,
-    config: Mapping[str, Any] | None = None,
     pixel_sizes: Any = None,
     overwrite: bool = False,
-    block: int = DEFAULT_BLOCK,
-    diameter: float | str | None = "auto",
-    channel: int | str | Sequence[int | str] | None = None,
     instances: bool = True,
-    progress: ProgressCallback | None = None,
-    cancel: CancelToken | None = None,
     **options: Any,
 ) -> tuple[Path, int, float | None, int]:
     """Labels of a (large) image with a 2D model, written block by block to a tiled TIFF.
 
     Parameters
     ----------
-    model, config, channel
-        As for :func:`segtune.core.predict.predict`.
-    image
-        An ``ImageData`` from ``open_image`` (lazy: only the windows are read) or an array.
+    model, image
+        As for :func:`segtune.core.predict.predict`; an ``ImageData`` from ``open_image`` is read
+        window by window, never whole.
     path
         The ``.tif`` to write (uint32 instance labels, or a uint8 0/1 mask without ``instances``;
         tiles of ``block`` pixels, zlib, OME pixel sizes); written atomically, never replacing a
-        file unless ``overwrite``.
-    block
-        Block and TIFF tile size in pixels (a multiple of 16).
-    diameter
-        As for ``predict``; ``"auto"`` is estimated from the middle ``2048 x 2048`` of the first plane.
-    progress, cancel
-        One ``"predict"`` stage, a step per block; a cancel removes the partial output.
+        file unless ``overwrite``. A cancel or an error leaves nothing behind.
+    pixel_sizes
+        (Z, Y, X) micrometres for the file; by default the image's own.
     options
-        Further :func:`segtune.core.predict.predict` options (``min_size``, ``threshold``,
-        ``tile_shape``, ``device``, ...).
+        :class:`Blockwise`'s (``block``, ``diameter``, ``channel``, ``axes``, ``progress``,
+        ``cancel``) and further :func:`segtune.core.predict.predict` options (``min_size``,
+        ``threshold``, ``tile_shape``, ``device``, ...).
 
     Returns
     -------
@@ -212,57 +283,23 @@ def predict_to_tiff(
 
     from segtune.core.files import atomic_write, check_output, ome_metadata
     from segtune.core.io import LABELS_SOFTWARE
-    from segtune.core.predict import _as_tczyx, _resolve_model, predict, whole_image_settings
 
-    if block % 16:
-        raise ValueError(f"block must be a multiple of 16 pixels, got {block}")
     path = check_output(path, overwrite)
-    model, config = _resolve_model(model, config, options.get("device", "auto"))
-    spatial_dims = int((config.get("architecture", {}) or {}).get("spatial_dims", 2))
-    if spatial_dims != 2:
-        raise ValueError("block-by-block prediction takes a 2D model; a 3D model predicts volumes whole")
     if pixel_sizes is None and hasattr(image, "physical_pixel_sizes"):
         pixel_sizes = image.physical_pixel_sizes
-    data, names, _ = _as_tczyx(image, None, None) if hasattr(image, "dims") else _as_tczyx(image, options.pop("axes", None), None)
-    n_t, _, n_z, n_y, n_x = (int(s) for s in data.shape)
-    diameter = _estimate_diameter(data, names, channel, model, config, diameter)
-    fixed, used = whole_image_settings((model, config), data, config=config, axes="TCZYX", channel=channel,
-                                       channel_names=names, diameter=diameter)
-    halo = halo_for(used * 1.0 if used else config.get("object_diameter"))
-    # min_size follows the diameter: ask one window for it, so the whole image uses one value
-    options = {**options, "instances": True}
-    row_blocks = blocks((n_y, n_x), block)
-    total = n_t * n_z * sum(len(r) for r in row_blocks)
-    reporter = Reporter(progress, cancel, stage="predict")
-    state = {"done": 0, "min_size": None}
-    reporter.step(0, total=total, message=f"{total} blocks of {block} px (halo {halo} px)")
-
-    def step() -> None:
-        state["done"] += 1
-        reporter.step(state["done"], total=total, message="blocks")
-
-    counter = Counter()
-
-    def segment_plane(t: int, z: int) -> Callable[[Box], np.ndarray]:
-        def segment(box: Box) -> np.ndarray:
-            y0, y1, x0, x1 = box
-            window = np.asarray(data[t, :, z, y0:y1, x0:x1])
-            result = predict((model, fixed), window, config=fixed, axes="CYX", channel=channel, channel_names=names,
-                             diameter=used, cancel=cancel, **options)
-            state["min_size"] = result.min_size
-            return np.asarray(result.labels)[0, 0]
-        return segment
+    job = Blockwise(model, image, **options)
+    n_t, n_z, n_y, n_x = job.shape
+    block = job.block
+    dtype = np.dtype(np.uint32 if instances else np.uint8)
 
     def tiles() -> Iterator[np.ndarray]:
-        for t in range(n_t):
-            for z in range(n_z):
-                for band in label_plane(segment_plane(t, z), (n_y, n_x), block=block, halo=halo, counter=counter, step=step):
-                    padded = np.zeros((block, math.ceil(n_x / block) * block), dtype=dtype)
-                    padded[: band.shape[0], :n_x] = band if instances else band > 0
-                    for x in range(0, n_x, block):
-                        yield padded[:, x:x + block]
+        padded = np.zeros((block, math.ceil(n_x / block) * block), dtype=dtype)
+        for _, _, _, band in job.bands():
+            padded[:] = 0
+            padded[: band.shape[0], :n_x] = band if instances else band > 0
+            for x in range(0, n_x, block):
+                yield padded[:, x:x + block]
 
-    dtype = np.uint32 if instances else np.uint8
     axes = ("T" if n_t > 1 else "") + ("Z" if n_z > 1 else "") + "YX"
     shape = tuple(n for n, keep in ((n_t, n_t > 1), (n_z, n_z > 1)) if keep) + (n_y, n_x)
     metadata = ome_metadata(axes, pixel_sizes)
@@ -270,14 +307,29 @@ def predict_to_tiff(
         path,
         lambda temporary: tifffile.imwrite(
             temporary, tiles(), shape=shape, dtype=dtype, tile=(block, block), ome=True, metadata=metadata,
-            compression="zlib", software=LABELS_SOFTWARE, bigtiff=n_t * n_z * n_y * n_x * np.dtype(dtype).itemsize > 2**31,
+            compression="zlib", software=LABELS_SOFTWARE, bigtiff=n_t * n_z * n_y * n_x * dtype.itemsize > 2**31,
         ),
         overwrite=overwrite,
     )
-    return path, counter.objects, (used or None), int(state["min_size"] or 0)
+    return path, job.counter.objects, job.used_diameter, int(job.min_size or 0)
 
 
-def _estimate_diameter(data: Any, names: list[str], channel: Any, model: Any, config: Mapping[str, Any], diameter: Any) -> Any:
+def predict_into(model: Any, image: Any, out: Any, *, instances: bool = True, **options: Any) -> tuple[int, float | None, int]:
+    """Labels of a (large) image with a 2D model, written block by block into ``out``.
+
+    ``out`` is any array of shape ``(T, Z, Y, X)`` that takes slice assignment, e.g. a zarr
+    array on disk (a napari Labels layer can show and edit it); see :func:`predict_to_tiff` for
+    ``options``. Returns (objects, diameter used, smallest object kept).
+    """
+    job = Blockwise(model, image, **options)
+    if tuple(out.shape) != job.shape:
+        raise ValueError(f"out has shape {tuple(out.shape)}, the image's labels need {job.shape} (T, Z, Y, X)")
+    for t, z, y0, band in job.bands():
+        out[t, z, y0:y0 + len(band)] = band if instances else band > 0
+    return job.counter.objects, job.used_diameter, int(job.min_size or 0)
+
+
+def _estimate_diameter(data: Any, names: list[str], channel: Any, config: Mapping[str, Any], diameter: Any) -> Any:
     """The automatic diameter from the middle 2048 x 2048 of the first plane (not the whole plane)."""
     if not (isinstance(diameter, str) and config.get("object_diameter") and config.get("auto_diameter")):
         return diameter
