@@ -27,7 +27,7 @@ slice to slice. :func:`n2n_pairs` lists them and :func:`denoise` applies a train
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -378,9 +378,3 @@ def denoise(
     model.train(was_training)
     return (out * (hi - lo) + lo).reshape(shape).astype(np.float32)
 
-
-def iter_minibatches(indices: Sequence[int], batch_size: int, rng: np.random.Generator) -> Iterable[list[int]]:
-    """Shuffled minibatches of ``indices`` (the last one may be smaller)."""
-    order = rng.permutation(len(indices))
-    for start in range(0, len(order), batch_size):
-        yield [indices[i] for i in order[start : start + batch_size]]

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from segtune.core import distributed
+from segtune.core.train import ddp
 from segtune.core.metrics import as_labels
 from segtune.core.models.store import (
     WEIGHTS_NAME,
@@ -798,7 +798,7 @@ def train(
     if int(architecture.get("in_channels", in_channels)) != in_channels:
         raise ValueError(f"the model takes {architecture.get('in_channels')} channel(s) but the images have {in_channels}")
     # torchrun: join the process group and train on this rank's GPU (a single process: no-op)
-    dist = distributed.init_from_env(config.device)
+    dist = ddp.init_from_env(config.device)
     device = dist.device or select_device(config.device)
     model.to(device)
     use_amp = bool(config.amp and device.type == "cuda")
@@ -813,17 +813,17 @@ def train(
     trainable = [p for p in model.parameters() if p.requires_grad]
     # L2-SP anchors: the starting weights (a resumed run anchors to where it resumed)
     anchors = [(p, p.detach().clone()) for p in trainable] if config.l2sp else []
-    train_model = distributed.wrap_model(model)  # DDP under torchrun: gradients averaged over processes
+    train_model = ddp.wrap_model(model)  # DDP under torchrun: gradients averaged over processes
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
     scaler = torch.amp.GradScaler("cuda") if use_amp else None
     loss_fn = parse_loss(config.loss, head)
-    rng = np.random.default_rng(distributed.rank_seed(config.seed))  # each process its own patches
+    rng = np.random.default_rng(ddp.rank_seed(config.seed))  # each process its own patches
     sampler = PatchSampler(train_samples, patch_shape, spatial_dims=config.spatial_dims,
                            min_foreground=config.min_foreground, rng=rng)
     train_pixels = sum(int(s.valid.sum()) for s in train_samples)
     patch_pixels = int(np.prod(patch_shape))
     steps_per_epoch = config.steps_per_epoch or max(16, math.ceil(train_pixels / (patch_pixels * config.batch_size)))
-    steps_per_epoch = distributed.shard_steps(steps_per_epoch)  # N processes take N batches a step
+    steps_per_epoch = ddp.shard_steps(steps_per_epoch)  # N processes take N batches a step
     total_steps = steps_per_epoch * config.epochs
     monitor, larger_is_better = _monitor_name(config, bool(val_samples))
     plateau = None
@@ -911,7 +911,7 @@ def train(
     # the starting model's score on the same held-out data: what fine-tuning has to beat
     baseline: dict[str, Any] = {}
     if fine_tuning and val_samples:
-        baseline = _json_safe(distributed.on_main(validate_now))
+        baseline = _json_safe(ddp.on_main(validate_now))
         training_record["baseline"] = baseline
     elif checkpoint is not None:
         baseline = checkpoint[1].get("baseline") or {}
@@ -995,17 +995,17 @@ def train(
                             loss=running / steps_done, lr=optimizer.param_groups[0]["lr"])
                 late = deadline is not None and time.monotonic() + last_validation_seconds * 1.2 + 1.0 >= deadline
                 if dist.active:  # one small collective a step: every process stops at the same step
-                    if distributed.any_rank(cancel is not None and cancel.cancelled):
+                    if ddp.any_rank(cancel is not None and cancel.cancelled):
                         raise Cancelled
-                    late = distributed.any_rank(late)
+                    late = ddp.any_rank(late)
                 if late:
                     out_of_time = True
                     break
             validation_start = time.monotonic()
-            distributed.sync_buffers(model)  # rank 0's normalisation statistics everywhere: one model
-            entry: dict[str, Any] = {"epoch": epoch, "train_loss": distributed.all_reduce_mean(running / max(1, steps_done))}
+            ddp.sync_buffers(model)  # rank 0's normalisation statistics everywhere: one model
+            entry: dict[str, Any] = {"epoch": epoch, "train_loss": ddp.all_reduce_mean(running / max(1, steps_done))}
             if val_samples:  # validated by rank 0, the result shared: every process decides alike
-                entry.update(distributed.on_main(validate_now))
+                entry.update(ddp.on_main(validate_now))
             last_validation_seconds = time.monotonic() - validation_start
             entry.update(lr=optimizer.param_groups[0]["lr"], steps=steps_done, seconds=time.monotonic() - epoch_start,
                          elapsed=elapsed_before + time.monotonic() - started)
@@ -1033,7 +1033,7 @@ def train(
             if config.patience and bad_epochs >= config.patience:
                 stop_reason = "early_stopping"
                 break
-            if distributed.any_rank(deadline is not None and time.monotonic() >= deadline):
+            if ddp.any_rank(deadline is not None and time.monotonic() >= deadline):
                 stop_reason = "time_budget"
                 break
     except Cancelled:
@@ -1066,7 +1066,7 @@ def train(
         if history:
             _write_log(out_folder, history)
     logger.info("training stopped (%s) after %d epoch(s); best epoch %s", stop_reason, len(history), best_epoch)
-    distributed.release()  # leave a process group this call joined
+    ddp.release()  # leave a process group this call joined
     return TrainResult(model, model_config, history, best_metrics, best_epoch, stop_reason, out_folder,
                        baseline_metrics=baseline, kept_start=kept_start)
 
