@@ -31,6 +31,8 @@ __all__ = [
     "labels_diameter",
     "rescale_for_model",
     "rescale_stack",
+    "resize",
+    "resize_yx",
     "resolve_diameter",
     "restore_shape",
     "restore_stack",
@@ -440,7 +442,7 @@ def rescale_for_model(
     target = list(image.shape)
     for axis in axes:
         target[axis] = max(1, int(round(image.shape[axis] * factor)))
-    return _resize(image, tuple(target), order)
+    return resize(image, tuple(target), order)
 
 
 def restore_shape(array: np.ndarray, shape: Sequence[int], *, order: int = 1) -> np.ndarray:
@@ -470,10 +472,17 @@ def restore_shape(array: np.ndarray, shape: Sequence[int], *, order: int = 1) ->
     target = array.shape[: array.ndim - len(shape)] + shape
     if target == array.shape:
         return array
-    return _resize(array, target, order)
+    return resize(array, target, order)
 
 
-def _resize(array: np.ndarray, target: tuple[int, ...], order: int) -> np.ndarray:
+def resize(array: np.ndarray, target: tuple[int, ...], order: int) -> np.ndarray:
+    """The one resize rule of training and prediction: ``array`` to the shape ``target``.
+
+    ``order=0`` is nearest neighbour (exact, dtype kept: labels, masks); ``order=1`` linear,
+    float32, with ``mode="reflect"`` and, when an axis shrinks, scikit-image's anti-aliasing
+    (images, probabilities). Training rescales its samples with it (:func:`resize_yx`) and
+    prediction its input and output, so a model sees new images as it saw its training data.
+    """
     if order == 0:
         # nearest neighbour by index arithmetic: exact, fast and dtype-preserving
         index = tuple(
@@ -492,6 +501,15 @@ def _resize(array: np.ndarray, target: tuple[int, ...], order: int) -> np.ndarra
         array.astype(np.float32, copy=False), target, order=order, mode="reflect",
         anti_aliasing=shrinking, preserve_range=True,
     ).astype(np.float32)
+
+
+def resize_yx(array: np.ndarray, factor: float, order: int) -> np.ndarray:
+    """Resize the last two (Y, X) axes of ``array`` by ``factor`` (each to ``round(n * factor)``,
+    at least 1) with :func:`resize`; ``array`` itself when that changes no size."""
+    target_yx = tuple(max(1, int(round(n * factor))) for n in array.shape[-2:])
+    if target_yx == array.shape[-2:]:
+        return array
+    return resize(array, array.shape[:-2] + target_yx, order)
 
 
 def _enlarge_linear(array: np.ndarray, target: tuple[int, ...]) -> np.ndarray:
@@ -586,7 +604,7 @@ def rescale_stack(data: Any, channels: Sequence[int], zoom: float) -> np.ndarray
             for z in range(n_z):
                 plane = data[t, c, z]
                 plane = np.asarray(plane.compute() if hasattr(plane, "compute") else plane, dtype=np.float32)
-                out[t, i, z] = _resize(plane, target, order=1)
+                out[t, i, z] = resize(plane, target, order=1)
     return out
 
 
@@ -606,6 +624,6 @@ def restore_stack(probabilities: Any, shape_yx: Sequence[int], out: Any = None) 
         resized = np.empty((n_k, n_z, *shape_yx), dtype=np.float32)
         for k in range(n_k):
             for z in range(n_z):
-                resized[k, z] = _resize(block[k, z], shape_yx, order=1)
+                resized[k, z] = resize(block[k, z], shape_yx, order=1)
         out[t] = resized
     return out

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from segtune.core.files import atomic_folder, atomic_write_bytes, atomic_write_text  # re-exported
+from segtune.core.models.heads import HEADS, class_names, head_of  # HEADS re-exported
 
 logger = logging.getLogger(__name__)
 
@@ -46,9 +47,6 @@ __all__ = [
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "weights.safetensors"
-# "image": linear outputs, an image-to-image network (a Noise2Noise denoiser), not a segmenter
-# "multilabel": one sigmoid per class, classes may overlap (label files carry them as bit flags)
-HEADS = ("binary", "three_class", "semantic", "multilabel", "image")
 FORMAT = "segtune-model"
 FORMAT_VERSION = 1
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".tar", ".joblib")
@@ -68,11 +66,8 @@ def default_config(architecture: Mapping[str, Any], head: str | None = None, **f
 
     out_channels = int(architecture.get("out_channels", 1))
     if head is None:
-        head = "binary" if out_channels == 1 else "three_class" if out_channels == 3 else "semantic"
-    classes = {
-        "binary": ["background", "foreground"],
-        "three_class": ["background", "interior", "boundary"],
-    }.get(head, [f"class_{i}" for i in range(out_channels)])
+        head = head_of(out_channels)
+    classes = class_names(head, out_channels)
     config: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -178,8 +173,7 @@ def save_model(model: nn.Module, config: Mapping[str, Any], folder: str | os.Pat
             f"config['architecture'] {dict(config['architecture'])} does not describe the model {architecture}"
         )
     if "head" not in config:
-        out_channels = int(config["architecture"].get("out_channels", 1))
-        config["head"] = "binary" if out_channels == 1 else "three_class" if out_channels == 3 else "semantic"
+        config["head"] = head_of(int(config["architecture"].get("out_channels", 1)))
     config.setdefault("format", FORMAT)
     config.setdefault("format_version", FORMAT_VERSION)
     config["segtune_version"] = config.get("segtune_version") or __version__

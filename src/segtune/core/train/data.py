@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from segtune.core.models.heads import SEGMENTATION_HEADS
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -42,7 +44,7 @@ __all__ = [
     "split_samples",
 ]
 
-HEADS = ("binary", "three_class", "semantic", "multilabel")
+HEADS = SEGMENTATION_HEADS  # the heads that train on labels
 
 
 @dataclass
@@ -80,19 +82,6 @@ def _split_channels(image: np.ndarray, labels_shape: tuple[int, ...], name: str)
     )
 
 
-def _resize(array: np.ndarray, scale: float, order: int) -> np.ndarray:
-    """Rescale the last two (Y, X) axes of ``array`` by ``scale``; labels with ``order=0``."""
-    from skimage.transform import resize
-
-    out_yx = tuple(max(1, int(round(n * scale))) for n in array.shape[-2:])
-    if out_yx == array.shape[-2:]:
-        return array
-    shape = array.shape[:-2] + out_yx
-    if order == 0:
-        return resize(array, shape, order=0, preserve_range=True, anti_aliasing=False, mode="edge").astype(array.dtype)
-    return resize(array, shape, order=order, preserve_range=True, anti_aliasing=scale < 1, mode="reflect").astype(np.float32)
-
-
 def make_sample(
     image: np.ndarray,
     labels: np.ndarray,
@@ -127,6 +116,7 @@ def make_sample(
     name
         What to call this pair in error messages.
     """
+    from segtune.core.diameter import resize_yx
     from segtune.core.normalize import percentile_normalize
 
     labels = np.asarray(labels)
@@ -159,9 +149,10 @@ def make_sample(
     if labels.ndim == 2:
         normalized, labels, valid = normalized[:, None], labels[None], valid[None]
     if scale != 1.0:
-        normalized = _resize(normalized, scale, order=1)
-        labels = _resize(labels, scale, order=0)
-        valid = _resize(valid, scale, order=0)
+        # prediction's resize rule (diameter.resize): the model trains on what it will see
+        normalized = resize_yx(normalized, scale, order=1)
+        labels = resize_yx(labels, scale, order=0)
+        valid = resize_yx(valid, scale, order=0)
     return Sample(np.ascontiguousarray(normalized), np.ascontiguousarray(labels), np.ascontiguousarray(valid), name)
 
 

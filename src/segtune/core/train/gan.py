@@ -227,6 +227,7 @@ def train_gan(
     from segtune import __version__
     from segtune.core.device import select_device
     from segtune.core.models.store import atomic_write_bytes, default_config, save_model
+    from segtune.core.normalize import percentile_spec
     from segtune.core.train.data import make_sample
     from segtune.core.train.patches import PatchSampler
     from segtune.core.train.trainer import _seed_everything
@@ -331,7 +332,7 @@ def train_gan(
     def save(status: str) -> dict[str, Any]:
         model_config = default_config(
             segmenter.architecture, head="binary",
-            normalization={"method": "percentile", "low": float(config.normalization[0]), "high": float(config.normalization[1]), "clip": False},
+            normalization=percentile_spec(*config.normalization),
             tile_shape=list(config.patch), training={**training_record, "status": status, "history": history},
             metrics=history[-1] if history else {}, segtune_version=__version__,
             description=f"3D binary segmenter trained by {config.method}",

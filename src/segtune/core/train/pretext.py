@@ -337,12 +337,11 @@ def denoise(
         float32, the input's shape, in the input's intensity scale (the normalisation undone).
     """
     from segtune.core.device import select_device
-    from segtune.core.normalize import percentiles
+    from segtune.core.normalize import model_percentiles, percentiles
 
     config = config or {}
     if normalization is None:
-        norm = config.get("normalization") or {}
-        normalization = (float(norm.get("low", 1.0)), float(norm.get("high", 99.8)))
+        normalization = model_percentiles(config)[:2]
     if residual is None:
         residual = bool((config.get("pretext") or {}).get("residual", False))
     device = select_device(device)

@@ -42,7 +42,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from segtune.core.train import ddp
 from segtune.core.metrics import as_labels
 from segtune.core.models.store import (
     WEIGHTS_NAME,
@@ -54,6 +53,7 @@ from segtune.core.models.store import (
 from segtune.core.models.unet import build_model, new_architecture
 from segtune.core.normalize import check_pixels
 from segtune.core.progress import Cancelled, CancelToken, ProgressCallback, Reporter
+from segtune.core.train import ddp
 from segtune.core.train.augment import AugmentConfig
 from segtune.core.train.data import HEADS, make_sample, make_targets, split_samples
 from segtune.core.train.losses import parse_loss
