@@ -229,8 +229,8 @@ def train_gan(
     from segtune.core.models.store import atomic_write_bytes, default_config, save_model
     from segtune.core.normalize import percentile_spec
     from segtune.core.train.data import make_sample
+    from segtune.core.train.loop import seed_everything as _seed_everything
     from segtune.core.train.patches import PatchSampler
-    from segtune.core.train.trainer import _seed_everything
 
     started = time.monotonic()
     config = copy.deepcopy(config) if config is not None else GanConfig()
