@@ -29,6 +29,7 @@ from torch import nn
 
 from segtune.core.files import atomic_folder, atomic_write_bytes, atomic_write_text  # re-exported
 from segtune.core.models.heads import HEADS, class_names, head_of  # HEADS re-exported
+from segtune.core.normalize import DEFAULT_PERCENTILES
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +63,6 @@ def default_config(architecture: Mapping[str, Any], head: str | None = None, **f
     ``head`` defaults to ``"binary"`` for one output channel and ``"three_class"`` for three.
     """
     from segtune import __version__
-    from segtune.core.normalize import DEFAULT_PERCENTILES
 
     out_channels = int(architecture.get("out_channels", 1))
     if head is None:
@@ -248,7 +248,7 @@ def _check_inference_fields(config: Mapping[str, Any], spatial_dims: int, source
         if method not in ("percentile", "none", None):
             raise ModelFormatError(f"{source}: normalization method {method!r} is not known; "
                                    "this version applies 'percentile' or 'none'")
-        low, high = normalization.get("low", 1.0), normalization.get("high", 99.8)
+        low, high = normalization.get("low", DEFAULT_PERCENTILES[0]), normalization.get("high", DEFAULT_PERCENTILES[1])
         if not all(_is_number(v) for v in (low, high)) or not 0 <= low < high <= 100:
             raise ModelFormatError(f"{source}: normalization 'low' and 'high' must be percentiles with "
                                    f"0 <= low < high <= 100, got low={low!r}, high={high!r}")

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from segtune.core.models.heads import SEGMENTATION_HEADS
+from segtune.core.normalize import DEFAULT_PERCENTILES
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ def make_sample(
     *,
     mask: np.ndarray | None = None,
     ignore_value: int | None = None,
-    normalization: tuple[float, float] = (1.0, 99.8),
+    normalization: tuple[float, float] = DEFAULT_PERCENTILES,
     clip: bool = False,
     scale: float = 1.0,
     name: str = "",
@@ -116,8 +117,8 @@ def make_sample(
     name
         What to call this pair in error messages.
     """
-    from segtune.core.diameter import resize_yx
     from segtune.core.normalize import percentile_normalize
+    from segtune.core.resize import resize_yx
 
     labels = np.asarray(labels)
     image = np.asarray(image)
@@ -149,7 +150,7 @@ def make_sample(
     if labels.ndim == 2:
         normalized, labels, valid = normalized[:, None], labels[None], valid[None]
     if scale != 1.0:
-        # prediction's resize rule (diameter.resize): the model trains on what it will see
+        # prediction's resize rule (core.resize): the model trains on what it will see
         normalized = resize_yx(normalized, scale, order=1)
         labels = resize_yx(labels, scale, order=0)
         valid = resize_yx(valid, scale, order=0)

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segtune.core.normalize import DEFAULT_PERCENTILES
 from segtune.core.progress import Cancelled, CancelToken, ProgressCallback, Reporter
 
 __all__ = ["GAN_METHODS", "GanConfig", "GanResult", "PatchDiscriminator", "parse_mask_recipe", "synthetic_masks", "train_gan"]
@@ -83,7 +84,7 @@ class GanConfig:
     base_channels: int = 8
     norm: str = "instance"
     mask_recipe: dict[str, Any] = field(default_factory=lambda: {"diameter": 14.0, "z_anisotropy": 2.0})
-    normalization: tuple[float, float] = (1.0, 99.8)
+    normalization: tuple[float, float] = DEFAULT_PERCENTILES
     max_minutes: float | None = None
     device: str = "auto"
     seed: int = 0

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from segtune.core.normalize import model_percentiles
+from segtune.core.normalize import DEFAULT_PERCENTILES, model_percentiles
 from segtune.core.progress import CancelToken, ProgressCallback, Reporter
 from segtune.core.train.loop import (
     EpochSummary,
@@ -117,7 +117,7 @@ class PretrainConfig:
     patch: int = 128
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
-    normalization: tuple[float, float] = (1.0, 99.8)
+    normalization: tuple[float, float] = DEFAULT_PERCENTILES
     clip: bool = False
     head: str | None = None
     n_classes: int | None = None

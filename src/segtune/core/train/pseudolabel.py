@@ -112,9 +112,10 @@ def model_probabilities(
     says, resized by its ``input_scale`` if it has one, run through
     :func:`segtune.core.predict.predict_raw` and the probabilities resized back.
     """
-    from segtune.core.diameter import resize_yx, restore_shape
+    from segtune.core.diameter import restore_shape
     from segtune.core.normalize import model_percentiles, percentile_normalize
     from segtune.core.predict import predict_raw
+    from segtune.core.resize import resize_yx
 
     head = config.get("head")
     if head not in ("binary", "three_class", "semantic"):
