@@ -7,10 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
-from segtune.core.labels import full_structure
-from segtune.core.metrics.pixel import check_pair
+from segtune.core.metrics.pixel import check_pair, touched_components
 
 __all__ = ["BLUE", "GREEN", "RED", "overlay", "save_overlay_png"]
 
@@ -71,14 +69,7 @@ def overlay(
     else:
         if pred.ndim not in (2, 3):
             raise ValueError(f"object overlays need 2D or 3D labels, got shape {pred.shape}")
-        structure = full_structure(pred.ndim)
-        truth_cc, n_truth = ndimage.label(truth_fg, structure=structure)
-        pred_cc, n_pred = ndimage.label(pred_fg, structure=structure)
-        overlap = truth_fg & pred_fg
-        touched_truth = np.zeros(n_truth + 1, dtype=bool)
-        touched_truth[truth_cc[overlap]] = True
-        touched_pred = np.zeros(n_pred + 1, dtype=bool)
-        touched_pred[pred_cc[overlap]] = True
+        truth_cc, touched_truth, pred_cc, touched_pred = touched_components(pred_fg, truth_fg)
         touched_truth[0] = touched_pred[0] = False
         tp = touched_truth[truth_cc] | touched_pred[pred_cc]
         fp = pred_fg & ~touched_pred[pred_cc]

@@ -137,7 +137,10 @@ def pixel_metrics(pred: Any, truth: Any, *, classes: int | Sequence[int] | None 
 # --- object (thesis connected-component algorithm) -------------------------------------------
 
 
-def object_from_foreground(pred_fg: np.ndarray, truth_fg: np.ndarray) -> dict[str, Any]:
+def touched_components(pred_fg: np.ndarray, truth_fg: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The connected components of truth and prediction (full connectivity) and, per component
+    id (index 0 the background), whether an overlap pixel touches it: ``truth_cc,
+    touched_truth, pred_cc, touched_pred``."""
     structure = full_structure(pred_fg.ndim)
     truth_cc, n_truth = ndimage.label(truth_fg, structure=structure)
     pred_cc, n_pred = ndimage.label(pred_fg, structure=structure)
@@ -146,6 +149,12 @@ def object_from_foreground(pred_fg: np.ndarray, truth_fg: np.ndarray) -> dict[st
     touched_truth[truth_cc[overlap]] = True
     touched_pred = np.zeros(n_pred + 1, dtype=bool)
     touched_pred[pred_cc[overlap]] = True
+    return truth_cc, touched_truth, pred_cc, touched_pred
+
+
+def object_from_foreground(pred_fg: np.ndarray, truth_fg: np.ndarray) -> dict[str, Any]:
+    _, touched_truth, _, touched_pred = touched_components(pred_fg, truth_fg)
+    n_truth, n_pred = len(touched_truth) - 1, len(touched_pred) - 1
     tp = int(touched_truth[1:].sum())
     tp_pred = int(touched_pred[1:].sum())
     fn = int(n_truth) - tp
