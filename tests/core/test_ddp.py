@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from segtune.core import distributed
+from segtune.core.train import ddp
 
 SCRIPT = textwrap.dedent(
     """
@@ -93,22 +93,22 @@ def test_two_gloo_processes_train_one_model(tmp_path):
 def test_a_single_process_is_untouched(monkeypatch):
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(name, raising=False)
-    context = distributed.init_from_env("cpu")
+    context = ddp.init_from_env("cpu")
     assert not context.active and context.is_main and context.device is None
     model = torch.nn.Linear(2, 2)
-    assert distributed.wrap_model(model) is model and distributed.unwrap_model(model) is model
-    assert distributed.rank_seed(7) == 7 and distributed.shard_steps(5) == 5
-    assert distributed.any_rank(True) is True and distributed.any_rank(False) is False
-    assert distributed.all_reduce_mean(0.25) == 0.25 and distributed.on_main(lambda: {"a": 1}) == {"a": 1}
-    assert distributed.sampler_for(list(range(4))) is None and distributed.main_only("bar") == "bar"
-    assert distributed.launch_rank() == 0
+    assert ddp.wrap_model(model) is model and ddp.unwrap_model(model) is model
+    assert ddp.rank_seed(7) == 7 and ddp.shard_steps(5) == 5
+    assert ddp.any_rank(True) is True and ddp.any_rank(False) is False
+    assert ddp.all_reduce_mean(0.25) == 0.25 and ddp.on_main(lambda: {"a": 1}) == {"a": 1}
+    assert ddp.sampler_for(list(range(4))) is None and ddp.main_only("bar") == "bar"
+    assert ddp.launch_rank() == 0
 
 
 def test_torchrun_variables_are_checked(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "5")
     with pytest.raises(ValueError, match="RANK=5 is not in range for WORLD_SIZE=2"):
-        distributed.init_from_env("cpu")
+        ddp.init_from_env("cpu")
     monkeypatch.setenv("RANK", "one")
     with pytest.raises(ValueError, match="must be integers"):
-        distributed.init_from_env("cpu")
+        ddp.init_from_env("cpu")

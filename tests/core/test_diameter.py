@@ -196,3 +196,21 @@ def test_enlarging_gives_the_numbers_of_skimage_resize(shape, target):
     image = np.random.default_rng(3).random(shape).astype(np.float32)
     expected = resize(image, target, order=1, mode="reflect", anti_aliasing=False, preserve_range=True)
     np.testing.assert_allclose(restore_shape(image, target), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("scale", [0.37, 0.5, 1.7])
+def test_training_samples_are_zoomed_as_prediction_zooms(scale):
+    """Training rescales its images, labels and ignore masks by the rule prediction rescales new
+    images with (rescale_for_model), so the model learns at the scale it will see."""
+    from segtune.core.normalize import percentile_normalize
+    from segtune.core.train.data import make_sample
+
+    nuclei = synthetic_nuclei((90, 110), diameter=18, seed=4)
+    image, labels = nuclei.image, nuclei.labels
+    mask = np.ones(labels.shape, bool)
+    mask[:20, :30] = False
+    sample = make_sample(image, labels, mask=mask, scale=scale)
+    expected = rescale_for_model(percentile_normalize(image), 10.0, 10.0 * scale)
+    np.testing.assert_array_equal(sample.image[0, 0], expected)
+    np.testing.assert_array_equal(sample.labels[0], rescale_for_model(labels, 10.0, 10.0 * scale, order=0))
+    np.testing.assert_array_equal(sample.valid[0], rescale_for_model(mask, 10.0, 10.0 * scale, order=0))

@@ -86,7 +86,8 @@ def test_simclr_then_local_contrastive_from_it_with_a_frozen_encoder(membranes, 
 
 def test_n2n_batches_pair_adjacent_slices_at_the_same_place() -> None:
     from segtune.core.train.pretext import n2n_pairs
-    from segtune.core.train.pretrain import _n2n_batch, _unlabelled_sample
+    from segtune.core.train.pretrain import _unlabelled_sample
+    from segtune.core.train.pretrain_methods import n2n_batch as _n2n_batch
 
     z, y, x = np.meshgrid(np.arange(4), np.arange(40), np.arange(50), indexing="ij")
     stack = (z * 10000 + y * 100 + x).astype(np.float32)  # every voxel says where it is

@@ -177,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"{out}: {e}") from e
     finally:
         signal.signal(signal.SIGINT, previous)
-    from segtune.core.distributed import launch_rank
+    from segtune.core.train.ddp import launch_rank
     from segtune.core.train.trainer import held_out_summary
 
     if launch_rank() != 0:  # under torchrun every process trains; rank 0 wrote the folder and speaks

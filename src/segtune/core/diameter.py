@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from segtune.core.resize import resize
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -440,7 +442,7 @@ def rescale_for_model(
     target = list(image.shape)
     for axis in axes:
         target[axis] = max(1, int(round(image.shape[axis] * factor)))
-    return _resize(image, tuple(target), order)
+    return resize(image, tuple(target), order)
 
 
 def restore_shape(array: np.ndarray, shape: Sequence[int], *, order: int = 1) -> np.ndarray:
@@ -470,50 +472,7 @@ def restore_shape(array: np.ndarray, shape: Sequence[int], *, order: int = 1) ->
     target = array.shape[: array.ndim - len(shape)] + shape
     if target == array.shape:
         return array
-    return _resize(array, target, order)
-
-
-def _resize(array: np.ndarray, target: tuple[int, ...], order: int) -> np.ndarray:
-    if order == 0:
-        # nearest neighbour by index arithmetic: exact, fast and dtype-preserving
-        index = tuple(
-            np.minimum(((np.arange(t) + 0.5) * (n / t)).astype(np.int64), n - 1).reshape(
-                [-1 if a == axis else 1 for a in range(array.ndim)]
-            )
-            for axis, (n, t) in enumerate(zip(array.shape, target, strict=True))
-        )
-        return array[index]
-    shrinking = any(t < n for n, t in zip(array.shape, target, strict=True))
-    if order == 1 and not shrinking:
-        return _enlarge_linear(array.astype(np.float32, copy=False), target)
-    from skimage.transform import resize
-
-    return resize(
-        array.astype(np.float32, copy=False), target, order=order, mode="reflect",
-        anti_aliasing=shrinking, preserve_range=True,
-    ).astype(np.float32)
-
-
-def _enlarge_linear(array: np.ndarray, target: tuple[int, ...]) -> np.ndarray:
-    """Linear interpolation to ``target`` (no axis smaller), one axis at a time: the numbers of
-    ``skimage.transform.resize(order=1, mode="reflect")`` in a fifth of the time, because each
-    axis is two gathers and a weighted sum instead of a general spline evaluation."""
-    out = array
-    for axis, (n, t) in enumerate(zip(array.shape, target, strict=True)):
-        if n == t:
-            continue
-        # pixel centres: output pixel i sits at input coordinate (i + 0.5) * n / t - 0.5, mirrored
-        # into [0, n - 1] at the ends as resize's "reflect" does
-        coordinate = np.abs((np.arange(t) + 0.5) * (n / t) - 0.5)
-        coordinate = np.minimum(coordinate, 2 * (n - 1) - coordinate) if n > 1 else np.zeros(t)
-        low = np.clip(np.floor(coordinate).astype(np.int64), 0, n - 1)
-        high = np.minimum(low + 1, n - 1)
-        shape = [1] * out.ndim
-        shape[axis] = t
-        weight = (coordinate - low).astype(np.float32).reshape(shape)
-        below, above = np.take(out, low, axis=axis), np.take(out, high, axis=axis)
-        out = below + weight * (above - below)
-    return out.astype(np.float32, copy=False)
+    return resize(array, target, order)
 
 
 def resolve_diameter(
@@ -586,7 +545,7 @@ def rescale_stack(data: Any, channels: Sequence[int], zoom: float) -> np.ndarray
             for z in range(n_z):
                 plane = data[t, c, z]
                 plane = np.asarray(plane.compute() if hasattr(plane, "compute") else plane, dtype=np.float32)
-                out[t, i, z] = _resize(plane, target, order=1)
+                out[t, i, z] = resize(plane, target, order=1)
     return out
 
 
@@ -606,6 +565,6 @@ def restore_stack(probabilities: Any, shape_yx: Sequence[int], out: Any = None) 
         resized = np.empty((n_k, n_z, *shape_yx), dtype=np.float32)
         for k in range(n_k):
             for z in range(n_z):
-                resized[k, z] = _resize(block[k, z], shape_yx, order=1)
+                resized[k, z] = resize(block[k, z], shape_yx, order=1)
         out[t] = resized
     return out

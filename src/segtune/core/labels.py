@@ -6,7 +6,11 @@ object the user is looking at keeps its colour in napari); :func:`relabel_sequen
 them 1..n when wanted. ``planewise=True`` applies an operation to each YX plane of a stack on
 its own (objects of a 2D-per-plane segmentation), otherwise a 3D array is treated as one volume.
 
-The same operations back the widget's Correct tab and ``segtune clean``.
+The same operations back the widget's Correct tab and ``segtune clean``. The checks and
+conversions every consumer of labels shares live here too: :func:`as_labels` (a valid label
+array or a message naming the argument), :func:`is_binary` (a mask, or instances?),
+:func:`connected_components` (full connectivity: 8 neighbours in 2D, 26 in 3D) and
+:func:`to_instances` (objects 1..n from a mask or an instance image).
 """
 
 from __future__ import annotations
@@ -18,10 +22,14 @@ import numpy as np
 from scipy import ndimage as ndi
 
 __all__ = [
+    "as_labels",
+    "connected_components",
     "delete_objects",
     "dilate",
     "erode",
     "fill_holes",
+    "full_structure",
+    "is_binary",
     "label_at",
     "merge_objects",
     "object_count",
@@ -33,7 +41,131 @@ __all__ = [
     "smooth",
     "split_object",
     "split_objects",
+    "to_instances",
 ]
+
+
+# --- checks and conversions shared by every consumer of labels --------------------------------
+
+
+def as_labels(array: Any, name: str) -> np.ndarray:
+    """``array`` as a non-negative integer (or bool) numpy array, or a ValueError naming ``name``."""
+    array = np.asarray(array)
+    if array.dtype == bool or np.issubdtype(array.dtype, np.integer):
+        if np.issubdtype(array.dtype, np.signedinteger) and array.size and array.min() < 0:
+            raise ValueError(f"`{name}` must not hold negative labels (its minimum is {array.min()})")
+        return array
+    if np.issubdtype(array.dtype, np.floating):
+        if array.size and not np.all(np.isfinite(array)):
+            raise ValueError(f"`{name}` holds NaN or infinite values; labels must be whole numbers")
+        fractional = array != np.round(array)
+        if np.any(fractional):
+            example = float(array[fractional].flat[0])
+            raise ValueError(
+                f"`{name}` has non-integer values (e.g. {example:.4g}, dtype {array.dtype}); it looks "
+                f"like probabilities or an image: threshold it first (e.g. `{name} > 0.5`) or label it"
+            )
+        if array.size and array.min() < 0:
+            raise ValueError(f"`{name}` must not hold negative labels (its minimum is {array.min():g})")
+        top = float(array.max()) if array.size else 0.0
+        return array.astype(np.uint32 if top < 2**32 else np.uint64)
+    raise ValueError(
+        f"`{name}` must be a label image of integers or booleans, got dtype {array.dtype}"
+    )
+
+
+def full_structure(ndim: int) -> np.ndarray:
+    """Full connectivity in ``ndim`` dimensions (pixels touching at a corner are neighbours)."""
+    return np.ones((3,) * ndim, dtype=bool)
+
+
+def connected_components(mask: Any) -> tuple[np.ndarray, int]:
+    """Label the connected components of ``mask > 0`` with full connectivity.
+
+    Parameters
+    ----------
+    mask
+        Binary or label array of any dimension (every non-zero pixel is foreground).
+
+    Returns
+    -------
+    labels : numpy.ndarray
+        int32 array, components numbered 1..n.
+    n : int
+        Number of components.
+
+    Examples
+    --------
+    >>> labels, n = connected_components(np.array([[1, 0, 0], [0, 1, 0], [0, 0, 0]]))
+    >>> n                                     # diagonal neighbours are one object
+    1
+    """
+    mask = np.asarray(mask)
+    labels, n = ndi.label(mask > 0 if mask.dtype != bool else mask, structure=full_structure(mask.ndim))
+    return labels, int(n)
+
+
+def is_binary(labels: np.ndarray) -> bool:
+    """A mask: bool, or every non-zero pixel holds the same mask value (1, 255 or the dtype's top).
+
+    One object with another id (an instance image with a single object left) stays an instance.
+    """
+    if labels.dtype == bool:
+        return True
+    top = labels.max()
+    if top == 0:
+        return True
+    mask_values = {1, 255}
+    if np.issubdtype(labels.dtype, np.integer):
+        mask_values.add(int(np.iinfo(labels.dtype).max))
+    if int(top) not in mask_values:
+        return False
+    foreground = labels[labels > 0]
+    return bool(foreground.min() == top)
+
+
+def _relabel_consecutive(labels: np.ndarray) -> tuple[np.ndarray, int]:
+    """Renumber the non-zero ids of ``labels`` to 1..n keeping their order; 0 stays 0."""
+    top = int(labels.max())
+    if top <= 4 * labels.size + 1024:  # a look-up table is O(pixels), no sort
+        present = np.zeros(top + 1, dtype=bool)
+        present[labels.ravel()] = True
+        present[0] = False
+        lut = np.cumsum(present, dtype=np.int64)
+        n = int(lut[-1])
+        if n == top:  # already 1..n: nothing to renumber
+            return (labels if labels.dtype != np.uint64 else labels.astype(np.int64)), n
+        dtype = np.int32 if n < 2**31 else np.int64
+        return lut.astype(dtype)[labels], n
+    ids, inverse = np.unique(labels, return_inverse=True)
+    if ids[0] != 0:
+        inverse = inverse + 1
+    n = int(ids.size - (1 if ids[0] == 0 else 0))
+    return inverse.reshape(labels.shape).astype(np.int64), n
+
+
+def to_instances(labels: Any, name: str = "labels") -> tuple[np.ndarray, int]:
+    """Instance labels 1..n from a binary mask (connected components) or an instance image.
+
+    Parameters
+    ----------
+    labels
+        A binary mask (bool, or all non-zero pixels 1, all 255, or all the dtype's largest
+        value) or an instance image (non-zero ids, not necessarily consecutive).
+    name
+        What to call the argument in error messages.
+
+    Returns
+    -------
+    instances : numpy.ndarray
+        Integer array, objects numbered 1..n consecutively, background 0.
+    n : int
+        Number of objects.
+    """
+    labels = as_labels(labels, name)
+    if is_binary(labels):
+        return connected_components(labels)
+    return _relabel_consecutive(labels)
 
 
 # --- validation and the planewise loop ---------------------------------------------------------

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from segtune.core.metrics import _as_labels, _is_binary, connected_components
+from segtune.core.labels import as_labels, connected_components, is_binary
 
 logger = logging.getLogger(__name__)
 
@@ -197,7 +197,7 @@ def measure(
     >>> table[["label", "area", "unit", "centroid_y_px", "centroid_y"]].values.tolist()
     [[7, 4.0, 'um', 3.5, 1.75]]
     """
-    labels = _as_labels(labels, "labels")
+    labels = as_labels(labels, "labels")
     if axes is None:
         axes = {2: "YX", 3: "ZYX", 4: "TZYX"}.get(labels.ndim)
         if axes is None:
@@ -209,7 +209,7 @@ def measure(
         raise ValueError(f"`axes` {axes!r} do not match `labels` of shape {labels.shape}")
     has_t, has_z = axes.startswith("T"), "Z" in axes
     per_plane = bool(per_plane and has_z)
-    binary = labels.size > 0 and _is_binary(labels)
+    binary = labels.size > 0 and is_binary(labels)
 
     # image to (T, C, *spatial-of-labels-without-T)
     c_axis = _channel_axis(axes)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -13,7 +13,9 @@ __all__ = [
     "STRETCH_PERCENTILES",
     "check_pixels",
     "clahe",
+    "model_percentiles",
     "percentile_normalize",
+    "percentile_spec",
     "percentiles",
 ]
 
@@ -84,6 +86,35 @@ def percentile_normalize(
     if clip:
         np.clip(out, 0.0, 1.0, out=out)
     return out
+
+
+def model_percentiles(
+    config: Mapping[str, Any] | None, default: Sequence[float] | None = DEFAULT_PERCENTILES,
+) -> tuple[float, float, bool] | None:
+    """The percentile normalisation a model's config records: ``(low, high, clip)``.
+
+    Percentiles the config leaves out are ``default``'s; with ``default=None`` a config that
+    records no percentiles (no ``normalization`` block, ``"none"``, no ``low``) gives None.
+
+    Examples
+    --------
+    >>> model_percentiles({"normalization": {"method": "percentile", "low": 5, "high": 98, "clip": True}})
+    (5.0, 98.0, True)
+    >>> model_percentiles({}), model_percentiles({}, default=None)
+    ((1.0, 99.8, False), None)
+    """
+    spec = (config or {}).get("normalization")
+    spec = spec if isinstance(spec, Mapping) else {}
+    if default is None:
+        if "low" not in spec:
+            return None
+        default = DEFAULT_PERCENTILES
+    return float(spec.get("low", default[0])), float(spec.get("high", default[1])), bool(spec.get("clip", False))
+
+
+def percentile_spec(low: float, high: float, clip: bool = False) -> dict[str, Any]:
+    """The ``normalization`` block of a model config for percentile normalisation."""
+    return {"method": "percentile", "low": float(low), "high": float(high), "clip": bool(clip)}
 
 
 def clahe(

@@ -84,7 +84,7 @@ def open_ome_zarr(path: str | os.PathLike, scene: int | str | None = None) -> An
     from ome_zarr.io import parse_url
     from ome_zarr.reader import Multiscales, Reader
 
-    from segtune.core.io import ImageData, PhysicalPixelSizes, _pick_scene
+    from segtune.core.io import ImageData, PhysicalPixelSizes, pick_scene
 
     path = Path(path)
     metadata = _ngff_metadata(path)
@@ -105,7 +105,7 @@ def open_ome_zarr(path: str | os.PathLike, scene: int | str | None = None) -> An
         raise _read_error(path, "the OME-Zarr holds no image data")
     node = nodes[0]
     scenes = [str(node.metadata.get("name") or "Image 0")]
-    index = _pick_scene(path, scenes, scene)
+    index = pick_scene(path, scenes, scene)
     full = node.data[0]  # level 0: the full resolution
     axes = [a["name"].lower() if isinstance(a, dict) else str(a).lower() for a in node.metadata.get("axes", [])]
     units = [a.get("unit") if isinstance(a, dict) else None for a in node.metadata.get("axes", [])]

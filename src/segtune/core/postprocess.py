@@ -16,6 +16,7 @@ from scipy import ndimage as ndi
 
 from segtune.core.labels import fill_holes as fill_label_holes
 from segtune.core.labels import relabel_sequential, remove_sizes
+from segtune.core.models.heads import SEGMENTATION_HEADS
 
 __all__ = [
     "HEADS",
@@ -36,7 +37,7 @@ __all__ = [
     "threshold",
 ]
 
-HEADS = ("binary", "three_class", "semantic", "multilabel")
+HEADS = SEGMENTATION_HEADS  # the heads that have masks to make
 
 
 def threshold(probability: np.ndarray, level: float = 0.5) -> np.ndarray:

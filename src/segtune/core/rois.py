@@ -19,7 +19,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from segtune.core.files import atomic_write, check_output
-from segtune.core.metrics import _as_labels, _is_binary, connected_components
+from segtune.core.labels import as_labels, connected_components, is_binary
 
 logger = logging.getLogger(__name__)
 
@@ -91,10 +91,10 @@ def label_outlines(labels: Any) -> list[tuple[int, np.ndarray]]:
         row), clockwise on screen, without repeating the first point. Sorted by label; an
         object in several pieces appears once per piece.
     """
-    array = _as_labels(labels, "labels")
+    array = as_labels(labels, "labels")
     if array.ndim != 2:
         raise ValueError(f"ImageJ ROIs are made from 2D labels, got shape {array.shape}; export each plane")
-    if array.size and _is_binary(array):
+    if array.size and is_binary(array):
         array = connected_components(array)[0]
     outlines: list[tuple[int, np.ndarray]] = []
     for index, box in enumerate(ndi.find_objects(array)):

@@ -34,6 +34,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from segtune.core.normalize import model_percentiles
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["BioimageioUnsupported", "export_bioimageio", "is_bioimageio_package", "load_bioimageio"]
@@ -173,9 +175,9 @@ def _describe(folder: Path, net: nn.Module, config: dict[str, Any], work: Path, 
     normalization = dict(config.get("normalization") or {})
     preprocessing: list[Any] = []
     if normalization.get("method", "percentile") == "percentile":
+        low, high, _ = model_percentiles(config)
         preprocessing.append(spec.ScaleRangeDescr(kwargs=spec.ScaleRangeKwargs(
-            axes=[spec.AxisId(a) for a in space], min_percentile=float(normalization.get("low", 1.0)),
-            max_percentile=float(normalization.get("high", 99.8)), eps=1e-6,
+            axes=[spec.AxisId(a) for a in space], min_percentile=low, max_percentile=high, eps=1e-6,
         )))
     postprocessing: list[Any] = []
     if head == "binary":

@@ -28,6 +28,8 @@ import torch
 from torch import nn
 
 from segtune.core.files import atomic_folder, atomic_write_bytes, atomic_write_text  # re-exported
+from segtune.core.models.heads import HEADS, class_names, head_of  # HEADS re-exported
+from segtune.core.normalize import DEFAULT_PERCENTILES
 
 logger = logging.getLogger(__name__)
 
@@ -46,9 +48,6 @@ __all__ = [
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "weights.safetensors"
-# "image": linear outputs, an image-to-image network (a Noise2Noise denoiser), not a segmenter
-# "multilabel": one sigmoid per class, classes may overlap (label files carry them as bit flags)
-HEADS = ("binary", "three_class", "semantic", "multilabel", "image")
 FORMAT = "segtune-model"
 FORMAT_VERSION = 1
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".tar", ".joblib")
@@ -64,15 +63,11 @@ def default_config(architecture: Mapping[str, Any], head: str | None = None, **f
     ``head`` defaults to ``"binary"`` for one output channel and ``"three_class"`` for three.
     """
     from segtune import __version__
-    from segtune.core.normalize import DEFAULT_PERCENTILES
 
     out_channels = int(architecture.get("out_channels", 1))
     if head is None:
-        head = "binary" if out_channels == 1 else "three_class" if out_channels == 3 else "semantic"
-    classes = {
-        "binary": ["background", "foreground"],
-        "three_class": ["background", "interior", "boundary"],
-    }.get(head, [f"class_{i}" for i in range(out_channels)])
+        head = head_of(out_channels)
+    classes = class_names(head, out_channels)
     config: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -178,8 +173,7 @@ def save_model(model: nn.Module, config: Mapping[str, Any], folder: str | os.Pat
             f"config['architecture'] {dict(config['architecture'])} does not describe the model {architecture}"
         )
     if "head" not in config:
-        out_channels = int(config["architecture"].get("out_channels", 1))
-        config["head"] = "binary" if out_channels == 1 else "three_class" if out_channels == 3 else "semantic"
+        config["head"] = head_of(int(config["architecture"].get("out_channels", 1)))
     config.setdefault("format", FORMAT)
     config.setdefault("format_version", FORMAT_VERSION)
     config["segtune_version"] = config.get("segtune_version") or __version__
@@ -254,7 +248,7 @@ def _check_inference_fields(config: Mapping[str, Any], spatial_dims: int, source
         if method not in ("percentile", "none", None):
             raise ModelFormatError(f"{source}: normalization method {method!r} is not known; "
                                    "this version applies 'percentile' or 'none'")
-        low, high = normalization.get("low", 1.0), normalization.get("high", 99.8)
+        low, high = normalization.get("low", DEFAULT_PERCENTILES[0]), normalization.get("high", DEFAULT_PERCENTILES[1])
         if not all(_is_number(v) for v in (low, high)) or not 0 <= low < high <= 100:
             raise ModelFormatError(f"{source}: normalization 'low' and 'high' must be percentiles with "
                                    f"0 <= low < high <= 100, got low={low!r}, high={high!r}")

@@ -30,6 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
+from segtune.core.models.heads import SEGMENTATION_HEADS
+from segtune.core.normalize import DEFAULT_PERCENTILES
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -42,7 +45,7 @@ __all__ = [
     "split_samples",
 ]
 
-HEADS = ("binary", "three_class", "semantic", "multilabel")
+HEADS = SEGMENTATION_HEADS  # the heads that train on labels
 
 
 @dataclass
@@ -80,26 +83,13 @@ def _split_channels(image: np.ndarray, labels_shape: tuple[int, ...], name: str)
     )
 
 
-def _resize(array: np.ndarray, scale: float, order: int) -> np.ndarray:
-    """Rescale the last two (Y, X) axes of ``array`` by ``scale``; labels with ``order=0``."""
-    from skimage.transform import resize
-
-    out_yx = tuple(max(1, int(round(n * scale))) for n in array.shape[-2:])
-    if out_yx == array.shape[-2:]:
-        return array
-    shape = array.shape[:-2] + out_yx
-    if order == 0:
-        return resize(array, shape, order=0, preserve_range=True, anti_aliasing=False, mode="edge").astype(array.dtype)
-    return resize(array, shape, order=order, preserve_range=True, anti_aliasing=scale < 1, mode="reflect").astype(np.float32)
-
-
 def make_sample(
     image: np.ndarray,
     labels: np.ndarray,
     *,
     mask: np.ndarray | None = None,
     ignore_value: int | None = None,
-    normalization: tuple[float, float] = (1.0, 99.8),
+    normalization: tuple[float, float] = DEFAULT_PERCENTILES,
     clip: bool = False,
     scale: float = 1.0,
     name: str = "",
@@ -128,6 +118,7 @@ def make_sample(
         What to call this pair in error messages.
     """
     from segtune.core.normalize import percentile_normalize
+    from segtune.core.resize import resize_yx
 
     labels = np.asarray(labels)
     image = np.asarray(image)
@@ -159,9 +150,10 @@ def make_sample(
     if labels.ndim == 2:
         normalized, labels, valid = normalized[:, None], labels[None], valid[None]
     if scale != 1.0:
-        normalized = _resize(normalized, scale, order=1)
-        labels = _resize(labels, scale, order=0)
-        valid = _resize(valid, scale, order=0)
+        # prediction's resize rule (core.resize): the model trains on what it will see
+        normalized = resize_yx(normalized, scale, order=1)
+        labels = resize_yx(labels, scale, order=0)
+        valid = resize_yx(valid, scale, order=0)
     return Sample(np.ascontiguousarray(normalized), np.ascontiguousarray(labels), np.ascontiguousarray(valid), name)
 
 

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segtune.core.normalize import DEFAULT_PERCENTILES
 from segtune.core.progress import Cancelled, CancelToken, ProgressCallback, Reporter
 
 __all__ = ["GAN_METHODS", "GanConfig", "GanResult", "PatchDiscriminator", "parse_mask_recipe", "synthetic_masks", "train_gan"]
@@ -83,7 +84,7 @@ class GanConfig:
     base_channels: int = 8
     norm: str = "instance"
     mask_recipe: dict[str, Any] = field(default_factory=lambda: {"diameter": 14.0, "z_anisotropy": 2.0})
-    normalization: tuple[float, float] = (1.0, 99.8)
+    normalization: tuple[float, float] = DEFAULT_PERCENTILES
     max_minutes: float | None = None
     device: str = "auto"
     seed: int = 0
@@ -227,9 +228,10 @@ def train_gan(
     from segtune import __version__
     from segtune.core.device import select_device
     from segtune.core.models.store import atomic_write_bytes, default_config, save_model
+    from segtune.core.normalize import percentile_spec
     from segtune.core.train.data import make_sample
+    from segtune.core.train.loop import seed_everything as _seed_everything
     from segtune.core.train.patches import PatchSampler
-    from segtune.core.train.trainer import _seed_everything
 
     started = time.monotonic()
     config = copy.deepcopy(config) if config is not None else GanConfig()
@@ -331,7 +333,7 @@ def train_gan(
     def save(status: str) -> dict[str, Any]:
         model_config = default_config(
             segmenter.architecture, head="binary",
-            normalization={"method": "percentile", "low": float(config.normalization[0]), "high": float(config.normalization[1]), "clip": False},
+            normalization=percentile_spec(*config.normalization),
             tile_shape=list(config.patch), training={**training_record, "status": status, "history": history},
             metrics=history[-1] if history else {}, segtune_version=__version__,
             description=f"3D binary segmenter trained by {config.method}",

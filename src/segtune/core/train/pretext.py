@@ -27,7 +27,7 @@ slice to slice. :func:`n2n_pairs` lists them and :func:`denoise` applies a train
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -337,12 +337,11 @@ def denoise(
         float32, the input's shape, in the input's intensity scale (the normalisation undone).
     """
     from segtune.core.device import select_device
-    from segtune.core.normalize import percentiles
+    from segtune.core.normalize import model_percentiles, percentiles
 
     config = config or {}
     if normalization is None:
-        norm = config.get("normalization") or {}
-        normalization = (float(norm.get("low", 1.0)), float(norm.get("high", 99.8)))
+        normalization = model_percentiles(config)[:2]
     if residual is None:
         residual = bool((config.get("pretext") or {}).get("residual", False))
     device = select_device(device)
@@ -378,9 +377,3 @@ def denoise(
     model.train(was_training)
     return (out * (hi - lo) + lo).reshape(shape).astype(np.float32)
 
-
-def iter_minibatches(indices: Sequence[int], batch_size: int, rng: np.random.Generator) -> Iterable[list[int]]:
-    """Shuffled minibatches of ``indices`` (the last one may be smaller)."""
-    order = rng.permutation(len(indices))
-    for start in range(0, len(order), batch_size):
-        yield [indices[i] for i in order[start : start + batch_size]]

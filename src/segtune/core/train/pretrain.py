@@ -16,10 +16,12 @@ command) run one of four methods and write a model folder:
     from its neighbour (Noise2Noise); apply it with :func:`segtune.core.train.pretext.denoise`
     before segmenting.
 
-The loops use the training engine's pieces: samples and patches (:mod:`.data`,
-:mod:`.patches`, :mod:`.augment`), device choice, AdamW with a cosine schedule, the progress
-and cancel protocol, atomic model folders. The folder is rewritten after every epoch, so it is
-valid at every moment; cancelling keeps the last finished epoch.
+The methods' networks and step losses are in :mod:`.pretrain_methods`; they run in the one
+training loop (:func:`segtune.core.train.loop.run_epochs`) with the training engine's pieces:
+samples and patches (:mod:`.data`, :mod:`.patches`, :mod:`.augment`), device choice, AdamW
+with a cosine schedule, the progress and cancel protocol, atomic model folders. The folder is
+rewritten after every epoch, so it is valid at every moment; cancelling keeps the last
+finished epoch.
 """
 
 from __future__ import annotations
@@ -40,14 +42,27 @@ import numpy as np
 import torch
 from torch import nn
 
-from segtune.core.progress import Cancelled, CancelToken, ProgressCallback, Reporter
+from segtune.core.normalize import DEFAULT_PERCENTILES, model_percentiles
+from segtune.core.progress import CancelToken, ProgressCallback, Reporter
+from segtune.core.train.loop import (
+    EpochSummary,
+    TorchSchedule,
+    run_epochs,
+    seed_everything,
+    write_csv_log,
+)
+from segtune.core.train.pretrain_methods import (
+    PRETEXT_WEIGHTS,
+    build_networks,
+    make_step_loss,
+    output_model,
+)
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["METHODS", "PretrainConfig", "PretrainResult", "pretrain", "pretrain_files", "read_images"]
 
 METHODS = ("restore", "simclr", "local-contrastive", "n2n")
-PRETEXT_WEIGHTS = "pretext.safetensors"
 LOG_NAME = "pretrain_log.csv"
 _DEFAULT_TEMPERATURE = {"simclr": 0.5, "local-contrastive": 0.07}
 
@@ -102,7 +117,7 @@ class PretrainConfig:
     patch: int = 128
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
-    normalization: tuple[float, float] = (1.0, 99.8)
+    normalization: tuple[float, float] = DEFAULT_PERCENTILES
     clip: bool = False
     head: str | None = None
     n_classes: int | None = None
@@ -271,44 +286,7 @@ def read_images(paths: Sequence[str | os.PathLike], channel: int | None = None) 
     return arrays, names
 
 
-def _n2n_batch(samples, pairs, patch: int, batch_size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """``batch_size`` (input, target) crops from adjacent z-slices, with the same random flips."""
-    inputs, targets = [], []
-    for _ in range(batch_size):
-        sample_index, z_in, z_out = pairs[int(rng.integers(len(pairs)))]
-        image = samples[sample_index].image
-        _, _, height, width = image.shape
-        y = int(rng.integers(0, max(1, height - patch + 1)))
-        x = int(rng.integers(0, max(1, width - patch + 1)))
-        a = image[:, z_in, y : y + patch, x : x + patch]
-        b = image[:, z_out, y : y + patch, x : x + patch]
-        if a.shape[-2:] != (patch, patch):
-            pads = [(0, 0), (0, patch - a.shape[-2]), (0, patch - a.shape[-1])]
-            a, b = np.pad(a, pads, mode="symmetric"), np.pad(b, pads, mode="symmetric")
-        for axis in (-1, -2):
-            if rng.random() < 0.5:
-                a, b = np.flip(a, axis), np.flip(b, axis)
-        inputs.append(np.ascontiguousarray(a))
-        targets.append(np.ascontiguousarray(b))
-    return np.stack(inputs).astype(np.float32), np.stack(targets).astype(np.float32)
-
-
 # --- saving ---------------------------------------------------------------------------------------
-
-
-def _segmentation_model(pretext_unet: nn.Module, config: PretrainConfig, *, with_decoder: bool) -> nn.Module:
-    """A fresh U-Net with the segmentation head and the pretext network's encoder (and decoder)."""
-    from segtune.core.models.unet import build_model
-    from segtune.core.train.pretext import transfer_encoder
-
-    out_channels = {"binary": 1, "three_class": 3}.get(config.head, config.n_classes or 2)
-    architecture = {**pretext_unet.architecture, "out_channels": out_channels}
-    model = build_model(architecture)
-    transfer_encoder(pretext_unet, model)
-    if with_decoder:
-        state = {k: v for k, v in pretext_unet.state_dict().items() if not k.startswith(("encoder.", "head."))}
-        model.load_state_dict(state, strict=False)
-    return model
 
 
 def _save_pretext_weights(folder: Path, modules: dict[str, nn.Module], architectures: dict[str, Any]) -> None:
@@ -325,15 +303,7 @@ def _save_pretext_weights(folder: Path, modules: dict[str, nn.Module], architect
     atomic_write_bytes(folder / PRETEXT_WEIGHTS, data)
 
 
-def _write_log(folder: Path, history: list[dict[str, Any]]) -> None:
-    from segtune.core.models.store import atomic_write_text
-
-    lines = ["epoch,loss,lr,steps,seconds"]
-    lines += [f"{h['epoch']},{h['loss']:.6g},{h['lr']:.6g},{h['steps']},{h['seconds']:.1f}" for h in history]
-    atomic_write_text(folder / LOG_NAME, "\n".join(lines) + "\n")
-
-
-# --- the loop -------------------------------------------------------------------------------------
+# --- pretrain() and its phases ---------------------------------------------------------------------
 
 
 def pretrain(
@@ -393,23 +363,9 @@ def pretrain(
     FileExistsError
         ``out`` exists and ``overwrite`` is False.
     """
-    from segtune import __version__
     from segtune.core.device import select_device
-    from segtune.core.models.store import default_config, load_model, save_model
-    from segtune.core.models.unet import UNet, build_model
-    from segtune.core.train.contrastive import (
-        PixelProjectionHead,
-        ProjectionHead,
-        encode,
-        local_supervised_contrastive_loss,
-        nt_xent_loss,
-        simclr_views,
-        unet_features,
-    )
-    from segtune.core.train.data import make_sample
     from segtune.core.train.patches import PatchSampler
-    from segtune.core.train.pretext import corrupt, n2n_pairs, restoration_loss, transfer_encoder
-    from segtune.core.train.trainer import _autocast, _seed_everything
+    from segtune.core.train.pretext import n2n_pairs
 
     started = time.monotonic()
     config = copy.deepcopy(config) if config is not None else PretrainConfig()
@@ -429,8 +385,98 @@ def pretrain(
             raise ValueError(f"{len(images)} image(s) but {len(labels)} label image(s); give one label image per image")
     elif labels is not None:
         logger.warning("labels are only used by local-contrastive pretraining; %s ignores them", method)
+    base_model, base_config = _resolve_start(config, from_model)
+    samples = _prepare_samples(images, labels, names, config, ignore_value)
+    in_channels = samples[0].image.shape[0]
+    if base_model is not None and int(base_config["architecture"]["in_channels"]) != in_channels:
+        raise ValueError(f"{from_model} takes {base_config['architecture']['in_channels']} channel(s), the images have {in_channels}")
 
-    # --- the starting model ---
+    # --- the batches, the networks, the optimiser ---
+    seed_everything(config.seed)
+    rng = np.random.default_rng(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    device = select_device(config.device)
+    pairs: list[tuple[int, int, int]] = []
+    sampler = None
+    if method == "n2n":
+        for index, sample in enumerate(samples):
+            if sample.image.shape[1] >= 2:
+                pairs += [(index, a, b) for a, b in n2n_pairs(sample.image.shape[1])]
+        if not pairs:
+            raise ValueError("Noise2Noise needs z-stacks (at least 2 slices); every image given is a single plane")
+    else:
+        sampler = PatchSampler(samples, (config.patch, config.patch), spatial_dims=2,
+                               min_foreground=config.min_foreground if method == "local-contrastive" else 0.0, rng=rng)
+    unet, heads = build_networks(config, base_model, in_channels)
+    networks = nn.ModuleDict({"unet": unet, **heads}).to(device)
+    trainable = [p for p in networks.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
+    total_pixels = sum(int(np.prod(s.image.shape[1:])) for s in samples)
+    steps_per_epoch = config.steps_per_epoch or max(8, math.ceil(total_pixels / (config.patch**2 * config.batch_size)))
+    total_steps = steps_per_epoch * config.epochs
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps, eta_min=config.learning_rate * 0.02)
+    step_loss = make_step_loss(config, unet, heads, samples=samples, pairs=pairs, sampler=sampler, rng=rng,
+                               generator=generator, device=device)
+
+    # --- the record, and the folder valid from the start ---
+    training_record = _record(config, names, base_config, from_model, device, provenance)
+    history: list[dict[str, Any]] = []
+
+    def current_model() -> tuple[nn.Module, dict[str, Any]]:
+        return output_model(config, unet, in_channels, training_record, base_config, from_model, history)
+
+    def save(model: nn.Module, model_config: dict[str, Any]) -> None:
+        if out_folder is not None:
+            _save(out_folder, model, model_config, method, unet, heads, history)
+
+    if out_folder is not None:
+        save(*current_model())
+
+    # --- the loop ---
+    report = Reporter(progress, cancel, stage="pretrain", total=total_steps)
+    deadline = started + config.max_minutes * 60 if config.max_minutes else None
+
+    def begin_epoch() -> None:
+        networks.train()
+        if config.freeze_encoder and method == "local-contrastive":
+            for module in unet.encoder_modules():
+                module.eval()
+
+    def after_step(epoch: int, step: int, global_step: int, mean_loss: float) -> bool:
+        report.step(global_step, message=f"{method} epoch {epoch}/{config.epochs}", epoch=epoch, loss=mean_loss)
+        return deadline is not None and time.monotonic() >= deadline
+
+    def end_epoch(summary: EpochSummary) -> str | None:
+        history.append({"epoch": summary.epoch, "loss": summary.mean_loss, "lr": optimizer.param_groups[0]["lr"],
+                        "steps": summary.steps, "seconds": time.monotonic() - summary.started})
+        save(*current_model())
+        return "time_budget" if summary.out_of_time else None
+
+    def both(epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        loss = step_loss()
+        return loss, loss
+
+    # a cancel keeps the folder of the last finished epoch
+    stop_reason, _ = run_epochs(range(1, config.epochs + 1), steps_per_epoch, optimizer, step_loss=both, after_step=after_step,
+                                end_epoch=end_epoch, begin_epoch=begin_epoch, schedule=TorchSchedule(scheduler), loss_name=method)
+
+    training_record.update(status="cancelled" if stop_reason == "cancelled" else "finished", stop_reason=stop_reason,
+                           epochs_run=len(history), seconds=round(time.monotonic() - started, 1),
+                           finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    model, model_config = current_model()
+    if out_folder is not None and (history or stop_reason != "cancelled"):
+        save(model, model_config)
+    networks.eval()
+    logger.info("%s pretraining stopped (%s) after %d epoch(s)", method, stop_reason, len(history))
+    return PretrainResult(model, model_config, history, stop_reason, out_folder, pretext_model=networks)
+
+
+def _resolve_start(config: PretrainConfig, from_model: str | os.PathLike | None) -> tuple[nn.Module | None, dict[str, Any]]:
+    """The starting model and its config; its architecture, head and normalisation become the
+    run's (``config`` is updated)."""
+    from segtune.core.models.store import load_model
+
+    method = config.method
     base_config: dict[str, Any] = {}
     base_model: nn.Module | None = None
     if from_model is not None:
@@ -446,18 +492,23 @@ def pretrain(
             config.head = base_config["head"]
             if config.head == "semantic":
                 config.n_classes = int(arch["out_channels"])
-        norm = base_config.get("normalization") or {}
-        if "low" in norm:
-            config.normalization = (float(norm["low"]), float(norm["high"]))
-            config.clip = bool(norm.get("clip", False))
+        stated = model_percentiles(base_config, default=None)
+        if stated is not None:
+            config.normalization, config.clip = stated[:2], stated[2]
         config.validate()
     elif method == "local-contrastive":
         logger.warning("local-contrastive pretraining without a global stage (--from): the encoder starts at random")
     if config.head is None:
         config.head = "three_class"
+    return base_model, base_config
 
-    # --- data ---
-    if method == "local-contrastive":
+
+def _prepare_samples(images: list, labels: Sequence[np.ndarray] | None, names: list[str], config: PretrainConfig,
+                     ignore_value: int | None) -> list:
+    """Normalised samples (labelled for the local stage), all with the same number of channels."""
+    from segtune.core.train.data import make_sample
+
+    if config.method == "local-contrastive":
         samples = [
             make_sample(image, np.asarray(lab), ignore_value=ignore_value, normalization=config.normalization, clip=config.clip, name=name)
             for image, lab, name in zip(images, labels, names, strict=True)
@@ -468,214 +519,33 @@ def pretrain(
     for sample in samples[1:]:
         if sample.image.shape[0] != in_channels:
             raise ValueError(f"{sample.name} has {sample.image.shape[0]} channel(s) but {samples[0].name} has {in_channels}")
-    if base_model is not None and int(base_config["architecture"]["in_channels"]) != in_channels:
-        raise ValueError(f"{from_model} takes {base_config['architecture']['in_channels']} channel(s), the images have {in_channels}")
+    return samples
 
-    _seed_everything(config.seed)
-    rng = np.random.default_rng(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
-    device = select_device(config.device)
-    pairs: list[tuple[int, int, int]] = []
-    sampler = None
-    if method == "n2n":
-        for index, sample in enumerate(samples):
-            if sample.image.shape[1] >= 2:
-                pairs += [(index, a, b) for a, b in n2n_pairs(sample.image.shape[1])]
-        if not pairs:
-            raise ValueError("Noise2Noise needs z-stacks (at least 2 slices); every image given is a single plane")
-    else:
-        sampler = PatchSampler(samples, (config.patch, config.patch), spatial_dims=2,
-                               min_foreground=config.min_foreground if method == "local-contrastive" else 0.0, rng=rng)
 
-    # --- networks ---
-    temperature = config.effective_temperature
-    image_out = in_channels  # restore / n2n predict the image
-    if base_model is not None and method in ("restore", "n2n"):
-        unet = build_model({**base_model.architecture, "out_channels": image_out})
-        transfer_encoder(base_model, unet)
-    elif base_model is not None:
-        unet = base_model  # the global stage's network (its encoder is the SimCLR encoder)
-        if method == "local-contrastive":
-            fresh = UNet(**{k: v for k, v in base_model.architecture.items() if k != "name"})
-            transfer_encoder(base_model, fresh, freeze=config.freeze_encoder)
-            unet = fresh
-    else:
-        out_channels = image_out if method in ("restore", "n2n") else {"binary": 1, "three_class": 3}.get(config.head, config.n_classes or 2)
-        unet = build_model(config.new_architecture(in_channels, out_channels))
-        if method == "local-contrastive" and config.freeze_encoder:
-            logger.warning("freeze_encoder without a global stage freezes a random encoder")
-            for parameter in unet.encoder_parameters():
-                parameter.requires_grad_(False)
-    if method in ("restore", "n2n"):
-        # image outputs start at zero (He-initialised heads start far off the intensity range)
-        nn.init.zeros_(unet.head.weight)
-        nn.init.zeros_(unet.head.bias)
-    heads: dict[str, nn.Module] = {}
-    if method == "simclr":
-        heads["projection"] = ProjectionHead(config.base_channels * 2**config.depth, hidden=config.projection_dim, out_dim=config.projection_dim)
-    elif method == "local-contrastive":
-        heads["pixel_projection"] = PixelProjectionHead(config.base_channels, out_dim=config.pixel_projection_dim)
-    networks = nn.ModuleDict({"unet": unet, **heads}).to(device)
-    trainable = [p for p in networks.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
-    total_pixels = sum(int(np.prod(s.image.shape[1:])) for s in samples)
-    steps_per_epoch = config.steps_per_epoch or max(8, math.ceil(total_pixels / (config.patch**2 * config.batch_size)))
-    total_steps = steps_per_epoch * config.epochs
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps, eta_min=config.learning_rate * 0.02)
-    use_amp = device.type == "cuda"
-    corruption = config.corruption_config()
-    from segtune.core.train.augment import AugmentConfig
-
-    augmentation = AugmentConfig()
-
-    def step_loss() -> torch.Tensor:
-        if method == "n2n":
-            x, y = _n2n_batch(samples, pairs, config.patch, config.batch_size, rng)
-            x_t, y_t = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
-            with _autocast(device, use_amp):
-                output = unet(x_t)
-            # residual: the network learns the noise to take away, starting from the identity
-            return torch.mean((x_t + output.float() - y_t) ** 2)
-        if method == "local-contrastive":
-            x, y, valid = sampler.batch(config.batch_size, head="semantic" if config.head == "semantic" else "binary",
-                                        augmentation=augmentation, n_classes=config.n_classes)
-            x_t = torch.from_numpy(x).to(device)
-            with _autocast(device, use_amp):
-                embeddings = heads["pixel_projection"](unet_features(unet, x_t))
-            return local_supervised_contrastive_loss(embeddings.float(), torch.from_numpy(np.asarray(y, np.int64)).to(device),
-                                                     block_size=config.block_size, temperature=temperature,
-                                                     valid=torch.from_numpy(valid).to(device))
-        x, _, _ = sampler.batch(config.batch_size, head="binary", augmentation=None)
-        x_t = torch.from_numpy(x)
-        if method == "restore":
-            corrupted, _ = corrupt(x_t, corruption, generator=generator)
-            with _autocast(device, use_amp):
-                output = unet(corrupted.to(device))
-            return restoration_loss(output.float(), x_t.to(device), config.restore_loss, l1_weight=config.l1_weight)
-        view1, view2 = simclr_views(x_t, generator=generator)
-        with _autocast(device, use_amp):
-            z1 = heads["projection"](encode(unet, view1.to(device)))
-            z2 = heads["projection"](encode(unet, view2.to(device)))
-        return nt_xent_loss(z1.float(), z2.float(), temperature=temperature)
-
-    # --- the record ---
-    lineage = list(base_config.get("lineage", []))
-    if from_model is not None:
-        lineage.append({"from": str(from_model), "training": base_config.get("training", {}).get("data"),
-                        "metrics": base_config.get("metrics", {}), "segtune_version": base_config.get("segtune_version"),
-                        "pretext": (base_config.get("pretext") or {}).get("method")})
-    transfer = {"restore": "encoder", "simclr": "encoder", "local-contrastive": "encoder+decoder", "n2n": None}[method]
-    training_record: dict[str, Any] = {
+def _record(config: PretrainConfig, names: list[str], base_config: dict[str, Any], from_model: Any, device: torch.device,
+            provenance: dict[str, Any] | None) -> dict[str, Any]:
+    """The training record of the run (``config["training"]``)."""
+    return {
         **(provenance or {}),
-        "data": {"images": names, "pretext": method,
+        "data": {"images": names, "pretext": config.method,
                  **({"labels": list(provenance.get("label_files", []))} if provenance and "label_files" in provenance else {})},
         "settings": config.to_dict(),
         "device": str(device),
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "status": "running",
     }
-    pretext_record: dict[str, Any] = {"method": method, "transfer": transfer, "loss": _loss_name(config), "history": []}
-    if method == "n2n":
-        pretext_record["residual"] = True  # the denoised image is input + network output
+
+
+def _save(folder: Path, model: nn.Module, model_config: dict[str, Any], method: str, unet: nn.Module,
+          heads: dict[str, nn.Module], history: list[dict[str, Any]]) -> None:
+    """The model folder: the model, the pretext networks beside it, the log."""
+    from segtune.core.models.store import save_model
+
+    save_model(model, model_config, folder, overwrite=True)
     if method != "n2n":
-        pretext_record["weights"] = PRETEXT_WEIGHTS
-    normalization = {"method": "percentile", "low": float(config.normalization[0]), "high": float(config.normalization[1]), "clip": bool(config.clip)}
-    history: list[dict[str, Any]] = []
-
-    def output_model() -> tuple[nn.Module, dict[str, Any]]:
-        if method == "n2n":
-            model = copy.deepcopy(unet).cpu()
-            head = "image"
-            classes = [f"channel_{c}" for c in range(in_channels)]
-        else:
-            model = _segmentation_model(unet, config, with_decoder=method == "local-contrastive").cpu()
-            head = config.head
-            classes = None
-        model_config = default_config(model.architecture, head=head, normalization=normalization,
-                                      tile_shape=[config.patch, config.patch], training=training_record,
-                                      metrics={"pretext_loss": history[-1]["loss"]} if history else {},
-                                      lineage=lineage, pretext={**pretext_record, "history": history},
-                                      segtune_version=__version__)
-        if classes is not None:
-            model_config["classes"] = classes
-        model_config["description"] = _description(method, config)
-        return model.eval(), model_config
-
-    def save(model: nn.Module, model_config: dict[str, Any]) -> None:
-        if out_folder is None:
-            return
-        save_model(model, model_config, out_folder, overwrite=True)
-        if method != "n2n":
-            architectures = {"unet": unet.architecture, **{name: type(module).__name__ for name, module in heads.items()}}
-            _save_pretext_weights(out_folder, {"unet": unet, **heads}, architectures)
-        _write_log(out_folder, history)
-
-    if out_folder is not None:
-        save(*output_model())  # a valid folder from the start
-
-    report = Reporter(progress, cancel, stage="pretrain", total=total_steps)
-    deadline = started + config.max_minutes * 60 if config.max_minutes else None
-    stop_reason = "completed"
-    global_step = 0
-    try:
-        for epoch in range(1, config.epochs + 1):
-            epoch_start = time.monotonic()
-            networks.train()
-            if config.freeze_encoder and method == "local-contrastive":
-                for module in unet.encoder_modules():
-                    module.eval()
-            running, steps_done, out_of_time = 0.0, 0, False
-            for step in range(steps_per_epoch):
-                optimizer.zero_grad(set_to_none=True)
-                loss = step_loss()
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"the {method} loss became {loss.item()} at epoch {epoch}, step {step + 1}; lower the learning rate")
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                global_step += 1
-                running += float(loss.detach())
-                steps_done += 1
-                report.step(global_step, message=f"{method} epoch {epoch}/{config.epochs}", epoch=epoch, loss=running / steps_done)
-                if deadline is not None and time.monotonic() >= deadline:
-                    out_of_time = True
-                    break
-            history.append({"epoch": epoch, "loss": running / steps_done, "lr": optimizer.param_groups[0]["lr"],
-                            "steps": steps_done, "seconds": time.monotonic() - epoch_start})
-            save(*output_model())
-            if out_of_time:
-                stop_reason = "time_budget"
-                break
-    except Cancelled:
-        stop_reason = "cancelled"  # the folder keeps the last finished epoch
-
-    training_record.update(status="cancelled" if stop_reason == "cancelled" else "finished", stop_reason=stop_reason,
-                           epochs_run=len(history), seconds=round(time.monotonic() - started, 1),
-                           finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    model, model_config = output_model()
-    if out_folder is not None and (history or stop_reason != "cancelled"):
-        save(model, model_config)
-    networks.eval()
-    logger.info("%s pretraining stopped (%s) after %d epoch(s)", method, stop_reason, len(history))
-    return PretrainResult(model, model_config, history, stop_reason, out_folder, pretext_model=networks)
-
-
-def _loss_name(config: PretrainConfig) -> str:
-    return {
-        "restore": config.restore_loss,
-        "simclr": f"nt-xent (temperature {config.effective_temperature})",
-        "local-contrastive": f"local supervised contrastive (block {config.block_size}, temperature {config.effective_temperature})",
-        "n2n": "l2",
-    }[config.method]
-
-
-def _description(method: str, config: PretrainConfig) -> str:
-    return {
-        "restore": f"U-Net encoder pretrained by restoring corrupted images ({', '.join(config.corruptions)}); fine-tune with segtune train --from",
-        "simclr": "U-Net encoder pretrained with SimCLR (NT-Xent); start the local stage or fine-tune from it",
-        "local-contrastive": "U-Net pretrained with a local supervised contrastive loss; fine-tune with segtune train --from",
-        "n2n": "Noise2Noise denoiser trained on adjacent z-slices; apply before segmenting",
-    }[method]
+        architectures = {"unet": unet.architecture, **{name: type(module).__name__ for name, module in heads.items()}}
+        _save_pretext_weights(folder, {"unet": unet, **heads}, architectures)
+    write_csv_log(folder / LOG_NAME, ("epoch", "loss", "lr", "steps", "seconds"), history, formats={"seconds": ".1f"})
 
 
 def pretrain_files(

@@ -112,8 +112,10 @@ def model_probabilities(
     says, resized by its ``input_scale`` if it has one, run through
     :func:`segtune.core.predict.predict_raw` and the probabilities resized back.
     """
-    from segtune.core.normalize import percentile_normalize
+    from segtune.core.diameter import restore_shape
+    from segtune.core.normalize import model_percentiles, percentile_normalize
     from segtune.core.predict import predict_raw
+    from segtune.core.resize import resize_yx
 
     head = config.get("head")
     if head not in ("binary", "three_class", "semantic"):
@@ -127,24 +129,17 @@ def model_probabilities(
     in_channels = int(architecture.get("in_channels", 1))
     if image.ndim != 3 or image.shape[0] != in_channels:
         raise ValueError(f"the model takes {in_channels} channel(s) as (C, Y, X); the image has shape {image.shape}")
-    norm = config.get("normalization") or {}
-    low, high, clip = float(norm.get("low", 1.0)), float(norm.get("high", 99.8)), bool(norm.get("clip", False))
+    low, high, clip = model_percentiles(config)
     normalized = np.stack([percentile_normalize(c, low, high, clip=clip) for c in image]).astype(np.float32)
     scale = float(config.get("input_scale") or 1.0)
     shape = normalized.shape[1:]
     if scale != 1.0:
-        from skimage.transform import resize
-
-        scaled_shape = tuple(max(1, int(round(n * scale))) for n in shape)
-        normalized = resize(normalized, (normalized.shape[0], *scaled_shape), order=1, preserve_range=True,
-                            anti_aliasing=scale < 1).astype(np.float32)
+        normalized = resize_yx(normalized, scale, order=1)  # as training rescaled its images
     logits = predict_raw(model, normalized, spatial_dims=2, device=device)
     logits_t = torch.from_numpy(np.ascontiguousarray(logits))
     probabilities = (torch.sigmoid(logits_t) if head == "binary" else torch.softmax(logits_t, 0)).numpy()
     if scale != 1.0:
-        from skimage.transform import resize
-
-        probabilities = resize(probabilities, (probabilities.shape[0], *shape), order=1, preserve_range=True).astype(np.float32)
+        probabilities = restore_shape(probabilities, shape, order=1)
     return probabilities
 
 
