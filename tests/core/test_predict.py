@@ -374,15 +374,15 @@ def test_callers_model_is_left_alone(net2d):
 def test_prepared_copy_is_reused_until_the_weights_change():
     """The eval copy (BatchNorm folded, channels-last) is made once per model, and made again
     when the weights change in place (an optimiser step, load_state_dict) -- never stale."""
-    from segtune.core import predict as engine
+    from segtune.core.predict import runner
 
     torch.manual_seed(3)
     net = _warm(TinyUNet(2, 1, 1), (2, 1, 32, 32))
     image = rand(1, 40, 40, seed=3)
     first = predict_raw(net, image, spatial_dims=2, device="cpu")
-    (copy_before,) = (entry[1] for entry in engine._PREPARED[net].values())
+    (copy_before,) = (entry[1] for entry in runner._PREPARED[net].values())
     again = predict_raw(net, image, spatial_dims=2, device="cpu")
-    (copy_after,) = (entry[1] for entry in engine._PREPARED[net].values())
+    (copy_after,) = (entry[1] for entry in runner._PREPARED[net].values())
     assert copy_after is copy_before
     np.testing.assert_array_equal(again, first)
 

@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from segtune.core.predict import Job
 from segtune.core.progress import Cancelled, CancelToken, ProgressCallback, Reporter
 
 logger = logging.getLogger(__name__)
@@ -229,9 +230,9 @@ _WORKER_LOCK = threading.Lock()
 
 def _payload(model: Any, config: Mapping[str, Any] | None) -> _ModelPayload:
     """Load (a name or folder) and package a model for the workers."""
-    from segtune.core.predict import _resolve_model
+    from segtune.core.predict import resolve_model
 
-    module, resolved = _resolve_model(model, config, "cpu")
+    module, resolved = resolve_model(model, config, "cpu")
     architecture = resolved.get("architecture") or getattr(module, "architecture", None)
     if isinstance(module, torch.nn.Module) and isinstance(architecture, Mapping) and _rebuildable(module, architecture):
         from safetensors.torch import save
@@ -900,14 +901,6 @@ def predict_volume(
 
 
 @dataclass
-class _Job:
-    item: tuple[int, ...]
-    window: tuple[slice, ...]
-    kept: tuple[slice, ...]
-    inner: tuple[slice, ...]
-
-
-@dataclass
 class _VolumePlan:
     """Everything a chunk task needs besides the model and the source (small: travels per task)."""
 
@@ -927,10 +920,12 @@ def _plan_task(payload: _ModelPayload, source: tuple, options: dict[str, Any]) -
     """Worker side: the tiling one process would use on this worker's device, and the normalisation."""
     from segtune.core.device import select_device
     from segtune.core.predict import (
-        _normalizer,
-        _select_channels,
+        far_end_pad_mode,
+        memory_budget,
+        normalizer,
         plan_tiles,
         probe_model,
+        select_channels,
     )
 
     module, config = _worker_model(payload)
@@ -939,13 +934,13 @@ def _plan_task(payload: _ModelPayload, source: tuple, options: dict[str, Any]) -
     spatial_dims = int(architecture.get("spatial_dims", 2))
     in_channels = int(architecture.get("in_channels", 1))
     n_t, n_c, n_z, n_y, n_x = (int(s) for s in data.shape)
-    chosen = _select_channels(options.get("channel"), names, n_c, in_channels)
+    chosen = select_channels(options.get("channel"), names, n_c, in_channels)
     shape = (n_y, n_x) if spatial_dims == 2 else (n_z, n_y, n_x)
     n_items = n_t * n_z if spatial_dims == 2 else n_t
     device = options.get("device", "auto")
     torch_device = select_device(device)
     geometry = probe_model(module, spatial_dims=spatial_dims, in_channels=in_channels, device=device)
-    budget = _budget(torch_device, options.get("memory_limit"))
+    budget = memory_budget(torch_device, options.get("memory_limit"))
     padded = tuple(-(-s // d) * d for s, d in zip(shape, geometry.divisor, strict=True))
     tile_shape = options.get("tile_shape")
     if _zooms(options.get("diameter", "auto"), config):
@@ -966,11 +961,9 @@ def _plan_task(payload: _ModelPayload, source: tuple, options: dict[str, Any]) -
     )
     transform = None
     if options.get("normalize", True):
-        transform = _normalizer(data, chosen, config.get("normalization"))
-    # the engine's rule: reflect at the far end, unless an axis is thinner than its padding
-    pad_mode = "reflect" if all(p - s < s for p, s in zip(padded, shape, strict=True)) else "edge"
+        transform = normalizer(data, chosen, config.get("normalization"))
     return {
-        "plan": plan, "padded": padded, "pad_mode": pad_mode, "chosen": chosen, "transform": transform,
+        "plan": plan, "padded": padded, "pad_mode": far_end_pad_mode(shape, padded), "chosen": chosen, "transform": transform,
         "spatial_dims": spatial_dims, "shape": shape, "sizes": (n_t, n_c, n_z, n_y, n_x),
         "out_channels": int(geometry.out_channels or architecture.get("out_channels", 1)),
         "head": str(config.get("head", "binary")), "classes": list(config.get("classes") or []),
@@ -992,12 +985,6 @@ def _zooms(diameter: Any, config: Mapping[str, Any]) -> bool:
     return float(diameter) != float(model_diameter)
 
 
-def _budget(device: torch.device, memory_limit: Any) -> float:
-    from segtune.core.predict import _memory_budget
-
-    return _memory_budget(device, memory_limit)
-
-
 def _pixel_sizes(source: tuple) -> Any:
     if source[0] != "path":
         return None
@@ -1014,7 +1001,7 @@ _SOURCES_LOCK = threading.Lock()
 
 def _open_source(source: tuple) -> tuple[Any, list[str]]:
     """Worker side: the source as a lazy TCZYX array and its channel names (a file opened once per worker)."""
-    from segtune.core.predict import _as_tczyx
+    from segtune.core.predict import as_tczyx
 
     kind = source[0]
     if kind == "path":
@@ -1033,19 +1020,19 @@ def _open_source(source: tuple) -> tuple[Any, list[str]]:
                     _SOURCES.pop(next(iter(_SOURCES)))
                 _SOURCES[key] = hit
         return hit
-    data, names, _ = _as_tczyx(source[1], source[2], None)
+    data, names, _ = as_tczyx(source[1], source[2], None)
     return data, names
 
 
-def _jobs(info: dict[str, Any]) -> list[_Job]:
+def _jobs(info: dict[str, Any]) -> list[Job]:
     """Every tile of every item, in the order the single-process engine runs them."""
     plan = info["plan"]
     n_t, _, n_z = info["sizes"][:3]
     items = [(t, z) for t in range(n_t) for z in range(n_z)] if info["spatial_dims"] == 2 else [(t,) for t in range(n_t)]
-    return [_Job(item, *w) for item in items for w in plan.windows()]
+    return [Job(item, *w) for item in items for w in plan.windows()]
 
 
-def _group_jobs(jobs: list[_Job], batch_size: int, n_workers: int, tasks_per_worker: int) -> list[list[_Job]]:
+def _group_jobs(jobs: list[Job], batch_size: int, n_workers: int, tasks_per_worker: int) -> list[list[Job]]:
     """Consecutive whole batches per task, about ``tasks_per_worker`` tasks per worker."""
     batches = [jobs[i : i + batch_size] for i in range(0, len(jobs), batch_size)]
     wanted = max(1, n_workers * max(1, tasks_per_worker))
@@ -1055,13 +1042,13 @@ def _group_jobs(jobs: list[_Job], batch_size: int, n_workers: int, tasks_per_wor
 
 @_task
 def _predict_chunk_task(
-    payload: _ModelPayload, source: tuple, volume: _VolumePlan, jobs: list[_Job], out: str, index: int, probabilities: bool
+    payload: _ModelPayload, source: tuple, volume: _VolumePlan, jobs: list[Job], out: str, index: int, probabilities: bool
 ) -> int:
     """Worker side: run some of the plan's batches exactly as the engine would, write their kept regions."""
     import zarr
 
     from segtune.core import postprocess
-    from segtune.core.predict import _compute, _Source, predict
+    from segtune.core.predict import Source, compute, predict
 
     module, config = _worker_model(payload)
     data, _ = _open_source(source)
@@ -1070,14 +1057,14 @@ def _predict_chunk_task(
 
         def read(item: tuple[int, ...], box: tuple[slice, ...]) -> np.ndarray:
             t, z = item
-            return np.stack([_compute(data[t, c, z][box]) for c in chosen])
+            return np.stack([compute(data[t, c, z][box]) for c in chosen])
     else:
 
         def read(item: tuple[int, ...], box: tuple[slice, ...]) -> np.ndarray:
-            return np.stack([_compute(data[item[0], c][box]) for c in chosen])
+            return np.stack([compute(data[item[0], c][box]) for c in chosen])
 
     # the engine's own window reader: padding at the far end, then the image-wide normalisation
-    windows = _Source(read, volume.shape, volume.pad_mode, volume.transform)
+    windows = Source(read, volume.shape, volume.pad_mode, volume.transform)
     stacked = np.stack([windows.window(job.item, job.window)[1] for job in jobs])
     # each window an item of its own, one tile each, batched as the engine batched them (and never zoomed:
     # the windows are already the image's own pixels)
