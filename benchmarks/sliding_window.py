@@ -293,7 +293,7 @@ def stream(size: int, base: int, memory_limit: str, folder: Path) -> None:
     """Predict a ``size`` x ``size`` uint16 zarr image on disk into a zarr store; print time and peak RSS."""
     import zarr
 
-    from segtune.core.predict import predict
+    from segtune.core.predict import TilingOptions, predict
 
     source = folder / "input.zarr"
     print(f"\n=== streaming: {size} x {size} uint16 zarr -> zarr, U-Net base {base}, memory limit {memory_limit} ===", flush=True)
@@ -321,7 +321,7 @@ def stream(size: int, base: int, memory_limit: str, folder: Path) -> None:
     done: list = []
     t0 = time.perf_counter()
     result = predict(
-        (model, config), image, axes="YX", device="cpu", labels=False, memory_limit=memory_limit,
+        (model, config), image, axes="YX", device="cpu", labels=False, tiling=TilingOptions(memory_limit=memory_limit),
         out=folder / "probabilities.zarr", progress=done.append,
     )
     wall = time.perf_counter() - t0

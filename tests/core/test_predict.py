@@ -11,6 +11,7 @@ from torch import nn
 
 from segtune.core.predict import (
     ModelGeometry,
+    TilingOptions,
     plan_tiles,
     predict,
     predict_raw,
@@ -478,7 +479,7 @@ def test_predict_over_t_and_z_planes_with_channel_choice(net2d):
     stack = np.stack([rand(2, 3, 60, 70, seed=s) for s in range(2)])  # T=2, C=2, Z=3
     stack[:, 1] = stack[:, 1] * 50 + 300  # channel 1 in camera-like units
     config = _config("semantic", 1, 2, normalization={"method": "percentile", "low": 1.0, "high": 99.8})
-    result = predict((net2d, config), stack, channel=1, device="cpu", tile_shape=64)
+    result = predict((net2d, config), stack, channel=1, device="cpu", tiling=TilingOptions(tile_shape=64))
     assert result.probabilities.shape == (2, 2, 3, 60, 70)
     assert result.labels.shape == (2, 3, 60, 70)
     lo, hi = np.percentile(stack[:, 1], (1, 99.8))

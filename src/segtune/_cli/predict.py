@@ -284,6 +284,7 @@ def _write(path: Path, labels: np.ndarray, pixel_sizes: Any, axes: str, overwrit
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
     from segtune.cli import UsageError
+    from segtune.core.predict import ObjectOptions, TilingOptions
 
     tile = None
     if args.tile:
@@ -321,21 +322,16 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         if not diameter >= 0:
             raise UsageError(f"--diameter must be positive (or 0 for no zoom), got {args.diameter!r}")
     return {
-        "tile_shape": tile,
-        "overlap": args.overlap,
-        "batch_size": args.batch_size,
+        "tiling": TilingOptions(
+            tile_shape=tile, overlap=args.overlap, batch_size=args.batch_size, blend=args.blend,
+            precision=args.precision, memory_limit=args.memory_limit,
+        ),
         "device": args.device,
         "channel": channel,
         "instances": args.instances,
         "threshold": args.threshold,
-        "min_size": min_size,
-        "max_size": args.max_size,
-        "fill_holes": args.fill_holes,
-        "split": args.split,
+        "objects": ObjectOptions(split=args.split, min_size=min_size, max_size=args.max_size, fill_holes=args.fill_holes),
         "diameter": diameter,
-        "blend": args.blend,
-        "precision": args.precision,
-        "memory_limit": args.memory_limit,
         "scene": scene,
         "overwrite": args.overwrite,
     }

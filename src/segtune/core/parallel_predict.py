@@ -45,7 +45,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from segtune.core.predict import Job
+from segtune.core.predict import Job, ObjectOptions, TilingOptions
+from segtune.core.predict.frontend import option_group
 from segtune.core.progress import Cancelled, CancelToken, ProgressCallback, Reporter
 
 logger = logging.getLogger(__name__)
@@ -65,8 +66,6 @@ LABELS_ARRAY = "0"  # the OME-Zarr dataset path of the full-resolution labels
 PROBABILITIES_ARRAY = "probabilities"
 DONE_ARRAY = "tasks_done"
 _ATTRS_KEY = "segtune"
-# predict() options a volume split in chunks cannot honour: they look at whole objects or whole images
-_NOT_CHUNKABLE = ("instances", "split", "min_size", "max_size", "fill_holes", "skip_threshold")
 
 
 class PredictionFailed(RuntimeError):
@@ -350,7 +349,26 @@ def _check_options(options: Mapping[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(options) - known)
     if unknown:
         raise ValueError(f"unknown prediction option(s) {unknown}; predict() takes {sorted(known)}")
+    _tiling(options)  # refuse option groups of the wrong kind here, not on a worker
+    _objects(options)
     return dict(options)
+
+
+def _tiling(options: Mapping[str, Any]) -> TilingOptions:
+    return option_group(options.get("tiling"), TilingOptions, "tiling")
+
+
+def _objects(options: Mapping[str, Any]) -> ObjectOptions:
+    return option_group(options.get("objects"), ObjectOptions, "objects")
+
+
+def _not_chunkable(options: Mapping[str, Any]) -> list[str]:
+    """The options set that a volume split in chunks cannot honour: they look at whole objects or images."""
+    refused = ["instances"] if options.get("instances") not in (None, False, 0) else []
+    refused += _objects(options).whole_object_options()
+    if _tiling(options).skip_threshold not in (None, False, 0):
+        refused.append("skip_threshold")
+    return refused
 
 
 def _safe_name(name: str) -> str:
@@ -438,7 +456,7 @@ def predict_files(
         cancels what is queued and leaves every finished output valid.
     **options
         Any keyword :func:`segtune.core.predict.predict` takes (``channel``, ``threshold``,
-        ``instances``, ``tile_shape``, ``batch_size``, ``device``, ``memory_limit``, ...).
+        ``instances``, ``objects``, ``tiling``, ``device``, ...).
 
     Returns
     -------
@@ -831,8 +849,8 @@ def predict_volume(
         See :mod:`segtune.core.progress`; one step per finished task.
     **options
         Keywords of :func:`segtune.core.predict.predict` except those that need the whole image
-        at once (``instances``, ``split``, ``min_size``, ``max_size``, ``fill_holes``,
-        ``skip_threshold``); ``blend`` must be ``"exact"``.
+        at once (``instances``; ``objects`` with ``split``, ``min_size``, ``max_size`` or
+        ``fill_holes``; a ``tiling.skip_threshold``); ``tiling.blend`` must be ``"exact"``.
 
     Returns
     -------
@@ -906,8 +924,7 @@ class _VolumePlan:
 
     spatial_dims: int
     shape: tuple[int, ...]  # spatial
-    tile: tuple[int, ...]
-    batch_size: int
+    tiling: TilingOptions  # the plan's tile and batch, and the precision and memory limit asked for
     pad_mode: str
     chosen: list[int]
     head: str
@@ -938,11 +955,11 @@ def _plan_task(payload: _ModelPayload, source: tuple, options: dict[str, Any]) -
     shape = (n_y, n_x) if spatial_dims == 2 else (n_z, n_y, n_x)
     n_items = n_t * n_z if spatial_dims == 2 else n_t
     device = options.get("device", "auto")
+    tiling = _tiling(options)
     torch_device = select_device(device)
     geometry = probe_model(module, spatial_dims=spatial_dims, in_channels=in_channels, device=device)
-    budget = memory_budget(torch_device, options.get("memory_limit"))
+    budget = memory_budget(torch_device, tiling.memory_limit)
     padded = tuple(-(-s // d) * d for s, d in zip(shape, geometry.divisor, strict=True))
-    tile_shape = options.get("tile_shape")
     if _zooms(options.get("diameter", "auto"), config):
         raise ValueError(
             "the model zooms images to the object size it was trained at (diameter), which needs the whole image in "
@@ -956,7 +973,7 @@ def _plan_task(payload: _ModelPayload, source: tuple, options: dict[str, Any]) -
         )
     cpu = torch_device.type == "cpu"
     plan = plan_tiles(
-        shape, geometry, memory_limit=budget, tile_shape=tile_shape, batch_size=options.get("batch_size"),
+        shape, geometry, memory_limit=budget, tile_shape=tiling.tile_shape, batch_size=tiling.batch_size,
         chunks=None, n_items=n_items, max_batch=16 if cpu else 64, max_batch_pixels=(1 << 22) if cpu else None,
     )
     transform = None
@@ -1071,7 +1088,7 @@ def _predict_chunk_task(
     unzoomed = {"diameter": None} if "diameter" in inspect.signature(predict).parameters else {}
     result = predict(
         module, stacked, config=config, axes="TCYX" if volume.spatial_dims == 2 else "TCZYX", normalize=False,
-        labels=False, tile_shape=volume.tile, batch_size=volume.batch_size, **unzoomed, **volume.options,
+        labels=False, tiling=volume.tiling, **unzoomed, **volume.options,
     )
     group = zarr.open_group(out, mode="r+")
     labels_out = group[LABELS_ARRAY]
@@ -1123,14 +1140,15 @@ class _VolumeRun:
         tasks_per_worker: int = 4,
         torch_threads: int | None = None,
     ) -> _VolumeRun:
-        refused = [k for k in _NOT_CHUNKABLE if options.get(k) not in (None, False, 0)]
+        refused = _not_chunkable(options)
         if refused:
             raise ValueError(
                 f"{name}: {', '.join(refused)} need the whole image at once, and this one is predicted in chunks "
                 f"(it is larger than split_above); raise split_above or leave these options out"
             )
-        if options.get("blend", "exact") != "exact":
-            raise ValueError(f"{name}: a volume predicted in chunks needs blend='exact', got {options['blend']!r}")
+        tiling = _tiling(options)
+        if tiling.blend != "exact":
+            raise ValueError(f"{name}: a volume predicted in chunks needs blend='exact', got {tiling.blend!r}")
         self = cls()
         self.name = name
         self.destination = destination
@@ -1149,9 +1167,11 @@ class _VolumeRun:
         signature = _signature(payload.key, info, options, source, probabilities, len(groups))
         done = _open_volume_output(store, info, signature, len(groups), probabilities, overwrite)
         volume = _VolumePlan(
-            info["spatial_dims"], info["shape"], plan.tile, plan.batch_size, info["pad_mode"], info["chosen"],
-            info["head"], info["transform"],
-            {k: v for k, v in options.items() if k in ("threshold", "device", "precision", "memory_limit")},
+            info["spatial_dims"], info["shape"],
+            TilingOptions(tile_shape=plan.tile, batch_size=plan.batch_size, precision=tiling.precision,
+                          memory_limit=tiling.memory_limit),
+            info["pad_mode"], info["chosen"], info["head"], info["transform"],
+            {k: v for k, v in options.items() if k in ("threshold", "device")},
         )
         logger.info("%s: %d tiles of %s in %d tasks (%d already done)", name, len(jobs), plan.tile, len(groups), int(done.sum()))
         for index, group in enumerate(groups):

@@ -32,11 +32,18 @@ Where each part lives
               array, :func:`memory_budget`, :func:`parse_bytes`
 ``engine``    :func:`predict_raw` and :func:`execute`, the loop that runs the tiles
 ``inputs``    :func:`resolve_model`, :func:`as_tczyx`, channel choice, the normaliser
-``frontend``  :func:`predict` on TCZYX stacks, :class:`PredictionResult`, :func:`whole_image_settings`
+``frontend``  :func:`predict` on TCZYX stacks, :class:`PredictionResult`, its option groups
+              :class:`TilingOptions` and :class:`ObjectOptions`, :func:`whole_image_settings`
 """
 
 from segtune.core.predict.engine import Job, execute, predict_raw
-from segtune.core.predict.frontend import PredictionResult, predict, whole_image_settings
+from segtune.core.predict.frontend import (
+    ObjectOptions,
+    PredictionResult,
+    TilingOptions,
+    predict,
+    whole_image_settings,
+)
 from segtune.core.predict.inputs import as_tczyx, normalizer, resolve_model, select_channels
 from segtune.core.predict.probe import ModelGeometry, model_geometry, probe_model
 from segtune.core.predict.runner import PRECISIONS, Runner
@@ -53,11 +60,13 @@ __all__ = [
     "BLENDS",
     "Job",
     "ModelGeometry",
+    "ObjectOptions",
     "PRECISIONS",
     "PredictionResult",
     "Runner",
     "Source",
     "TilePlan",
+    "TilingOptions",
     "as_tczyx",
     "compute",
     "execute",

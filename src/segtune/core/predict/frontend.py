@@ -1,11 +1,11 @@
-"""The TCZYX front end: :func:`predict` (normalise, tile, activate, threshold, label) and its options."""
+"""The TCZYX front end: :func:`predict` (normalise, tile, activate, threshold, label) and its option groups."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -22,6 +22,96 @@ from segtune.core.predict.inputs import (
 from segtune.core.predict.tiling import TilePlan
 from segtune.core.predict.windows import Sink, Source, compute, open_output
 from segtune.core.progress import CancelToken, ProgressCallback, Reporter
+
+
+@dataclass(frozen=True)
+class TilingOptions:
+    """How :func:`predict` runs the model over the image (each as in :func:`predict_raw`).
+
+    Attributes
+    ----------
+    tile_shape
+        Largest window fed to the model (an int for all axes or one per axis); default as large
+        as ``memory_limit`` allows.
+    overlap
+        Gaussian blending only: fraction of the window neighbouring windows share (0.25).
+    batch_size
+        Tiles per forward pass (default: what memory allows).
+    blend
+        ``"exact"`` (stitched output equals one untiled pass) or ``"gaussian"``.
+    precision
+        ``"float32"``, or ``"bfloat16"``/``"float16"`` autocast.
+    memory_limit
+        Bytes (or ``"2GB"``) one forward pass may use.
+    skip_threshold
+        Skip tiles whose kept region holds no raw pixel above this (any channel); they read as
+        certain background.
+
+    Examples
+    --------
+    >>> TilingOptions(tile_shape=256, batch_size=4)  # doctest: +ELLIPSIS
+    TilingOptions(tile_shape=256, overlap=None, batch_size=4, blend='exact', ...)
+    """
+
+    tile_shape: int | Sequence[int] | None = None
+    overlap: float | Sequence[float] | None = None
+    batch_size: int | None = None
+    blend: str = "exact"
+    precision: str = "float32"
+    memory_limit: float | str | None = None
+    skip_threshold: float | None = None
+
+
+@dataclass(frozen=True)
+class ObjectOptions:
+    """How :func:`predict` separates and cleans the objects of its labels (pixels in 2D, voxels in 3D).
+
+    Attributes
+    ----------
+    split
+        Separate touching objects: a distance-transform watershed (binary head), or seeds at
+        distance peaks instead of interior components (three-class head). A config with
+        ``"split_instances": true`` (the bundled nuclei models) always splits.
+    min_distance
+        Seed spacing for ``split`` (default a quarter of the object diameter, a third for
+        three-class heads: the ``diameter`` used, else the config's ``object_diameter``, else 5).
+    min_size
+        Drop smaller objects. ``"auto"`` (or None): :func:`segtune.core.postprocess.default_min_size`
+        of the object diameter (the ``diameter`` used, else the config's ``object_diameter``), 10 px
+        without one.
+    max_size
+        Drop larger objects.
+    fill_holes
+        Fill holes inside objects.
+
+    Examples
+    --------
+    >>> ObjectOptions(min_size="auto", fill_holes=True).whole_object_options()
+    ['min_size', 'fill_holes']
+    """
+
+    split: bool = False
+    min_distance: int | None = None
+    min_size: int | str | None = 0
+    max_size: int | None = None
+    fill_holes: bool = False
+
+    def whole_object_options(self) -> list[str]:
+        """The options set here that look at whole objects (a prediction streamed or split into
+        chunks cannot apply them): ``split``, ``min_size``, ``max_size``, ``fill_holes``."""
+        return [name for name in ("split", "min_size", "max_size", "fill_holes") if getattr(self, name) not in (None, False, 0)]
+
+
+_Options = TypeVar("_Options", TilingOptions, ObjectOptions)
+
+
+def option_group(value: _Options | None, kind: type[_Options], name: str) -> _Options:
+    """``value``, or the defaults of ``kind`` for None; anything else is refused, naming the argument."""
+    if value is None:
+        return kind()
+    if not isinstance(value, kind):
+        raise TypeError(f"{name} must be a {kind.__name__} (or None), got {type(value).__name__}: {value!r}")
+    return value
 
 
 @dataclass
@@ -64,21 +154,11 @@ def predict(
     channel_names: Sequence[str] | None = None,
     threshold: float = 0.5,
     instances: bool = False,
-    split: bool = False,
-    min_distance: int | None = None,
-    min_size: int | str | None = 0,
-    max_size: int | None = None,
-    fill_holes: bool = False,
+    objects: ObjectOptions | None = None,
     normalize: bool = True,
     labels: bool = True,
-    tile_shape: int | Sequence[int] | None = None,
-    overlap: float | Sequence[float] | None = None,
-    batch_size: int | None = None,
+    tiling: TilingOptions | None = None,
     device: str | torch.device = "auto",
-    blend: str = "exact",
-    precision: str = "float32",
-    memory_limit: float | str | None = None,
-    skip_threshold: float | None = None,
     out: Any = None,
     diameter: float | str | None = "auto",
     progress: ProgressCallback | None = None,
@@ -108,23 +188,20 @@ def predict(
     threshold
         Foreground probability threshold.
     instances
-        Label objects: connected components (binary head; ``split`` separates touching objects
-        with a distance-transform watershed) or a seeded watershed (three-class head; ``split``
-        seeds it at distance peaks instead of interior components). A config with
-        ``"split_instances": true`` (the bundled nuclei models) always splits.
-    min_distance
-        Seed spacing for ``split`` (default a quarter of the object diameter, a third for
-        three-class heads: the ``diameter`` used, else the config's ``object_diameter``, else 5).
-    min_size, max_size, fill_holes
-        Object filters (pixels in 2D, voxels in 3D). ``min_size="auto"`` (or None) drops objects
-        smaller than :func:`segtune.core.postprocess.default_min_size` of the object diameter
-        (the ``diameter`` used, else the config's ``object_diameter``), 10 px without one.
+        Label objects: connected components (binary head) or a seeded watershed (three-class
+        head); False gives a 0/1 mask (class indices for a semantic head).
+    objects
+        Splitting touching objects and the size and hole filters (:class:`ObjectOptions`;
+        default: no splitting, no filter).
     normalize
         Apply the config's normalisation (percentiles per channel over the whole image).
     labels
         Compute ``labels`` (False: probabilities only, e.g. for an output that does not fit in memory).
-    tile_shape, overlap, batch_size, device, blend, precision, memory_limit, skip_threshold
-        As in :func:`predict_raw`; skipped tiles read as background.
+    tiling
+        Tile shape, overlap, batch size, blending, precision, memory limit, tile skipping
+        (:class:`TilingOptions`; default: all automatic, exact tiling in float32).
+    device
+        ``"auto"`` (CUDA, then MPS, then CPU), ``"cuda"``, ``"mps"`` or ``"cpu"``.
     out
         Where the probabilities go (see :func:`predict_raw`), shape ``(T, K, Z, Y, X)``.
     diameter
@@ -150,7 +227,16 @@ def predict(
     ValueError
         For a channel that does not exist, a channel count the model cannot take, or a config
         without the needed fields.
+    TypeError
+        For ``tiling`` or ``objects`` that are not a :class:`TilingOptions` or :class:`ObjectOptions`.
+
+    Examples
+    --------
+    >>> result = predict("nuclei-2d", image, instances=True, objects=ObjectOptions(min_size="auto"),
+    ...                  tiling=TilingOptions(tile_shape=512))  # doctest: +SKIP
     """
+    tiling = option_group(tiling, TilingOptions, "tiling")
+    objects = option_group(objects, ObjectOptions, "objects")
     model, config = resolve_model(model, config, device)
     head = str(config.get("head", "binary"))
     architecture = config.get("architecture", {}) or {}
@@ -217,12 +303,12 @@ def predict(
 
     activation = _activation(head)
     skip_value = _background_probabilities(head, int(architecture.get("out_channels", 1)))
-    skip = make_skip(skip_threshold, None, shape)
+    skip = make_skip(tiling.skip_threshold, None, shape)
     source = Source(read, shape, "reflect", transform)
     probabilities = execute(
         model, source, items, spatial_dims=spatial_dims, in_channels=in_channels, make_output=make_output,
-        tile_shape=tile_shape, overlap=overlap, batch_size=batch_size, device=device, blend=blend,
-        precision=precision, memory_limit=memory_limit, halo=None, divisor=None, skip=skip,
+        tile_shape=tiling.tile_shape, overlap=tiling.overlap, batch_size=tiling.batch_size, device=device,
+        blend=tiling.blend, precision=tiling.precision, memory_limit=tiling.memory_limit, halo=None, divisor=None, skip=skip,
         skip_value=skip_value, sigma_scale=0.125, activation=activation, progress=phases.tiles, cancel=cancel,
         cpu_tile_pixels=CPU_TILE_PIXELS,
     )
@@ -235,18 +321,20 @@ def predict(
     from segtune.core import postprocess
 
     object_size = used_diameter or config.get("object_diameter")
+    min_size = objects.min_size
     if min_size is None or min_size == "auto":
         min_size = postprocess.default_min_size(object_size, spatial_dims)
     if labels and head != "image":
         # a model can ask for distance-peak seeds (the bundled nuclei models do: it splits
         # touching nuclei their boundary class missed); three-class seeds sit a third of a
         # diameter apart, binary split seeds a quarter
-        split = split or bool(config.get("split_instances", False))
+        split = objects.split or bool(config.get("split_instances", False))
+        min_distance = objects.min_distance
         if min_distance is None:
             min_distance = postprocess.default_seed_distance(object_size, head)
         result_labels = _label_stack(
             probabilities, head, spatial_dims, postprocess, threshold=threshold, instances=instances, split=split,
-            min_distance=min_distance, min_size=int(min_size), max_size=max_size, fill_holes=fill_holes,
+            min_distance=min_distance, min_size=int(min_size), max_size=objects.max_size, fill_holes=objects.fill_holes,
             step=phases.labelled,
         )
     return PredictionResult(probabilities, result_labels, head, classes, used_diameter, int(min_size))
