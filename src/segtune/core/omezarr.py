@@ -353,6 +353,7 @@ def predict_to_ome_zarr(
     """
     from segtune.core.postprocess import mask_from_probabilities
     from segtune.core.predict import ObjectOptions, predict
+    from segtune.core.predict.files import storage_dtype
 
     target = labels_target(destination, name)
     if target.exists() and not overwrite:
@@ -365,9 +366,8 @@ def predict_to_ome_zarr(
         if result.labels is None:
             raise ValueError(f"the model's head {result.head!r} gives no labels to write")
         labels = np.asarray(result.labels)
-        top = int(labels.max(initial=0))
-        small = np.uint16 if options.get("instances") else np.uint8  # instance labels as the OME-TIFF output has them
-        labels = labels.astype(small if top <= np.iinfo(small).max else np.uint16 if top <= 65535 else np.uint32)
+        narrowest = np.uint16 if options.get("instances") else np.uint8  # instance labels as the OME-TIFF output has them
+        labels = labels.astype(storage_dtype(int(labels.max(initial=0)), narrowest))
         labels, axes = _squeeze_tz(da.from_array(labels, chunks=(1, 1, *labels.shape[2:])))
         return write_ome_zarr_labels(destination, labels, axes=axes, pixel_sizes=pixel_sizes, name=name, overwrite=overwrite)
 

@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from segtune.core.predict import Job, ObjectOptions, TilingOptions
+from segtune.core.predict import Job, ObjectOptions, TilingOptions, predict_file
 from segtune.core.predict.frontend import option_group
 from segtune.core.progress import Cancelled, CancelToken, ProgressCallback, Reporter
 
@@ -399,7 +399,7 @@ def predict_files(
     retries: int = 2,
     split_above: float | str | None = "auto",
     torch_threads: int | None = None,
-    file_function: Callable[..., Any] | None = None,
+    label_dtype: type | np.dtype = np.uint8,
     raise_on_failure: bool = True,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
@@ -443,11 +443,10 @@ def predict_files(
         thread count in the last bit, so labels equal a single-process run's bit for bit when
         this is that process's ``torch.get_num_threads()``; otherwise probabilities agree to
         about 1e-7 and a label differs only where a probability sits that close to the threshold.
-    file_function
-        What a task does with one file (TIFF output): ``file_function(input_path, output_path,
-        model=(module, config), scene=scene, overwrite=True, **options)``, importable on the workers.
-        Default :func:`predict_file`; ``segtune predict`` passes its own, so that a file predicted
-        on a cluster is written exactly as the single-process command writes it.
+    label_dtype
+        TIFF output: the narrowest unsigned type to store labels in (see :func:`predict_file`,
+        which each task runs, as ``segtune predict`` does for each input; it asks uint16 for
+        instance labels). The default gives the smallest type that holds them.
     raise_on_failure
         Raise :class:`PredictionFailed` when some inputs failed (after all others are written);
         False: report them in ``ParallelReport.failed``.
@@ -481,8 +480,6 @@ def predict_files(
         raise ValueError(f"output_format must be one of {', '.join(OUTPUT_FORMATS)}, got {output_format!r}")
     if retries < 0:
         raise ValueError(f"retries must be 0 or more, got {retries}")
-    if file_function is not None and output_format != "tif":
-        raise ValueError(f"file_function writes TIFF files; it cannot be combined with output_format={output_format!r}")
     options = _check_options(options)
     paths = [Path(p) for p in inputs]
     if not paths:
@@ -523,7 +520,7 @@ def predict_files(
         for name, path in whole:
             future = dask_client.submit(
                 _predict_file_task, model_future, str(path), scene, str(destinations[name]), options, output_format,
-                file_function, key=_task_key("predict", name, run), retries=retries, pure=False, torch_threads=torch_threads,
+                label_dtype, key=_task_key("predict", name, run), retries=retries, pure=False, torch_threads=torch_threads,
             )
             futures[future] = name
         report.tasks += len(futures)
@@ -671,12 +668,12 @@ def _predict_file_task(
     destination: str,
     options: dict[str, Any],
     output_format: str,
-    file_function: Callable[..., Any] | None,
+    label_dtype: type | np.dtype,
 ) -> str:
     """Worker side: one file, predicted exactly as a single process would, written atomically."""
     model = _worker_model(payload)
     if output_format == "tif":
-        (file_function or predict_file)(path, destination, model=model, scene=scene, overwrite=True, **options)
+        predict_file(path, destination, model=model, scene=scene, overwrite=True, label_dtype=label_dtype, **options)
         return destination
     from segtune.core.io import open_image
     from segtune.core.predict import predict
@@ -687,54 +684,6 @@ def _predict_file_task(
         raise ValueError(f"the model's head {result.head!r} gives no labels to write")
     _write_zarr_whole(Path(destination), result.labels, image.physical_pixel_sizes, source=path)
     return destination
-
-
-def predict_file(
-    input_path: str | os.PathLike,
-    output_path: str | os.PathLike,
-    *,
-    model: Any,
-    scene: int | str | None = None,
-    overwrite: bool = False,
-    **options: Any,
-) -> Path:
-    """Predict one image file and write its labels as an OME-TIFF (what one task of :func:`predict_files` does).
-
-    Parameters
-    ----------
-    input_path, output_path
-        The image and the ``.tif`` to write (atomically).
-    model
-        A model name or folder, or a ``(module, config)`` pair.
-    scene
-        Scene (CZI) or series (TIFF) to read.
-    overwrite
-        Replace ``output_path`` if it exists.
-    **options
-        Keywords of :func:`segtune.core.predict.predict`.
-
-    Returns
-    -------
-    Path
-        The file written: ``(T, Z, Y, X)`` labels without length-1 T and Z, with the input's pixel sizes.
-    """
-    from segtune.core.io import open_image, write_labels
-    from segtune.core.predict import predict
-
-    image = open_image(input_path, scene)
-    result = predict(model, image, **options)
-    if result.labels is None:
-        raise ValueError(f"the model's head {result.head!r} gives no labels to write")
-    labels, axes = _squeeze_labels(np.asarray(result.labels))
-    return write_labels(output_path, labels, image.physical_pixel_sizes, overwrite=overwrite, axes=axes)
-
-
-def _squeeze_labels(labels: np.ndarray) -> tuple[np.ndarray, str]:
-    """``(T, Z, Y, X)`` labels without the length-1 T and Z axes, and the axes left."""
-    axes = "TZYX"
-    keep = [i for i, n in enumerate(labels.shape) if i >= 2 or n > 1]
-    squeezed = labels.reshape([labels.shape[i] for i in keep])
-    return squeezed, "".join(axes[i] for i in keep)
 
 
 # --- OME-Zarr output ---------------------------------------------------------------------------

@@ -34,9 +34,12 @@ Where each part lives
 ``inputs``    :func:`resolve_model`, :func:`as_tczyx`, channel choice, the normaliser
 ``frontend``  :func:`predict` on TCZYX stacks, :class:`PredictionResult`, its option groups
               :class:`TilingOptions` and :class:`ObjectOptions`, :func:`whole_image_settings`
+``files``     :func:`predict_file`: one image file in, its label file out (``segtune predict``
+              and each task of :mod:`segtune.core.parallel_predict`)
 """
 
 from segtune.core.predict.engine import Job, execute, predict_raw
+from segtune.core.predict.files import PredictedFile, predict_file
 from segtune.core.predict.frontend import (
     ObjectOptions,
     PredictionResult,
@@ -62,6 +65,7 @@ __all__ = [
     "ModelGeometry",
     "ObjectOptions",
     "PRECISIONS",
+    "PredictedFile",
     "PredictionResult",
     "Runner",
     "Source",
@@ -77,6 +81,7 @@ __all__ = [
     "parse_bytes",
     "plan_tiles",
     "predict",
+    "predict_file",
     "predict_raw",
     "probe_model",
     "resolve_model",
