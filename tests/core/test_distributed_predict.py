@@ -97,9 +97,9 @@ def model_2d(tmp_path_factory) -> Path:
 
 
 def test_files_equal_single_process_and_model_built_once(client, crops, model_2d, tmp_path):
-    before = client.run(parallel_predict._worker_builds)
+    before = client.run(parallel_predict.cluster.worker_builds)
     report = parallel_predict.predict_files(model_2d, crops, tmp_path / "out", client=client, device="cpu", torch_threads=THREADS)
-    after = client.run(parallel_predict._worker_builds)
+    after = client.run(parallel_predict.cluster.worker_builds)
     assert sorted(report.computed) == sorted(p.name for p in crops)
     assert report.tasks == 4 and not report.failed
     loaded = load_model(model_2d)  # one object: its tiling geometry is measured once
