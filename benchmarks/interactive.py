@@ -108,7 +108,7 @@ class PhaseTimer:
     # (module, attribute, phase)
     TARGETS = (
         ("segtune.core.diameter", "estimate_diameter", "diameter"),
-        ("segtune.core.predict", "_execute", "network"),
+        ("segtune.core.predict.frontend", "execute", "network"),
         ("segtune.core.diameter", "rescale_stack", "zoom"),
         ("segtune.core.diameter", "restore_stack", "zoom"),
         ("segtune.core.postprocess", "postprocess", "post"),

@@ -60,6 +60,7 @@ def run(path: Path, base: int, memory_limit: str) -> None:
 
     from segtune.core.io import open_image
     from segtune.core.omezarr import predict_to_ome_zarr
+    from segtune.core.predict import TilingOptions
 
     model = make_model(2, 3, base, synthetic_nuclei((256, 256), seed=2))
     config = {"architecture": model.architecture, "head": "binary",
@@ -73,7 +74,7 @@ def run(path: Path, base: int, memory_limit: str) -> None:
     t0 = time.perf_counter()
     with dask.config.set(scheduler="synchronous"):  # one chunk at a time: the memory bound, not speed
         target = predict_to_ome_zarr((model, config), image, path, name="segtune", device="cpu", diameter=None,
-                                     memory_limit=memory_limit, progress=done.append)
+                                     tiling=TilingOptions(memory_limit=memory_limit), progress=done.append)
     wall = time.perf_counter() - t0
     peak = peak_rss()
     levels = [zarr.open_array(str(p), mode="r").shape for p in sorted(target.iterdir()) if p.is_dir()]

@@ -136,9 +136,9 @@ def run_untiled(model: torch.nn.Module, image: np.ndarray) -> np.ndarray:
 
 def run_untiled_fast(model: torch.nn.Module, image: np.ndarray) -> np.ndarray:
     """The same single pass with the optimisations segtune applies (a fair floor for it)."""
-    from segtune.core.predict import _Runner
+    from segtune.core.predict import Runner
 
-    runner = _Runner(model, torch.device("cpu"), "float32", image.ndim)
+    runner = Runner(model, torch.device("cpu"), "float32", image.ndim)
     return runner.run(image[None, None])[0]
 
 
@@ -154,9 +154,9 @@ def run_monai(model: torch.nn.Module, image: np.ndarray, roi: tuple[int, ...], b
 
     predictor: Any = model
     if fast:
-        from segtune.core.predict import _Runner
+        from segtune.core.predict import Runner
 
-        predictor = _Runner(model, torch.device("cpu"), "float32", image.ndim).forward
+        predictor = Runner(model, torch.device("cpu"), "float32", image.ndim).forward
     with torch.inference_mode():
         out = sliding_window_inference(
             torch.from_numpy(image)[None, None], roi, batch, predictor, overlap=0.25, mode="gaussian"
@@ -173,14 +173,14 @@ def bench_case(
     extras: bool = True,
     monai_fast: bool = False,
 ) -> dict:
-    from segtune.core.predict import _geometry, _memory_budget, _Runner, plan_tiles
+    from segtune.core.predict import Runner, memory_budget, model_geometry, plan_tiles
 
     print(f"\n=== {name}: input {image.shape}, {repeats} round(s) ===", flush=True)
     t0 = time.perf_counter()
-    runner = _Runner(model, torch.device("cpu"), "float32", image.ndim)
-    geometry = _geometry(runner, model, image.ndim, 1, None, None)
+    runner = Runner(model, torch.device("cpu"), "float32", image.ndim)
+    geometry = model_geometry(runner, model, image.ndim, 1, None, None)
     print(f"probe (once per model, cached): {time.perf_counter() - t0:.1f} s -> {geometry}", flush=True)
-    for label, budget in (("auto", _memory_budget(torch.device("cpu"), None)), (limit, _memory_budget(torch.device("cpu"), limit))):
+    for label, budget in (("auto", memory_budget(torch.device("cpu"), None)), (limit, memory_budget(torch.device("cpu"), limit))):
         plan = plan_tiles(image.shape, geometry, memory_limit=budget)
         print(f"segtune plan ({label}): tile {plan.tile} x {plan.counts}, work {plan.work:.3f}x untiled, batch {plan.batch_size}", flush=True)
     del runner
@@ -293,7 +293,7 @@ def stream(size: int, base: int, memory_limit: str, folder: Path) -> None:
     """Predict a ``size`` x ``size`` uint16 zarr image on disk into a zarr store; print time and peak RSS."""
     import zarr
 
-    from segtune.core.predict import predict
+    from segtune.core.predict import TilingOptions, predict
 
     source = folder / "input.zarr"
     print(f"\n=== streaming: {size} x {size} uint16 zarr -> zarr, U-Net base {base}, memory limit {memory_limit} ===", flush=True)
@@ -321,7 +321,7 @@ def stream(size: int, base: int, memory_limit: str, folder: Path) -> None:
     done: list = []
     t0 = time.perf_counter()
     result = predict(
-        (model, config), image, axes="YX", device="cpu", labels=False, memory_limit=memory_limit,
+        (model, config), image, axes="YX", device="cpu", labels=False, tiling=TilingOptions(memory_limit=memory_limit),
         out=folder / "probabilities.zarr", progress=done.append,
     )
     wall = time.perf_counter() - t0

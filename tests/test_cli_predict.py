@@ -194,11 +194,11 @@ def test_min_size_default_is_the_one_rule_shared_with_the_widget(model_dir, tmp_
 
 def test_progress_counts_tiles_and_planes_not_one_jump(model_dir):
     from segtune.core.models.store import load_model
-    from segtune.core.predict import predict
+    from segtune.core.predict import TilingOptions, predict
 
     stack = np.stack([_blobs((70, 90), seed=s) for s in range(4)])
     events = []
-    predict(load_model(model_dir), stack, axes="ZYX", device="cpu", tile_shape=48, progress=events.append)
+    predict(load_model(model_dir), stack, axes="ZYX", device="cpu", tiling=TilingOptions(tile_shape=48), progress=events.append)
     done = [e.done for e in events]
     assert done == sorted(done) and events[-1].done == events[-1].total
     assert len(set(done)) > 4  # tiles, then each plane labelled, not 0/1 -> 1/1
@@ -233,7 +233,7 @@ def test_every_option_of_every_command_has_help_and_sensible_defaults():
 
 def test_channel_names_a_colour_channel_of_a_czi(model_dir, colour_czi, czi_dir, tmp_path, capsys):
     from segtune.core.models.store import load_model
-    from segtune.core.predict import predict
+    from segtune.core.predict import ObjectOptions, predict
 
     out = tmp_path / "out"
     base = ["predict", "--model", str(model_dir), "--out", str(out), "--device", "cpu"]
@@ -243,7 +243,7 @@ def test_channel_names_a_colour_channel_of_a_czi(model_dir, colour_czi, czi_dir,
     assert "a colour channel by its name (Bright, Pol_0, Pol_45) gives the mean of its samples" in err
     assert main([*base, str(colour_czi), "--channel", "Pol_0"]) == 0
     grey = open_image(colour_czi).data[0, 3:6, 0].compute().astype(np.float32).mean(axis=0)  # Pol_0's samples
-    expected = predict(load_model(model_dir), grey, device="cpu", min_size="auto").labels[0, 0]
+    expected = predict(load_model(model_dir), grey, device="cpu", objects=ObjectOptions(min_size="auto")).labels[0, 0]
     np.testing.assert_array_equal(read_labels(out / "polarisation_labels.tif"), expected)
     # the shared RGB CZI: its one colour channel has no name of its own; it is "RGB"
     assert main([*base, str(czi_dir / "RGB-8bit.czi"), "--channel", "RGB"]) == 0

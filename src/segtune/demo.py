@@ -156,7 +156,7 @@ def run_demo(
     from segtune.core.metrics import evaluate, overlay, save_overlay_png
     from segtune.core.models.store import save_model
     from segtune.core.models.unet import build_model, default_architecture
-    from segtune.core.predict import predict
+    from segtune.core.predict import ObjectOptions, predict
     from segtune.core.train.trainer import TrainConfig, held_out_summary, train
 
     started = time.monotonic()
@@ -206,8 +206,8 @@ def run_demo(
     split = start_config.get("head") == "binary"
 
     def segment(model: Any, config: dict[str, Any]) -> np.ndarray:
-        result = predict(model, image, config=config, axes="YX", instances=True, split=split, min_size=MIN_SIZE,
-                         device=device, progress=progress)
+        result = predict(model, image, config=config, axes="YX", instances=True,
+                         objects=ObjectOptions(split=split, min_size=MIN_SIZE), device=device, progress=progress)
         return np.asarray(result.labels)[0, 0]
 
     before = segment(start_model, start_config)

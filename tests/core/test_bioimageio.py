@@ -13,7 +13,7 @@ import yaml
 from segtune.cli import main
 from segtune.core.models.bioimageio import BioimageioUnsupported, load_bioimageio
 from segtune.core.models.store import load_model
-from segtune.core.predict import predict
+from segtune.core.predict import ObjectOptions, predict
 from segtune.core.synthetic import synthetic_nuclei
 
 
@@ -74,7 +74,7 @@ def test_cli_predict_with_a_package_and_unsupported_packages(package: Path, tmp_
     tifffile.imwrite(tmp_path / "cells.tif", image)
     assert main(["predict", "--model", str(package), str(tmp_path / "cells.tif"), "--out", str(tmp_path / "out"), "--instances"]) == 0
     written = tifffile.imread(tmp_path / "out" / "cells_labels.tif")
-    expected = predict(load_model("nuclei-2d"), image, device="cpu", instances=True, min_size="auto").labels[0, 0]
+    expected = predict(load_model("nuclei-2d"), image, device="cpu", instances=True, objects=ObjectOptions(min_size="auto")).labels[0, 0]
     np.testing.assert_array_equal(written, expected)
 
     # unsupported: architecture code only (no weights segtune can build), and not a package at all

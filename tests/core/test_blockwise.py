@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from scipy import ndimage
 from skimage.measure import label
 
-from segtune.core import blockwise
 from segtune.core.metrics import matched_metrics
+from segtune.core.predict import ObjectOptions, blockwise
 from segtune.core.progress import Cancelled, CancelToken
 
 DSB_IMAGE = "150b0ffa318c87b3"  # a 520 x 696 DSB 2018 validation image, 198 nuclei of ~20 px
@@ -105,12 +105,12 @@ def test_blockwise_prediction_matches_the_whole_image(dsb, nuclei_model, tmp_pat
     from segtune.core.predict import predict
 
     image, truth = dsb
-    whole = predict(nuclei_model, image, instances=True, min_size="auto")
+    whole = predict(nuclei_model, image, instances=True, objects=ObjectOptions(min_size="auto"))
     whole_labels = np.asarray(whole.labels)[0, 0]
     events = []
     path, objects, diameter, min_size = blockwise.predict_to_tiff(
         nuclei_model, image, tmp_path / "labels.tif", block=256, pixel_sizes=(None, 0.5, 0.5), progress=events.append,
-        min_size="auto")
+        objects=ObjectOptions(min_size="auto"))
     labels = tifffile.imread(path)
     page = tifffile.TiffFile(path).pages[0]
     assert page.is_tiled and page.tilelength == 256 and labels.dtype == np.uint32

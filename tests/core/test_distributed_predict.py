@@ -19,7 +19,7 @@ from segtune.core import parallel_predict  # noqa: E402
 from segtune.core.io import open_image, read_labels  # noqa: E402
 from segtune.core.models.store import default_config, load_model, save_model  # noqa: E402
 from segtune.core.models.unet import UNet  # noqa: E402
-from segtune.core.predict import predict  # noqa: E402
+from segtune.core.predict import TilingOptions, predict  # noqa: E402
 
 pytestmark = pytest.mark.slow  # a 2-worker cluster takes seconds to start on a small machine
 
@@ -97,9 +97,9 @@ def model_2d(tmp_path_factory) -> Path:
 
 
 def test_files_equal_single_process_and_model_built_once(client, crops, model_2d, tmp_path):
-    before = client.run(parallel_predict._worker_builds)
+    before = client.run(parallel_predict.cluster.worker_builds)
     report = parallel_predict.predict_files(model_2d, crops, tmp_path / "out", client=client, device="cpu", torch_threads=THREADS)
-    after = client.run(parallel_predict._worker_builds)
+    after = client.run(parallel_predict.cluster.worker_builds)
     assert sorted(report.computed) == sorted(p.name for p in crops)
     assert report.tasks == 4 and not report.failed
     loaded = load_model(model_2d)  # one object: its tiling geometry is measured once
@@ -152,7 +152,7 @@ def volume(tmp_path_factory, nuclei_planes) -> Path:
 def test_volume_in_chunks_equals_single_process_bit_for_bit(client, volume, tmp_path):
     model = _tiny_model(3, seed=2)
     config = default_config(model.architecture)
-    options = {"tile_shape": (16, 72, 72), "batch_size": 2, "device": "cpu"}  # 2 x 2 tiles, halos included
+    options = {"tiling": TilingOptions(tile_shape=(16, 72, 72), batch_size=2), "device": "cpu"}  # 2 x 2 tiles, halos included
     out = tmp_path / "stack_labels.zarr"
     report = parallel_predict.predict_volume((model, config), volume, out, client=client, probabilities=True,
                                               torch_threads=THREADS, **options)
@@ -186,7 +186,7 @@ def test_a_zooming_model_is_split_only_when_told_not_to_zoom(client, volume, tmp
         pytest.skip("this version of predict() does not zoom to the model's object size")
     model = _tiny_model(3, seed=2)
     config = {**default_config(model.architecture), "object_diameter": 12.0, "auto_diameter": True}
-    options = {"tile_shape": (16, 72, 72), "batch_size": 2, "device": "cpu"}
+    options = {"tiling": TilingOptions(tile_shape=(16, 72, 72), batch_size=2), "device": "cpu"}
     with pytest.raises(ValueError, match="zooms images"):  # zooming needs the whole image in memory
         parallel_predict.predict_volume((model, config), volume, tmp_path / "a.zarr", client=client, retries=0,
                                         torch_threads=THREADS, **options)
@@ -199,7 +199,7 @@ def test_a_zooming_model_is_split_only_when_told_not_to_zoom(client, volume, tmp
 
 
 def test_large_file_split_by_a_2d_model_writes_the_same_tiff(client, volume, model_2d, tmp_path):
-    options = {"tile_shape": 72, "batch_size": 3, "device": "cpu"}  # 4 tiles a plane, 16 planes
+    options = {"tiling": TilingOptions(tile_shape=72, batch_size=3), "device": "cpu"}  # 4 tiles a plane, 16 planes
     report = parallel_predict.predict_files(model_2d, [volume], tmp_path / "out", client=client, split_above=1,
                                              torch_threads=THREADS, **options)
     assert report.tasks > 1 and report.computed[0].startswith("stack.tif[chunk")

@@ -17,7 +17,7 @@ from ome_zarr.writer import write_image
 from segtune.cli import main
 from segtune.core.io import ImageReadError, open_image, output_name
 from segtune.core.omezarr import predict_to_ome_zarr
-from segtune.core.predict import predict
+from segtune.core.predict import TilingOptions, predict
 
 FORMATS = {"0.4": FormatV04(), "0.5": FormatV05()}
 
@@ -89,7 +89,8 @@ def test_streamed_labels_go_into_the_source_labels_group(tmp_path: Path, tiny_mo
     path = _ome_zarr(tmp_path / "cells.ome.zarr", data, version, axes="cyx")
     before = sorted(p.name for p in path.iterdir())
     image = open_image(path)
-    target = predict_to_ome_zarr(tiny_model, image, path, name="segtune", device="cpu", tile_shape=64, threshold=0.5)
+    target = predict_to_ome_zarr(tiny_model, image, path, name="segtune", device="cpu", tiling=TilingOptions(tile_shape=64),
+                                 threshold=0.5)
     assert target == path / "labels" / "segtune"
     expected = predict(tiny_model, image, device="cpu", threshold=0.5).labels[0, 0]
     assert expected.any() and not expected.all()

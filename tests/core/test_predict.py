@@ -11,6 +11,7 @@ from torch import nn
 
 from segtune.core.predict import (
     ModelGeometry,
+    TilingOptions,
     plan_tiles,
     predict,
     predict_raw,
@@ -374,15 +375,15 @@ def test_callers_model_is_left_alone(net2d):
 def test_prepared_copy_is_reused_until_the_weights_change():
     """The eval copy (BatchNorm folded, channels-last) is made once per model, and made again
     when the weights change in place (an optimiser step, load_state_dict) -- never stale."""
-    from segtune.core import predict as engine
+    from segtune.core.predict import runner
 
     torch.manual_seed(3)
     net = _warm(TinyUNet(2, 1, 1), (2, 1, 32, 32))
     image = rand(1, 40, 40, seed=3)
     first = predict_raw(net, image, spatial_dims=2, device="cpu")
-    (copy_before,) = (entry[1] for entry in engine._PREPARED[net].values())
+    (copy_before,) = (entry[1] for entry in runner._PREPARED[net].values())
     again = predict_raw(net, image, spatial_dims=2, device="cpu")
-    (copy_after,) = (entry[1] for entry in engine._PREPARED[net].values())
+    (copy_after,) = (entry[1] for entry in runner._PREPARED[net].values())
     assert copy_after is copy_before
     np.testing.assert_array_equal(again, first)
 
@@ -478,7 +479,7 @@ def test_predict_over_t_and_z_planes_with_channel_choice(net2d):
     stack = np.stack([rand(2, 3, 60, 70, seed=s) for s in range(2)])  # T=2, C=2, Z=3
     stack[:, 1] = stack[:, 1] * 50 + 300  # channel 1 in camera-like units
     config = _config("semantic", 1, 2, normalization={"method": "percentile", "low": 1.0, "high": 99.8})
-    result = predict((net2d, config), stack, channel=1, device="cpu", tile_shape=64)
+    result = predict((net2d, config), stack, channel=1, device="cpu", tiling=TilingOptions(tile_shape=64))
     assert result.probabilities.shape == (2, 2, 3, 60, 70)
     assert result.labels.shape == (2, 3, 60, 70)
     lo, hi = np.percentile(stack[:, 1], (1, 99.8))

@@ -8,7 +8,7 @@ from napari.layers import Labels
 
 from segtune._resources import sample_file
 from segtune.core.io import open_image
-from segtune.core.predict import predict
+from segtune.core.predict import ObjectOptions, predict
 from tests.napari.conftest import wait_for
 
 pytestmark = pytest.mark.gui
@@ -44,7 +44,7 @@ def test_predict_adds_labels_of_the_image_shape_and_scale(widget, qtbot, sample_
     assert viewer.layers.selection.active.name == labels.name  # ready to correct
     # exactly what the core gives for the same model and settings
     expected = predict(widget.state.model, sample_2d["image"], config=widget.state.config, axes="YX",
-                       threshold=0.4, instances=True, min_size=3, device="cpu")
+                       threshold=0.4, instances=True, objects=ObjectOptions(min_size=3), device="cpu")
     np.testing.assert_array_equal(labels.data, expected.labels[0, 0])
     assert probability.data.shape == image.data.shape
     assert 0.0 <= probability.data.min() and probability.data.max() <= 1.0
@@ -160,7 +160,7 @@ def test_large_image_shows_the_visible_part_first_then_the_whole(widget, qtbot, 
     assert [layer.name for layer in viewer.layers] == ["large", labels.name] and labels.editable
     config, diameter = whole_image_settings(widget.state.model, image_data, config=widget.state.config, axes="YX")
     expected = predict(widget.state.model, image_data, config=config, diameter=diameter, axes="YX", threshold=0.5,
-                       instances=True, min_size="auto", device="cpu")
+                       instances=True, objects=ObjectOptions(min_size="auto"), device="cpu")
     np.testing.assert_array_equal(labels.data, expected.labels[0, 0])
     inner = (slice(max(0, y0) + FIRST_LOOK_MARGIN, y1 - FIRST_LOOK_MARGIN), slice(max(0, x0) + FIRST_LOOK_MARGIN, x1 - FIRST_LOOK_MARGIN))
     a, b = first[inner] > 0, labels.data[inner] > 0
@@ -179,6 +179,6 @@ def test_smallest_object_defaults_to_the_rule_the_command_line_uses(widget, qtbo
     assert wait_for(qtbot, panel.job) == "done"
     (labels,) = panel.last_layers
     expected = predict(widget.state.model, sample_2d["image"], config=widget.state.config, axes="YX",
-                       instances=True, min_size="auto", device="cpu")
+                       instances=True, objects=ObjectOptions(min_size="auto"), device="cpu")
     np.testing.assert_array_equal(labels.data, expected.labels[0, 0])
     assert errors() == []

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
 import re
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from segtune.core.predict import PredictedFile
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
     if args.workers is not None or args.scheduler:
         return _run_distributed(jobs, options, args)
     from segtune.core.models.store import load_model
+    from segtune.core.predict import PredictedFile
 
     model = load_model(args.model, device="cpu")
     results = [_guarded(job, options, model, len(jobs) > 1, bar=True) for job in jobs]
@@ -147,23 +150,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-@dataclass
-class PredictedFile:
-    """What ``segtune predict`` did with one input: where the labels went, how many objects,
-    the object diameter the image was zoomed for (None: not zoomed), the smallest object kept."""
-
-    output: Path
-    objects: int | None
-    diameter: float | None
-    min_size: int
-
-    def line(self) -> str:
-        """``out/cells_labels.tif: 113 objects, diameter 18.4 px, objects under 17 px dropped``."""
-        if self.objects is None:  # streamed OME-Zarr labels: written tile by tile, not counted
-            return f"{self.output}: written"
-        diameter = f"diameter {self.diameter:.1f} px" if self.diameter else "not rescaled"
-        sizes = f"objects under {self.min_size} px dropped" if self.min_size else "no size filter"
-        return f"{self.output}: {self.objects} object(s), {diameter}, {sizes}"
+def _line(done: PredictedFile) -> str:
+    """``out/cells_labels.tif: 113 objects, diameter 18.4 px, objects under 17 px dropped``."""
+    if done.objects is None:  # streamed OME-Zarr labels: written tile by tile, not counted
+        return f"{done.output}: written"
+    diameter = f"diameter {done.diameter:.1f} px" if done.diameter else "not rescaled"
+    sizes = f"objects under {done.min_size} px dropped" if done.min_size else "no size filter"
+    return f"{done.output}: {done.objects} object(s), {diameter}, {sizes}"
 
 
 def _guarded(job: dict[str, Any], options: dict[str, Any], model: Any, many: bool, bar: bool) -> PredictedFile | str:
@@ -172,7 +165,7 @@ def _guarded(job: dict[str, Any], options: dict[str, Any], model: Any, many: boo
     from segtune.core.io import ImageReadError
 
     try:
-        result = predict_file(job["input"], job["output"], model=model, bar=bar, output_format=job.get("format", "tiff"), **options)
+        result = _predict_one(job["input"], job["output"], model=model, bar=bar, output_format=job.get("format", "tiff"), **options)
     except (ImageReadError, ValueError, OSError) as e:
         named = Path(job["input"]).name in str(e) or Path(job["output"]).name in str(e)
         message = str(e) if named else f"{job['input']}: {e}"  # say which input it was
@@ -182,11 +175,11 @@ def _guarded(job: dict[str, Any], options: dict[str, Any], model: Any, many: boo
             raise UsageError(message) from e
         print(f"segtune predict: error: {message}", file=sys.stderr)
         return str(e)
-    print(result.line(), flush=True)
+    print(_line(result), flush=True)
     return result
 
 
-def predict_file(
+def _predict_one(
     input_path: str | os.PathLike,
     output_path: str | os.PathLike,
     *,
@@ -195,63 +188,35 @@ def predict_file(
     scene: str | int | None = None,
     overwrite: bool = False,
     output_format: str = "tiff",
-    blockwise: bool = False,
     **options: Any,
 ) -> PredictedFile:
     """Predict one image file and write its labels (the work of one input of ``segtune predict``).
 
     ``model`` is a ``(module, config)`` pair or a model name/folder; ``options`` go to
-    :func:`segtune.core.predict.predict`. Returns the written file, its object count (instances,
-    or connected components of a mask), the diameter used and the smallest object kept.
-    ``output_format="ome-zarr"`` streams OME-Zarr labels to ``output_path`` (from
-    :func:`_ome_zarr_target`); their objects are not counted. ``blockwise`` (automatic for large
-    planes, see :mod:`segtune.core.blockwise`) predicts block by block into a tiled TIFF.
+    :func:`segtune.core.predict.predict_file` (instance labels stored as uint16, masks as uint8),
+    with a progress bar named after the file when ``bar``. ``output_format="ome-zarr"`` streams
+    OME-Zarr labels to ``output_path`` (from :func:`_ome_zarr_target`); their objects are not counted.
     """
-    from segtune.core import blockwise as blocks
-    from segtune.core.io import open_image
-    from segtune.core.predict import predict
+    from segtune.core.predict import PredictedFile, predict_file
     from segtune.core.progress import tqdm_progress
 
-    if isinstance(model, (str, os.PathLike)):
-        from segtune.core.models.store import load_model
-
-        model = load_model(model, device="cpu")
-    image = open_image(input_path, scene=scene)
     if output_format == "ome-zarr":
+        from segtune.core.io import open_image
+
+        image = open_image(input_path, scene=scene)
         written = _predict_ome_zarr(Path(input_path), Path(output_path), model, image, bar, overwrite, options)
         return PredictedFile(written, None, None, 0)
     name = Path(input_path).name
-    if output_format == "tiff" and (blockwise or blocks.eligible(model, image)):
-        # a plane too large for memory: block by block, streamed into a tiled TIFF
-        with tqdm_progress(name, leave=False) if bar else contextlib.nullcontext() as callback:
-            report = (lambda e: callback(replace(e, stage=name))) if bar else None
-            written, count, diameter, min_size = blocks.predict_to_tiff(
-                model, image, output_path, overwrite=overwrite, progress=report, **options)
-        return PredictedFile(written, count, diameter, min_size)
-    if bar:
-        with tqdm_progress(name, leave=False) as callback:
-            result = predict(model, image, progress=lambda e: callback(replace(e, stage=name)), **options)
-    else:
-        result = predict(model, image, **options)
-    if result.labels is None:
-        raise ValueError(f"the model's head {result.head!r} gives no labels to write")
-    labels, axes = _squeeze(result.labels)
-    if options.get("instances"):
-        labels = labels.astype(np.uint16 if labels.max(initial=0) <= np.iinfo(np.uint16).max else np.uint32)
-    else:
-        labels = labels.astype(np.uint8 if labels.max(initial=0) <= 255 else np.uint16)
-    written = _write(Path(output_path), labels, image.physical_pixel_sizes, axes, overwrite)
-    return PredictedFile(written, _count_objects(labels, bool(options.get("instances"))), result.diameter, result.min_size)
+    with tqdm_progress(name, leave=False, disable=not bar) as callback:
+        return predict_file(
+            input_path, output_path, model=model, scene=scene, overwrite=overwrite, label_dtype=_label_dtype(options),
+            progress=(lambda e: callback(replace(e, stage=name))) if bar else None, **options,
+        )
 
 
-def _count_objects(labels: np.ndarray, instances: bool) -> int:
-    """Instances are counted by their numbers; a mask by its connected components, plane by plane."""
-    from scipy import ndimage
-
-    if instances:
-        return int(np.count_nonzero(np.unique(labels)))
-    planes = labels.reshape((-1, *labels.shape[-2:]))
-    return int(sum(ndimage.label(plane > 0)[1] for plane in planes))
+def _label_dtype(options: dict[str, Any]) -> type:
+    """What ``segtune predict`` writes: uint16 instance labels, a uint8 mask (wider only when needed)."""
+    return np.uint16 if options.get("instances") else np.uint8
 
 
 def _is_ome_zarr(path: Path) -> bool:
@@ -286,21 +251,9 @@ def _predict_ome_zarr(
                                    progress=lambda e: callback(replace(e, stage=label)), **options)
 
 
-def _squeeze(labels: np.ndarray) -> tuple[np.ndarray, str]:
-    """(T, Z, Y, X) -> drop T and Z where they are 1; the axes string for the file."""
-    axes = "TZYX"
-    keep = [i for i, n in enumerate(labels.shape) if i >= 2 or n > 1]
-    return labels.reshape([labels.shape[i] for i in keep]), "".join(axes[i] for i in keep)
-
-
-def _write(path: Path, labels: np.ndarray, pixel_sizes: Any, axes: str, overwrite: bool) -> Path:
-    from segtune.core.io import write_labels
-
-    return write_labels(path, labels, pixel_sizes, overwrite=overwrite, axes=axes, dtype=labels.dtype)
-
-
 def _options(args: argparse.Namespace) -> dict[str, Any]:
     from segtune.cli import UsageError
+    from segtune.core.predict import ObjectOptions, TilingOptions
 
     tile = None
     if args.tile:
@@ -338,21 +291,16 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         if not diameter >= 0:
             raise UsageError(f"--diameter must be positive (or 0 for no zoom), got {args.diameter!r}")
     return {
-        "tile_shape": tile,
-        "overlap": args.overlap,
-        "batch_size": args.batch_size,
+        "tiling": TilingOptions(
+            tile_shape=tile, overlap=args.overlap, batch_size=args.batch_size, blend=args.blend,
+            precision=args.precision, memory_limit=args.memory_limit,
+        ),
         "device": args.device,
         "channel": channel,
         "instances": args.instances,
         "threshold": args.threshold,
-        "min_size": min_size,
-        "max_size": args.max_size,
-        "fill_holes": args.fill_holes,
-        "split": args.split,
+        "objects": ObjectOptions(split=args.split, min_size=min_size, max_size=args.max_size, fill_holes=args.fill_holes),
         "diameter": diameter,
-        "blend": args.blend,
-        "precision": args.precision,
-        "memory_limit": args.memory_limit,
         "scene": scene,
         "overwrite": args.overwrite,
         "blockwise": args.blockwise,
@@ -361,19 +309,20 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
 
 def _run_distributed(jobs: list[dict[str, Any]], options: dict[str, Any], args: argparse.Namespace) -> int:
     """--workers / --scheduler: the same per-file work as tasks on a dask cluster (core.parallel_predict)."""
-    from functools import partial
-
     from segtune.cli import UsageError
     from segtune.core import parallel_predict
     from segtune.core.progress import tqdm_progress
 
     options = dict(options)
-    scene, overwrite, blockwise = options.pop("scene"), options.pop("overwrite"), options.pop("blockwise", False)
+    scene, overwrite = options.pop("scene"), options.pop("overwrite")
+    if options.pop("blockwise", False):
+        raise UsageError("--blockwise runs in one process; with --workers or --scheduler, planes over 4096 x 4096 go "
+                         "block by block on their own")
     try:
         with tqdm_progress("files") as callback:
             report = parallel_predict.predict_files(
                 args.model, [job["input"] for job in jobs], args.out, workers=args.workers, scheduler=args.scheduler,
-                scene=scene, overwrite=overwrite, file_function=partial(predict_file, bar=False, blockwise=blockwise), progress=callback,
+                scene=scene, overwrite=overwrite, label_dtype=_label_dtype(options), progress=callback,
                 **options,
             )
     except ImportError as e:

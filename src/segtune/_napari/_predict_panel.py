@@ -269,6 +269,8 @@ class PredictPanel(QWidget):
                 f"The model looks at {state.in_channels} channels together but '{layer.name}' has one. "
                 "Tick 'first axis holds channels' if it has several, or choose a one-channel model."
             )
+        from segtune.core.predict import ObjectOptions, TilingOptions
+
         instances = OUTPUT_TEXT[self.output.currentText()]
         tile = self.tile.value() or None
         options = dict(
@@ -277,10 +279,12 @@ class PredictPanel(QWidget):
             channel=channel,
             threshold=self.threshold.value(),
             instances=instances,
-            min_size=self.min_size.value() if self.min_size.value() >= 0 else "auto",
-            tile_shape=tile,
-            blend=self.blend.currentText(),
-            overlap=self.overlap.value() if self.blend.currentText() == "gaussian" else None,
+            objects=ObjectOptions(min_size=self.min_size.value() if self.min_size.value() >= 0 else "auto"),
+            tiling=TilingOptions(
+                tile_shape=tile,
+                blend=self.blend.currentText(),
+                overlap=self.overlap.value() if self.blend.currentText() == "gaussian" else None,
+            ),
             device=state.device_choice,
             diameter=self.size_row.diameter_px(),
         )

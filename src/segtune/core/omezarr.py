@@ -306,10 +306,6 @@ def write_ome_zarr_labels(
 
 # --- prediction straight to OME-Zarr labels -----------------------------------------------------
 
-# predict() options that look at whole objects or whole images: their labels are made in memory
-WHOLE_IMAGE_OPTIONS = ("instances", "split", "min_size", "max_size", "fill_holes")
-
-
 def labels_target(destination: str | os.PathLike, name: str | None) -> Path:
     """Where :func:`write_ome_zarr_labels` puts labels: ``SOURCE/labels/<name>`` or ``destination`` itself."""
     destination = Path(destination)
@@ -332,7 +328,7 @@ def predict_to_ome_zarr(
 ) -> Path:
     """Predict ``image`` with ``model`` and write the labels as OME-Zarr, tile by tile.
 
-    A mask (no ``instances``, size filters or hole filling: options that need whole objects)
+    A mask (no ``instances``, splitting, size filters or hole filling: options that need whole objects)
     never exists in memory whole: the probabilities stream tile by tile into a temporary zarr
     store beside the destination, and the labels pyramid is computed from it chunk by chunk
     while it is written. With those options the labels are made in memory by
@@ -356,21 +352,22 @@ def predict_to_ome_zarr(
         The labels image written.
     """
     from segtune.core.postprocess import mask_from_probabilities
-    from segtune.core.predict import predict
+    from segtune.core.predict import ObjectOptions, predict
+    from segtune.core.predict.files import storage_dtype
 
     target = labels_target(destination, name)
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} already exists; pass overwrite=True (or --overwrite) to replace it")
     pixel_sizes = tuple(getattr(image, "physical_pixel_sizes", None) or (None, None, None))
     common = {"threshold": threshold, "progress": progress, "cancel": cancel}
-    if any(options.get(k) for k in WHOLE_IMAGE_OPTIONS):
+    objects = options.get("objects") or ObjectOptions()
+    if options.get("instances") or objects.whole_object_options():
         result = predict(model, image, **common, **options)
         if result.labels is None:
             raise ValueError(f"the model's head {result.head!r} gives no labels to write")
         labels = np.asarray(result.labels)
-        top = int(labels.max(initial=0))
-        small = np.uint16 if options.get("instances") else np.uint8  # instance labels as the OME-TIFF output has them
-        labels = labels.astype(small if top <= np.iinfo(small).max else np.uint16 if top <= 65535 else np.uint32)
+        narrowest = np.uint16 if options.get("instances") else np.uint8  # instance labels as the OME-TIFF output has them
+        labels = labels.astype(storage_dtype(int(labels.max(initial=0)), narrowest))
         labels, axes = _squeeze_tz(da.from_array(labels, chunks=(1, 1, *labels.shape[2:])))
         return write_ome_zarr_labels(destination, labels, axes=axes, pixel_sizes=pixel_sizes, name=name, overwrite=overwrite)
 

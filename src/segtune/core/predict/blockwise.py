@@ -187,14 +187,15 @@ class Blockwise:
         cancel: CancelToken | None = None,
         **options: Any,
     ) -> None:
-        from segtune.core.predict import _as_tczyx, _resolve_model, whole_image_settings
+        from segtune.core.predict.frontend import whole_image_settings
+        from segtune.core.predict.inputs import as_tczyx, resolve_model
 
         if block < 16 or block % 16:
             raise ValueError(f"block must be a positive multiple of 16 pixels, got {block}")
-        self.model, config = _resolve_model(model, config, options.get("device", "auto"))
+        self.model, config = resolve_model(model, config, options.get("device", "auto"))
         if int((config.get("architecture", {}) or {}).get("spatial_dims", 2)) != 2:
             raise ValueError("block-by-block prediction takes a 2D model; a 3D model predicts volumes whole")
-        self.data, self.names, _ = _as_tczyx(image, None if hasattr(image, "dims") else axes, None)
+        self.data, self.names, _ = as_tczyx(image, None if hasattr(image, "dims") else axes, None)
         self.channel, self.block, self.cancel = channel, block, cancel
         diameter = _estimate_diameter(self.data, self.names, channel, config, diameter)
         self.config, self.diameter = whole_image_settings(
@@ -212,7 +213,7 @@ class Blockwise:
         self._reporter.step(0, total=self.total, message=f"{self.total} blocks of {block} px (halo {self.halo} px)")
 
     def _segment(self, t: int, z: int) -> Callable[[Box], np.ndarray]:
-        from segtune.core.predict import predict
+        from segtune.core.predict.frontend import predict
 
         def segment(box: Box) -> np.ndarray:
             y0, y1, x0, x1 = box
@@ -270,8 +271,8 @@ def predict_to_tiff(
         (Z, Y, X) micrometres for the file; by default the image's own.
     options
         :class:`Blockwise`'s (``block``, ``diameter``, ``channel``, ``axes``, ``progress``,
-        ``cancel``) and further :func:`segtune.core.predict.predict` options (``min_size``,
-        ``threshold``, ``tile_shape``, ``device``, ...).
+        ``cancel``) and further :func:`segtune.core.predict.predict` options (``threshold``,
+        ``objects``, ``tiling``, ``device``, ...).
 
     Returns
     -------
@@ -334,10 +335,10 @@ def _estimate_diameter(data: Any, names: list[str], channel: Any, config: Mappin
     if not (isinstance(diameter, str) and config.get("object_diameter") and config.get("auto_diameter")):
         return diameter
     from segtune.core import diameter as sizing
-    from segtune.core.predict import _select_channels
+    from segtune.core.predict.inputs import select_channels
 
     architecture = config.get("architecture", {}) or {}
-    chosen = _select_channels(channel, names, int(data.shape[1]), int(architecture.get("in_channels", 1)))
+    chosen = select_channels(channel, names, int(data.shape[1]), int(architecture.get("in_channels", 1)))
     n_y, n_x = (int(s) for s in data.shape[-2:])
     side = 2048
     y0, x0 = max(0, n_y // 2 - side // 2), max(0, n_x // 2 - side // 2)
