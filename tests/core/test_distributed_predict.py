@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import inspect
 import os
 from pathlib import Path
 
@@ -182,8 +181,6 @@ def test_volume_in_chunks_equals_single_process_bit_for_bit(client, volume, tmp_
 
 
 def test_a_zooming_model_is_split_only_when_told_not_to_zoom(client, volume, tmp_path):
-    if "diameter" not in inspect.signature(predict).parameters:
-        pytest.skip("this version of predict() does not zoom to the model's object size")
     model = _tiny_model(3, seed=2)
     config = {**default_config(model.architecture), "object_diameter": 12.0, "auto_diameter": True}
     options = {"tiling": TilingOptions(tile_shape=(16, 72, 72), batch_size=2), "device": "cpu"}
