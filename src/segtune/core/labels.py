@@ -31,6 +31,7 @@ __all__ = [
     "fill_holes",
     "full_structure",
     "is_binary",
+    "label_axes",
     "label_at",
     "merge_objects",
     "neighbourhood",
@@ -74,6 +75,25 @@ def as_labels(array: Any, name: str) -> np.ndarray:
     raise ValueError(
         f"`{name}` must be a label image of integers or booleans, got dtype {array.dtype}"
     )
+
+
+# the layouts a label image can have: planes or volumes, possibly over time
+LABEL_AXES = ("YX", "ZYX", "TYX", "TZYX")
+
+
+def label_axes(labels: np.ndarray, axes: str | None) -> str:
+    """The axes of ``labels`` (one of :data:`LABEL_AXES`): ``axes`` checked against its shape,
+    or guessed from its rank (2: YX, 3: ZYX, 4: TZYX)."""
+    if axes is None:
+        axes = {2: "YX", 3: "ZYX", 4: "TZYX"}.get(labels.ndim)
+        if axes is None:
+            raise ValueError(f"`labels` must be YX, ZYX or TZYX (or pass `axes`), got shape {labels.shape}")
+    axes = axes.upper()
+    if axes not in LABEL_AXES:
+        raise ValueError(f"`axes` must be one of {LABEL_AXES}, got {axes!r}")
+    if len(axes) != labels.ndim:
+        raise ValueError(f"`axes` {axes!r} do not match `labels` of shape {labels.shape}")
+    return axes
 
 
 def full_structure(ndim: int) -> np.ndarray:
