@@ -6,19 +6,18 @@ import contextlib
 import os
 from pathlib import Path
 
+import distributed  # the 'distributed' extra, part of the test extra
 import numpy as np
 import pytest
+import tifffile
 import torch
+import zarr
 
-distributed = pytest.importorskip("distributed", reason="distributed prediction needs the 'distributed' extra")
-tifffile = pytest.importorskip("tifffile")
-zarr = pytest.importorskip("zarr")
-
-from segtune.core import parallel_predict  # noqa: E402
-from segtune.core.io import open_image, read_labels  # noqa: E402
-from segtune.core.models.store import default_config, load_model, save_model  # noqa: E402
-from segtune.core.models.unet import UNet  # noqa: E402
-from segtune.core.predict import TilingOptions, predict  # noqa: E402
+from segtune.core import parallel_predict
+from segtune.core.io import open_image, read_labels
+from segtune.core.models.store import default_config, load_model, save_model
+from segtune.core.models.unet import UNet
+from segtune.core.predict import TilingOptions, predict
 
 pytestmark = pytest.mark.slow  # a 2-worker cluster takes seconds to start on a small machine
 
