@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from segtune.core.labels import connected_components
 from segtune.core.progress import CancelToken, ProgressCallback, Reporter
 
 logger = logging.getLogger(__name__)
@@ -177,7 +178,7 @@ def diameter_filter(mask: np.ndarray, min_diameter: float, max_diameter: float) 
     mask = np.asarray(mask, dtype=bool)
     if min_diameter > max_diameter:
         raise ValueError(f"min_diameter {min_diameter} is larger than max_diameter {max_diameter}")
-    labels, _ = ndi.label(mask, structure=np.ones((3,) * mask.ndim, dtype=bool))
+    labels, _ = connected_components(mask)
     diameters = equivalent_diameters(labels)
     keep = (diameters >= min_diameter) & (diameters <= max_diameter)
     keep[0] = False
@@ -420,7 +421,7 @@ def autolabel_files(
     for i, (path, image, t, z, name) in enumerate(planes):
         plane = np.asarray(image.data[t, channel, z].compute())
         mask = autolabel_image(plane, settings)
-        _, n_objects = ndi.label(mask, structure=np.ones((3, 3), bool))
+        _, n_objects = connected_components(mask)
         results.append(
             PlaneResult(source=str(path), name=name, t=t, z=z, foreground_fraction=float(mask.mean()), objects=int(n_objects))
         )

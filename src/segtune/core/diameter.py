@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from segtune.core.labels import connected_components
 from segtune.core.resize import resize
 
 logger = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ def labels_diameter(labels: np.ndarray, *, min_area: int = 1) -> float:
     if values.size == 0:
         return float("nan")
     if values.size == 1:  # binary mask: objects are its connected components
-        labels, _ = ndi.label(labels > 0, structure=np.ones((3,) * labels.ndim))
+        labels, _ = connected_components(labels)
     labels = labels.astype(np.int64)
     if labels.ndim == 2:
         areas = np.bincount(labels.ravel())[1:]
@@ -322,7 +323,7 @@ def _components(foreground: np.ndarray, min_area: float) -> tuple[np.ndarray, np
 
 def _sections(foreground: np.ndarray, distance: np.ndarray, min_area: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`_components` of a plane already cleaned by :func:`_clean` (``distance`` is its own)."""
-    labels, count = ndi.label(foreground)
+    labels, count = connected_components(foreground, connectivity=1)
     if count == 0:
         return np.zeros(0), np.zeros(0), np.zeros(0)
     areas = np.bincount(labels.ravel(), minlength=count + 1)[1:].astype(float)
@@ -370,7 +371,7 @@ def _components_stack(foreground: np.ndarray, min_area: float) -> tuple[np.ndarr
     sections = [_sections(cleaned, distance, min_area) for cleaned, distance in planes]
     aspect = np.concatenate([s[1] for s in sections])
     ellipse = np.concatenate([s[2] for s in sections])
-    labels, count = ndi.label(np.stack([cleaned for cleaned, _ in planes]))
+    labels, count = connected_components(np.stack([cleaned for cleaned, _ in planes]), connectivity=1)
     if count == 0:
         return np.zeros(0), aspect, ellipse
     distance = np.stack([distance for _, distance in planes])

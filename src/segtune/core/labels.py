@@ -9,7 +9,8 @@ its own (objects of a 2D-per-plane segmentation), otherwise a 3D array is treate
 The same operations back the widget's Correct tab and ``segtune clean``. The checks and
 conversions every consumer of labels shares live here too: :func:`as_labels` (a valid label
 array or a message naming the argument), :func:`is_binary` (a mask, or instances?),
-:func:`connected_components` (full connectivity: 8 neighbours in 2D, 26 in 3D) and
+:func:`connected_components` (full connectivity by default: 8 neighbours in 2D, 26 in 3D;
+``connectivity=1`` for face neighbours only, as :mod:`segtune.core.postprocess` labels) and
 :func:`to_instances` (objects 1..n from a mask or an instance image).
 """
 
@@ -30,8 +31,10 @@ __all__ = [
     "fill_holes",
     "full_structure",
     "is_binary",
+    "label_axes",
     "label_at",
     "merge_objects",
+    "neighbourhood",
     "object_count",
     "object_sizes",
     "relabel_sequential",
@@ -74,18 +77,49 @@ def as_labels(array: Any, name: str) -> np.ndarray:
     )
 
 
+# the layouts a label image can have: planes or volumes, possibly over time
+LABEL_AXES = ("YX", "ZYX", "TYX", "TZYX")
+
+
+def label_axes(labels: np.ndarray, axes: str | None) -> str:
+    """The axes of ``labels`` (one of :data:`LABEL_AXES`): ``axes`` checked against its shape,
+    or guessed from its rank (2: YX, 3: ZYX, 4: TZYX)."""
+    if axes is None:
+        axes = {2: "YX", 3: "ZYX", 4: "TZYX"}.get(labels.ndim)
+        if axes is None:
+            raise ValueError(f"`labels` must be YX, ZYX or TZYX (or pass `axes`), got shape {labels.shape}")
+    axes = axes.upper()
+    if axes not in LABEL_AXES:
+        raise ValueError(f"`axes` must be one of {LABEL_AXES}, got {axes!r}")
+    if len(axes) != labels.ndim:
+        raise ValueError(f"`axes` {axes!r} do not match `labels` of shape {labels.shape}")
+    return axes
+
+
 def full_structure(ndim: int) -> np.ndarray:
     """Full connectivity in ``ndim`` dimensions (pixels touching at a corner are neighbours)."""
     return np.ones((3,) * ndim, dtype=bool)
 
 
-def connected_components(mask: Any) -> tuple[np.ndarray, int]:
-    """Label the connected components of ``mask > 0`` with full connectivity.
+def neighbourhood(ndim: int, connectivity: int | None = None) -> np.ndarray:
+    """The pixels that count as neighbours: ``connectivity`` 1 joins face neighbours only (4 in
+    2D, 6 in 3D), ``ndim`` (the default, None) every neighbour (8 / 26)."""
+    if connectivity is None:
+        return full_structure(ndim)
+    if not 1 <= int(connectivity) <= ndim:
+        raise ValueError(f"connectivity must be between 1 and {ndim} for {ndim}D data, got {connectivity}")
+    return ndi.generate_binary_structure(ndim, int(connectivity))
+
+
+def connected_components(mask: Any, connectivity: int | None = None) -> tuple[np.ndarray, int]:
+    """Label the connected components of ``mask > 0``, with full connectivity unless told.
 
     Parameters
     ----------
     mask
         Binary or label array of any dimension (every non-zero pixel is foreground).
+    connectivity
+        See :func:`neighbourhood`: 1 for face neighbours only, None (default) for all.
 
     Returns
     -------
@@ -101,7 +135,8 @@ def connected_components(mask: Any) -> tuple[np.ndarray, int]:
     1
     """
     mask = np.asarray(mask)
-    labels, n = ndi.label(mask > 0 if mask.dtype != bool else mask, structure=full_structure(mask.ndim))
+    structure = neighbourhood(mask.ndim, connectivity)
+    labels, n = ndi.label(mask > 0 if mask.dtype != bool else mask, structure=structure)
     return labels, int(n)
 
 

@@ -20,13 +20,11 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from segtune.core.labels import as_labels, connected_components, is_binary
+from segtune.core.labels import as_labels, connected_components, is_binary, label_axes
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["class_instances", "measure", "pair_objects", "save_table"]
-
-_LABEL_AXES = ("YX", "ZYX", "TYX", "TZYX")
 
 
 def _channel_axis(axes: str) -> int:
@@ -198,15 +196,7 @@ def measure(
     [[7, 4.0, 'um', 3.5, 1.75]]
     """
     labels = as_labels(labels, "labels")
-    if axes is None:
-        axes = {2: "YX", 3: "ZYX", 4: "TZYX"}.get(labels.ndim)
-        if axes is None:
-            raise ValueError(f"`labels` must be YX, ZYX or TZYX (or pass `axes`), got shape {labels.shape}")
-    axes = axes.upper()
-    if axes not in _LABEL_AXES:
-        raise ValueError(f"`axes` must be one of {_LABEL_AXES}, got {axes!r}")
-    if len(axes) != labels.ndim:
-        raise ValueError(f"`axes` {axes!r} do not match `labels` of shape {labels.shape}")
+    axes = label_axes(labels, axes)
     has_t, has_z = axes.startswith("T"), "Z" in axes
     per_plane = bool(per_plane and has_z)
     binary = labels.size > 0 and is_binary(labels)

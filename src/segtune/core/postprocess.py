@@ -14,8 +14,13 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from segtune.core.labels import (
+    connected_components,
+    neighbourhood,
+    relabel_sequential,
+    remove_sizes,
+)
 from segtune.core.labels import fill_holes as fill_label_holes
-from segtune.core.labels import relabel_sequential, remove_sizes
 from segtune.core.models.heads import SEGMENTATION_HEADS
 
 __all__ = [
@@ -38,6 +43,8 @@ __all__ = [
 ]
 
 HEADS = SEGMENTATION_HEADS  # the heads that have masks to make
+# objects are face-connected (4 neighbours in 2D, 6 in 3D) unless a caller says otherwise
+FACES = 1
 
 
 def threshold(probability: np.ndarray, level: float = 0.5) -> np.ndarray:
@@ -83,9 +90,7 @@ def label_components(mask: np.ndarray, *, connectivity: int | None = None) -> np
     joins every neighbour (8 / 26).
     """
     mask = np.asarray(mask, dtype=bool)
-    structure = ndi.generate_binary_structure(mask.ndim, _connectivity(connectivity, mask.ndim))
-    labels, _ = ndi.label(mask, structure=structure, output=np.int32)
-    return labels
+    return connected_components(mask, _connectivity(connectivity))[0]
 
 
 def distance_to_background(
@@ -187,7 +192,7 @@ def split_touching(
     seeds[tuple(peaks.T)] = True
     # neighbouring maxima on one plateau are one seed
     markers = label_components(seeds, connectivity=mask.ndim)
-    structure = ndi.generate_binary_structure(mask.ndim, _connectivity(connectivity, mask.ndim))
+    structure = neighbourhood(mask.ndim, _connectivity(connectivity))
     labels = watershed(-distance, markers, mask=mask, connectivity=structure)
     return _label_unseeded(labels, mask, connectivity)
 
@@ -293,7 +298,7 @@ def instances_from_three_class(
     background, interior, boundary = probabilities
     foreground = threshold(1.0 - background, level)
     ndim = foreground.ndim
-    structure = ndi.generate_binary_structure(ndim, _connectivity(connectivity, ndim))
+    structure = neighbourhood(ndim, _connectivity(connectivity))
     if split_distance is not None:
         from skimage.feature import peak_local_max
 
@@ -404,7 +409,7 @@ def label_blockwise(
     starts = [range(0, n, c) for n, c in zip(shape, block, strict=True)]
     boxes = [tuple(slice(o, min(o + c, n)) for o, c, n in zip(origin, block, shape, strict=True)) for origin in product(*starts)]
     report = Reporter(progress, cancel, stage="label", total=2 * len(boxes))
-    structure = ndi.generate_binary_structure(len(shape), 1)
+    structure = neighbourhood(len(shape), FACES)
     offset = 0
     for i, box in enumerate(boxes):
         values = np.asarray(_compute(probability[box]))
@@ -475,12 +480,9 @@ def _label_unseeded(labels: np.ndarray, mask: np.ndarray, connectivity: int | No
     return labels
 
 
-def _connectivity(connectivity: int | None, ndim: int) -> int:
-    if connectivity is None:
-        return 1
-    if not 1 <= int(connectivity) <= ndim:
-        raise ValueError(f"connectivity must be between 1 and {ndim} for {ndim}D data, got {connectivity}")
-    return int(connectivity)
+def _connectivity(connectivity: int | None) -> int:
+    """Post-processing joins face neighbours unless told (checked by :func:`~segtune.core.labels.neighbourhood`)."""
+    return FACES if connectivity is None else connectivity
 
 
 def _check_level(name: str, level: float) -> None:

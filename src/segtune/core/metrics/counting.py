@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from segtune.core.labels import as_labels, connected_components
+from segtune.core.labels import as_labels, connected_components, label_axes
 
 __all__ = ["count_objects"]
 
@@ -55,15 +55,7 @@ def count_objects(
     (2, 6.0, 2.0)
     """
     array = as_labels(labels, "labels")
-    if axes is None:
-        axes = {2: "YX", 3: "ZYX", 4: "TZYX"}.get(array.ndim)
-        if axes is None:
-            raise ValueError(f"`labels` must be YX, ZYX or TZYX, got shape {array.shape}")
-    axes = axes.upper()
-    if axes not in ("YX", "ZYX", "TYX", "TZYX"):
-        raise ValueError(f"`axes` must be 'YX', 'ZYX', 'TYX' or 'TZYX', got {axes!r}")
-    if len(axes) != array.ndim:
-        raise ValueError(f"`axes` {axes!r} do not match `labels` of shape {array.shape}")
+    axes = label_axes(array, axes)
     if typical_size is not None and not typical_size > 0:
         raise ValueError(f"`typical_size` must be positive, got {typical_size}")
     if "T" not in axes:

@@ -6,9 +6,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
-from segtune.core.labels import as_labels, full_structure
+from segtune.core.labels import as_labels, connected_components
 
 __all__ = ["check_pair", "harmonic", "object_metrics", "pixel_metrics", "ratio"]
 
@@ -141,9 +140,8 @@ def touched_components(pred_fg: np.ndarray, truth_fg: np.ndarray) -> tuple[np.nd
     """The connected components of truth and prediction (full connectivity) and, per component
     id (index 0 the background), whether an overlap pixel touches it: ``truth_cc,
     touched_truth, pred_cc, touched_pred``."""
-    structure = full_structure(pred_fg.ndim)
-    truth_cc, n_truth = ndimage.label(truth_fg, structure=structure)
-    pred_cc, n_pred = ndimage.label(pred_fg, structure=structure)
+    truth_cc, n_truth = connected_components(truth_fg)
+    pred_cc, n_pred = connected_components(pred_fg)
     overlap = truth_fg & pred_fg
     touched_truth = np.zeros(n_truth + 1, dtype=bool)
     touched_truth[truth_cc[overlap]] = True

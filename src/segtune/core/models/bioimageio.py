@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from segtune.core.normalize import model_percentiles
+from segtune.core.normalize import DEFAULT_PERCENTILES, model_percentiles
 
 logger = logging.getLogger(__name__)
 
@@ -263,7 +263,7 @@ def _cover(raw: np.ndarray, probabilities: np.ndarray, head: str, path: Path) ->
     import imageio.v3 as iio
 
     image = raw[0] if raw.ndim == 3 else raw[0, raw.shape[1] // 2]
-    lo, hi = np.percentile(image, (1, 99.8))
+    lo, hi = np.percentile(image, DEFAULT_PERCENTILES)
     left = np.clip((image - lo) / max(hi - lo, 1e-6), 0, 1)
     fore = probabilities[0] if head == "binary" else 1.0 - probabilities[0]
     fore = fore if fore.ndim == 2 else fore[fore.shape[0] // 2]

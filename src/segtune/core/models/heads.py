@@ -17,6 +17,7 @@ The one table of heads. A model's ``config["head"]`` is one of :data:`HEADS`:
 from __future__ import annotations
 
 __all__ = [
+    "ACTIVATIONS",
     "FIXED_CHANNELS",
     "HEADS",
     "SEGMENTATION_HEADS",
@@ -34,6 +35,9 @@ FIXED_CHANNELS = {
     "three_class": ("background", "interior", "boundary"),
 }
 _CHANNELS = {"binary": 1, "three_class": 3}
+# how each head's outputs become probabilities: a sigmoid per channel, a softmax over the
+# channels, or none (an image-to-image network's output is the result)
+ACTIVATIONS = {"binary": "sigmoid", "multilabel": "sigmoid", "three_class": "softmax", "semantic": "softmax", "image": None}
 
 
 def out_channels(head: str, n_classes: int | None = None) -> int:

@@ -86,7 +86,7 @@ def resolve_model(name_or_path: str | os.PathLike) -> Path:
         if folder.is_dir():
             return folder
         raise FileNotFoundError(f"bundled model {name!r} is listed but its folder {folder} is missing from this installation")
-    known = ", ".join(BUNDLED_MODELS) if BUNDLED_MODELS else "none are bundled yet"
+    known = ", ".join(BUNDLED_MODELS)
     if path.exists():
         raise FileNotFoundError(f"model {name!r} is a file, not a model folder (config.json + weights.safetensors)")
     raise FileNotFoundError(f"no model folder {name!r} and no bundled model of that name (bundled models: {known})")

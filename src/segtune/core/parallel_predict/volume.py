@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import inspect
 import logging
 import math
 import os
@@ -252,10 +251,6 @@ def _plan_task(payload: ModelPayload, source: tuple, options: dict[str, Any]) ->
 
 def _zooms(diameter: Any, config: Mapping[str, Any]) -> bool:
     """Whether predict() would zoom the image (see segtune.core.diameter.resolve_diameter)."""
-    from segtune.core.predict import predict
-
-    if "diameter" not in inspect.signature(predict).parameters:
-        return False
     model_diameter = config.get("object_diameter")
     if not model_diameter or diameter is None or (not isinstance(diameter, str) and float(diameter) == 0):
         return False
@@ -347,10 +342,9 @@ def _predict_chunk_task(
     stacked = np.stack([windows.window(job.item, job.window)[1] for job in jobs])
     # each window an item of its own, one tile each, batched as the engine batched them (and never zoomed:
     # the windows are already the image's own pixels)
-    unzoomed = {"diameter": None} if "diameter" in inspect.signature(predict).parameters else {}
     result = predict(
         module, stacked, config=config, axes="TCYX" if volume.spatial_dims == 2 else "TCZYX", normalize=False,
-        labels=False, tiling=volume.tiling, **unzoomed, **volume.options,
+        labels=False, tiling=volume.tiling, diameter=None, **volume.options,
     )
     group = zarr.open_group(out, mode="r+")
     labels_out = group[LABELS_ARRAY]

@@ -133,9 +133,9 @@ def storage_dtype(top: int, narrowest: type | np.dtype = np.uint8) -> np.dtype:
 
 def count_objects(labels: np.ndarray, instances: bool) -> int:
     """Instances are counted by their numbers; a mask by its connected components, plane by plane."""
-    from scipy import ndimage
+    from segtune.core.labels import connected_components
 
     if instances:
         return int(np.count_nonzero(np.unique(labels)))
     planes = labels.reshape((-1, *labels.shape[-2:]))
-    return int(sum(ndimage.label(plane > 0)[1] for plane in planes))
+    return int(sum(connected_components(plane, connectivity=1)[1] for plane in planes))

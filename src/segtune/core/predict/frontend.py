@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
+from segtune.core.models.heads import ACTIVATIONS, HEADS
 from segtune.core.predict._common import check_spatial_dims
 from segtune.core.predict.engine import execute, make_skip, on_local_threads
 from segtune.core.predict.inputs import (
@@ -370,7 +371,7 @@ def whole_image_settings(
         The diameter to pass to :func:`predict` (0 when the image is not to be zoomed).
     """
     from segtune.core import diameter as sizing
-    from segtune.core.normalize import DEFAULT_PERCENTILES, percentiles
+    from segtune.core.normalize import model_percentiles, percentiles
 
     model, config = resolve_model(model, config, "cpu")
     architecture = config.get("architecture", {}) or {}
@@ -379,8 +380,7 @@ def whole_image_settings(
     used_diameter, _ = sizing.resolve_diameter(diameter, config, _diameter_sample(data, chosen, config, diameter))
     spec = config.get("normalization")
     if isinstance(spec, Mapping) and spec.get("method", "percentile") == "percentile" and spec.get("limits") is None:
-        low = float(spec.get("low", DEFAULT_PERCENTILES[0]))
-        high = float(spec.get("high", DEFAULT_PERCENTILES[1]))
+        low, high, _ = model_percentiles(config)
         limits = [[float(v) for v in percentiles(data[:, c], low, high)] for c in chosen]
         config = {**config, "normalization": {**spec, "limits": limits}}
     return config, (used_diameter if used_diameter is not None else 0)
@@ -467,18 +467,18 @@ def _label_stack(
 
 
 def _activation(head: str) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    if head in ("binary", "multilabel"):
+    if head not in ACTIVATIONS:
+        raise ValueError(f"head must be one of {', '.join(HEADS)}; got {head!r}")
+    if ACTIVATIONS[head] == "sigmoid":
         return torch.sigmoid
-    if head in ("three_class", "semantic"):
+    if ACTIVATIONS[head] == "softmax":
         return lambda y: torch.softmax(y, dim=1)
-    if head == "image":
-        return None  # an image-to-image model (a denoiser): its output is the result
-    raise ValueError(f"head must be one of binary, three_class, semantic, image; got {head!r}")
+    return None  # an image-to-image model (a denoiser): its output is the result
 
 
 def _background_probabilities(head: str, out_channels: int) -> list[float]:
     """What a skipped tile reads as: certain background."""
-    if head in ("binary", "multilabel", "image"):
+    if ACTIVATIONS.get(head) != "softmax":
         return [0.0] * out_channels
     return [1.0] + [0.0] * (out_channels - 1)
 

@@ -26,11 +26,13 @@ def resolve_model(model: Any, config: Mapping[str, Any] | None, device: Any) -> 
     if config is None:
         architecture = getattr(model, "architecture", None)
         if isinstance(architecture, Mapping):
-            out_channels = int(architecture.get("out_channels", 1))
+            from segtune.core.models.heads import head_of
+            from segtune.core.normalize import DEFAULT_PERCENTILES, percentile_spec
+
             config = {
                 "architecture": dict(architecture),
-                "head": "binary" if out_channels == 1 else "three_class" if out_channels == 3 else "semantic",
-                "normalization": {"method": "percentile", "low": 1.0, "high": 99.8},
+                "head": head_of(int(architecture.get("out_channels", 1))),
+                "normalization": percentile_spec(*DEFAULT_PERCENTILES),
             }
         else:
             raise ValueError("config is required when model is a plain callable (it says the head, spatial dims and channels)")
@@ -150,7 +152,7 @@ def select_channels(channel: Any, names: list[str], n_c: int, in_channels: int) 
 def normalizer(data: Any, chosen: list[int], normalization: Any) -> Callable[[np.ndarray], np.ndarray] | None:
     """The window transform a config's ``normalization`` asks for (percentiles over the whole of
     ``data`` per chosen channel, or the fixed ``limits``); None for no normalisation."""
-    from segtune.core.normalize import DEFAULT_PERCENTILES, percentiles
+    from segtune.core.normalize import model_percentiles, percentiles
 
     if normalization is None or normalization is False:
         return None
@@ -160,8 +162,7 @@ def normalizer(data: Any, chosen: list[int], normalization: Any) -> Callable[[np
         return None
     if method != "percentile":
         raise ValueError(f"normalization method {method!r} is not known; this version applies 'percentile' or 'none'")
-    low = float(spec.get("low", DEFAULT_PERCENTILES[0]))
-    high = float(spec.get("high", DEFAULT_PERCENTILES[1]))
+    low, high, _ = model_percentiles({"normalization": spec})  # clip: not applied to windows
     fixed = spec.get("limits")  # (lo, hi) per chosen channel, measured before (see whole_image_settings)
     if fixed is not None and len(fixed) != len(chosen):
         raise ValueError(f"normalization limits are given for {len(fixed)} channel(s) but {len(chosen)} are chosen")

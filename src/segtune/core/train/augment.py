@@ -14,7 +14,7 @@ in the YX plane, since Z is usually sampled more coarsely.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -91,14 +91,11 @@ class AugmentConfig:
     @classmethod
     def from_dict(cls, values: dict) -> AugmentConfig:
         """Rebuild from :meth:`to_dict` (unknown keys are refused)."""
-        known = {f.name for f in fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown augmentation settings {sorted(unknown)}; known: {', '.join(sorted(known))}")
-        values = dict(values)
+        from segtune.core.train.settings import settings_from_dict  # settings imports this module
+
         if "blur_sigma" in values:
-            values["blur_sigma"] = tuple(values["blur_sigma"])
-        return cls(**values)
+            values = {**values, "blur_sigma": tuple(values["blur_sigma"])}
+        return settings_from_dict(cls, values, "augmentation")
 
     def to_dict(self) -> dict:
         """JSON-able settings (recorded in a trained model's config)."""

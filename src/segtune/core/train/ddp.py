@@ -39,7 +39,6 @@ __all__ = [
     "any_rank",
     "barrier",
     "context",
-    "device_for",
     "init_from_env",
     "is_main_process",
     "launch_rank",
@@ -181,16 +180,6 @@ def release() -> None:
     if _OWNED[0] and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
     _OWNED[0] = False
-
-
-def device_for(requested: str | torch.device, select: Callable[[Any], torch.device] | None = None) -> torch.device:
-    """The device to train on: this rank's GPU under torchrun, else what ``select(requested)`` picks."""
-    current = context()
-    if current.active and current.device is not None:
-        return current.device
-    if select is None:
-        from segtune.core.device import select_device as select
-    return select(requested)
 
 
 def launch_rank() -> int:

@@ -43,6 +43,8 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from segtune.core.models.heads import ACTIVATIONS, SEGMENTATION_HEADS
+
 __all__ = [
     "LOSSES",
     "LossFunction",
@@ -64,7 +66,7 @@ def _prepare(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | N
     if logits.ndim < 3:
         raise ValueError(f"logits must have shape (N, K, *spatial), got {tuple(logits.shape)}")
     n, k, *spatial = logits.shape
-    if head in ("binary", "multilabel"):
+    if ACTIVATIONS.get(head) == "sigmoid":
         if head == "binary" and k != 1:
             raise ValueError(f"a binary head has 1 output channel, the logits have {k}")
         if target.ndim == logits.ndim - 1:
@@ -90,7 +92,7 @@ def _prepare(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | N
 
 
 def _probabilities_and_onehot(logits, target, head):
-    if head in ("binary", "multilabel"):
+    if ACTIVATIONS.get(head) == "sigmoid":
         return torch.sigmoid(logits), target
     k = logits.shape[1]
     # indices outside 0..K-1 (an ignore value) only occur under valid == 0; clamp them away
@@ -101,7 +103,7 @@ def _probabilities_and_onehot(logits, target, head):
 def bce_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None, *, head: str = "binary") -> torch.Tensor:
     """Binary (one channel) or categorical (K channels) cross-entropy, averaged over valid pixels."""
     target, weight = _prepare(logits, target, valid, head)
-    if head in ("binary", "multilabel"):
+    if ACTIVATIONS.get(head) == "sigmoid":
         per_pixel = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     else:
         per_pixel = F.cross_entropy(logits, target.clamp(0, logits.shape[1] - 1), reduction="none").unsqueeze(1)
@@ -115,7 +117,7 @@ def _overlap_terms(logits, target, valid, head):
     intersection = (probs * onehot * weight).sum(dims)
     p_sum = (probs * weight).sum(dims)
     t_sum = (onehot * weight).sum(dims)
-    if head not in ("binary", "multilabel") and logits.shape[1] > 1:
+    if ACTIVATIONS.get(head) != "sigmoid" and logits.shape[1] > 1:
         intersection, p_sum, t_sum = intersection[1:], p_sum[1:], t_sum[1:]
     return intersection, p_sum, t_sum
 
@@ -147,7 +149,7 @@ def focal_loss(
 ) -> torch.Tensor:
     """Focal loss (Lin et al. 2017), ``gamma = 2``, ``alpha = 0.5`` by default."""
     target, weight = _prepare(logits, target, valid, head)
-    if head in ("binary", "multilabel"):
+    if ACTIVATIONS.get(head) == "sigmoid":
         log_p = F.logsigmoid(logits)
         log_not_p = F.logsigmoid(-logits)
         log_pt = torch.where(target > 0.5, log_p, log_not_p)
@@ -298,8 +300,8 @@ def parse_loss(spec: str, head: str = "binary") -> CombinedLoss:
     >>> parse_loss("bce+dice").spec
     'bce+dice'
     """
-    if head not in ("binary", "three_class", "semantic", "multilabel"):
-        raise ValueError(f"head must be 'binary', 'three_class', 'semantic' or 'multilabel', got {head!r}")
+    if head not in SEGMENTATION_HEADS:
+        raise ValueError(f"head must be one of {', '.join(SEGMENTATION_HEADS)}, got {head!r}")
     terms = []
     for term in str(spec).lower().split("+"):
         match = _TERM.match(term)

@@ -33,7 +33,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -216,15 +216,9 @@ class PretrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> PretrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown pretraining settings {sorted(unknown)}")
-        values = dict(values)
-        for key in ("normalization", "corruptions"):
-            if isinstance(values.get(key), list):
-                values[key] = tuple(values[key])
-        return cls(**values)
+        from segtune.core.train.settings import settings_from_dict
+
+        return settings_from_dict(cls, values, "pretraining", tuples=("normalization", "corruptions"))
 
 
 @dataclass

@@ -16,13 +16,30 @@ from segtune.core.train.data import HEADS
 from segtune.core.train.losses import parse_loss
 from segtune.core.train.patches import normalize_patch_shape
 
-__all__ = ["FINETUNE_L2SP", "FINETUNE_LEARNING_RATE", "NEW_LEARNING_RATE", "NEW_MAX_DIAMETER", "TrainConfig", "TrainResult", "auto_settings"]
+__all__ = [
+    "FINETUNE_L2SP", "FINETUNE_LEARNING_RATE", "NEW_LEARNING_RATE", "NEW_MAX_DIAMETER", "TrainConfig", "TrainResult",
+    "auto_settings", "settings_from_dict",
+]
 
 # defaults that need no thought (see auto_settings); fine-tuning moves a trained model gently
 FINETUNE_L2SP = 1e-3
 FINETUNE_LEARNING_RATE = 3e-4
 NEW_LEARNING_RATE = 2e-3
 NEW_MAX_DIAMETER = 32.0
+
+
+def settings_from_dict(cls: type, values: dict[str, Any], what: str, tuples: tuple[str, ...] = ()) -> Any:
+    """A settings dataclass ``cls`` rebuilt from its JSON form: unknown keys refused (naming
+    ``what`` settings they are), the lists of ``tuples`` made tuples again."""
+    known = {f.name for f in fields(cls)}
+    unknown = set(values) - known
+    if unknown:
+        raise ValueError(f"unknown {what} settings {sorted(unknown)}; known: {', '.join(sorted(known))}")
+    values = dict(values)
+    for key in tuples:
+        if isinstance(values.get(key), list):
+            values[key] = tuple(values[key])
+    return cls(**values)
 
 
 @dataclass
@@ -160,18 +177,9 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         """Rebuild from :meth:`to_dict`; unknown keys are refused."""
-        known = {f.name for f in fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown training settings {sorted(unknown)}")
-        values = dict(values)
         if isinstance(values.get("augmentation"), dict):
-            values["augmentation"] = AugmentConfig.from_dict(values["augmentation"])
-        if isinstance(values.get("patch"), list):
-            values["patch"] = tuple(values["patch"])
-        if isinstance(values.get("normalization"), list):
-            values["normalization"] = tuple(values["normalization"])
-        return cls(**values)
+            values = {**values, "augmentation": AugmentConfig.from_dict(values["augmentation"])}
+        return settings_from_dict(cls, values, "training", tuples=("patch", "normalization"))
 
     def validate(self) -> None:
         """Raise ValueError naming the first bad setting."""

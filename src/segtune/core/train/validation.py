@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from segtune.core.models.heads import ACTIVATIONS
 from segtune.core.train.data import make_targets
 from segtune.core.train.loop import autocast
 
@@ -99,7 +100,7 @@ def validate(model, samples, *, head, n_classes, loss_fn, device, spatial_dims, 
             if valid.any():
                 losses.append(float(loss_fn(logits[None], target, valid_t)))
                 weights.append(float(valid.sum()))
-            if head in ("binary", "multilabel"):
+            if ACTIVATIONS.get(head) == "sigmoid":
                 probabilities = torch.sigmoid(logits).numpy()
                 predicted_fg = (probabilities > 0.5).any(0)
             else:
