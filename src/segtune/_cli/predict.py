@@ -84,7 +84,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from segtune.cli import UsageError
+    from segtune._cli.common import UsageError
     from segtune.core.io import output_name
 
     inputs = _expand(args.inputs)
@@ -161,7 +161,7 @@ class PredictedFile:
 
 def _guarded(job: dict[str, Any], options: dict[str, Any], model: Any, many: bool, bar: bool) -> PredictedFile | str:
     """Predict one file and print its line; with several inputs a bad file is reported and the others go on."""
-    from segtune.cli import UsageError
+    from segtune._cli.common import UsageError
     from segtune.core.io import ImageReadError
 
     try:
@@ -283,7 +283,7 @@ def _write(path: Path, labels: np.ndarray, pixel_sizes: Any, axes: str, overwrit
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
-    from segtune.cli import UsageError
+    from segtune._cli.common import UsageError
 
     tile = None
     if args.tile:
@@ -345,7 +345,7 @@ def _run_distributed(jobs: list[dict[str, Any]], options: dict[str, Any], args: 
     """--workers / --scheduler: the same per-file work as tasks on a dask cluster (core.parallel_predict)."""
     from functools import partial
 
-    from segtune.cli import UsageError
+    from segtune._cli.common import UsageError
     from segtune.core import parallel_predict
     from segtune.core.progress import tqdm_progress
 
