@@ -3,23 +3,21 @@
 from __future__ import annotations
 
 import contextlib
-import inspect
 import os
 from pathlib import Path
 
+import distributed
 import numpy as np
 import pytest
+import tifffile
 import torch
+import zarr
 
-distributed = pytest.importorskip("distributed", reason="distributed prediction needs the 'distributed' extra")
-tifffile = pytest.importorskip("tifffile")
-zarr = pytest.importorskip("zarr")
-
-from segtune.core import parallel_predict  # noqa: E402
-from segtune.core.io import open_image, read_labels  # noqa: E402
-from segtune.core.models.store import default_config, load_model, save_model  # noqa: E402
-from segtune.core.models.unet import UNet  # noqa: E402
-from segtune.core.predict import predict  # noqa: E402
+from segtune.core import parallel_predict
+from segtune.core.io import open_image, read_labels
+from segtune.core.models.store import default_config, load_model, save_model
+from segtune.core.models.unet import UNet
+from segtune.core.predict import predict
 
 pytestmark = pytest.mark.slow  # a 2-worker cluster takes seconds to start on a small machine
 
@@ -182,8 +180,6 @@ def test_volume_in_chunks_equals_single_process_bit_for_bit(client, volume, tmp_
 
 
 def test_a_zooming_model_is_split_only_when_told_not_to_zoom(client, volume, tmp_path):
-    if "diameter" not in inspect.signature(predict).parameters:
-        pytest.skip("this version of predict() does not zoom to the model's object size")
     model = _tiny_model(3, seed=2)
     config = {**default_config(model.architecture), "object_diameter": 12.0, "auto_diameter": True}
     options = {"tile_shape": (16, 72, 72), "batch_size": 2, "device": "cpu"}

@@ -159,7 +159,7 @@ def test_mask_and_postprocess_per_head():
 
 @pytest.mark.parametrize("shape, chunks", [((100, 130), (32, 40)), ((20, 50, 45), (8, 16, 16))])
 def test_label_blockwise_equals_labelling_the_whole(tmp_path, shape, chunks):
-    zarr = pytest.importorskip("zarr")
+    import zarr
     from scipy import ndimage as ndi
 
     rng = np.random.default_rng(0)

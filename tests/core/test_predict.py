@@ -197,8 +197,8 @@ def test_exact_3d_with_fewer_slices_than_the_tile(net3d):
 
 
 def test_exact_from_dask_and_zarr_inputs(net2d, tmp_path):
-    da = pytest.importorskip("dask.array")
-    zarr = pytest.importorskip("zarr")
+    import dask.array as da
+    import zarr
     image = rand(1, 130, 170, seed=6)
     reference = predict_raw(net2d, image, spatial_dims=2, tile_shape=96, device="cpu")
     lazy = da.from_array(image, chunks=(1, 50, 50))
@@ -276,7 +276,7 @@ def test_plan_windows_keep_the_halo_away_from_inner_edges():
 
 @pytest.mark.parametrize(("shape", "roi", "overlap"), [((1, 70, 90), (32, 32), 0.25), ((1, 20, 70), (32, 32), 0.5)])
 def test_gaussian_matches_monai(net2d, shape, roi, overlap):
-    monai_inferers = pytest.importorskip("monai.inferers")
+    import monai.inferers as monai_inferers
     image = rand(*shape, seed=8)
     with torch.no_grad():
         expected = monai_inferers.sliding_window_inference(
