@@ -18,6 +18,7 @@ import warnings
 from collections.abc import Sequence
 
 from segtune import __version__
+from segtune._cli.common import UsageError
 
 # Order is the order `segtune --help` lists them in.
 COMMANDS = (
@@ -34,10 +35,6 @@ COMMANDS = (
     "info",
     "demo",
 )
-
-
-class UsageError(Exception):
-    """A problem with the user's input that a one-line message explains (exit code 2)."""
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -151,8 +148,4 @@ def _one_line(error: BaseException) -> str:
 
 
 if __name__ == "__main__":
-    # `python -m segtune.cli`: run the imported module's main, so that the subcommands'
-    # `from segtune.cli import UsageError` is the class main() catches (not __main__'s twin)
-    from segtune.cli import main as imported_main
-
-    sys.exit(imported_main())
+    sys.exit(main())

@@ -3,7 +3,7 @@
 The steps are the ones a biologist takes in the napari widget, run through ``segtune.core``:
 
 1. open the 2D sample image (synthetic Hoechst-stained nuclei) and its corrected labels;
-2. predict with a bundled model (or, when none is installed, an untrained small U-Net: said so);
+2. predict with a bundled model (nuclei-2d);
 3. fine-tune the model for a minute on the corrected labels of the image's left half;
 4. predict again and score both predictions on the right half, which training never saw;
 5. export the masks (OME-TIFF with pixel sizes), per-object measurements (CSV), a colour
@@ -73,8 +73,8 @@ def describe_samples(say: Callable[[str], Any] = print) -> list[dict[str, Any]]:
     return entries
 
 
-def _choose_model(say: Callable[[str], Any]) -> str | None:
-    """The bundled model to start from (a 2D one-channel model, nuclei first), or None."""
+def _choose_model(say: Callable[[str], Any]) -> str:
+    """The bundled model to start from (a 2D one-channel model, nuclei first)."""
     from segtune.core.models.registry import list_models
     from segtune.core.models.store import read_config
 
@@ -83,8 +83,6 @@ def _choose_model(say: Callable[[str], Any]) -> str | None:
         architecture = read_config(model.folder).get("architecture", {})
         if architecture.get("spatial_dims") == 2 and architecture.get("in_channels") == 1:
             candidates.append(model)
-    if not candidates:
-        return None
     candidates.sort(key=lambda m: "nuclei" not in m.name.lower())
     say(f"  bundled model: {candidates[0].name} ({candidates[0].description})")
     return candidates[0].name
@@ -155,7 +153,6 @@ def run_demo(
     from segtune.core.measure import measure, save_table
     from segtune.core.metrics import evaluate, overlay, save_overlay_png
     from segtune.core.models.store import save_model
-    from segtune.core.models.unet import build_model, default_architecture
     from segtune.core.predict import ObjectOptions, predict
     from segtune.core.train.trainer import TrainConfig, held_out_summary, train
 
@@ -180,25 +177,12 @@ def run_demo(
 
     say("\n2. The starting model:")
     bundled = _choose_model(say)
-    if bundled is not None:
-        from segtune.core.models.store import load_model
+    from segtune.core.models.store import load_model
 
-        start_model, start_config = load_model(bundled, device="cpu")
-        start_name = bundled
-        # the defaults of `segtune train --from` and the widget's Fine-tune tab (the trainer's auto_settings)
-        settings = TrainConfig(spatial_dims=2, epochs=10_000, max_minutes=minutes, patience=None, device=device)
-    else:
-        say("  No bundled model is installed in this copy of segtune, so the demo starts from an UNTRAINED small")
-        say("  2D U-Net (objects vs background, touching nuclei split by a watershed): its 'before' scores are")
-        say(f"  those of a network that has learned nothing, and 'after' is what {minutes:g} minute(s) of training from")
-        say("  scratch on half an image gives. With a bundled model, 'before' is already a trained model's score.")
-        architecture = default_architecture(spatial_dims=2, in_channels=1, out_channels=1, depth=3, base_channels=16)
-        start_model = build_model(architecture)
-        start_config = {"architecture": architecture, "head": "binary",
-                        "normalization": {"method": "percentile", "low": 1.0, "high": 99.8}}
-        start_name = "untrained small U-Net"
-        settings = TrainConfig(spatial_dims=2, head="binary", epochs=1000, max_minutes=minutes, patch=128,
-                               batch_size=4, learning_rate=1e-3, patience=None, device=device)
+    start_model, start_config = load_model(bundled, device="cpu")
+    start_name = bundled
+    # the defaults of `segtune train --from` and the widget's Fine-tune tab (the trainer's auto_settings)
+    settings = TrainConfig(spatial_dims=2, epochs=10_000, max_minutes=minutes, patience=None, device=device)
     if train_overrides:
         from dataclasses import replace
 
@@ -216,7 +200,7 @@ def run_demo(
     say(f"\n3. Fine-tuning for at most {minutes:g} minute(s) on the left half's corrected labels…")
     t0 = time.monotonic()
     # a bundled model is passed by name so training keeps its normalisation and records its lineage
-    result = train([image[train_part]], [truth[train_part]], settings, names=[f"{IMAGE} left half"], model=bundled or start_model,
+    result = train([image[train_part]], [truth[train_part]], settings, names=[f"{IMAGE} left half"], model=bundled,
                    provenance={"source": "segtune demo", "start": start_name}, progress=progress)
     say(f"   {len(result.history)} epoch(s) in {time.monotonic() - t0:.0f} s ({result.stop_reason}); best epoch {result.best_epoch}.")
     say(f"   {held_out_summary(result)}")
@@ -256,7 +240,6 @@ def run_demo(
         "written_by": MARKER,
         "samples": samples,
         "start_model": start_name,
-        "bundled_model": bundled is not None,
         "fine_tuning": {"epochs": len(result.history), "stop_reason": result.stop_reason, "best_epoch": result.best_epoch,
                         "minutes_budget": minutes, "held_out_before": result.baseline_metrics.get("val_matched_f1"),
                         "held_out_after": result.best_metrics.get("val_matched_f1"), "kept_start": result.kept_start},
@@ -306,6 +289,5 @@ def open_gui() -> None:
     viewer = napari.Viewer(title="segtune demo")
     viewer.open_sample("napari-segtune", "nuclei_2d")
     _, widget = viewer.window.add_plugin_dock_widget("napari-segtune", "segtune")
-    if widget.model_panel.bundled.count():
-        widget.model_panel.load_bundled()
+    widget.model_panel.load_bundled()
     napari.run()

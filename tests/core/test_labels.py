@@ -243,3 +243,36 @@ def test_bad_input_names_the_problem():
         lab.fill_holes(np.zeros((4, 4)))
     with pytest.raises(ValueError, match=r"must be 2D \(Y, X\) or 3D"):
         lab.remove_border(np.zeros((2, 2, 2, 2), np.uint8))
+
+
+def test_planes_split_and_stack_back_with_ids_running_on():
+    stack = np.zeros((2, 3, 5, 6), np.int32)  # (T, Z, Y, X)
+    stack[0, 0, 1:3, 1:3] = 1
+    stack[1, 2, 0, 0] = 1
+    stack[1, 2, 4, 5] = 2
+    planes, leading = lab.planes_of(stack)
+    assert leading == (2, 3) and len(planes) == 6 and planes[5].shape == (5, 6)
+    np.testing.assert_array_equal(lab.stack_planes(planes, leading), stack)
+    numbered = lab.stack_planes(planes, leading, renumber=True)
+    assert numbered.dtype == np.uint32 and numbered.shape == stack.shape
+    # each plane's objects keep their shapes; ids run on: plane 0 has 1, the last plane's 1, 2 become 2, 3
+    assert numbered[0, 0, 1, 1] == 1 and numbered[1, 2, 0, 0] == 2 and numbered[1, 2, 4, 5] == 3
+    np.testing.assert_array_equal(numbered > 0, stack > 0)
+    # a single 2D image passes through unchanged
+    plane = np.arange(12, dtype=np.int16).reshape(3, 4)
+    (only,), none = lab.planes_of(plane)
+    assert none == () and lab.stack_planes([only], none, renumber=True) is only
+
+
+def test_mask_from_rectangle_polygon_and_ellipse():
+    rectangle = lab.mask_from_shapes([("rectangle", [[1, 1], [1, 3], [2, 3], [2, 1]])], (5, 6))
+    assert np.argwhere(rectangle).tolist() == [[1, 1], [1, 2], [1, 3], [2, 1], [2, 2], [2, 3]]
+    triangle = lab.mask_from_shapes([("polygon", [[0, 0], [0, 8], [8, 0]])], (10, 10))
+    assert triangle[1, 1] and triangle[0, 7] and not triangle[8, 8] and not triangle[5, 5]
+    # an ellipse by the corners of its box: the whole disc inside, the box's corners outside
+    ellipse = lab.mask_from_shapes([("ellipse", [[0, 0], [0, 10], [10, 10], [10, 0]])], (12, 12))
+    assert ellipse[5, 5] and ellipse[5, 1] and ellipse[1, 5] and not ellipse[0, 0] and not ellipse[9, 9]
+    both = lab.mask_from_shapes([("rectangle", [[1, 1], [1, 3], [2, 3], [2, 1]]), ("polygon", [[0, 0], [0, 8], [8, 0]])], (10, 10))
+    np.testing.assert_array_equal(both, np.pad(rectangle, ((0, 5), (0, 4))) | triangle)
+    with pytest.raises(ValueError, match="a shape must be one of rectangle, polygon, ellipse, got 'line'"):
+        lab.mask_from_shapes([("line", [[0, 0], [3, 3]])], (4, 4))

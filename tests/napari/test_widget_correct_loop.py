@@ -8,7 +8,6 @@ import pytest
 
 from segtune.core import labels as lab
 from segtune.core.io import open_image
-from segtune.core.models.registry import list_models
 from segtune.core.postprocess import label_components
 from tests.napari.conftest import wait_for
 from tests.napari.test_widget_correct import press
@@ -36,7 +35,6 @@ def nearest_pair(labels: np.ndarray) -> tuple[int, int, np.ndarray, tuple[int, i
     return a, b, bridge, inside[0], inside[1]
 
 
-@pytest.mark.skipif(not any(m.name == "nuclei-2d" for m in list_models()), reason="the bundled nuclei-2d model is not installed")
 def test_predict_correct_undo_finetune_on_real_nuclei(widget, qtbot, nuclei_dir, errors) -> None:
     viewer = widget.viewer
     image_data = np.asarray(open_image(nuclei_dir / "images" / "26.png").data[0, 0, 0])[:512, :512]

@@ -8,12 +8,10 @@ import pytest
 
 from segtune._napari._finetune_panel import finetuned_name
 from segtune._napari._layers import elide
-from segtune.core.models.registry import list_models
 
 pytestmark = pytest.mark.gui
 
 
-@pytest.mark.skipif(len(list_models()) < 2, reason="needs two bundled models")
 def test_the_bundled_model_shown_is_in_use(widget, errors) -> None:
     panel = widget.model_panel
     assert widget.state.name == panel.bundled.currentText() and not widget.state.unsaved

@@ -8,17 +8,10 @@ import pytest
 from segtune._resources import sample_file
 from segtune.core.diameter import labels_diameter
 from segtune.core.io import open_image, read_labels
-from segtune.core.models.registry import list_models
 from tests.napari.conftest import wait_for
 
 pytestmark = pytest.mark.gui
 
-needs_nuclei_2d = pytest.mark.skipif(
-    not any(m.name == "nuclei-2d" for m in list_models()), reason="the bundled nuclei-2d model is not installed"
-)
-
-
-@needs_nuclei_2d
 def test_estimate_measure_units_and_model_size(widget, qtbot, sample_2d, errors) -> None:
     viewer = widget.viewer
     image = viewer.add_image(sample_2d["image"], name="nuclei", scale=(0.5, 0.5))
@@ -66,7 +59,6 @@ def test_estimate_measure_units_and_model_size(widget, qtbot, sample_2d, errors)
     assert any("Select a Shapes layer" in message for message in errors())
 
 
-@needs_nuclei_2d
 def test_the_diameter_reaches_the_prediction(widget, qtbot, sample_2d) -> None:
     viewer = widget.viewer
     viewer.add_image(sample_2d["image"], name="nuclei")

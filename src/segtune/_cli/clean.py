@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from segtune._cli.common import UsageError
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -43,19 +45,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def output_name(path: Path) -> str:
-    """``a_labels.ome.tif`` -> ``a_labels.tif``; any other image type is written as TIFF too."""
-    name = path.name
-    for suffix in (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".png", ".jpg", ".jpeg", ".zarr"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)] + ".tif"
-    return path.stem + ".tif"
-
-
 def run(args: argparse.Namespace) -> int:
-    from segtune.cli import UsageError
     from segtune.core import labels as lab
-    from segtune.core.io import open_image, read_labels, write_labels
+    from segtune.core.io import open_image, output_name, read_labels, write_labels
     from segtune.core.metrics import to_instances
 
     for option in ("smooth", "dilate", "erode", "min_area", "split_distance"):
@@ -66,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--min-size must be 0 or more, got {args.min_size}")
     out_dir = Path(args.out)
     paths = [Path(p) for p in args.labels]
-    targets = [out_dir / output_name(p) for p in paths]
+    targets = [out_dir / output_name(p, suffix="") for p in paths]  # a_labels.ome.tif -> a_labels.tif
     if len(set(targets)) < len(targets):
         raise UsageError("two --labels files would be written to the same output name; clean them into separate folders")
     for path, target in zip(paths, targets, strict=True):
@@ -96,7 +88,6 @@ def run(args: argparse.Namespace) -> int:
 
 def clean(labels: np.ndarray, args: argparse.Namespace, pixel_sizes: tuple, path: Path) -> np.ndarray:
     """The steps ``args`` asks for, in the documented order, on one 2D image or 3D volume."""
-    from segtune.cli import UsageError
     from segtune.core import labels as lab
 
     planewise = args.planewise and labels.ndim == 3

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from segtune._cli.common import UsageError
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -25,14 +27,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
-
-    from segtune.cli import UsageError
-
-    # PyTorch's OpenMP threads otherwise spin while idle; on a machine whose cores are also busy
-    # with other work that made training steps 5-7x slower here (set before torch is imported)
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
     if args.gui:
         problem = display_problem()
         if problem:

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from segtune._cli.common import UsageError, image_files
+
 logger = logging.getLogger(__name__)
 
 
@@ -34,22 +36,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def _expand(paths: list[str], option: str) -> list[Path]:
-    from segtune.core.io import SUPPORTED_EXTENSIONS
-
-    files: list[Path] = []
-    for name in paths:
-        path = Path(name)
-        if path.is_dir():
-            found = [p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(SUPPORTED_EXTENSIONS)]
-            if not found:
-                raise FileNotFoundError(f"{option} folder {path} holds no image files ({', '.join(SUPPORTED_EXTENSIONS)})")
-            files.extend(found)
-        else:
-            files.append(path)
-    return sorted(files, key=str)
-
-
 def _write_overlays(folder: Path, pred_path: Path, rgb: Any, overwrite: bool) -> list[Path]:
     from segtune.core.io import output_name
     from segtune.core.metrics import save_overlay_png
@@ -64,13 +50,13 @@ def _write_overlays(folder: Path, pred_path: Path, rgb: Any, overwrite: bool) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    from segtune.cli import UsageError
     from segtune.core.io import read_labels
     from segtune.core.metrics import evaluate, overlay, summarize
     from segtune.core.progress import Reporter, tqdm_progress
 
-    preds = _expand(args.pred, "--pred")
-    truths = _expand(args.truth, "--truth")
+    # pairs are matched in sorted order of the paths
+    preds = sorted(image_files(args.pred, "--pred"), key=str)
+    truths = sorted(image_files(args.truth, "--truth"), key=str)
     if len(preds) != len(truths):
         raise UsageError(
             f"{len(preds)} --pred file(s) but {len(truths)} --truth file(s); pairs are matched in "

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from segtune._cli.common import scene_arg
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("info", help="show the dimensions, pixel sizes and channels of images")
@@ -17,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from segtune.core.io import open_image
 
-    scene = int(args.scene) if args.scene is not None and args.scene.isdigit() else args.scene
+    scene = scene_arg(args.scene)
     for path in args.paths:
         image = open_image(path, scene=scene)
         info = {

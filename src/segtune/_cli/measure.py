@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from segtune._cli.common import UsageError, scene_arg
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -41,7 +43,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from segtune.cli import UsageError
     from segtune.core.io import open_image, read_labels
     from segtune.core.measure import measure, save_table
 
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     intensities = None
     channel_names = None
     if args.image is not None:
-        scene = int(args.scene) if args.scene is not None and args.scene.isdigit() else args.scene
+        scene = scene_arg(args.scene)
         reference = open_image(args.image, scene=scene)
         intensities = reference.data
         channel_names = reference.channel_names

@@ -19,12 +19,6 @@ def run(args: argparse.Namespace) -> int:
     from segtune.core.models.registry import list_models
 
     models = list_models()
-    if not models:
-        print(
-            "No pretrained models are bundled with this version yet. Train one with "
-            "'segtune train --images ... --labels ... --out MODEL_DIR' and pass that folder as --model."
-        )
-        return 0
     width = max(len(m.name) for m in models)
     for model in models:
         print(f"{model.name:<{width}}  {model.description}")

@@ -93,7 +93,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from segtune.cli import UsageError
+    from segtune._cli.common import UsageError
     from segtune.core.io import output_name
 
     inputs = _expand(args.inputs)
@@ -161,7 +161,7 @@ def _line(done: PredictedFile) -> str:
 
 def _guarded(job: dict[str, Any], options: dict[str, Any], model: Any, many: bool, bar: bool) -> PredictedFile | str:
     """Predict one file and print its line; with several inputs a bad file is reported and the others go on."""
-    from segtune.cli import UsageError
+    from segtune._cli.common import UsageError
     from segtune.core.io import ImageReadError
 
     try:
@@ -252,7 +252,7 @@ def _predict_ome_zarr(
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
-    from segtune.cli import UsageError
+    from segtune._cli.common import UsageError
     from segtune.core.predict import ObjectOptions, TilingOptions
 
     tile = None
@@ -309,7 +309,7 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
 
 def _run_distributed(jobs: list[dict[str, Any]], options: dict[str, Any], args: argparse.Namespace) -> int:
     """--workers / --scheduler: the same per-file work as tasks on a dask cluster (core.parallel_predict)."""
-    from segtune.cli import UsageError
+    from segtune._cli.common import UsageError
     from segtune.core import parallel_predict
     from segtune.core.progress import tqdm_progress
 

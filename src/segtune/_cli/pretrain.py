@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
-import signal
 import sys
 from pathlib import Path
+
+from segtune._cli.common import UsageError, stop_on_ctrl_c
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -68,12 +68,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    # idle OpenMP threads sleep instead of spinning (as segtune train does): on a few shared
-    # cores spinning threads slow training several-fold; set before torch starts its threads
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from segtune.cli import UsageError
     from segtune.core.normalize import STRETCH_PERCENTILES
-    from segtune.core.progress import CancelToken, tqdm_progress
+    from segtune.core.progress import tqdm_progress
     from segtune.core.train.pretrain import PretrainConfig, pretrain_files
 
     if args.method == "local-contrastive" and not args.labels:
@@ -99,25 +95,11 @@ def run(args: argparse.Namespace) -> int:
     if args.denoise_out and not args.overwrite:
         _check_denoise_targets(args.images, Path(args.denoise_out))
     command = args.command_line
-    token = CancelToken()
-    previous = signal.getsignal(signal.SIGINT)
-
-    def on_interrupt(signum, frame):
-        if token.cancelled:  # a second Ctrl-C stops at once
-            signal.signal(signal.SIGINT, previous)
-            raise KeyboardInterrupt
-        print("\nsegtune pretrain: stopping after this step (Ctrl-C again to abort at once)", file=sys.stderr)
-        token.cancel()
-
-    signal.signal(signal.SIGINT, on_interrupt)
-    try:
-        with tqdm_progress("pretrain", file=sys.stderr, mininterval=1.0) as progress:
-            result = pretrain_files(
-                args.images, config, label_paths=args.labels, channel=args.channel, out=args.out, from_model=args.from_model,
-                overwrite=args.overwrite, ignore_value=args.ignore_value, command=command, progress=progress, cancel=token,
-            )
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    with stop_on_ctrl_c("pretrain") as token, tqdm_progress("pretrain", file=sys.stderr, mininterval=1.0) as progress:
+        result = pretrain_files(
+            args.images, config, label_paths=args.labels, channel=args.channel, out=args.out, from_model=args.from_model,
+            overwrite=args.overwrite, ignore_value=args.ignore_value, command=command, progress=progress, cancel=token,
+        )
     last = result.history[-1]["loss"] if result.history else float("nan")
     print(f"{args.method} pretraining {result.stop_reason} after {len(result.history)} epoch(s), final loss {last:.4g} -> {args.out}")
     if result.stop_reason == "cancelled":

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
-import signal
 import sys
 from pathlib import Path
+
+from segtune._cli.common import UsageError, image_files, stop_on_ctrl_c
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -89,24 +89,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def _expand(paths: list[str], option: str) -> list[Path]:
-    from segtune.core.io import SUPPORTED_EXTENSIONS
-
-    files: list[Path] = []
-    for name in paths:
-        path = Path(name)
-        if path.is_dir():
-            found = sorted((p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(SUPPORTED_EXTENSIONS)), key=str)
-            if not found:
-                raise FileNotFoundError(f"{option} folder {path} holds no image files ({', '.join(SUPPORTED_EXTENSIONS)})")
-            files.extend(found)
-        elif not path.exists():
-            raise FileNotFoundError(f"{option}: {path} does not exist")
-        else:
-            files.append(path)
-    return files
-
-
 def _config(args: argparse.Namespace):
     from segtune.core.train.augment import AugmentConfig
     from segtune.core.train.trainer import TrainConfig
@@ -133,19 +115,15 @@ def _config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    # idle OpenMP threads sleep instead of spinning: on a few shared cores, spinning threads
-    # slow training several-fold; set before torch starts its thread pool
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-    from segtune.core.progress import CancelToken, tqdm_progress
+    from segtune.core.progress import tqdm_progress
     from segtune.core.train.trainer import train_files
 
     if args.method != "supervised":
         return _run_gan(args)
     if not args.labels:
         raise ValueError("--labels is required (one label file per image), except with --method cyclegan")
-    images = _expand(args.images, "--images")
-    labels = _expand(args.labels, "--labels")
+    images = image_files(args.images, "--images")
+    labels = image_files(args.labels, "--labels")
     if len(images) != len(labels):
         raise ValueError(f"{len(images)} image file(s) but {len(labels)} label file(s); give one label file per image")
     config = _config(args)
@@ -154,29 +132,15 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and args.overwrite:
         raise ValueError("give --resume or --overwrite, not both")
 
-    token = CancelToken()
-    previous = signal.getsignal(signal.SIGINT)
-
-    def on_interrupt(signum, frame):
-        if token.cancelled:  # a second Ctrl-C stops at once
-            signal.signal(signal.SIGINT, previous)
-            raise KeyboardInterrupt
-        print("\nsegtune train: stopping after this step (Ctrl-C again to abort at once)", file=sys.stderr)
-        token.cancel()
-
-    signal.signal(signal.SIGINT, on_interrupt)
-    try:
-        with tqdm_progress("train", file=sys.stderr, mininterval=1.0) as progress:
-            result = train_files(
-                images, labels, config, out=out, model=args.start, overwrite=args.overwrite, resume=args.resume,
-                command=args.command_line, progress=progress, cancel=token,
-            )
-    except FloatingPointError as e:  # training diverged: the user's settings, not a bug
-        from segtune.cli import UsageError
-
-        raise UsageError(f"{out}: {e}") from e
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    with stop_on_ctrl_c("train") as token:
+        try:
+            with tqdm_progress("train", file=sys.stderr, mininterval=1.0) as progress:
+                result = train_files(
+                    images, labels, config, out=out, model=args.start, overwrite=args.overwrite, resume=args.resume,
+                    command=args.command_line, progress=progress, cancel=token,
+                )
+        except FloatingPointError as e:  # training diverged: the user's settings, not a bug
+            raise UsageError(f"{out}: {e}") from e
     from segtune.core.train.ddp import launch_rank
     from segtune.core.train.trainer import held_out_summary
 
@@ -191,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
 def _run_gan(args: argparse.Namespace) -> int:
     """``--method vox2vox|cyclegan``: adversarial 3D training (segtune.core.train.gan)."""
     from segtune.core.io import read_labels
-    from segtune.core.progress import CancelToken, tqdm_progress
+    from segtune.core.progress import tqdm_progress
     from segtune.core.train.gan import GanConfig, parse_mask_recipe, train_gan
     from segtune.core.train.pretrain import read_images
 
@@ -204,11 +168,11 @@ def _run_gan(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.overwrite:
         raise FileExistsError(f"model folder {out} already exists; pass --overwrite to replace it")
-    image_files = _expand(args.images, "--images")
-    images, names = read_images(image_files)
+    image_paths = image_files(args.images, "--images")
+    images, names = read_images(image_paths)
     labels = None
     if args.labels:
-        label_files = _expand(args.labels, "--labels")
+        label_files = image_files(args.labels, "--labels")
         if len(label_files) != len(images):
             raise ValueError(f"{len(images)} image stack(s) but {len(label_files)} label file(s); give one label file per image")
         labels = [read_labels(path) for path in label_files]
@@ -221,15 +185,9 @@ def _run_gan(args: argparse.Namespace) -> int:
                        max_minutes=args.max_minutes if args.max_minutes is not None else 15.0,
                        normalization=tuple(args.normalize) if args.normalize else (1.0, 99.8), device=args.device, seed=args.seed)
     config.validate()
-    token = CancelToken()
-    previous = signal.getsignal(signal.SIGINT)
-    signal.signal(signal.SIGINT, lambda signum, frame: token.cancel())
-    try:
-        with tqdm_progress(args.method, file=sys.stderr, mininterval=1.0) as progress:
-            result = train_gan(images, labels, config, names=names, out=out, overwrite=args.overwrite,
-                               provenance={"command": args.command_line}, progress=progress, cancel=token)
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    with stop_on_ctrl_c("train") as token, tqdm_progress(args.method, file=sys.stderr, mininterval=1.0) as progress:
+        result = train_gan(images, labels, config, names=names, out=out, overwrite=args.overwrite,
+                           provenance={"command": args.command_line}, progress=progress, cancel=token)
     last = result.history[-1] if result.history else {}
     print(f"{args.method} {result.stop_reason}: {len(result.history)} epoch(s)"
           + (f", generator loss {last['generator']:.3f}, critic loss {last['critic']:.3f}" if last else ""))

@@ -463,8 +463,3 @@ class CorrectPanel(QWidget):
 
         layer = self.labels_layer.layer
         return 0 if layer is None else object_count(np.asarray(layer.data))
-
-    def close_hooks(self) -> None:
-        """Detach from the layer (when the widget closes)."""
-        if self._hooked is not None:
-            self._unhook(self._hooked)

@@ -7,7 +7,6 @@ import time
 from typing import Any
 
 import numpy as np
-from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -24,7 +23,8 @@ from superqt import QCollapsible
 
 from segtune._napari._curve import TrainingCurve
 from segtune._napari._jobs import Job, format_seconds, guarded, notify_info, run_guarded
-from segtune._napari._layers import LayerChoice, leading_names, matching_index, same_layer, select
+from segtune._napari._layers import LayerChoice, matching_index, same_layer, select
+from segtune._napari._panels import RGB_NAMES, JobPanel, PlaneRange, fill_channels
 from segtune._napari._state import ModelState, UserError
 
 REGION_TEXT = {
@@ -44,25 +44,16 @@ LOSS_WORDS = {  # plain words in the list; the technical name is in each item's 
 
 def shapes_mask(shapes: Any, labels: Any, yx_shape: tuple[int, int], yx_offset: tuple[int, int]) -> np.ndarray:
     """Pixels of a YX window of ``labels`` (origin ``yx_offset``) inside any rectangle/polygon/ellipse of ``shapes``."""
-    from skimage.draw import ellipse, polygon2mask
+    from segtune.core.labels import AREA_SHAPES, mask_from_shapes
 
-    mask = np.zeros(yx_shape, dtype=bool)
-    used = 0
+    outlines = []
     for vertices, kind in zip(shapes.data, shapes.shape_type, strict=True):
-        if kind not in ("rectangle", "polygon", "ellipse"):
-            continue
-        world = np.array([shapes.data_to_world(v) for v in vertices])
-        data = np.array([labels.world_to_data(w) for w in world])[:, -2:] - np.asarray(yx_offset)
-        if kind == "ellipse":
-            (y0, x0), (y1, x1) = data.min(axis=0), data.max(axis=0)
-            rr, cc = ellipse((y0 + y1) / 2 - 0.5, (x0 + x1) / 2 - 0.5, (y1 - y0) / 2, (x1 - x0) / 2, shape=yx_shape)
-            mask[rr, cc] = True
-        else:
-            # napari puts pixel centres at integer coordinates, as polygon2mask does
-            mask |= polygon2mask(yx_shape, data)
-        used += 1
-    if not used:
+        if kind in AREA_SHAPES:  # the shapes' vertices in the labels' pixels, relative to the window
+            world = np.array([shapes.data_to_world(v) for v in vertices])
+            outlines.append((kind, np.array([labels.world_to_data(w) for w in world])[:, -2:] - np.asarray(yx_offset)))
+    if not outlines:
         raise UserError(f"'{shapes.name}' has no rectangle, polygon or ellipse: draw one around the corrected area.")
+    mask = mask_from_shapes(outlines, yx_shape)
     if not mask.any():
         raise UserError(f"The shapes in '{shapes.name}' do not cover any of '{labels.name}'.")
     return mask
@@ -74,7 +65,7 @@ def finetuned_name(name: str) -> str:
     return name if name.endswith("-fine-tuned") else f"{name}-fine-tuned"
 
 
-class FinetunePanel(QWidget):
+class FinetunePanel(JobPanel):
     """Fine-tune the current model on an image and its corrected Labels layer.
 
     Attributes tests drive: ``image_layer``, ``labels_layer``, ``shapes_layer``, ``region``,
@@ -86,15 +77,11 @@ class FinetunePanel(QWidget):
     ``repredict_check`` is ticked (the widget connects it to the Predict tab).
     """
 
-    finished = Signal(str)
-
     def __init__(self, viewer: Any, state: ModelState, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.viewer = viewer
-        self.state = state
-        self.job: Job | None = None
+        super().__init__(viewer, state, parent)
         self.result: Any = None
         self.repredict: Any = None
+        self._repredict_layer: Any = None  # the image to predict again once the job ended
         self._timing: dict[str, float] = {}
 
         layout = QVBoxLayout(self)
@@ -111,23 +98,15 @@ class FinetunePanel(QWidget):
             "Where your masks are correct. Pixels elsewhere are not used, so uncorrected planes "
             "do not teach the model wrong things."
         )
-        self.range_axis = QComboBox()
-        self.plane_from = QSpinBox()
-        self.plane_to = QSpinBox()
-        for spin in (self.plane_from, self.plane_to):
-            spin.setToolTip("First and last corrected plane (numbers as on napari's slider).")
-        range_row = QHBoxLayout()
-        range_row.addWidget(self.plane_from)
-        range_row.addWidget(QLabel("to"))
-        range_row.addWidget(self.plane_to)
+        self.plane_range = PlaneRange("First and last corrected plane (numbers as on napari's slider).")
+        self.range_axis, self.plane_from, self.plane_to = self.plane_range.axis, self.plane_range.start, self.plane_range.stop
         self.shapes_layer = LayerChoice(viewer, "shapes", allow_none=True, none_text="(anywhere)")
         self.shapes_layer.setToolTip("Optional: a Shapes layer with rectangles around the areas you corrected; only those are used.")
         form.addRow("Image", self.image_layer)
         form.addRow("Corrected masks", self.labels_layer)
         form.addRow("Channel", self.channel)
         form.addRow("Trusted where", self.region)
-        form.addRow("Range along", self.range_axis)
-        form.addRow("Planes", range_row)
+        self.plane_range.add_rows(form, "Planes")
         form.addRow("Only inside", self.shapes_layer)
 
         self.minutes = QDoubleSpinBox()
@@ -206,15 +185,11 @@ class FinetunePanel(QWidget):
         buttons = QHBoxLayout()
         self.run_button = QPushButton("Fine-tune")
         self.run_button.setToolTip("Teach the current model from your masks (runs in the background; napari stays usable). Shortcut: Shift-T.")
-        self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setToolTip("Stop now and keep the best model found so far.")
-        self.cancel_button.setEnabled(False)
         buttons.addWidget(self.run_button, 1)
         buttons.addWidget(self.cancel_button)
         layout.addLayout(buttons)
         self.epoch_label = QLabel("")
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
         self.curve = TrainingCurve()
         layout.addWidget(self.epoch_label)
         layout.addWidget(self.curve)
@@ -224,9 +199,7 @@ class FinetunePanel(QWidget):
         self.image_layer.currentIndexChanged.connect(self._image_changed)
         self.labels_layer.currentIndexChanged.connect(self._labels_changed)
         self.region.currentTextChanged.connect(self._region_changed)
-        self.range_axis.currentIndexChanged.connect(self._range_axis_changed)
         self.run_button.clicked.connect(guarded(self.run))
-        self.cancel_button.clicked.connect(self.cancel)
         state.changed.connect(self._model_changed)
         state.busy_changed.connect(lambda what: self.run_button.setEnabled(not what))
         self._image_changed()
@@ -237,41 +210,16 @@ class FinetunePanel(QWidget):
 
     def _image_changed(self, *_: Any) -> None:
         layer = self.image_layer.layer
-        self.channel.clear()
-        if layer is not None and layer.rgb:
-            in_channels = self.state.in_channels if self.state.model is not None else 1
-            if in_channels == layer.data.shape[-1]:
-                self.channel.addItem("all channels", None)
-            for i, name in enumerate(["red", "green", "blue", "alpha"][: layer.data.shape[-1]]):
-                self.channel.addItem(name, i)
-            self.channel.setEnabled(True)
-        else:
-            self.channel.addItem("(one channel)", None)
-            self.channel.setEnabled(False)
+        names = list(RGB_NAMES[: layer.data.shape[-1]]) if layer is not None and layer.rgb else []
+        fill_channels(self.channel, names, self.state.in_channels if self.state.model is not None else 1)
 
     def _labels_changed(self, *_: Any) -> None:
         layer = self.labels_layer.layer
-        shape = tuple(layer.data.shape) if layer is not None else ()
-        n_leading = max(0, len(shape) - 2)
-        self.range_axis.blockSignals(True)
-        self.range_axis.clear()
-        if n_leading <= 2:
-            for name, size in zip(leading_names(n_leading), shape, strict=False):
-                self.range_axis.addItem({"Z": "planes (Z)", "T": "time points (T)"}[name], size)
-        self.range_axis.blockSignals(False)
-        self._range_axis_changed()
+        self.plane_range.set_shape(tuple(layer.data.shape) if layer is not None else ())
         self._region_changed()
 
-    def _range_axis_changed(self, *_: Any) -> None:
-        size = self.range_axis.currentData() or 1
-        for spin in (self.plane_from, self.plane_to):
-            spin.setRange(0, size - 1)
-        self.plane_to.setValue(size - 1)
-
     def _region_changed(self, *_: Any) -> None:
-        ranged = REGION_TEXT[self.region.currentText()] == "range" and self.range_axis.count() > 0
-        for widget in (self.range_axis, self.plane_from, self.plane_to):
-            widget.setEnabled(ranged)
+        self.plane_range.set_enabled(REGION_TEXT[self.region.currentText()] == "range")
 
     def _model_changed(self) -> None:
         state = self.state
@@ -291,9 +239,7 @@ class FinetunePanel(QWidget):
             self.viewer,
             labels,
             scope=REGION_TEXT[self.region.currentText()],
-            range_axis=max(0, self.range_axis.currentIndex()),
-            start=self.plane_from.value(),
-            stop=self.plane_to.value(),
+            **self.plane_range.selection(),
         )
         image_index = matching_index(image, labels, selection.index)
         label_data = selection.data
@@ -418,21 +364,9 @@ class FinetunePanel(QWidget):
         self.epoch_label.setText("Preparing the masks…")
         self.status.setText("")
         self._timing = {"start": time.monotonic(), "budget": settings.max_minutes * 60.0}
-        state.set_busy("fine-tuning")
-        self.cancel_button.setEnabled(True)
-        self.job = Job(
-            work,
-            description="Fine-tuning",
-            on_events=self._show_events,
-            on_done=done,
-            on_finally=self._finish,
-            uses_torch=True,
-            parent=self,
-        )
-        self.job.finished.connect(self.finished)
-        return self.job.start()
+        return self.start_job(work, "Fine-tuning", done, busy="fine-tuning")
 
-    def _show_events(self, events: list[Any]) -> None:
+    def show_events(self, events: list[Any]) -> None:
         for event in events:
             if event.stage == "train" and event.metrics.get("steps_per_epoch"):
                 m = event.metrics
@@ -449,20 +383,16 @@ class FinetunePanel(QWidget):
             loss_text = f", loss {loss:.3f}" if isinstance(loss, float) else ""
             self.epoch_label.setText(f"Epoch {epoch}{loss_text} — about {format_seconds(left)} left")
 
-    def cancel(self) -> None:
-        if self.job is not None and self.job.running:
-            self.job.cancel()
-            self.epoch_label.setText("Cancelling: finishing the current step…")
+    def cancelling(self) -> None:
+        self.epoch_label.setText("Cancelling: finishing the current step…")
 
-    def _finish(self) -> None:
-        self.cancel_button.setEnabled(False)
+    def job_ended(self, status: str) -> None:
         self.curve.redraw(force=True)
-        if self.job is not None and self.job.status == "error":
+        if status == "error":
             self.epoch_label.setText("Fine-tuning failed: see the message (bell icon, bottom right).")
         elif self.result is not None:
             self.epoch_label.setText(f"{len(self.result.history)} epoch(s) run.")
-        self.state.set_busy("")
-        layer = getattr(self, "_repredict_layer", None)
+        layer = self._repredict_layer
         self._repredict_layer = None
         if layer is not None and self.repredict is not None and any(same_layer(layer, other) for other in self.viewer.layers):
             run_guarded(self.repredict, layer)

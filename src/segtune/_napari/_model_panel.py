@@ -190,17 +190,11 @@ class ModelPanel(QWidget):
         for model in list_models():
             self.bundled.addItem(model.name, model)
             self.bundled.setItemData(self.bundled.count() - 1, model.description, 3)  # 3 = ToolTipRole
-        has_any = self.bundled.count() > 0
-        self.bundled.setEnabled(has_any)
-        self.load_bundled_button.setEnabled(has_any)
         self._show_bundled_description()
 
     def _show_bundled_description(self, *_: Any) -> None:
-        model = self.bundled.currentData()
-        if model is None:
-            self.bundled_description.setText("No bundled models in this installation: load a folder or start a new model.")
-        else:
-            self.bundled_description.setText(model.description)
+        model = self.bundled.currentData()  # None only while the list is refilled
+        self.bundled_description.setText(model.description if model is not None else "")
 
     def _bundled_chosen(self) -> None:
         """The bundled model shown becomes the current one, unless that would drop unsaved changes."""
@@ -220,10 +214,7 @@ class ModelPanel(QWidget):
 
         self.state.require_idle("changing the model")
         if name is None:
-            chosen = self.bundled.currentData()
-            if chosen is None:
-                raise UserError("No bundled model is chosen.")
-            name = chosen.name
+            name = self.bundled.currentData().name
         model, config = load_model(name, device="cpu")
         config.setdefault("name", name)
         from segtune.core.models.registry import resolve_model
@@ -246,12 +237,13 @@ class ModelPanel(QWidget):
 
     def new_model(self) -> None:
         """Start an untrained model from the New model settings."""
+        from segtune.core.models import heads
         from segtune.core.models.store import default_config
         from segtune.core.models.unet import build_model, new_architecture
 
         self.state.require_idle("changing the model")
         head = HEADS[self.new_output.currentText()]
-        out_channels = {"binary": 1, "three_class": 3}.get(head, self.new_classes.value())
+        out_channels = heads.out_channels(head, self.new_classes.value())
         base, depth = MODEL_SIZES[self.new_size.currentText()]
         dims = 3 if self.new_dims.currentText() == "3D" else 2
         network, encoder = NETWORKS[self.new_network.currentText()]
@@ -342,5 +334,4 @@ class ModelPanel(QWidget):
         for widget in (self.load_bundled_button, self.load_folder_button, self.new_button, self.save_button, self.device):
             widget.setEnabled(idle)
         if idle:
-            self.load_bundled_button.setEnabled(self.bundled.count() > 0)
             self.save_button.setEnabled(self.state.model is not None)

@@ -5,14 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
     QFormLayout,
     QHBoxLayout,
-    QLabel,
     QPushButton,
     QSpinBox,
     QVBoxLayout,
@@ -20,7 +18,8 @@ from qtpy.QtWidgets import (
 )
 
 from segtune._napari._jobs import Job, guarded, notify_info
-from segtune._napari._layers import LayerChoice, Selection, leading_names, select
+from segtune._napari._layers import LayerChoice, Selection, select
+from segtune._napari._panels import RGB_NAMES, JobPanel, PlaneRange, fill_channels
 from segtune._napari._progress import ProgressRow
 from segtune._napari._size_row import ObjectSizeRow
 from segtune._napari._state import ModelState, UserError
@@ -34,7 +33,6 @@ OUTPUT_TEXT = {
     "numbered objects": True,
     "mask": False,
 }
-AXIS_WORDS = {"Z": "planes (Z)", "T": "time points (T)"}
 # a 2D model on a plane of at least this many pixels, of which the canvas shows at most half,
 # predicts the visible part first (a first look in about a second), then the whole
 FIRST_LOOK_MIN_PIXELS = 2048 * 2048
@@ -42,7 +40,7 @@ FIRST_LOOK_MIN_PIXELS = 2048 * 2048
 FIRST_LOOK_MARGIN = 64
 
 
-class PredictPanel(QWidget):
+class PredictPanel(JobPanel):
     """Segment the chosen image layer; the result appears as a Labels layer.
 
     Attributes tests drive: ``image_layer``, ``channel_axis`` (first axis holds channels),
@@ -58,13 +56,8 @@ class PredictPanel(QWidget):
     first look is what the whole gives there. ``first_look_job`` is the first of the two.
     """
 
-    finished = Signal(str)
-
     def __init__(self, viewer: Any, state: ModelState, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.viewer = viewer
-        self.state = state
-        self.job: Job | None = None
+        super().__init__(viewer, state, parent)
         self.first_look_job: Job | None = None
         self.first_look_min_pixels = FIRST_LOOK_MIN_PIXELS
         self.last_layers: list[Any] = []
@@ -83,17 +76,8 @@ class PredictPanel(QWidget):
             "Segment everything, only the plane you are looking at (fast, to check the model "
             "on a big stack), or a range of planes / time points."
         )
-        self.range_axis = QComboBox()
-        self.range_axis.setToolTip("Along which axis the range runs.")
-        self.plane_from = QSpinBox()
-        self.plane_to = QSpinBox()
-        for spin in (self.plane_from, self.plane_to):
-            spin.setRange(0, 0)
-            spin.setToolTip("First and last plane (numbers as on napari's slider).")
-        range_row = QHBoxLayout()
-        range_row.addWidget(self.plane_from)
-        range_row.addWidget(QLabel("to"))
-        range_row.addWidget(self.plane_to)
+        self.plane_range = PlaneRange("First and last plane (numbers as on napari's slider).")
+        self.range_axis, self.plane_from, self.plane_to = self.plane_range.axis, self.plane_range.start, self.plane_range.stop
         self.threshold = QDoubleSpinBox()
         self.threshold.setRange(0.01, 0.99)
         self.threshold.setSingleStep(0.05)
@@ -134,8 +118,7 @@ class PredictPanel(QWidget):
         form.addRow("", self.channel_axis)
         form.addRow("Channel", self.channel)
         form.addRow("Where", self.scope)
-        form.addRow("Range along", self.range_axis)
-        form.addRow("From", range_row)
+        self.plane_range.add_rows(form, "From")
         form.addRow("Threshold", self.threshold)
         form.addRow("Output", self.output)
         form.addRow("Smallest object", self.min_size)
@@ -149,25 +132,19 @@ class PredictPanel(QWidget):
         buttons = QHBoxLayout()
         self.run_button = QPushButton("Predict")
         self.run_button.setToolTip("Segment the image with the current model (runs in the background; napari stays usable). Shortcut: Shift-R.")
-        self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setToolTip("Stop the prediction.")
-        self.cancel_button.setEnabled(False)
         buttons.addWidget(self.run_button, 1)
         layout.addLayout(buttons)
         self.progress = ProgressRow(self.cancel_button)  # tiles done and time left, Cancel beside
         layout.addWidget(self.progress)
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
         layout.addWidget(self.status)
         layout.addStretch(1)
 
         self.image_layer.currentIndexChanged.connect(self._layer_changed)
         self.channel_axis.toggled.connect(self._layer_changed)
         self.scope.currentTextChanged.connect(self._scope_changed)
-        self.range_axis.currentIndexChanged.connect(self._range_axis_changed)
         self.blend.currentTextChanged.connect(lambda text: self.overlap.setEnabled(text == "gaussian"))
         self.run_button.clicked.connect(guarded(self.run))
-        self.cancel_button.clicked.connect(self.cancel)
         state.changed.connect(self._layer_changed)
         state.busy_changed.connect(self._busy_changed)
         self._layer_changed()
@@ -191,49 +168,21 @@ class PredictPanel(QWidget):
             self.channel_axis.blockSignals(True)
             self.channel_axis.setChecked(False)
             self.channel_axis.blockSignals(False)
-        self.channel.clear()
-        n_channels = 0
+        names: list[str] = []
         if rgb:
-            n_channels = layer.data.shape[-1]
-            names = ["red", "green", "blue", "alpha"][:n_channels]
+            names = list(RGB_NAMES[: layer.data.shape[-1]])
         elif self.channel_axis.isChecked():
-            n_channels = layer.data.shape[0]
-            names = [f"channel {i}" for i in range(n_channels)]
-        if n_channels:
-            in_channels = self.state.in_channels if self.state.model is not None else 1
-            if in_channels == n_channels:
-                self.channel.addItem("all channels", None)
-            for i, name in enumerate(names):
-                self.channel.addItem(name, i)
-        else:
-            self.channel.addItem("(one channel)", None)
-        self.channel.setEnabled(n_channels > 0)
-        shape = self._plain_shape()
-        n_leading = max(0, len(shape) - 2)
-        self.range_axis.blockSignals(True)
-        self.range_axis.clear()
-        if n_leading <= 2:
-            for name, size in zip(leading_names(n_leading), shape, strict=False):
-                self.range_axis.addItem(f"{AXIS_WORDS[name]}, {size}", size)
-        self.range_axis.blockSignals(False)
-        self._range_axis_changed()
+            names = [f"channel {i}" for i in range(layer.data.shape[0])]
+        fill_channels(self.channel, names, self.state.in_channels if self.state.model is not None else 1)
+        self.plane_range.set_shape(self._plain_shape())
         self._scope_changed()
 
-    def _range_axis_changed(self, *_: Any) -> None:
-        size = self.range_axis.currentData() or 1
-        for spin in (self.plane_from, self.plane_to):
-            spin.setRange(0, size - 1)
-        self.plane_to.setValue(size - 1)
-
     def _scope_changed(self, *_: Any) -> None:
-        ranged = SCOPE_TEXT[self.scope.currentText()] == "range" and self.range_axis.count() > 0
-        for widget in (self.range_axis, self.plane_from, self.plane_to):
-            widget.setEnabled(ranged)
+        self.plane_range.set_enabled(SCOPE_TEXT[self.scope.currentText()] == "range")
 
     def _busy_changed(self, what: str) -> None:
-        running_here = self.job is not None and self.job.running
         self.run_button.setEnabled(not what)
-        self.cancel_button.setEnabled(running_here)
+        self.cancel_button.setEnabled(self.running)
 
     # --- running ------------------------------------------------------------------------------
 
@@ -245,9 +194,7 @@ class PredictPanel(QWidget):
             layer,
             scope=scope or SCOPE_TEXT[self.scope.currentText()],
             channel_first=self.channel_axis.isChecked() and not layer.rgb,
-            range_axis=max(0, self.range_axis.currentIndex()),
-            start=self.plane_from.value(),
-            stop=self.plane_to.value(),
+            **self.plane_range.selection(),
         )
 
     def run(self, layer: Any = None, scope: str | None = None) -> Job:
@@ -293,8 +240,6 @@ class PredictPanel(QWidget):
         name = f"{layer.name} [{model_name}{where}]"
         self.status.setText("Starting…")
         self.progress.start()
-        state.set_busy("predicting")
-        self.cancel_button.setEnabled(True)
         self.first_look_job = None
         part = self._first_look_part(layer, selection, scope) if spatial_dims == 2 else None
         if part is not None:
@@ -350,9 +295,7 @@ class PredictPanel(QWidget):
                 return
             self._nothing_added()
 
-        self.job = self._job(work, f"Predicting {layer.name}", done, cancelled)
-        self.job.finished.connect(self.finished)
-        return self.job.start()
+        return self.start_job(work, f"Predicting {layer.name}", done, busy="predicting", cancelled=cancelled)
 
     def _start_first_look(
         self, layer: Any, selection: Selection, part: tuple[Selection, tuple[slice, ...]], options: dict[str, Any], name: str
@@ -389,17 +332,11 @@ class PredictPanel(QWidget):
             self.status.setText("First look at the visible part; predicting the whole image…")
             self._start_whole(layer, selection, {**options, **settings}, name, provisional)
 
-        first_look = self._job(work, f"Predicting the visible part of {layer.name}", done, lambda _: self._nothing_added())
-        self.job = self.first_look_job = first_look
         # the panel's `finished` follows the whole job once the first look started it
-        first_look.finished.connect(lambda status: self.finished.emit(status) if self.job is first_look else None)
-        return first_look.start()
-
-    def _job(self, work: Any, description: str, done: Any, cancelled: Any) -> Job:
-        return Job(
-            work, description=description, on_events=self._show_events, on_done=done, on_cancelled=cancelled,
-            on_finally=self._finish, uses_torch=True, parent=self,
+        self.first_look_job = self.start_job(
+            work, f"Predicting the visible part of {layer.name}", done, busy="predicting", cancelled=lambda _: self._nothing_added()
         )
+        return self.first_look_job
 
     def _nothing_added(self) -> None:
         self.status.setText("Cancelled: nothing was added.")
@@ -422,25 +359,15 @@ class PredictPanel(QWidget):
         plane = self.selection(layer, "plane") if scope == "all" and len(selection.shape) > 2 else selection
         return plane, (slice(y0, y1), slice(x0, x1))
 
-    def _show_events(self, events: list[Any]) -> None:
+    def show_events(self, events: list[Any]) -> None:
         last = events[-1]
         if last.total:
             self.status.setText("Predicting…")  # the numbers and time left are on the progress row
         self.progress.show_event(last)
 
-    def cancel(self) -> None:
-        if self.job is not None and self.job.running:
-            self.job.cancel()
-            self.status.setText("Cancelling…")
-
-    def _finish(self) -> None:
-        if self.job is not None and self.job.running:
-            return  # a first look's job ended and started the whole one: still busy
-        self.cancel_button.setEnabled(False)
-        self.progress.finish("" if self.job is None or self.job.status == "done" else self.job.status)
-        if self.job is not None and self.job.status == "error":
-            self.status.setText("Failed: see the message (bell icon, bottom right).")
-        self.state.set_busy("")
+    def job_ended(self, status: str) -> None:
+        self.progress.finish("" if status in ("", "done") else status)
+        super().job_ended(status)
 
 
 def visible_box(viewer: Any, layer: Any, margin: int = 0) -> tuple[tuple[int, int], tuple[int, int]] | None:

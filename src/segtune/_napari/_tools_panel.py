@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFormLayout,
@@ -21,19 +20,11 @@ from qtpy.QtWidgets import (
 )
 
 from segtune._napari._jobs import Job, guarded, notify_info
+from segtune._napari._panels import JobPanel
 from segtune._napari._state import ModelState, UserError
 
-IGNORE = 255  # the pseudo-label value of "unsure" pixels (segtune.core.train.pseudolabel.IGNORE)
 
-
-def planes_of(data: Any) -> tuple[list[Any], tuple[int, ...]]:
-    """The YX planes of a (…, Y, X) array, in order, and the shape of the leading axes."""
-    leading = tuple(int(s) for s in data.shape[:-2])
-    planes = [data[index] for index in np.ndindex(*leading)] if leading else [data]
-    return planes, leading
-
-
-class ToolsPanel(QWidget):
+class ToolsPanel(JobPanel):
     """One button each, with sensible defaults, for getting training labels cheaply.
 
     Attributes tests drive: ``image_layer``; ``min_diameter``, ``max_diameter``,
@@ -42,15 +33,10 @@ class ToolsPanel(QWidget):
     ``job`` (running or last) and ``last_layer`` (the layer the last labelling added).
     """
 
-    finished = Signal(str)
-
     def __init__(self, viewer: Any, state: ModelState, parent: QWidget | None = None) -> None:
         from segtune._napari._layers import LayerChoice
 
-        super().__init__(parent)
-        self.viewer = viewer
-        self.state = state
-        self.job: Job | None = None
+        super().__init__(viewer, state, parent)
         self.last_layer: Any = None
 
         layout = QVBoxLayout(self)
@@ -126,11 +112,7 @@ class ToolsPanel(QWidget):
         box_form.addRow(self.pretrain_button)
         layout.addWidget(box)
 
-        self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setToolTip("Stop the running tool.")
-        self.cancel_button.setEnabled(False)
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
         layout.addWidget(self.cancel_button)
         layout.addWidget(self.status)
         layout.addStretch(1)
@@ -138,7 +120,6 @@ class ToolsPanel(QWidget):
         self.autolabel_button.clicked.connect(guarded(self.autolabel))
         self.pseudolabel_button.clicked.connect(guarded(self.pseudolabel))
         self.pretrain_button.clicked.connect(guarded(self.pretrain))
-        self.cancel_button.clicked.connect(self.cancel)
         state.busy_changed.connect(self._busy_changed)
 
     # --- the tools ----------------------------------------------------------------------------
@@ -152,6 +133,7 @@ class ToolsPanel(QWidget):
     def autolabel(self) -> Job:
         """Binary objects from a fluorescence image, numbered, as a new Labels layer."""
         from segtune.core.autolabel import AutolabelSettings, autolabel_image
+        from segtune.core.labels import object_count, planes_of, stack_planes
         from segtune.core.postprocess import label_components
         from segtune.core.progress import Reporter
 
@@ -166,20 +148,21 @@ class ToolsPanel(QWidget):
             for i, plane in enumerate(planes):
                 out.append(label_components(autolabel_image(np.asarray(plane), settings)))
                 report.step(i + 1, message=f"plane {i + 1}/{len(planes)}")
-            return _stack(out, leading, instances=True)
+            return stack_planes(out, leading, renumber=True)
 
         def done(labels: np.ndarray) -> None:
             self.last_layer = self.viewer.add_labels(labels, name=f"{layer.name} [auto-labels]", scale=layer.scale, translate=layer.translate, units=layer.units)
             self.status.setText(
-                f"Auto-labels: {_count(labels)} objects in '{self.last_layer.name}'. Correct them, then fine-tune on them."
+                f"Auto-labels: {object_count(labels)} objects in '{self.last_layer.name}'. Correct them, then fine-tune on them."
             )
 
         return self._start(work, f"Auto-labelling {layer.name}", done, uses_torch=False)
 
     def pseudolabel(self) -> Job:
         """Labels where the current model is confident, 255 where it is not, as a new Labels layer."""
+        from segtune.core.labels import planes_of, stack_planes
         from segtune.core.progress import Reporter
-        from segtune.core.train.pseudolabel import model_probabilities, pseudo_labels
+        from segtune.core.train.pseudolabel import IGNORE, model_probabilities, pseudo_labels
 
         state = self.state
         state.require_model()
@@ -200,7 +183,7 @@ class ToolsPanel(QWidget):
                 probabilities = model_probabilities(model, config, np.asarray(plane), device=device)
                 out.append(pseudo_labels(probabilities, head, threshold=threshold, ignore_value=IGNORE))
                 report.step(i + 1, message=f"plane {i + 1}/{len(planes)}")
-            return _stack(out, leading)
+            return stack_planes(out, leading)
 
         def done(labels: np.ndarray) -> None:
             self.last_layer = self.viewer.add_labels(
@@ -278,28 +261,15 @@ class ToolsPanel(QWidget):
     # --- jobs ---------------------------------------------------------------------------------
 
     def _start(self, work: Any, description: str, done: Any, *, uses_torch: bool, model_job: str = "") -> Job:
-        if self.job is not None and self.job.running:
-            raise UserError(f"{self.job.description} is still running; wait for it or press Cancel.")
-        busy = model_job or ("labelling" if uses_torch else "")
-        if busy:
-            self.state.set_busy(busy)
+        self.require_no_job()
         self._set_buttons(False)
         self.status.setText(f"{description}…")
-
-        def finish() -> None:
-            self._set_buttons(True)
-            if busy:
-                self.state.set_busy("")
-
-        self.job = Job(
-            work, description=description, on_events=self._show_events, on_done=done,
-            on_cancelled=lambda _: self.status.setText("Cancelled."), on_finally=finish,
-            uses_torch=uses_torch, parent=self,
+        return self.start_job(
+            work, description, done, busy=model_job or ("labelling" if uses_torch else ""),
+            cancelled=lambda _: self.status.setText("Cancelled."), uses_torch=uses_torch,
         )
-        self.job.finished.connect(self.finished)
-        return self.job.start()
 
-    def _show_events(self, events: list[Any]) -> None:
+    def show_events(self, events: list[Any]) -> None:
         last = events[-1]
         loss = last.metrics.get("loss")
         extra = f", loss {loss:.3f}" if isinstance(loss, float) else ""
@@ -311,30 +281,13 @@ class ToolsPanel(QWidget):
         self.cancel_button.setEnabled(not idle)
 
     def _busy_changed(self, what: str) -> None:
-        if self.job is None or not self.job.running:
+        if not self.running:
             self._set_buttons(True)
 
-    def cancel(self) -> None:
-        if self.job is not None and self.job.running:
-            self.job.cancel()
-            notify_info(f"{self.job.description}: stopping…")
+    def cancelling(self) -> None:
+        notify_info(f"{self.job.description}: stopping…")
 
+    def job_ended(self, status: str) -> None:
+        self._set_buttons(True)
+        super().job_ended(status)
 
-def _stack(planes: list[np.ndarray], leading: tuple[int, ...], *, instances: bool = False) -> np.ndarray:
-    """Planes back into the layer's shape; with ``instances`` objects are numbered on across planes."""
-    if not leading:
-        return planes[0]
-    offset = 0
-    numbered = []
-    for plane in planes:
-        plane = np.asarray(plane)
-        if instances:
-            top = int(plane.max())
-            plane = np.where(plane > 0, plane.astype(np.int64) + offset, 0).astype(np.uint32)
-            offset += top
-        numbered.append(plane)
-    return np.stack(numbered).reshape(*leading, *numbered[0].shape)
-
-
-def _count(labels: np.ndarray) -> int:
-    return int(len(np.unique(labels)) - (1 if (labels == 0).any() else 0))

@@ -25,6 +25,7 @@ from scipy import ndimage as ndi
 __all__ = [
     "as_labels",
     "connected_components",
+    "AREA_SHAPES",
     "delete_objects",
     "dilate",
     "erode",
@@ -33,10 +34,12 @@ __all__ = [
     "is_binary",
     "label_axes",
     "label_at",
+    "mask_from_shapes",
     "merge_objects",
     "neighbourhood",
     "object_count",
     "object_sizes",
+    "planes_of",
     "relabel_sequential",
     "remove_border",
     "remove_sizes",
@@ -45,6 +48,7 @@ __all__ = [
     "split_object",
     "split_objects",
     "to_instances",
+    "stack_planes",
 ]
 
 
@@ -562,3 +566,82 @@ def smooth(labels: Any, radius: float, *, planewise: bool = False) -> np.ndarray
         return out
 
     return _per_plane(smooth_all, _validate(labels), planewise)
+
+
+# --- plane by plane, and masks from drawn outlines ----------------------------------------------
+
+
+def planes_of(data: Any) -> tuple[list[Any], tuple[int, ...]]:
+    """The YX planes of a ``(…, Y, X)`` array, in order, and the shape of the leading axes.
+
+    Examples
+    --------
+    >>> planes, leading = planes_of(np.zeros((2, 3, 4, 5)))
+    >>> len(planes), leading, planes[0].shape
+    (6, (2, 3), (4, 5))
+    """
+    leading = tuple(int(s) for s in data.shape[:-2])
+    planes = [data[index] for index in np.ndindex(*leading)] if leading else [data]
+    return planes, leading
+
+
+def stack_planes(planes: Sequence[Any], leading: Sequence[int] = (), *, renumber: bool = False) -> np.ndarray:
+    """Per-plane results (from :func:`planes_of`) back into one ``(*leading, Y, X)`` array.
+
+    With ``renumber`` the ids of each plane run on from the previous planes' largest id (uint32),
+    so that objects labelled plane by plane never share an id across the stack. Without leading
+    axes the one plane is returned as it is.
+
+    Examples
+    --------
+    >>> stack_planes([np.array([[1, 0]]), np.array([[0, 1]])], (2,), renumber=True)[:, 0]
+    array([[1, 0],
+           [0, 2]], dtype=uint32)
+    """
+    if not leading:
+        return planes[0]
+    offset = 0
+    numbered = []
+    for plane in planes:
+        plane = np.asarray(plane)
+        if renumber:
+            top = int(plane.max())
+            plane = np.where(plane > 0, plane.astype(np.int64) + offset, 0).astype(np.uint32)
+            offset += top
+        numbered.append(plane)
+    return np.stack(numbered).reshape(*leading, *numbered[0].shape)
+
+
+AREA_SHAPES = ("rectangle", "polygon", "ellipse")
+
+
+def mask_from_shapes(shapes: Iterable[tuple[str, Any]], shape: Sequence[int]) -> np.ndarray:
+    """The pixels of a ``shape`` (Y, X) image inside any of ``shapes``.
+
+    ``shapes`` are ``(kind, vertices)`` pairs: kind one of :data:`AREA_SHAPES` (an ellipse by the
+    corners of its bounding box, as napari stores it), vertices an ``(N, 2)`` array of (row,
+    column) coordinates with pixel centres at integers (as napari and ``skimage.draw`` place them).
+
+    Examples
+    --------
+    >>> mask_from_shapes([("rectangle", [[1, 1], [1, 2], [2, 2], [2, 1]])], (4, 4)).astype(int)
+    array([[0, 0, 0, 0],
+           [0, 1, 1, 0],
+           [0, 1, 1, 0],
+           [0, 0, 0, 0]])
+    """
+    from skimage.draw import ellipse, polygon2mask
+
+    shape = tuple(int(s) for s in shape)
+    mask = np.zeros(shape, dtype=bool)
+    for kind, vertices in shapes:
+        if kind not in AREA_SHAPES:
+            raise ValueError(f"a shape must be one of {', '.join(AREA_SHAPES)}, got {kind!r}")
+        data = np.asarray(vertices, dtype=float)
+        if kind == "ellipse":
+            (y0, x0), (y1, x1) = data.min(axis=0), data.max(axis=0)
+            rr, cc = ellipse((y0 + y1) / 2 - 0.5, (x0 + x1) / 2 - 0.5, (y1 - y0) / 2, (x1 - x0) / 2, shape=shape)
+            mask[rr, cc] = True
+        else:
+            mask |= polygon2mask(shape, data)
+    return mask

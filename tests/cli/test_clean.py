@@ -72,6 +72,6 @@ def test_clean_errors_are_one_line(tmp_path, capsys):
 def test_output_name(name, expected):
     from pathlib import Path
 
-    from segtune._cli.clean import output_name
+    from segtune.core.io import output_name  # the name `segtune clean` writes each input to
 
-    assert output_name(Path(name)) == expected
+    assert output_name(Path(name), suffix="") == expected

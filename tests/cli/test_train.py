@@ -31,19 +31,16 @@ def _write_pairs(folder, n=3, shape=(64, 64)):
     return folder / "images", folder / "labels"
 
 
-def test_models_lists_the_bundled_models(capsys, monkeypatch):
+def test_models_lists_the_bundled_models(capsys):
     from segtune.core.models import registry
 
     assert main(["models"]) == 0
-    out = capsys.readouterr().out
+    lines = capsys.readouterr().out.splitlines()
     bundled = registry.list_models()
-    for model in bundled:
-        assert model.name in out
-    if not bundled:
-        assert "No pretrained models are bundled" in out
-    monkeypatch.setattr(registry, "BUNDLED_MODELS", {})
-    assert main(["models"]) == 0
-    assert "No pretrained models are bundled" in capsys.readouterr().out
+    assert [m.name for m in bundled] == list(registry.BUNDLED_MODELS)  # every model of the table ships
+    assert len(lines) == len(bundled)
+    for model, line in zip(bundled, lines, strict=True):
+        assert line.split()[0] == model.name and model.description in line
 
 
 def test_train_writes_a_model_folder_with_a_log_and_resumes(tmp_path, capsys):

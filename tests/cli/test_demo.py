@@ -26,8 +26,7 @@ def test_demo_predicts_finetunes_scores_and_exports(tmp_path: Path) -> None:
         assert (out / name).exists(), name
         assert str(out / name) in text  # it says where everything went
     assert "before" in text and "after" in text and "matched F1 at IoU 0.5" in text
-    if not summary["bundled_model"]:
-        assert "UNTRAINED" in text
+    assert summary["start_model"] == "nuclei-2d" and "bundled model: nuclei-2d" in text
 
     after = read_labels(out / "nuclei_2d_after_labels.tif")
     assert after.shape == (128, 128)
