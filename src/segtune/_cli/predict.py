@@ -204,6 +204,7 @@ def _predict_one(
         from segtune.core.io import open_image
 
         image = open_image(input_path, scene=scene)
+        options = {k: v for k, v in options.items() if k != "blockwise"}  # OME-Zarr labels stream on their own
         written = _predict_ome_zarr(Path(input_path), Path(output_path), model, image, bar, overwrite, options)
         return PredictedFile(written, None, None, 0)
     name = Path(input_path).name

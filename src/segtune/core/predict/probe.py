@@ -9,6 +9,7 @@ model object, and per architecture for models that describe theirs (segtune's U-
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import weakref
@@ -121,7 +122,7 @@ def model_geometry(
 ) -> ModelGeometry:
     """:func:`probe_model` for a model already prepared on a device: the cached geometry (measured
     with ``runner`` the first time), with ``halo`` and ``divisor`` (when given) used instead."""
-    key = (spatial_dims, in_channels, runner.device.type)
+    key = (spatial_dims, in_channels, runner.device.type, weights_digest(model))
     cached = _cache_get(model, key)
     with _exact_float32(runner.device):
         cached = _geometry_uncached(runner, model, spatial_dims, in_channels, halo, divisor, key, cached)
@@ -158,9 +159,22 @@ def _geometry_uncached(
     return cached
 
 
-# geometry depends on the architecture, not the weights: models that describe theirs (segtune's
-# U-Net) share one measurement between instances, e.g. each time a model folder is loaded
+# the measured spread depends on the weights too (a path whose weights are near zero stays under
+# the probe's threshold), so the caches are keyed by the weights' contents: instances of one model
+# folder share a measurement, a fine-tuned model (the same module, new weights) is measured again
 _ARCHITECTURE_CACHE: dict[tuple, ModelGeometry] = {}
+
+
+def weights_digest(model: Any) -> str | None:
+    """A digest of a torch module's parameters and buffers (None for other callables)."""
+    if not isinstance(model, torch.nn.Module):
+        return None
+    digest = hashlib.blake2b(digest_size=16)
+    with torch.no_grad():
+        for name, tensor in (*model.named_parameters(), *model.named_buffers()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().to("cpu", copy=False).reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _architecture_key(model: Any, key: tuple) -> tuple | None:
