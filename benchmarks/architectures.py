@@ -56,7 +56,9 @@ def load(dataset: str) -> tuple[list, list]:
     if dataset == "nuclei":
         folder = DATA / "nuclei_dsb2018"
         with open(folder / "index.csv") as handle:
-            rows = [r for r in csv.DictReader(handle) if r["kind"] == "fluorescence" and r["height"] == r["width"] == "256"]
+            rows = [
+                r for r in csv.DictReader(handle) if r["kind"] == "fluorescence" and r["height"] == r["width"] == "256"
+            ]
         names = sorted(r["name"] for r in rows)
         split = {"train": names[:40], "test": names[40:60]}
     else:
@@ -122,30 +124,73 @@ def run_one(dataset: str, network: str, restore: bool, train: list, test: list, 
     pretrain_epochs = 0
     if restore:
         folder = work / f"{dataset}-{network}-restore"
-        result = pretrain([image for _, image, _ in train], PretrainConfig(
-            method="restore", architecture=architecture, encoder=encoder, base_channels=base, head=head,
-            patch=args.patch, batch_size=args.batch_size, epochs=10_000, max_minutes=args.minutes, device="cpu",
-            seed=args.seed), out=folder, overwrite=True)
+        result = pretrain(
+            [image for _, image, _ in train],
+            PretrainConfig(
+                method="restore",
+                architecture=architecture,
+                encoder=encoder,
+                base_channels=base,
+                head=head,
+                patch=args.patch,
+                batch_size=args.batch_size,
+                epochs=10_000,
+                max_minutes=args.minutes,
+                device="cpu",
+                seed=args.seed,
+            ),
+            out=folder,
+            overwrite=True,
+        )
         start_model, pretrain_epochs = str(folder), len(result.history)
-    config = TrainConfig(head=head, architecture=architecture, encoder=encoder, base_channels=base, patch=args.patch,
-                         batch_size=args.batch_size, epochs=10_000, max_minutes=args.minutes, patience=None,
-                         val_fraction=0.1, loss="bce+dice", learning_rate=2e-3, device="cpu", seed=args.seed)
+    config = TrainConfig(
+        head=head,
+        architecture=architecture,
+        encoder=encoder,
+        base_channels=base,
+        patch=args.patch,
+        batch_size=args.batch_size,
+        epochs=10_000,
+        max_minutes=args.minutes,
+        patience=None,
+        val_fraction=0.1,
+        loss="bce+dice",
+        learning_rate=2e-3,
+        device="cpu",
+        seed=args.seed,
+    )
     out = work / f"{dataset}-{network}-{'restore' if restore else 'scratch'}"
     started = time.perf_counter()
-    result = train_model([image for _, image, _ in train], [labels for _, _, labels in train], config,
-                         names=[name for name, _, _ in train], model=start_model, out=out, overwrite=True)
+    result = train_model(
+        [image for _, image, _ in train],
+        [labels for _, _, labels in train],
+        config,
+        names=[name for name, _, _ in train],
+        model=start_model,
+        out=out,
+        overwrite=True,
+    )
     seconds = time.perf_counter() - started
     model, model_config = load_model(out)
     scores = score(dataset, model, model_config, test)
-    return {"dataset": dataset, "network": network, "start": "restore" if restore else "scratch",
-            "parameters": sum(p.numel() for p in model.parameters()), "epochs": len(result.history),
-            "pretrain_epochs": pretrain_epochs, "train_seconds": round(seconds, 1), **scores,
-            "predict_1024_seconds": round(prediction_seconds(model), 2)}
+    return {
+        "dataset": dataset,
+        "network": network,
+        "start": "restore" if restore else "scratch",
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "epochs": len(result.history),
+        "pretrain_epochs": pretrain_epochs,
+        "train_seconds": round(seconds, 1),
+        **scores,
+        "predict_1024_seconds": round(prediction_seconds(model), 2),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--minutes", type=float, default=2.0, help="training budget of every network (and of each pretraining)")
+    parser.add_argument(
+        "--minutes", type=float, default=2.0, help="training budget of every network (and of each pretraining)"
+    )
     parser.add_argument("--datasets", nargs="+", choices=("nuclei", "membranes"), default=["nuclei", "membranes"])
     parser.add_argument("--networks", nargs="+", choices=tuple(NETWORKS), default=["unet", "resnet18-unet", "unetpp"])
     parser.add_argument("--no-restore", action="store_true", help="skip the runs with restoration pretraining")
@@ -173,12 +218,16 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         matched = f"{r['matched_f1']:.3f}" if r["matched_f1"] is not None else "-"
         epochs = f"{r['pretrain_epochs']} + {r['epochs']}" if r["start"] == "restore" else str(r["epochs"])
-        lines.append(f"| {r['dataset']} | {r['network']} | {r['start']} | {r['parameters'] / 1e6:.2f} M | {epochs} | "
-                     f"{matched} | {r['pixel_f1']:.3f} | {r['predict_1024_seconds']:.2f} |")
+        lines.append(
+            f"| {r['dataset']} | {r['network']} | {r['start']} | {r['parameters'] / 1e6:.2f} M | {epochs} | "
+            f"{matched} | {r['pixel_f1']:.3f} | {r['predict_1024_seconds']:.2f} |"
+        )
     table = "\n".join(lines)
     print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"settings": vars(args) | {"out": str(args.out)}, "rows": rows, "table": table}, indent=2) + "\n")
+    args.out.write_text(
+        json.dumps({"settings": vars(args) | {"out": str(args.out)}, "rows": rows, "table": table}, indent=2) + "\n"
+    )
     return 0
 
 

@@ -42,7 +42,11 @@ def images(step: int):
     with open(dsb / "index.csv", newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["kind"] == "fluorescence"][::step]
     for r in rows:
-        yield "DSB 2018 fluorescence", iio.imread(dsb / "images" / f"{r['name']}.png"), iio.imread(dsb / "labels" / f"{r['name']}.png")
+        yield (
+            "DSB 2018 fluorescence",
+            iio.imread(dsb / "images" / f"{r['name']}.png"),
+            iio.imread(dsb / "labels" / f"{r['name']}.png"),
+        )
 
 
 def timed(module, image) -> tuple[float, float]:

@@ -68,7 +68,9 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=8)
     parser.add_argument("--crop", type=int, default=512, help="square crop of each image (0: the whole 1024 x 1344)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--model", default=None, help="bundled model name or folder (default: an untrained default U-Net)")
+    parser.add_argument(
+        "--model", default=None, help="bundled model name or folder (default: an untrained default U-Net)"
+    )
     parser.add_argument("--split", action="store_true", help="split every file into chunk tasks")
     args = parser.parse_args()
 
@@ -79,8 +81,10 @@ def main() -> None:
         megapixels = sum(int(np.prod(read_labels(p).shape)) for p in files) / 1e6
         model = model_folder(work, args.model)
         cores = os.cpu_count() or 1
-        print(f"{len(files)} files, {megapixels:.2f} Mpx in all, {cores} cores, torch {torch.__version__}, "
-              f"model {Path(model).name}{', split in chunks' if args.split else ''}")
+        print(
+            f"{len(files)} files, {megapixels:.2f} Mpx in all, {cores} cores, torch {torch.__version__}, "
+            f"model {Path(model).name}{', split in chunks' if args.split else ''}"
+        )
 
         loaded = load_model(model)
         single = work / "single"
@@ -108,13 +112,25 @@ def main() -> None:
                 np.array_equal(read_labels(out / f"{p.stem}_labels.tif"), read_labels(single / f"{p.stem}_labels.tif"))
                 for p in files
             )
-            rows.append((f"{n} worker{'s' if n > 1 else ''} ({report.tasks} tasks)", max(1, cores // n), started,
-                         warmed, seconds, same))
+            rows.append(
+                (
+                    f"{n} worker{'s' if n > 1 else ''} ({report.tasks} tasks)",
+                    max(1, cores // n),
+                    started,
+                    warmed,
+                    seconds,
+                    same,
+                )
+            )
 
-        print(f"{'set-up':<24} {'threads':>7} {'start s':>8} {'warm s':>7} {'run s':>7} {'files/s':>8} {'Mpx/s':>7}  labels equal")
+        print(
+            f"{'set-up':<24} {'threads':>7} {'start s':>8} {'warm s':>7} {'run s':>7} {'files/s':>8} {'Mpx/s':>7}  labels equal"
+        )
         for name, threads, started, warmed, seconds, same in rows:
-            print(f"{name:<24} {threads:>7} {started:>8.1f} {warmed:>7.1f} {seconds:>7.1f} {len(files) / seconds:>8.2f} "
-                  f"{megapixels / seconds:>7.2f}  {same}/{len(files)}")
+            print(
+                f"{name:<24} {threads:>7} {started:>8.1f} {warmed:>7.1f} {seconds:>7.1f} {len(files) / seconds:>8.2f} "
+                f"{megapixels / seconds:>7.2f}  {same}/{len(files)}"
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

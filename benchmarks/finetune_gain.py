@@ -53,8 +53,13 @@ def sources(data: Path) -> dict[str, tuple[str, list[tuple[np.ndarray, np.ndarra
         if len(names) >= 4:
             found[f"dsb-{size}"] = ("nuclei-2d", [tp._dsb_read(data, n) for n in sorted(names)[: MAX_SCORED + 1]])
     nih = data / "nuclei_nih3t3"
-    found["nih3t3"] = ("nuclei-2d", [(tp._read_png(nih / "images" / n).astype(np.float32), tp._read_png(nih / "labels" / n) > 0)
-                                     for n in tp.NIH3T3_HELD_OUT])
+    found["nih3t3"] = (
+        "nuclei-2d",
+        [
+            (tp._read_png(nih / "images" / n).astype(np.float32), tp._read_png(nih / "labels" / n) > 0)
+            for n in tp.NIH3T3_HELD_OUT
+        ],
+    )
     images, labels, _ = tp.membranes_data(data, tp.ISBI_HELD_OUT)
     found["isbi-membranes"] = ("membranes-2d", list(zip(images, labels, strict=True)))
     return found
@@ -98,16 +103,32 @@ def main(argv: list[str] | None = None) -> int:
         result = train([image], [truth.astype(np.int32)], settings, model=model_name)
         seconds = time.monotonic() - start
         after = score(result.model, result.config, pairs[1:], pixels)
-        row = {"source": name, "model": model_name, "scored_images": len(pairs) - 1, "before": round(before, 4),
-               "after": round(after, 4), "gain": round(after - before, 4), "kept_start": result.kept_start,
-               "held_out": held_out_summary(result), "epochs": len(result.history), "seconds": round(seconds)}
+        row = {
+            "source": name,
+            "model": model_name,
+            "scored_images": len(pairs) - 1,
+            "before": round(before, 4),
+            "after": round(after, 4),
+            "gain": round(after - before, 4),
+            "kept_start": result.kept_start,
+            "held_out": held_out_summary(result),
+            "epochs": len(result.history),
+            "seconds": round(seconds),
+        }
         rows.append(row)
-        print(f"{name:>18}  {model_name:<12} {len(pairs) - 1} images  before {before:.3f}  after {after:.3f}  "
-              f"gain {after - before:+.3f}  ({row['epochs']} epochs, {seconds:.0f} s; {row['held_out']})", flush=True)
+        print(
+            f"{name:>18}  {model_name:<12} {len(pairs) - 1} images  before {before:.3f}  after {after:.3f}  "
+            f"gain {after - before:+.3f}  ({row['epochs']} epochs, {seconds:.0f} s; {row['held_out']})",
+            flush=True,
+        )
     load = os.getloadavg()[0]
-    print(f"load average {load:.1f} on {os.cpu_count()} cores (a loaded machine trains fewer steps in the same minutes)")
+    print(
+        f"load average {load:.1f} on {os.cpu_count()} cores (a loaded machine trains fewer steps in the same minutes)"
+    )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"minutes": args.minutes, "load_average": round(load, 1), "rows": rows}, indent=1) + "\n")
+    RESULTS.write_text(
+        json.dumps({"minutes": args.minutes, "load_average": round(load, 1), "rows": rows}, indent=1) + "\n"
+    )
     return 0
 
 

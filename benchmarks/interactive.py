@@ -86,7 +86,9 @@ def make_image(model: str, case: str) -> tuple[np.ndarray, str]:
         return _mirror_to(section, (side, side)), "ISBI 2012 section 0 mirrored"
     if model == "nuclei-2d" and (DATA / "nuclei_nih3t3").is_dir():
         plane = iio.imread(DATA / "nuclei_nih3t3" / "images" / "0.png")[:1024, :1024]
-        return _mirror_to(plane, (side, side)), "NIH3T3 0.png, 1024 x 1024 crop" + (" mirrored 2 x 2" if side > 1024 else "")
+        return _mirror_to(plane, (side, side)), "NIH3T3 0.png, 1024 x 1024 crop" + (
+            " mirrored 2 x 2" if side > 1024 else ""
+        )
     if model == "nuclei-3d" and (DATA / "nuclei3d_qcanet").is_dir():
         import tifffile
 
@@ -163,12 +165,21 @@ def measure_case(model_name: str, case: str, repeats: int, device: str) -> dict:
             written = time.perf_counter()
             write_labels(Path(folder) / "labels.tif", result.labels.squeeze(), overwrite=True)
             end = time.perf_counter()
-            runs.append({**timer.seconds, "write": end - written, "total": end - start, "objects": int(result.labels.max())})
+            runs.append(
+                {**timer.seconds, "write": end - written, "total": end - start, "objects": int(result.labels.max())}
+            )
     first, warm = runs[0], runs[1:]
-    row = {phase: statistics.median(r.get(phase, 0.0) for r in warm) for phase in PHASES if phase not in ("load", "first")}
+    row = {
+        phase: statistics.median(r.get(phase, 0.0) for r in warm) for phase in PHASES if phase not in ("load", "first")
+    }
     row.update(
-        model=model_name, case=case, image=origin, shape=list(image.shape), load=load,
-        first=max(0.0, first["total"] - row["total"]), objects=warm[-1]["objects"],
+        model=model_name,
+        case=case,
+        image=origin,
+        shape=list(image.shape),
+        load=load,
+        first=max(0.0, first["total"] - row["total"]),
+        objects=warm[-1]["objects"],
         estimated_diameter=result.diameter,
     )
     if not any("diameter" in r for r in warm):
@@ -222,7 +233,9 @@ def fresh_process_timings(src: Path, repeats: int) -> dict:
         one = Path(folder) / "one.tif"
         tifffile.imwrite(one, make_image("nuclei-2d", "2d-1mpx")[0])
         for i in range(repeats):
-            result = subprocess.run([sys.executable, "-c", imports], env=env, check=True, capture_output=True, text=True)
+            result = subprocess.run(
+                [sys.executable, "-c", imports], env=env, check=True, capture_output=True, text=True
+            )
             out["import"].append(float(result.stdout.strip()))
             out["help"].append(_wall([*cli, "--help"], env))
             target = Path(folder) / f"out{i}"
@@ -236,8 +249,17 @@ def fresh_process_timings(src: Path, repeats: int) -> dict:
 
 
 def run_worker(src: Path, args: argparse.Namespace) -> list[dict]:
-    command = [sys.executable, __file__, "--worker", "--repeats", str(args.repeats), "--threads", str(args.threads),
-               "--device", args.device]
+    command = [
+        sys.executable,
+        __file__,
+        "--worker",
+        "--repeats",
+        str(args.repeats),
+        "--threads",
+        str(args.threads),
+        "--device",
+        args.device,
+    ]
     for option, values in (("--models", args.models), ("--cases", args.cases)):
         if values:
             command += [option, *values]
@@ -258,7 +280,9 @@ def table(rows: list[dict], baseline: list[dict] | None) -> str:
         if (row["model"], row["case"]) in old:
             base = old[(row["model"], row["case"])]
             cells = [
-                f"{c} ({base[p] / row[p]:.1f}x)" if row.get(p) and base.get(p) and p in ("diameter", "post", "zoom", "total", "first") else c
+                f"{c} ({base[p] / row[p]:.1f}x)"
+                if row.get(p) and base.get(p) and p in ("diameter", "post", "zoom", "total", "first")
+                else c
                 for c, p in zip(cells, PHASES, strict=True)
             ]
         shape = "x".join(str(n) for n in row["shape"])
@@ -269,12 +293,18 @@ def table(rows: list[dict], baseline: list[dict] | None) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3, help="warm predictions per case (median reported)")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2, the target machine's cores)")
+    parser.add_argument(
+        "--threads", type=int, default=2, help="torch CPU threads (default 2, the target machine's cores)"
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--models", nargs="*", help="only these bundled models")
-    parser.add_argument("--cases", nargs="*", help=f"only these images ({', '.join(sorted({c for v in CASES.values() for c in v}))})")
+    parser.add_argument(
+        "--cases", nargs="*", help=f"only these images ({', '.join(sorted({c for v in CASES.values() for c in v}))})"
+    )
     parser.add_argument("--compare", type=Path, help="a baseline checkout's src folder, measured alternately")
-    parser.add_argument("--no-process", action="store_true", help="skip the fresh-process timings (--help, segtune predict)")
+    parser.add_argument(
+        "--no-process", action="store_true", help="skip the fresh-process timings (--help, segtune predict)"
+    )
     parser.add_argument("--save", action="store_true", help="write benchmarks/results/interactive.{json,md}")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -309,15 +339,24 @@ def main() -> None:
     for name, _ in sources:
         process = results[name].get("process")
         if process:
-            text += ["", f"Fresh processes ({name}): import {process['import']:.2f} s, `segtune --help` {process['help']:.2f} s, "
-                         f"`segtune predict --model nuclei-2d` one 1 MPx image with --instances {process['cli_predict']:.2f} s wall."]
+            text += [
+                "",
+                f"Fresh processes ({name}): import {process['import']:.2f} s, `segtune --help` {process['help']:.2f} s, "
+                f"`segtune predict --model nuclei-2d` one 1 MPx image with --instances {process['cli_predict']:.2f} s wall.",
+            ]
     report = "\n".join(text)
     print(report)
     if args.save:
         folder = REPO / "benchmarks" / "results"
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "interactive.md").write_text(report + "\n", encoding="utf-8")
-        payload = {"load_before": load_before, "load_after": load_after, "threads": args.threads, "device": args.device, **results}
+        payload = {
+            "load_before": load_before,
+            "load_after": load_after,
+            "threads": args.threads,
+            "device": args.device,
+            **results,
+        }
         (folder / "interactive.json").write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
 
 

@@ -50,7 +50,12 @@ DATA = (REPO / ".." / "shared" / "data").resolve()
 METHODS = ("scratch", "restore", "simclr+local", "pseudo")
 DATASETS = {
     # test: held out of everything; scale: resize factor; target: which label pixels are the object class
-    "membranes": {"folder": "membranes_isbi2012", "test": ("15", "16", "17", "18", "19"), "scale": 1.0, "object": "membrane"},
+    "membranes": {
+        "folder": "membranes_isbi2012",
+        "test": ("15", "16", "17", "18", "19"),
+        "scale": 1.0,
+        "object": "membrane",
+    },
     "nuclei": {"folder": "nuclei_nih3t3", "test": ("1", "30", "40", "47"), "scale": 0.25, "object": "nucleus"},
 }
 IGNORE = 2  # pseudo-label ignore value (the masks here are 0/1)
@@ -100,9 +105,21 @@ def finetune(images, labels, args, seed: int, start=None, ignore_value=None):
     from segtune.core.train.trainer import TrainConfig, train
 
     config = TrainConfig(
-        head="binary", patch=args.patch, batch_size=args.batch, epochs=args.epochs, steps_per_epoch=max(1, args.steps // args.epochs),
-        loss="bce+dice", learning_rate=args.lr, val_fraction=0.0, patience=None, depth=args.depth,
-        base_channels=args.base_channels, device="cpu", seed=seed, ignore_value=ignore_value, min_foreground=0.0,
+        head="binary",
+        patch=args.patch,
+        batch_size=args.batch,
+        epochs=args.epochs,
+        steps_per_epoch=max(1, args.steps // args.epochs),
+        loss="bce+dice",
+        learning_rate=args.lr,
+        val_fraction=0.0,
+        patience=None,
+        depth=args.depth,
+        base_channels=args.base_channels,
+        device="cpu",
+        seed=seed,
+        ignore_value=ignore_value,
+        min_foreground=0.0,
     )
     result = train(images, labels, config, model=start)
     return result.model, result.config
@@ -135,8 +152,11 @@ def main(argv=None) -> int:
     runs: list[dict] = []
     work = Path(tempfile.mkdtemp(prefix="label_efficiency_"))
     arch = {"depth": args.depth, "base_channels": args.base_channels, "patch": args.patch, "head": "binary"}
-    print(f"torch threads: {torch.get_num_threads()}; fine-tuning {args.steps} steps of {args.batch} x {args.patch}^2 patches; "
-          f"U-Net depth {args.depth}, width {args.base_channels}", flush=True)
+    print(
+        f"torch threads: {torch.get_num_threads()}; fine-tuning {args.steps} steps of {args.batch} x {args.patch}^2 patches; "
+        f"U-Net depth {args.depth}, width {args.base_channels}",
+        flush=True,
+    )
     for name in args.datasets:
         data = load_dataset(name)
         pool, test = data["pool"], data["test"]
@@ -144,18 +164,32 @@ def main(argv=None) -> int:
         print(f"\n{name}: pool {len(pool)} images, test {len(test)} ({', '.join(s for s, _, _ in test)})", flush=True)
         t0 = time.monotonic()
         restore_dir, simclr_dir = work / f"{name}_restore", work / f"{name}_simclr"
-        restore = pretrain(pool_images, PretrainConfig(method="restore", epochs=4, steps_per_epoch=args.pretrain_steps // 4,
-                                                       batch_size=8, **arch), out=restore_dir)
-        print(f"  restore pretraining: loss {restore.history[0]['loss']:.3f} -> {restore.history[-1]['loss']:.3f} "
-              f"({time.monotonic() - t0:.0f} s)", flush=True)
+        restore = pretrain(
+            pool_images,
+            PretrainConfig(method="restore", epochs=4, steps_per_epoch=args.pretrain_steps // 4, batch_size=8, **arch),
+            out=restore_dir,
+        )
+        print(
+            f"  restore pretraining: loss {restore.history[0]['loss']:.3f} -> {restore.history[-1]['loss']:.3f} "
+            f"({time.monotonic() - t0:.0f} s)",
+            flush=True,
+        )
         t0 = time.monotonic()
-        simclr = pretrain(pool_images, PretrainConfig(method="simclr", epochs=4, steps_per_epoch=args.pretrain_steps // 4,
-                                                      batch_size=16, **arch), out=simclr_dir)
-        print(f"  SimCLR pretraining: loss {simclr.history[0]['loss']:.3f} -> {simclr.history[-1]['loss']:.3f} "
-              f"({time.monotonic() - t0:.0f} s)", flush=True)
+        simclr = pretrain(
+            pool_images,
+            PretrainConfig(method="simclr", epochs=4, steps_per_epoch=args.pretrain_steps // 4, batch_size=16, **arch),
+            out=simclr_dir,
+        )
+        print(
+            f"  SimCLR pretraining: loss {simclr.history[0]['loss']:.3f} -> {simclr.history[-1]['loss']:.3f} "
+            f"({time.monotonic() - t0:.0f} s)",
+            flush=True,
+        )
         for k in args.k:
             for seed in range(args.seeds):
-                chosen = sorted(np.random.default_rng(1000 * k + seed).choice(len(pool), size=k, replace=False).tolist())
+                chosen = sorted(
+                    np.random.default_rng(1000 * k + seed).choice(len(pool), size=k, replace=False).tolist()
+                )
                 images = [pool[i][1] for i in chosen]
                 labels = [pool[i][2] for i in chosen]
                 unlabelled = [pool[i][1] for i in range(len(pool)) if i not in chosen]
@@ -164,24 +198,48 @@ def main(argv=None) -> int:
                 model, config = finetune(images, labels, args, seed)
                 row["scratch"] = pixel_f1(model, config, test)
                 # pseudo-labels from the scratch model on the unlabelled pool, then a new model on both
-                pseudo = [pseudo_labels(model_probabilities(model, config, image, device="cpu"), "binary", args.threshold,
-                                        ignore_value=IGNORE) for image in unlabelled]
+                pseudo = [
+                    pseudo_labels(
+                        model_probabilities(model, config, image, device="cpu"),
+                        "binary",
+                        args.threshold,
+                        ignore_value=IGNORE,
+                    )
+                    for image in unlabelled
+                ]
                 row["pseudo_confident"] = float(np.mean([(p != IGNORE).mean() for p in pseudo]))
-                student, student_config = finetune(images + unlabelled, labels + pseudo, args, seed, ignore_value=IGNORE)
+                student, student_config = finetune(
+                    images + unlabelled, labels + pseudo, args, seed, ignore_value=IGNORE
+                )
                 row["pseudo"] = pixel_f1(student, student_config, test)
                 model, config = finetune(images, labels, args, seed, start=restore_dir)
                 row["restore"] = pixel_f1(model, config, test)
                 local_dir = work / f"{name}_local_k{k}_s{seed}"
-                pretrain(images, PretrainConfig(method="local-contrastive", epochs=1, steps_per_epoch=args.local_steps,
-                                                batch_size=args.batch, seed=seed, min_foreground=0.0, **arch),
-                         labels=labels, from_model=simclr_dir, out=local_dir)
+                pretrain(
+                    images,
+                    PretrainConfig(
+                        method="local-contrastive",
+                        epochs=1,
+                        steps_per_epoch=args.local_steps,
+                        batch_size=args.batch,
+                        seed=seed,
+                        min_foreground=0.0,
+                        **arch,
+                    ),
+                    labels=labels,
+                    from_model=simclr_dir,
+                    out=local_dir,
+                )
                 model, config = finetune(images, labels, args, seed, start=local_dir)
                 row["simclr+local"] = pixel_f1(model, config, test)
                 row["seconds"] = time.monotonic() - t0
                 runs.append(row)
-                print(f"  k={k} seed={seed} ({', '.join(row['labelled'])}): "
-                      + ", ".join(f"{m} {row[m][0]:.3f}" for m in METHODS)
-                      + f"  (pseudo-labels confident on {row['pseudo_confident']:.0%} of pixels) [{row['seconds']:.0f} s]", flush=True)
+                print(
+                    f"  k={k} seed={seed} ({', '.join(row['labelled'])}): "
+                    + ", ".join(f"{m} {row[m][0]:.3f}" for m in METHODS)
+                    + f"  (pseudo-labels confident on {row['pseudo_confident']:.0%} of pixels) [{row['seconds']:.0f} s]",
+                    flush=True,
+                )
                 args.out.mkdir(parents=True, exist_ok=True)
                 (args.out / "label_efficiency.partial.json").write_text(json.dumps(runs, indent=2) + "\n")
 
@@ -190,8 +248,12 @@ def main(argv=None) -> int:
     print("\n" + table)
     print(f"\nwall time {elapsed / 60:.1f} min on {os.cpu_count()} CPU core(s)")
     args.out.mkdir(parents=True, exist_ok=True)
-    record = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-              "runs": runs, "wall_seconds": elapsed, "command": "python benchmarks/label_efficiency.py " + " ".join(argv or sys.argv[1:])}
+    record = {
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "runs": runs,
+        "wall_seconds": elapsed,
+        "command": "python benchmarks/label_efficiency.py " + " ".join(argv or sys.argv[1:]),
+    }
     (args.out / "label_efficiency.json").write_text(json.dumps(record, indent=2) + "\n")
     (args.out / "label_efficiency.md").write_text(table + "\n")
     plot(runs, args, args.out / "label_efficiency.png")
@@ -206,8 +268,10 @@ def _summary(runs, dataset, k, method):
 
 
 def format_table(runs: list[dict], args) -> str:
-    lines = ["| data set (object) | k labelled | " + " | ".join(METHODS) + " | best minus scratch |",
-             "| --- | --- |" + " --- |" * (len(METHODS) + 1)]
+    lines = [
+        "| data set (object) | k labelled | " + " | ".join(METHODS) + " | best minus scratch |",
+        "| --- | --- |" + " --- |" * (len(METHODS) + 1),
+    ]
     for dataset in dict.fromkeys(r["dataset"] for r in runs):
         for k in sorted({r["k"] for r in runs if r["dataset"] == dataset}):
             cells, means = [], {}
@@ -216,13 +280,18 @@ def format_table(runs: list[dict], args) -> str:
                 means[method] = mean
                 cells.append(f"{mean:.3f} ± {std:.3f}")
             best = max(METHODS[1:], key=lambda m: means[m])
-            lines.append(f"| {dataset} ({DATASETS[dataset]['object']}) | {k} | " + " | ".join(cells)
-                         + f" | {means[best] - means['scratch']:+.3f} ({best}) |")
+            lines.append(
+                f"| {dataset} ({DATASETS[dataset]['object']}) | {k} | "
+                + " | ".join(cells)
+                + f" | {means[best] - means['scratch']:+.3f} ({best}) |"
+            )
     n_seeds = max((r["seed"] for r in runs), default=-1) + 1
     lines.append("")
-    lines.append(f"Pixel F1 of the object class on held-out test images, mean ± std over {n_seeds} seed(s) "
-                 f"(the seed picks the labelled images and the initialisation); every method fine-tunes for "
-                 f"{args.steps} steps of {args.batch} patches of {args.patch}² px.")
+    lines.append(
+        f"Pixel F1 of the object class on held-out test images, mean ± std over {n_seeds} seed(s) "
+        f"(the seed picks the labelled images and the initialisation); every method fine-tunes for "
+        f"{args.steps} steps of {args.batch} patches of {args.patch}² px."
+    )
     return "\n".join(lines)
 
 

@@ -61,8 +61,10 @@ def main() -> None:
     ):
         print(f"{name:<32} {timed(fn, args.repeats) * 1000:8.1f} ms (median of {args.repeats})")
     result = evaluate(pred, truth)["matched"]
-    print(f"check: f1@0.5 {result['f1_at_0.5']:.3f}, AP@0.5 {result['ap_at_0.5']:.3f}, "
-          f"mean matched IoU {result['mean_iou_matched']:.3f}")
+    print(
+        f"check: f1@0.5 {result['f1_at_0.5']:.3f}, AP@0.5 {result['ap_at_0.5']:.3f}, "
+        f"mean matched IoU {result['mean_iou_matched']:.3f}"
+    )
 
 
 if __name__ == "__main__":

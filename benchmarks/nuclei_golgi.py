@@ -37,7 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-stacks", type=int, default=4)
     parser.add_argument("--test-stacks", type=int, default=3)
     parser.add_argument("--patch", type=int, nargs=3, default=[16, 64, 64])
-    parser.add_argument("--max-distance", type=float, default=8.0, help="px from the nucleus surface to the Golgi centroid")
+    parser.add_argument(
+        "--max-distance", type=float, default=8.0, help="px from the nucleus surface to the Golgi centroid"
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "nuclei_golgi.json")
     args = parser.parse_args(argv)
@@ -55,9 +57,24 @@ def main(argv: list[str] | None = None) -> int:
     print("generator:", generator)
     train_stacks = [synthetic_nuclei_golgi(seed=s) for s in range(args.train_stacks)]
     test_stacks = [synthetic_nuclei_golgi(seed=1000 + s) for s in range(args.test_stacks)]
-    config = TrainConfig(spatial_dims=3, head="multilabel", n_classes=2, patch=tuple(args.patch), batch_size=2, epochs=10_000,
-                         steps_per_epoch=20, depth=3, base_channels=8, loss="bce+dice", learning_rate=2e-3, val_fraction=0,
-                         patience=None, max_minutes=args.minutes, device="cpu", min_foreground=0.02)
+    config = TrainConfig(
+        spatial_dims=3,
+        head="multilabel",
+        n_classes=2,
+        patch=tuple(args.patch),
+        batch_size=2,
+        epochs=10_000,
+        steps_per_epoch=20,
+        depth=3,
+        base_channels=8,
+        loss="bce+dice",
+        learning_rate=2e-3,
+        val_fraction=0,
+        patience=None,
+        max_minutes=args.minutes,
+        device="cpu",
+        min_foreground=0.02,
+    )
     started = time.perf_counter()
     result = train([s.image for s in train_stacks], [s.classes for s in train_stacks], config)
     seconds = time.perf_counter() - started
@@ -73,17 +90,40 @@ def main(argv: list[str] | None = None) -> int:
         flags = (probabilities[0] > 0.5) * 1 + (probabilities[1] > 0.5) * 2
         nuclei, golgi = class_instances(flags, 2, min_size=4, split=(0,), min_distance=4, sampling=(2.0, 1.0, 1.0))
         found = int((pair_objects(nuclei, golgi, (2.0, 1.0, 1.0), max_distance=args.max_distance)["partner"] > 0).sum())
-        rows.append({"stack": 1000 + index, **scores, "pairs_true": stack.n_pairs, "pairs_found": found,
-                     "pair_count_error": (found - stack.n_pairs) / stack.n_pairs})
+        rows.append(
+            {
+                "stack": 1000 + index,
+                **scores,
+                "pairs_true": stack.n_pairs,
+                "pairs_found": found,
+                "pair_count_error": (found - stack.n_pairs) / stack.n_pairs,
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
-    summary = {key: float(np.mean([r[key] for r in rows])) for key in ("dice_nucleus", "dice_golgi", "pair_count_error")}
+    summary = {
+        key: float(np.mean([r[key] for r in rows])) for key in ("dice_nucleus", "dice_golgi", "pair_count_error")
+    }
     summary["abs_pair_count_error"] = float(np.mean([abs(r["pair_count_error"]) for r in rows]))
-    print(f"trained {len(result.history)} epochs of 20 steps in {seconds:.0f} s; mean over {len(rows)} test stacks: "
-          + ", ".join(f"{k} {v:.3f}" for k, v in summary.items()))
+    print(
+        f"trained {len(result.history)} epochs of 20 steps in {seconds:.0f} s; mean over {len(rows)} test stacks: "
+        + ", ".join(f"{k} {v:.3f}" for k, v in summary.items())
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"settings": {**vars(args), "out": str(args.out)}, "generator": generator,
-                                    "epochs": len(result.history), "train_seconds": seconds, "rows": rows, "summary": summary},
-                                   indent=2, default=str) + "\n")
+    args.out.write_text(
+        json.dumps(
+            {
+                "settings": {**vars(args), "out": str(args.out)},
+                "generator": generator,
+                "epochs": len(result.history),
+                "train_seconds": seconds,
+                "rows": rows,
+                "summary": summary,
+            },
+            indent=2,
+            default=str,
+        )
+        + "\n"
+    )
     return 0
 
 

@@ -49,9 +49,16 @@ def write_input(path: Path, size: int) -> None:
     image = da.map_blocks(block, dtype=np.uint16, chunks=((band,) * (size // band), (band,) * (size // band)))
     group = zarr.open_group(str(path), mode="w", zarr_format=3)
     with dask.config.set(scheduler="synchronous"):
-        write_image(image, group, axes="yx", fmt=FormatV05(), scale={"y": 0.65, "x": 0.65},
-                    axes_units={"y": "micrometer", "x": "micrometer"}, scale_factors=(2, 4),
-                    storage_options={"chunks": (band, band)})
+        write_image(
+            image,
+            group,
+            axes="yx",
+            fmt=FormatV05(),
+            scale={"y": 0.65, "x": 0.65},
+            axes_units={"y": "micrometer", "x": "micrometer"},
+            scale_factors=(2, 4),
+            storage_options={"chunks": (band, band)},
+        )
 
 
 def run(path: Path, base: int, memory_limit: str) -> None:
@@ -63,24 +70,41 @@ def run(path: Path, base: int, memory_limit: str) -> None:
     from segtune.core.predict import TilingOptions
 
     model = make_model(2, 3, base, synthetic_nuclei((256, 256), seed=2))
-    config = {"architecture": model.architecture, "head": "binary",
-              "normalization": {"method": "percentile", "low": 1.0, "high": 99.8}}
+    config = {
+        "architecture": model.architecture,
+        "head": "binary",
+        "normalization": {"method": "percentile", "low": 1.0, "high": 99.8},
+    }
     image = open_image(path)
-    print(f"  opened {path.name}: {image.sizes()}, pixel sizes {tuple(image.physical_pixel_sizes)}, "
-          f"levels {image.metadata['levels']}", flush=True)
+    print(
+        f"  opened {path.name}: {image.sizes()}, pixel sizes {tuple(image.physical_pixel_sizes)}, "
+        f"levels {image.metadata['levels']}",
+        flush=True,
+    )
     done: list = []
     reset_peak_rss()
     before = peak_rss()
     t0 = time.perf_counter()
     with dask.config.set(scheduler="synchronous"):  # one chunk at a time: the memory bound, not speed
-        target = predict_to_ome_zarr((model, config), image, path, name="segtune", device="cpu", diameter=None,
-                                     tiling=TilingOptions(memory_limit=memory_limit), progress=done.append)
+        target = predict_to_ome_zarr(
+            (model, config),
+            image,
+            path,
+            name="segtune",
+            device="cpu",
+            diameter=None,
+            tiling=TilingOptions(memory_limit=memory_limit),
+            progress=done.append,
+        )
     wall = time.perf_counter() - t0
     peak = peak_rss()
     levels = [zarr.open_array(str(p), mode="r").shape for p in sorted(target.iterdir()) if p.is_dir()]
     labels = open_image(target)
-    print(f"  predicted and wrote labels in {wall:.1f} s; peak RSS {peak / 1e9:.2f} GB (process before: "
-          f"{before / 1e9:.2f} GB); levels {levels}; labels pixel sizes {tuple(labels.physical_pixel_sizes)}", flush=True)
+    print(
+        f"  predicted and wrote labels in {wall:.1f} s; peak RSS {peak / 1e9:.2f} GB (process before: "
+        f"{before / 1e9:.2f} GB); levels {levels}; labels pixel sizes {tuple(labels.physical_pixel_sizes)}",
+        flush=True,
+    )
     corner = np.asarray(labels.data[0, 0, 0, :512, :512])
     crop = np.asarray(image.data[0, 0, 0, :512, :512])
     print(f"  foreground in the first 512² corner: {corner.mean():.3f} (image mean {crop.mean():.0f})", flush=True)
@@ -98,16 +122,25 @@ def main(argv: list[str] | None = None) -> int:
         run(Path(args.predict_only), args.base, args.memory)
         return 0
     with contextlib.ExitStack() as stack:
-        folder = Path(args.dir) if args.dir else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="segtune-omezarr-")))
+        folder = (
+            Path(args.dir)
+            if args.dir
+            else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="segtune-omezarr-")))
+        )
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"nuclei_{args.size}.ome.zarr"
-        print(f"=== {args.size} x {args.size} uint16 OME-Zarr -> OME-Zarr labels, U-Net base {args.base}, "
-              f"memory limit {args.memory} ===", flush=True)
+        print(
+            f"=== {args.size} x {args.size} uint16 OME-Zarr -> OME-Zarr labels, U-Net base {args.base}, "
+            f"memory limit {args.memory} ===",
+            flush=True,
+        )
         t0 = time.perf_counter()
         write_input(path, args.size)
         print(f"  wrote the input with ome-zarr-py in {time.perf_counter() - t0:.1f} s", flush=True)
-        subprocess.run([sys.executable, __file__, "--predict-only", str(path), "--base", str(args.base),
-                        "--memory", args.memory], check=True)
+        subprocess.run(
+            [sys.executable, __file__, "--predict-only", str(path), "--base", str(args.base), "--memory", args.memory],
+            check=True,
+        )
     return 0
 
 

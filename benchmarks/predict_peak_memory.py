@@ -43,16 +43,36 @@ def write_image(path: Path, size: int, seed: int = 0) -> None:
                     tile[(yy - y) ** 2 + (xx - x) ** 2 < 64] += 2000
                 yield tile.astype(np.uint16)
 
-    tifffile.imwrite(path, tiles(), shape=(size, size), dtype=np.uint16, tile=(TILE, TILE),
-                     compression="zlib", bigtiff=size * size * 2 > 2**31)
+    tifffile.imwrite(
+        path,
+        tiles(),
+        shape=(size, size),
+        dtype=np.uint16,
+        tile=(TILE, TILE),
+        compression="zlib",
+        bigtiff=size * size * 2 > 2**31,
+    )
 
 
 def measure(image: Path, out: Path, model: str, extra: list[str]) -> tuple[float, float, int]:
     """(peak RSS in bytes, seconds, objects) of one ``segtune predict --instances`` child."""
     import tifffile
 
-    command = [sys.executable, "-m", "segtune.cli", "predict", str(image), "--model", model, "--out", str(out),
-               "--instances", "--device", "cpu", *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "segtune.cli",
+        "predict",
+        str(image),
+        "--model",
+        model,
+        "--out",
+        str(out),
+        "--instances",
+        "--device",
+        "cpu",
+        *extra,
+    ]
     start = time.perf_counter()
     with tempfile.TemporaryFile() as stderr:
         child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
@@ -81,8 +101,10 @@ def main() -> None:
             write_image(image, size)
             peak, seconds, objects = measure(image, Path(folder) / "out", args.model, extra)
             image_mb = size * size * 2 / 1e6
-            print(f"{size:>7} {image_mb:>9.0f} {peak / 1e9:>8.2f} {peak / (image_mb * 1e6):>8.1f} {seconds:>8.0f} {objects:>8}",
-                  flush=True)
+            print(
+                f"{size:>7} {image_mb:>9.0f} {peak / 1e9:>8.2f} {peak / (image_mb * 1e6):>8.1f} {seconds:>8.0f} {objects:>8}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -98,7 +98,15 @@ def make_model(spatial_dims: int, depth: int, base: int, warm_on: np.ndarray, se
 def real_or_synthetic_2d(size: int) -> tuple[np.ndarray, str]:
     """A normalised nuclei image of ``size`` x ``size``: NIH3T3 mirrored out, or synthetic."""
     folder = SHARED_DATA / "nuclei_nih3t3"
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".png", ".tif", ".tiff") and "label" not in str(p).lower()) if folder.is_dir() else []
+    files = (
+        sorted(
+            p
+            for p in folder.rglob("*")
+            if p.suffix.lower() in (".png", ".tif", ".tiff") and "label" not in str(p).lower()
+        )
+        if folder.is_dir()
+        else []
+    )
     if files:
         import imageio.v3 as iio
 
@@ -148,7 +156,9 @@ def run_segtune(model: torch.nn.Module, image: np.ndarray, memory_limit: Any = N
     return predict_raw(model, image[None], spatial_dims=image.ndim, device="cpu", memory_limit=memory_limit)
 
 
-def run_monai(model: torch.nn.Module, image: np.ndarray, roi: tuple[int, ...], batch: int, fast: bool = False) -> np.ndarray:
+def run_monai(
+    model: torch.nn.Module, image: np.ndarray, roi: tuple[int, ...], batch: int, fast: bool = False
+) -> np.ndarray:
     """MONAI's sliding window; ``fast`` gives it segtune's optimised model copy (channels last, BN folded)."""
     from monai.inferers import sliding_window_inference
 
@@ -169,7 +179,13 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 def bench_case(
-    name: str, model: torch.nn.Module, image: np.ndarray, roi: tuple[int, ...], batch: int, repeats: int, limit: str,
+    name: str,
+    model: torch.nn.Module,
+    image: np.ndarray,
+    roi: tuple[int, ...],
+    batch: int,
+    repeats: int,
+    limit: str,
     extras: bool = True,
     monai_fast: bool = False,
 ) -> dict:
@@ -180,9 +196,15 @@ def bench_case(
     runner = Runner(model, torch.device("cpu"), "float32", image.ndim)
     geometry = model_geometry(runner, model, image.ndim, 1, None, None)
     print(f"probe (once per model, cached): {time.perf_counter() - t0:.1f} s -> {geometry}", flush=True)
-    for label, budget in (("auto", memory_budget(torch.device("cpu"), None)), (limit, memory_budget(torch.device("cpu"), limit))):
+    for label, budget in (
+        ("auto", memory_budget(torch.device("cpu"), None)),
+        (limit, memory_budget(torch.device("cpu"), limit)),
+    ):
         plan = plan_tiles(image.shape, geometry, memory_limit=budget)
-        print(f"segtune plan ({label}): tile {plan.tile} x {plan.counts}, work {plan.work:.3f}x untiled, batch {plan.batch_size}", flush=True)
+        print(
+            f"segtune plan ({label}): tile {plan.tile} x {plan.counts}, work {plan.work:.3f}x untiled, batch {plan.batch_size}",
+            flush=True,
+        )
     del runner
 
     methods = {
@@ -190,10 +212,14 @@ def bench_case(
         "segtune": lambda: run_segtune(model, image),
         "monai": lambda: run_monai(model, image, roi, batch),
     }
-    once = {
-        "untiled-fast": lambda: run_untiled_fast(model, image),
-        f"segtune-{limit}": lambda: run_segtune(model, image, limit),
-    } if extras else {}
+    once = (
+        {
+            "untiled-fast": lambda: run_untiled_fast(model, image),
+            f"segtune-{limit}": lambda: run_segtune(model, image, limit),
+        }
+        if extras
+        else {}
+    )
     if monai_fast:
         once["monai-fast"] = lambda: run_monai(model, image, roi, batch, fast=True)
     times: dict[str, list[float]] = {k: [] for k in [*methods, *once]}
@@ -222,15 +248,23 @@ def bench_case(
     fast_median = float(np.median(times["untiled-fast"])) if "untiled-fast" in times else float("nan")
     monai_median = float(np.median(times["monai"]))
     print(f"\n{name}: medians, ratios and differences from the untiled pass")
-    print(f"  {'method':>16} {'median s':>9} {'vs untiled':>11} {'vs fast':>8} {'MONAI/this':>11} {'max|dlogit|':>12} {'max|dprob|':>11} {'peak RSS':>9}")
+    print(
+        f"  {'method':>16} {'median s':>9} {'vs untiled':>11} {'vs fast':>8} {'MONAI/this':>11} {'max|dlogit|':>12} {'max|dprob|':>11} {'peak RSS':>9}"
+    )
     for key, values in times.items():
         median = float(np.median(values))
         diff = float(np.abs(outputs[key] - reference).max())
         dprob = float(np.abs(sigmoid(outputs[key]) - sigmoid(reference)).max())
         row = {
-            "method": key, "median_s": median, "runs": len(values), "vs_untiled": median / untiled_median,
-            "vs_untiled_fast": median / fast_median, "monai_over_this": monai_median / median,
-            "max_abs_logit": diff, "max_abs_prob": dprob, "peak_rss_gb": rss[key] / 1e9,
+            "method": key,
+            "median_s": median,
+            "runs": len(values),
+            "vs_untiled": median / untiled_median,
+            "vs_untiled_fast": median / fast_median,
+            "monai_over_this": monai_median / median,
+            "max_abs_logit": diff,
+            "max_abs_prob": dprob,
+            "peak_rss_gb": rss[key] / 1e9,
         }
         result["rows"].append(row)
         print(
@@ -250,7 +284,9 @@ def exactness_on_real_image(model: torch.nn.Module) -> None:
         return
     import imageio.v3 as iio
 
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".png", ".tif", ".tiff") and "label" not in str(p).lower())
+    files = sorted(
+        p for p in folder.rglob("*") if p.suffix.lower() in (".png", ".tif", ".tiff") and "label" not in str(p).lower()
+    )
     geometry = probe_model(model, spatial_dims=2, in_channels=1, device="cpu")
     print("\n=== exactness on real images (NIH3T3, native size, forced tiling) ===")
     for path in files[:2]:
@@ -261,7 +297,9 @@ def exactness_on_real_image(model: torch.nn.Module) -> None:
         reference = run_untiled(model, image)
         limit = 600 * 600 * geometry.bytes_per_pixel
         events: list = []
-        tiled = predict_raw(model, image[None], spatial_dims=2, device="cpu", memory_limit=limit, progress=events.append)
+        tiled = predict_raw(
+            model, image[None], spatial_dims=2, device="cpu", memory_limit=limit, progress=events.append
+        )
         print(
             f"  {path.name} {image.shape}: {events[-1].total} tiles, max |dlogit| {np.abs(tiled - reference).max():.2e}, "
             f"max |dprob| {np.abs(sigmoid(tiled) - sigmoid(reference)).max():.2e}"
@@ -296,14 +334,19 @@ def stream(size: int, base: int, memory_limit: str, folder: Path) -> None:
     from segtune.core.predict import TilingOptions, predict
 
     source = folder / "input.zarr"
-    print(f"\n=== streaming: {size} x {size} uint16 zarr -> zarr, U-Net base {base}, memory limit {memory_limit} ===", flush=True)
+    print(
+        f"\n=== streaming: {size} x {size} uint16 zarr -> zarr, U-Net base {base}, memory limit {memory_limit} ===",
+        flush=True,
+    )
     t0 = time.perf_counter()
     array = zarr.open_array(str(source), mode="w", shape=(size, size), chunks=(1024, 1024), dtype="uint16")
     band = 1024
     tile = (synthetic_nuclei((band, band), seed=1) * 3000 + 200).astype(np.uint16)
     for y in range(0, size, band):
         array[y : y + band] = np.tile(np.roll(tile, y // band * 97, axis=1), (1, size // band))
-    print(f"  wrote the input in {time.perf_counter() - t0:.1f} s ({array.nbytes / 1e9:.2f} GB uncompressed)", flush=True)
+    print(
+        f"  wrote the input in {time.perf_counter() - t0:.1f} s ({array.nbytes / 1e9:.2f} GB uncompressed)", flush=True
+    )
     del array, tile
     gc.collect()
 
@@ -321,8 +364,14 @@ def stream(size: int, base: int, memory_limit: str, folder: Path) -> None:
     done: list = []
     t0 = time.perf_counter()
     result = predict(
-        (model, config), image, axes="YX", device="cpu", labels=False, tiling=TilingOptions(memory_limit=memory_limit),
-        out=folder / "probabilities.zarr", progress=done.append,
+        (model, config),
+        image,
+        axes="YX",
+        device="cpu",
+        labels=False,
+        tiling=TilingOptions(memory_limit=memory_limit),
+        out=folder / "probabilities.zarr",
+        progress=done.append,
     )
     wall = time.perf_counter() - t0
     peak = peak_rss()
@@ -342,26 +391,42 @@ def stream(size: int, base: int, memory_limit: str, folder: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "--only", choices=("2d", "3d", "stream", "real", "floor"), default=None,
+        "--only",
+        choices=("2d", "3d", "stream", "real", "floor"),
+        default=None,
         help="one part; 'floor' alternates segtune and the equally optimised untiled pass in 2D (--repeats rounds)",
     )
     parser.add_argument("--repeats", type=int, default=2, help="rounds for 2D (alternating order)")
     parser.add_argument("--repeats-3d", type=int, default=1, help="rounds for 3D (each costs about 7 min on 2 cores)")
-    parser.add_argument("--extras-3d", action="store_true", help="also time the optimised untiled pass and a memory-limited run in 3D")
-    parser.add_argument("--monai-fast", action="store_true", help="also time MONAI given segtune's optimised model copy")
+    parser.add_argument(
+        "--extras-3d", action="store_true", help="also time the optimised untiled pass and a memory-limited run in 3D"
+    )
+    parser.add_argument(
+        "--monai-fast", action="store_true", help="also time MONAI given segtune's optimised model copy"
+    )
     parser.add_argument("--size-2d", type=int, default=2048)
     parser.add_argument("--shape-3d", default="64,512,512")
     parser.add_argument("--stream-size", type=int, default=16384)
-    parser.add_argument("--stream-base", type=int, default=8, help="U-Net width for the streaming run (32 takes ~30 min on 2 cores)")
+    parser.add_argument(
+        "--stream-base", type=int, default=8, help="U-Net width for the streaming run (32 takes ~30 min on 2 cores)"
+    )
     parser.add_argument("--stream-memory", default="1GB", help="memory limit for one forward pass in the streaming run")
-    parser.add_argument("--stream-dir", default=None, help="folder for the streaming run's zarr stores (a temporary one by default)")
+    parser.add_argument(
+        "--stream-dir", default=None, help="folder for the streaming run's zarr stores (a temporary one by default)"
+    )
     args = parser.parse_args(argv)
 
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; load average {os.getloadavg()}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; load average {os.getloadavg()}"
+    )
     if args.only == "stream":
         with contextlib.ExitStack() as stack:
-            folder = Path(args.stream_dir) if args.stream_dir else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="segtune-stream-")))
+            folder = (
+                Path(args.stream_dir)
+                if args.stream_dir
+                else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="segtune-stream-")))
+            )
             stream(args.stream_size, args.stream_base, args.stream_memory, folder)
         return 0
 
@@ -376,7 +441,16 @@ def main(argv: list[str] | None = None) -> int:
         model2d = make_model(2, 3, 32, image)
         if args.only in (None, "2d"):
             print(f"2D input: {origin}")
-            bench_case("2D U-Net base 32, 4 levels", model2d, image, (256, 256), 4, args.repeats, "1.5GB", monai_fast=args.monai_fast)
+            bench_case(
+                "2D U-Net base 32, 4 levels",
+                model2d,
+                image,
+                (256, 256),
+                4,
+                args.repeats,
+                "1.5GB",
+                monai_fast=args.monai_fast,
+            )
         exactness_on_real_image(model2d)
         del image, model2d
         gc.collect()
@@ -386,14 +460,31 @@ def main(argv: list[str] | None = None) -> int:
         model3d = make_model(3, 2, 16, volume)
         print("3D input: synthetic nuclei")
         bench_case(
-            "3D U-Net base 16, 3 levels", model3d, volume, (64, 128, 128), 2, args.repeats_3d, "3GB", args.extras_3d,
+            "3D U-Net base 16, 3 levels",
+            model3d,
+            volume,
+            (64, 128, 128),
+            2,
+            args.repeats_3d,
+            "3GB",
+            args.extras_3d,
             monai_fast=args.monai_fast,
         )
         del volume, model3d
         gc.collect()
     if args.only is None:
-        command = [sys.executable, __file__, "--only", "stream", "--stream-size", str(args.stream_size),
-                   "--stream-base", str(args.stream_base), "--stream-memory", args.stream_memory]
+        command = [
+            sys.executable,
+            __file__,
+            "--only",
+            "stream",
+            "--stream-size",
+            str(args.stream_size),
+            "--stream-base",
+            str(args.stream_base),
+            "--stream-memory",
+            args.stream_memory,
+        ]
         if args.stream_dir:
             command += ["--stream-dir", args.stream_dir]
         subprocess.run(command, check=True)  # a fresh process, so its peak RSS is its own

@@ -74,9 +74,15 @@ def _read(path: Path) -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder with images/ and labels/ (default: %(default)s)")
-    parser.add_argument("--test", nargs="*", default=list(DEFAULT_TEST), help="image names (stems) held out from --data")
-    parser.add_argument("--test-images", nargs="*", type=Path, default=None, help="held-out image files (then all of --data trains)")
+    parser.add_argument(
+        "--data", type=Path, default=DEFAULT_DATA, help="folder with images/ and labels/ (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--test", nargs="*", default=list(DEFAULT_TEST), help="image names (stems) held out from --data"
+    )
+    parser.add_argument(
+        "--test-images", nargs="*", type=Path, default=None, help="held-out image files (then all of --data trains)"
+    )
     parser.add_argument("--test-labels", nargs="*", type=Path, default=None, help="their masks, in the same order")
     parser.add_argument("--minutes", type=float, default=13.0, help="training time budget")
     parser.add_argument("--epochs", type=int, default=200)
@@ -87,7 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--depth", type=int, default=3)
     parser.add_argument("--loss", default="bce+dice")
     parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--val-fraction", type=float, default=0.1, help="training images held out to pick the best epoch")
+    parser.add_argument(
+        "--val-fraction", type=float, default=0.1, help="training images held out to pick the best epoch"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="model folder to write (default: a temporary folder)")
     args = parser.parse_args(argv)
@@ -111,18 +119,39 @@ def main(argv: list[str] | None = None) -> int:
     print(f"training on {len(images)} images ({', '.join(train_names)}); testing on {len(test_pairs)}", flush=True)
 
     config = TrainConfig(
-        head="three_class", patch=args.patch, batch_size=args.batch_size, epochs=args.epochs, loss=args.loss,
-        learning_rate=args.lr, depth=args.depth, base_channels=args.base_channels, object_diameter=args.diameter,
-        max_minutes=args.minutes, patience=None, val_fraction=args.val_fraction, seed=args.seed, device="cpu",
+        head="three_class",
+        patch=args.patch,
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        loss=args.loss,
+        learning_rate=args.lr,
+        depth=args.depth,
+        base_channels=args.base_channels,
+        object_diameter=args.diameter,
+        max_minutes=args.minutes,
+        patience=None,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        device="cpu",
     )
     out = args.out or Path(tempfile.mkdtemp(prefix="segtune_nuclei_")) / "model"
     train_start = time.perf_counter()
     with tqdm_progress("train", mininterval=5, file=sys.stderr) as progress:
-        result = train(images, labels, config, names=train_names, out=out, overwrite=True, progress=progress,
-                       provenance={"command": " ".join(["python", *sys.argv])})
+        result = train(
+            images,
+            labels,
+            config,
+            names=train_names,
+            out=out,
+            overwrite=True,
+            progress=progress,
+            provenance={"command": " ".join(["python", *sys.argv])},
+        )
     train_seconds = time.perf_counter() - train_start
-    print(f"trained {len(result.history)} epochs in {train_seconds:.0f} s, stop: {result.stop_reason}, "
-          f"best epoch {result.best_epoch}: {json.dumps({k: round(v, 4) for k, v in result.best_metrics.items() if isinstance(v, float)})}")
+    print(
+        f"trained {len(result.history)} epochs in {train_seconds:.0f} s, stop: {result.stop_reason}, "
+        f"best epoch {result.best_epoch}: {json.dumps({k: round(v, 4) for k, v in result.best_metrics.items() if isinstance(v, float)})}"
+    )
 
     from segtune.core.models.store import load_model
 
@@ -135,13 +164,17 @@ def main(argv: list[str] | None = None) -> int:
         matched = matched_metrics(instances, truth, thresholds=(0.5,))
         pixel = pixel_metrics(instances > 0, truth > 0)
         rows.append((Path(image_path).name, matched["f1_at_0.5"], pixel["f1"], matched["n_truth"], matched["n_pred"]))
-        print(f"  {rows[-1][0]:>10}: matched F1@0.5 {rows[-1][1]:.3f}  pixel F1 {rows[-1][2]:.3f}  "
-              f"objects truth {rows[-1][3]} predicted {rows[-1][4]}")
+        print(
+            f"  {rows[-1][0]:>10}: matched F1@0.5 {rows[-1][1]:.3f}  pixel F1 {rows[-1][2]:.3f}  "
+            f"objects truth {rows[-1][3]} predicted {rows[-1][4]}"
+        )
     predict_seconds = time.perf_counter() - predict_start
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"matched F1@0.5 (mean over {len(rows)} held-out images): {np.mean([r[1] for r in rows]):.3f}")
     print(f"pixel F1 (mean): {np.mean([r[2] for r in rows]):.3f}")
-    print(f"wall time: train {train_seconds:.0f} s, predict {predict_seconds:.1f} s, total {time.perf_counter() - start:.0f} s")
+    print(
+        f"wall time: train {train_seconds:.0f} s, predict {predict_seconds:.1f} s, total {time.perf_counter() - start:.0f} s"
+    )
     print(f"peak RSS: {peak_mb:.0f} MiB")
     print(f"model folder: {out}")
     return 0

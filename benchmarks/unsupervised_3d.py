@@ -49,7 +49,12 @@ def dice(pred: np.ndarray, truth: np.ndarray) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=5.0, help="training budget of each method")
-    parser.add_argument("--methods", nargs="+", choices=("supervised", "vox2vox", "cyclegan"), default=["supervised", "vox2vox", "cyclegan"])
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        choices=("supervised", "vox2vox", "cyclegan"),
+        default=["supervised", "vox2vox", "cyclegan"],
+    )
     parser.add_argument("--patch", type=int, nargs=3, default=[16, 48, 48])
     parser.add_argument("--mask-recipe", default="diameter=15,z_anisotropy=1,touching=0.1,coverage=0.05")
     parser.add_argument("--threads", type=int, default=1)
@@ -77,32 +82,72 @@ def main(argv: list[str] | None = None) -> int:
     for method in args.methods:
         started = time.perf_counter()
         if method == "supervised":
-            config = TrainConfig(spatial_dims=3, head="binary", patch=patch, batch_size=2, epochs=10_000, steps_per_epoch=20,
-                                 depth=3, base_channels=8, norm="instance", loss="bce+dice", learning_rate=1e-3,
-                                 val_fraction=0, patience=None, max_minutes=args.minutes, device="cpu", seed=args.seed,
-                                 min_foreground=0.01)
+            config = TrainConfig(
+                spatial_dims=3,
+                head="binary",
+                patch=patch,
+                batch_size=2,
+                epochs=10_000,
+                steps_per_epoch=20,
+                depth=3,
+                base_channels=8,
+                norm="instance",
+                loss="bce+dice",
+                learning_rate=1e-3,
+                val_fraction=0,
+                patience=None,
+                max_minutes=args.minutes,
+                device="cpu",
+                seed=args.seed,
+                min_foreground=0.01,
+            )
             result = train([train_image], [train_labels], config)
             model, normalization, epochs = result.model, result.config["normalization"], len(result.history)
         else:
-            config = GanConfig(method=method, patch=patch, batch_size=2, epochs=10_000, steps_per_epoch=20, depth=3,
-                               base_channels=8, learning_rate=1e-3 if method == "vox2vox" else 2e-4,
-                               mask_recipe=parse_mask_recipe(args.mask_recipe), max_minutes=args.minutes, device="cpu", seed=args.seed)
+            config = GanConfig(
+                method=method,
+                patch=patch,
+                batch_size=2,
+                epochs=10_000,
+                steps_per_epoch=20,
+                depth=3,
+                base_channels=8,
+                learning_rate=1e-3 if method == "vox2vox" else 2e-4,
+                mask_recipe=parse_mask_recipe(args.mask_recipe),
+                max_minutes=args.minutes,
+                device="cpu",
+                seed=args.seed,
+            )
             result = train_gan([train_image], [train_labels] if method == "vox2vox" else None, config)
             model, normalization, epochs = result.model, result.config["normalization"], len(result.history)
         seconds = time.perf_counter() - started
         x = percentile_normalize(test_image, normalization["low"], normalization["high"])[None].astype(np.float32)
         logits = np.asarray(predict_raw(model.eval(), x, spatial_dims=3, device="cpu"))[0]
         score = dice(1 / (1 + np.exp(-logits)) > 0.5, test_truth)
-        rows.append({"method": method, "labels_used": method != "cyclegan", "epochs": epochs, "train_seconds": round(seconds, 1),
-                     "dice_test": round(score, 4)})
+        rows.append(
+            {
+                "method": method,
+                "labels_used": method != "cyclegan",
+                "epochs": epochs,
+                "train_seconds": round(seconds, 1),
+                "dice_test": round(score, 4),
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
-    lines = ["| method | labels used | epochs (20 steps) | training (s) | Dice, planes 26-50 |", "| --- | --- | --- | --- | --- |"]
-    lines += [f"| {r['method']} | {'yes' if r['labels_used'] else 'none'} | {r['epochs']} | {r['train_seconds']:.0f} | {r['dice_test']:.3f} |"
-              for r in rows]
+    lines = [
+        "| method | labels used | epochs (20 steps) | training (s) | Dice, planes 26-50 |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    lines += [
+        f"| {r['method']} | {'yes' if r['labels_used'] else 'none'} | {r['epochs']} | {r['train_seconds']:.0f} | {r['dice_test']:.3f} |"
+        for r in rows
+    ]
     table = "\n".join(lines)
     print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"settings": {**vars(args), "out": str(args.out)}, "rows": rows, "table": table}, indent=2) + "\n")
+    args.out.write_text(
+        json.dumps({"settings": {**vars(args), "out": str(args.out)}, "rows": rows, "table": table}, indent=2) + "\n"
+    )
     return 0
 
 

@@ -60,5 +60,7 @@ def colour_czi(czi_dir: Path, tmp_path_factory) -> Path:
     with pyczi.create_czi(str(path), exist_ok=True) as czi:
         for c, shift in enumerate((0, 40, 80)):
             czi.write(data=np.ascontiguousarray(np.roll(rgb, shift, axis=1)[..., ::-1]), plane={"C": c, "Z": 0, "T": 0})
-        czi.write_metadata(document_name="pol", channel_names={0: "Bright", 1: "Pol_0", 2: "Pol_45"}, scale_x=0.5e-6, scale_y=0.5e-6)
+        czi.write_metadata(
+            document_name="pol", channel_names={0: "Bright", 1: "Pol_0", 2: "Pol_45"}, scale_x=0.5e-6, scale_y=0.5e-6
+        )
     return path

@@ -144,8 +144,14 @@ def build_corpus(root: Path) -> list[Case]:
     cases: list[Case] = []
 
     def predict(name: str, path: Path, *extra: str, may_succeed: bool = False, names: str | None = None) -> None:
-        cases.append(Case(name, ["predict", str(path), "--model", str(model), "--out", str(out / name), *extra],
-                          names or path.name, may_succeed))
+        cases.append(
+            Case(
+                name,
+                ["predict", str(path), "--model", str(model), "--out", str(out / name), *extra],
+                names or path.name,
+                may_succeed,
+            )
+        )
 
     # files that open fine (or not) but whose bytes are broken
     for key, path in images.items():
@@ -186,11 +192,28 @@ def build_corpus(root: Path) -> list[Case]:
     overlays = out / "overlays"
     overlays.mkdir(exist_ok=True)
     (overlays / "truth_overlay.png").write_text("the user's file")
-    cases.append(Case("evaluate-overlay-exists", ["evaluate", "--pred", str(bad / "truth.tif"), "--truth", str(bad / "truth.tif"),
-                                                  "--overlay", str(overlays)], "truth_overlay.png"))
+    cases.append(
+        Case(
+            "evaluate-overlay-exists",
+            [
+                "evaluate",
+                "--pred",
+                str(bad / "truth.tif"),
+                "--truth",
+                str(bad / "truth.tif"),
+                "--overlay",
+                str(overlays),
+            ],
+            "truth_overlay.png",
+        )
+    )
     for name in ("negative_labels.tif", "nan_labels.tif"):
-        cases.append(Case(f"evaluate-{name}", ["evaluate", "--pred", str(bad / name), "--truth", str(bad / "truth.tif")], name))
-        cases.append(Case(f"measure-{name}", ["measure", "--labels", str(bad / name), "--out", str(out / f"{name}.csv")], name))
+        cases.append(
+            Case(f"evaluate-{name}", ["evaluate", "--pred", str(bad / name), "--truth", str(bad / "truth.tif")], name)
+        )
+        cases.append(
+            Case(f"measure-{name}", ["measure", "--labels", str(bad / name), "--out", str(out / f"{name}.csv")], name)
+        )
 
     # model folders that ask for too much or say nonsense
     bad_models = {
@@ -207,22 +230,42 @@ def build_corpus(root: Path) -> list[Case]:
     }
     for name, fields in bad_models.items():
         folder = tiny_model(root / f"model_{name}", **fields)
-        cases.append(Case(f"model-{name}", ["predict", str(images["plain.tif"]), "--model", str(folder), "--out", str(out / name)],
-                          "config.json"))
+        cases.append(
+            Case(
+                f"model-{name}",
+                ["predict", str(images["plain.tif"]), "--model", str(folder), "--out", str(out / name)],
+                "config.json",
+            )
+        )
     folder = tiny_model(root / "model_nan_weights")
     _nan_weights(folder)
-    cases.append(Case("model-nan-weights", ["predict", str(images["plain.tif"]), "--model", str(folder), "--out", str(out / "nan")],
-                      "weights.safetensors"))
+    cases.append(
+        Case(
+            "model-nan-weights",
+            ["predict", str(images["plain.tif"]), "--model", str(folder), "--out", str(out / "nan")],
+            "weights.safetensors",
+        )
+    )
     folder = tiny_model(root / "model_cut_weights")
     weights = folder / "weights.safetensors"
     weights.write_bytes(weights.read_bytes()[:200])
-    cases.append(Case("model-truncated-weights", ["predict", str(images["plain.tif"]), "--model", str(folder), "--out", str(out / "cut")],
-                      "weights.safetensors"))
+    cases.append(
+        Case(
+            "model-truncated-weights",
+            ["predict", str(images["plain.tif"]), "--model", str(folder), "--out", str(out / "cut")],
+            "weights.safetensors",
+        )
+    )
     (root / "model_bad_json").mkdir(exist_ok=True)
     shutil.copy(model / "weights.safetensors", root / "model_bad_json")
     (root / "model_bad_json" / "config.json").write_text("{not json")
-    cases.append(Case("model-bad-json", ["predict", str(images["plain.tif"]), "--model", str(root / "model_bad_json"), "--out", str(out / "j")],
-                      "config.json"))
+    cases.append(
+        Case(
+            "model-bad-json",
+            ["predict", str(images["plain.tif"]), "--model", str(root / "model_bad_json"), "--out", str(out / "j")],
+            "config.json",
+        )
+    )
 
     # arguments out of bounds
     predict("tile-zero", images["plain.tif"], "--tile", "0", names="--tile")
@@ -255,20 +298,70 @@ def build_corpus(root: Path) -> list[Case]:
     negative.mkdir(exist_ok=True)
     for i in range(3):
         tifffile.imwrite(negative / f"img{i}_labels.tif", _labels().astype(np.int16) - (i == 2))
-    train = ["train", "--epochs", "1", "--steps-per-epoch", "1", "--base-channels", "4", "--depth", "2",
-             "--patch", "32", "32", "--device", "cpu", "--no-amp"]
+    train = [
+        "train",
+        "--epochs",
+        "1",
+        "--steps-per-epoch",
+        "1",
+        "--base-channels",
+        "4",
+        "--depth",
+        "2",
+        "--patch",
+        "32",
+        "32",
+        "--device",
+        "cpu",
+        "--no-amp",
+    ]
     images_arg = [str(pairs / f"img{i}.tif") for i in range(3)]
     labels_arg = [str(pairs / f"img{i}_labels.tif") for i in range(3)]
-    cases.append(Case("train-nan-image", [*train, "--images", *[str(nan_images / f"img{i}.tif") for i in range(3)],
-                                          "--labels", *labels_arg, "--out", str(out / "m_nan")], "img1.tif"))
-    cases.append(Case("train-negative-labels", [*train, "--images", *images_arg, "--labels",
-                                                *[str(negative / f"img{i}_labels.tif") for i in range(3)], "--out", str(out / "m_neg")],
-                      "img2_labels.tif"))
+    cases.append(
+        Case(
+            "train-nan-image",
+            [
+                *train,
+                "--images",
+                *[str(nan_images / f"img{i}.tif") for i in range(3)],
+                "--labels",
+                *labels_arg,
+                "--out",
+                str(out / "m_nan"),
+            ],
+            "img1.tif",
+        )
+    )
+    cases.append(
+        Case(
+            "train-negative-labels",
+            [
+                *train,
+                "--images",
+                *images_arg,
+                "--labels",
+                *[str(negative / f"img{i}_labels.tif") for i in range(3)],
+                "--out",
+                str(out / "m_neg"),
+            ],
+            "img2_labels.tif",
+        )
+    )
     huge_patch = [*train[: train.index("--patch")], "--patch", "100000", "100000", *train[train.index("--patch") + 3 :]]
-    cases.append(Case("train-huge-patch", [*huge_patch, "--images", *images_arg, "--labels", *labels_arg, "--out", str(out / "m_big")],
-                      "--patch"))
-    cases.append(Case("train-out-is-a-file", [*train, "--images", *images_arg, "--labels", *labels_arg, "--out", str(out / "a_file")],
-                      "a_file"))
+    cases.append(
+        Case(
+            "train-huge-patch",
+            [*huge_patch, "--images", *images_arg, "--labels", *labels_arg, "--out", str(out / "m_big")],
+            "--patch",
+        )
+    )
+    cases.append(
+        Case(
+            "train-out-is-a-file",
+            [*train, "--images", *images_arg, "--labels", *labels_arg, "--out", str(out / "a_file")],
+            "a_file",
+        )
+    )
     return cases
 
 

@@ -88,13 +88,43 @@ def _run(argv: list[str]) -> tuple[int, str]:
 
 
 def _commands(inputs: dict[str, Path], folder: Path) -> dict[str, list[str]]:
-    train = ["train", "--images", str(inputs["image"]), "--labels", str(inputs["labels"]), "--epochs", "1",
-             "--steps-per-epoch", "1", "--patch", "64", "64", "--base-channels", "4", "--depth", "2",
-             "--val-fraction", "0", "--device", "cpu", "--no-amp", "--out", str(folder / "model")]
+    train = [
+        "train",
+        "--images",
+        str(inputs["image"]),
+        "--labels",
+        str(inputs["labels"]),
+        "--epochs",
+        "1",
+        "--steps-per-epoch",
+        "1",
+        "--patch",
+        "64",
+        "64",
+        "--base-channels",
+        "4",
+        "--depth",
+        "2",
+        "--val-fraction",
+        "0",
+        "--device",
+        "cpu",
+        "--no-amp",
+        "--out",
+        str(folder / "model"),
+    ]
     return {
         "predict": ["predict", str(inputs["image"]), "--model", str(inputs["model"]), "--out", str(folder)],
         "measure": ["measure", "--labels", str(inputs["labels"]), "--out", str(folder / "table.csv")],
-        "evaluate": ["evaluate", "--pred", str(inputs["labels"]), "--truth", str(inputs["labels"]), "--overlay", str(folder)],
+        "evaluate": [
+            "evaluate",
+            "--pred",
+            str(inputs["labels"]),
+            "--truth",
+            str(inputs["labels"]),
+            "--overlay",
+            str(folder),
+        ],
         "train": train,
     }
 

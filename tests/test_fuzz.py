@@ -57,10 +57,23 @@ def test_every_broken_input_is_one_line_and_exit_2(corpus, case_name):
 
 def test_the_corpus_covers_what_the_issue_lists(corpus):
     _, cases = corpus
-    for needed in ("corrupt-tile", "truncated-70-tiled.tif", "bitflip-0-plain.tif", "text-named-png",
-                   "array-complex.tif", "array-all_nan.tif", "model-huge_width", "model-nan-weights",
-                   "model-negative_diameter", "model-zero_tile", "model-bad_normalization_values",
-                   "train-nan-image", "train-negative-labels", "train-huge-patch", "output-is-a-folder"):
+    for needed in (
+        "corrupt-tile",
+        "truncated-70-tiled.tif",
+        "bitflip-0-plain.tif",
+        "text-named-png",
+        "array-complex.tif",
+        "array-all_nan.tif",
+        "model-huge_width",
+        "model-nan-weights",
+        "model-negative_diameter",
+        "model-zero_tile",
+        "model-bad_normalization_values",
+        "train-nan-image",
+        "train-negative-labels",
+        "train-huge-patch",
+        "output-is-a-folder",
+    ):
         assert needed in cases, needed
 
 
@@ -73,9 +86,13 @@ def model_folder(tmp_path_factory):
 
 
 _dtypes = st.one_of(
-    hnp.integer_dtypes(endianness="="), hnp.unsigned_integer_dtypes(endianness="="),
-    hnp.floating_dtypes(endianness="=", sizes=(32, 64)), hnp.complex_number_dtypes(endianness="="),
-    st.just(np.dtype(bool)), st.just(np.dtype("U3")), st.just(np.dtype(object)),
+    hnp.integer_dtypes(endianness="="),
+    hnp.unsigned_integer_dtypes(endianness="="),
+    hnp.floating_dtypes(endianness="=", sizes=(32, 64)),
+    hnp.complex_number_dtypes(endianness="="),
+    st.just(np.dtype(bool)),
+    st.just(np.dtype("U3")),
+    st.just(np.dtype(object)),
 )
 
 
@@ -107,7 +124,7 @@ def _cached_model(folder, load):
 
 
 _json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=False) | st.text(max_size=5),
+    st.none() | st.booleans() | st.integers(-(10**6), 10**6) | st.floats(allow_nan=False) | st.text(max_size=5),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
     max_leaves=6,
 )
@@ -115,8 +132,18 @@ _json_values = st.recursive(
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
-    key=st.sampled_from(["normalization", "object_diameter", "tile_shape", "architecture.base_channels",
-                         "architecture.depth", "architecture.in_channels", "head", "classes"]),
+    key=st.sampled_from(
+        [
+            "normalization",
+            "object_diameter",
+            "tile_shape",
+            "architecture.base_channels",
+            "architecture.depth",
+            "architecture.in_channels",
+            "head",
+            "classes",
+        ]
+    ),
     value=_json_values,
 )
 def test_any_config_value_loads_or_is_a_model_format_error_naming_the_file(model_folder, tmp_path_factory, key, value):

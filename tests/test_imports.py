@@ -53,7 +53,9 @@ def test_every_manifest_command_imports() -> None:
 HEAVY_MODULES = ("torch", "dask", "bioio", "skimage", "scipy", "tifffile", "zarr", "pandas")
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["models"], ["predict", "--help"], ["train", "--help"], ["evaluate", "--help"]])
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["models"], ["predict", "--help"], ["train", "--help"], ["evaluate", "--help"]]
+)
 def test_cli_help_and_models_load_no_heavy_library(argv: list[str]) -> None:
     """`segtune --help`, `segtune models` and each command's --help answer without torch, dask,
     bioio or scikit-image: they are what a user types first, and they must not wait seconds."""

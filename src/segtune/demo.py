@@ -69,7 +69,9 @@ def describe_samples(say: Callable[[str], Any] = print) -> list[dict[str, Any]]:
             except FileNotFoundError:
                 pass
         entries.append(entry)
-        say(f"  {name}: {image.sizes()} {image.dtype}, channels {image.channel_names}, pixel sizes {entry['pixel_sizes_um']}")
+        say(
+            f"  {name}: {image.sizes()} {image.dtype}, channels {image.channel_names}, pixel sizes {entry['pixel_sizes_um']}"
+        )
     return entries
 
 
@@ -172,8 +174,12 @@ def run_demo(
     pixel_sizes = tuple(image_data.physical_pixel_sizes)
     half = image.shape[1] // 2
     train_part, test_part = np.s_[:, :half], np.s_[:, half:]
-    say(f"\n1. {IMAGE}: {image.shape[0]} x {image.shape[1]} pixels, {len(np.unique(truth)) - 1} nuclei in the corrected labels.")
-    say(f"   Fine-tuning uses the left half (columns 0-{half - 1}); the scores are on the right half, which it never sees.")
+    say(
+        f"\n1. {IMAGE}: {image.shape[0]} x {image.shape[1]} pixels, {len(np.unique(truth)) - 1} nuclei in the corrected labels."
+    )
+    say(
+        f"   Fine-tuning uses the left half (columns 0-{half - 1}); the scores are on the right half, which it never sees."
+    )
 
     say("\n2. The starting model:")
     bundled = _choose_model(say)
@@ -190,8 +196,16 @@ def run_demo(
     split = start_config.get("head") == "binary"
 
     def segment(model: Any, config: dict[str, Any]) -> np.ndarray:
-        result = predict(model, image, config=config, axes="YX", instances=True,
-                         objects=ObjectOptions(split=split, min_size=MIN_SIZE), device=device, progress=progress)
+        result = predict(
+            model,
+            image,
+            config=config,
+            axes="YX",
+            instances=True,
+            objects=ObjectOptions(split=split, min_size=MIN_SIZE),
+            device=device,
+            progress=progress,
+        )
         return np.asarray(result.labels)[0, 0]
 
     before = segment(start_model, start_config)
@@ -200,11 +214,22 @@ def run_demo(
     say(f"\n3. Fine-tuning for at most {minutes:g} minute(s) on the left half's corrected labels…")
     t0 = time.monotonic()
     # a bundled model is passed by name so training keeps its normalisation and records its lineage
-    result = train([image[train_part]], [truth[train_part]], settings, names=[f"{IMAGE} left half"], model=bundled,
-                   provenance={"source": "segtune demo", "start": start_name}, progress=progress)
-    say(f"   {len(result.history)} epoch(s) in {time.monotonic() - t0:.0f} s ({result.stop_reason}); best epoch {result.best_epoch}.")
+    result = train(
+        [image[train_part]],
+        [truth[train_part]],
+        settings,
+        names=[f"{IMAGE} left half"],
+        model=bundled,
+        provenance={"source": "segtune demo", "start": start_name},
+        progress=progress,
+    )
+    say(
+        f"   {len(result.history)} epoch(s) in {time.monotonic() - t0:.0f} s ({result.stop_reason}); best epoch {result.best_epoch}."
+    )
     say(f"   {held_out_summary(result)}")
-    say("   (that held-out strip is the left half's last fifth; the scores below are on the right half, never trained on)")
+    say(
+        "   (that held-out strip is the left half's last fifth; the scores below are on the right half, never trained on)"
+    )
 
     after = segment(result.model, result.config)
     scores_after = evaluate(after[test_part], truth[test_part])
@@ -214,7 +239,9 @@ def run_demo(
     for title, section, key in ROWS:
         say(f"   {title:24s} {scores_before[section][key]:8.3f} {scores_after[section][key]:8.3f}")
     n_truth = scores_after["object"]["n_truth"]
-    say(f"   {'objects found / true':24s} {scores_before['object']['n_pred']:>4d}/{n_truth:<3d} {scores_after['object']['n_pred']:>4d}/{n_truth:<3d}")
+    say(
+        f"   {'objects found / true':24s} {scores_before['object']['n_pred']:>4d}/{n_truth:<3d} {scores_after['object']['n_pred']:>4d}/{n_truth:<3d}"
+    )
 
     say("\n5. Exporting:")
     for name in OUTPUTS:
@@ -222,7 +249,9 @@ def run_demo(
     files = {
         "masks_before": write_labels(out / OUTPUTS[1], before, pixel_sizes),
         "masks_after": write_labels(out / OUTPUTS[2], after, pixel_sizes),
-        "measurements": save_table(measure(after, image=image, pixel_sizes=pixel_sizes, channel_names=["hoechst"]), out / OUTPUTS[3]),
+        "measurements": save_table(
+            measure(after, image=image, pixel_sizes=pixel_sizes, channel_names=["hoechst"]), out / OUTPUTS[3]
+        ),
         "overlay": save_overlay_png(out / OUTPUTS[4], overlay(after, truth, image, level="pixel")),
         "model": save_model(result.model, {**result.config, "name": "demo_finetuned"}, out / OUTPUTS[5]),
     }
@@ -240,9 +269,15 @@ def run_demo(
         "written_by": MARKER,
         "samples": samples,
         "start_model": start_name,
-        "fine_tuning": {"epochs": len(result.history), "stop_reason": result.stop_reason, "best_epoch": result.best_epoch,
-                        "minutes_budget": minutes, "held_out_before": result.baseline_metrics.get("val_matched_f1"),
-                        "held_out_after": result.best_metrics.get("val_matched_f1"), "kept_start": result.kept_start},
+        "fine_tuning": {
+            "epochs": len(result.history),
+            "stop_reason": result.stop_reason,
+            "best_epoch": result.best_epoch,
+            "minutes_budget": minutes,
+            "held_out_before": result.baseline_metrics.get("val_matched_f1"),
+            "held_out_after": result.best_metrics.get("val_matched_f1"),
+            "kept_start": result.kept_start,
+        },
         "fine_tuned_on": "left half of nuclei_2d.tif",
         "evaluated_on": "right half of nuclei_2d.tif",
         "before": {section: scores_before[section] for section in ("pixel", "object", "matched")},

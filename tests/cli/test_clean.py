@@ -24,7 +24,18 @@ def _labels() -> np.ndarray:
 def test_clean_runs_each_step_and_keeps_pixel_sizes(tmp_path, capsys):
     source = write_labels(tmp_path / "cells_labels.tif", _labels(), pixel_sizes=(None, 0.5, 0.5))
     out = tmp_path / "clean"
-    argv = ["clean", "--labels", str(source), "--out", str(out), "--remove-border", "--split", "--fill-holes", "--min-size", "5"]
+    argv = [
+        "clean",
+        "--labels",
+        str(source),
+        "--out",
+        str(out),
+        "--remove-border",
+        "--split",
+        "--fill-holes",
+        "--min-size",
+        "5",
+    ]
     assert main(argv) == 0
     assert "4 -> 3 object(s)" in capsys.readouterr().out  # border and speck gone, the pair split
     cleaned = read_labels(out / "cells_labels.tif")
@@ -36,7 +47,10 @@ def test_clean_runs_each_step_and_keeps_pixel_sizes(tmp_path, capsys):
     # the same output again: refused unless --overwrite; --min-area in um^2 (4 px = 1 um^2 here)
     assert main(argv) == 2
     assert "already exists" in capsys.readouterr().err
-    assert main(["clean", "--labels", str(source), "--out", str(out), "--min-area", "1.5", "--relabel", "--overwrite"]) == 0
+    assert (
+        main(["clean", "--labels", str(source), "--out", str(out), "--min-area", "1.5", "--relabel", "--overwrite"])
+        == 0
+    )
     cleaned = read_labels(out / "cells_labels.tif")
     assert sorted(np.unique(cleaned).tolist()) == [0, 1, 2, 3]  # the speck (1 um^2) gone, renumbered
 
@@ -47,10 +61,15 @@ def test_clean_stack_planewise_and_binary_input(tmp_path, capsys):
     stack[1, 0:3, 20:23] = 1  # a separate speck on the edge of plane 1 (binary mask: components)
     source = write_labels(tmp_path / "stack.tif", stack, pixel_sizes=(2.0, 0.5, 0.5))
     out = tmp_path / "out"
-    assert main(["clean", "--labels", str(source), "--out", str(out), "--remove-border", "--planewise", "--dilate", "2"]) == 0
+    assert (
+        main(["clean", "--labels", str(source), "--out", str(out), "--remove-border", "--planewise", "--dilate", "2"])
+        == 0
+    )
     cleaned = read_labels(out / "stack.tif")
     assert cleaned.shape == (3, 30, 30)
-    assert cleaned[1, 0:3, 20:23].max() == 0  # gone in its plane (touching the volume's first/last plane does not count)
+    assert (
+        cleaned[1, 0:3, 20:23].max() == 0
+    )  # gone in its plane (touching the volume's first/last plane does not count)
     np.testing.assert_array_equal(cleaned[:, 3:17, 10] > 0, np.ones((3, 14), bool))  # grown by 2 px
     assert open_image(out / "stack.tif").physical_pixel_sizes == (2.0, 0.5, 0.5)
     capsys.readouterr()
@@ -68,7 +87,9 @@ def test_clean_errors_are_one_line(tmp_path, capsys):
     assert "--smooth must be 0 or more" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name, expected", [("a_labels.ome.tif", "a_labels.tif"), ("b.png", "b.tif"), ("c.TIFF", "c.tif")])
+@pytest.mark.parametrize(
+    "name, expected", [("a_labels.ome.tif", "a_labels.tif"), ("b.png", "b.tif"), ("c.TIFF", "c.tif")]
+)
 def test_output_name(name, expected):
     from pathlib import Path
 

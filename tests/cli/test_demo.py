@@ -66,7 +66,11 @@ def test_demo_gui_without_a_display_says_so_and_exits_2(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
     done = subprocess.run(
         [sys.executable, "-c", "import sys; from segtune.cli import main; sys.exit(main(['demo', '--gui']))"],
-        env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
     )
     assert done.returncode == 2, done.stderr
     assert "needs a display" in done.stderr and "xvfb-run" in done.stderr

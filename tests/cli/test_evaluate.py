@@ -43,12 +43,18 @@ def files(tmp_path):
 
 def test_json_is_one_object_with_means_and_images_in_sorted_order(files, capsys):
     root, arrays = files
-    code = main([
-        "evaluate",
-        "--pred", str(root / "pred" / "b_labels.tif"), str(root / "pred" / "a_labels.tif"),
-        "--truth", str(root / "truth" / "a.png"), str(root / "truth" / "b.png"),
-        "--json",
-    ])
+    code = main(
+        [
+            "evaluate",
+            "--pred",
+            str(root / "pred" / "b_labels.tif"),
+            str(root / "pred" / "a_labels.tif"),
+            "--truth",
+            str(root / "truth" / "a.png"),
+            str(root / "truth" / "b.png"),
+            "--json",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     result = json.loads(out)  # exactly one JSON document on stdout
@@ -62,9 +68,18 @@ def test_json_is_one_object_with_means_and_images_in_sorted_order(files, capsys)
         assert img["matched"]["f1_at_0.5"] == pytest.approx(expected["matched"]["f1_at_0.5"])
         assert img["matched"]["thresholds"]["0.75"] == pytest.approx(expected["matched"]["thresholds"]["0.75"])
     a, b = result["images"]
-    for section, key in (("pixel", "precision"), ("pixel", "recall"), ("pixel", "f1"), ("pixel", "iou"),
-                         ("object", "precision"), ("object", "recall"), ("object", "f1"),
-                         ("matched", "f1_at_0.5"), ("matched", "ap_at_0.5"), ("matched", "mean_iou_matched")):
+    for section, key in (
+        ("pixel", "precision"),
+        ("pixel", "recall"),
+        ("pixel", "f1"),
+        ("pixel", "iou"),
+        ("object", "precision"),
+        ("object", "recall"),
+        ("object", "f1"),
+        ("matched", "f1_at_0.5"),
+        ("matched", "ap_at_0.5"),
+        ("matched", "mean_iou_matched"),
+    ):
         assert result[section][key] == pytest.approx((a[section][key] + b[section][key]) / 2)
     # hand check of pair a: the split object is found once by matching (IoU 0.5 for each half)
     assert a["object"]["tp"] == 2 and a["object"]["fp"] == 0
@@ -90,8 +105,16 @@ def test_folders_and_human_readable_table(files, capsys):
 def test_overlay_pngs(files, capsys):
     root, arrays = files
     out_dir = root / "overlays"
-    args = ["evaluate", "--pred", str(root / "pred" / "b_labels.tif"), "--truth", str(root / "truth" / "b.png"),
-            "--json", "--overlay", str(out_dir)]
+    args = [
+        "evaluate",
+        "--pred",
+        str(root / "pred" / "b_labels.tif"),
+        "--truth",
+        str(root / "truth" / "b.png"),
+        "--json",
+        "--overlay",
+        str(out_dir),
+    ]
     assert main(args) == 0
     json.loads(capsys.readouterr().out)  # the note about overlays goes to stderr with --json
     rgb = iio.imread(out_dir / "b_labels_overlay.png")
@@ -111,8 +134,18 @@ def test_3d_pairs_and_plane_overlays(tmp_path, capsys):
     pred = np.roll(truth, 1, axis=0)
     write_labels(tmp_path / "p.tif", pred)
     write_labels(tmp_path / "t.tif", truth)
-    code = main(["evaluate", "--pred", str(tmp_path / "p.tif"), "--truth", str(tmp_path / "t.tif"), "--json",
-                 "--overlay", str(tmp_path / "o")])
+    code = main(
+        [
+            "evaluate",
+            "--pred",
+            str(tmp_path / "p.tif"),
+            "--truth",
+            str(tmp_path / "t.tif"),
+            "--json",
+            "--overlay",
+            str(tmp_path / "o"),
+        ]
+    )
     result = json.loads(capsys.readouterr().out)
     assert code == 0
     assert result["pixel"]["iou"] == pytest.approx(16 / 48)
@@ -147,10 +180,16 @@ def test_errors_exit_2_with_one_line(files, tmp_path, capsys):
 def test_command_exit_code_in_a_subprocess(files):
     root, _ = files
     segtune = Path(sys.executable).parent / "segtune"
-    command = [str(segtune)] if segtune.exists() else [sys.executable, "-c", "import sys; from segtune.cli import main; sys.exit(main())"]
+    command = (
+        [str(segtune)]
+        if segtune.exists()
+        else [sys.executable, "-c", "import sys; from segtune.cli import main; sys.exit(main())"]
+    )
     done = subprocess.run(
         [*command, "evaluate", "--pred", str(root / "pred"), "--truth", str(root / "truth" / "a.png"), "--json"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 2
     assert done.stdout == ""
@@ -172,7 +211,18 @@ def test_summary_counts_touching_objects_as_instances_and_explains_the_columns(s
     summary = next(line for line in lines if line.startswith("objects:"))
     assert summary.startswith("objects: 70 true, 67 predicted")
     assert "67 matched one-to-one at IoU >= 0.5, 3 missed, 0 false" in summary
-    assert next(line for line in lines if line.startswith("connected components:")).startswith("connected components: 40 true")
+    assert next(line for line in lines if line.startswith("connected components:")).startswith(
+        "connected components: 40 true"
+    )
     legend = lines[-1]
-    for word in ("px = pixels", "obj = connected components", "P = precision", "R = recall", "F1@.5", "AP@.5", "mIoU", "PQ"):
+    for word in (
+        "px = pixels",
+        "obj = connected components",
+        "P = precision",
+        "R = recall",
+        "F1@.5",
+        "AP@.5",
+        "mIoU",
+        "PQ",
+    ):
         assert word in legend

@@ -66,22 +66,51 @@ def test_measure_shape_mismatch_is_a_one_line_error(tmp_path, capsys):
 
 def test_measure_z_stack_3d_and_per_plane(tmp_path):
     image = np.ones((4, 10, 10), np.float32)  # ZYX
-    tifffile.imwrite(tmp_path / "stack.ome.tif", image, ome=True,
-                     metadata={"axes": "ZYX", "PhysicalSizeZ": 2.0, "PhysicalSizeY": 0.5, "PhysicalSizeX": 0.5})
+    tifffile.imwrite(
+        tmp_path / "stack.ome.tif",
+        image,
+        ome=True,
+        metadata={"axes": "ZYX", "PhysicalSizeZ": 2.0, "PhysicalSizeY": 0.5, "PhysicalSizeX": 0.5},
+    )
     labels = np.zeros((4, 10, 10), np.uint8)
     labels[1:3, 2:6, 2:6] = 1
     write_labels(tmp_path / "stack_labels.tif", labels)
     out = tmp_path / "vol.csv"
-    assert main(["measure", "--labels", str(tmp_path / "stack_labels.tif"), "--image", str(tmp_path / "stack.ome.tif"),
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "measure",
+                "--labels",
+                str(tmp_path / "stack_labels.tif"),
+                "--image",
+                str(tmp_path / "stack.ome.tif"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     table = pd.read_csv(out)
     assert table["volume"].tolist() == pytest.approx([32 * 0.5])
     (column,) = [c for c in table.columns if c.startswith("integrated_intensity_")]
     assert column == "integrated_intensity_Channel_0_0"  # OME's default name "Channel:0:0", made safe
     assert table[column].tolist() == [32.0]
     out = tmp_path / "planes.csv"
-    assert main(["measure", "--labels", str(tmp_path / "stack_labels.tif"), "--image", str(tmp_path / "stack.ome.tif"),
-                 "--out", str(out), "--per-plane"]) == 0
+    assert (
+        main(
+            [
+                "measure",
+                "--labels",
+                str(tmp_path / "stack_labels.tif"),
+                "--image",
+                str(tmp_path / "stack.ome.tif"),
+                "--out",
+                str(out),
+                "--per-plane",
+            ]
+        )
+        == 0
+    )
     table = pd.read_csv(out)
     assert table["z"].tolist() == [1, 2] and table["area"].tolist() == pytest.approx([4.0, 4.0])
 

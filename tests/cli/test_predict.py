@@ -35,7 +35,9 @@ def model_dir(tmp_path_factory) -> Path:
 
 def _image(path: Path, data: np.ndarray, sizes=(0.5, 0.25)) -> Path:
     tifffile.imwrite(
-        path, data, ome=True,
+        path,
+        data,
+        ome=True,
         metadata={"axes": "CYX" if data.ndim == 3 else "YX", "PhysicalSizeY": sizes[0], "PhysicalSizeX": sizes[1]},
     )
     return path
@@ -63,7 +65,19 @@ def test_predict_writes_masks_named_after_inputs_with_pixel_sizes(model_dir, tmp
     a = _image(tmp_path / "a.ome.tif", _blobs(seed=1))
     b = _image(tmp_path / "b.tif", _blobs((50, 64), seed=2))
     out = tmp_path / "out"
-    argv = ["predict", "--model", str(model_dir), str(a), str(b), "--out", str(out), "--device", "cpu", "--threshold", "0.6"]
+    argv = [
+        "predict",
+        "--model",
+        str(model_dir),
+        str(a),
+        str(b),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--threshold",
+        "0.6",
+    ]
     assert main(argv) == 0
     for name, shape in [("a_labels.tif", (70, 90)), ("b_labels.tif", (50, 64))]:
         labels = read_labels(out / name)
@@ -82,7 +96,25 @@ def test_predict_matches_the_python_api(model_dir, tmp_path):
     data = _blobs(seed=3)
     path = _image(tmp_path / "c.tif", data)
     out = tmp_path / "out"
-    assert main(["predict", "--model", str(model_dir), str(path), "--out", str(out), "--tile", "64", "--threshold", "0.4", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(model_dir),
+                str(path),
+                "--out",
+                str(out),
+                "--tile",
+                "64",
+                "--threshold",
+                "0.4",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     expected = predict(load_model(model_dir), data, device="cpu", threshold=0.4).labels[0, 0]
     np.testing.assert_array_equal(read_labels(out / "c_labels.tif"), expected)
 
@@ -90,7 +122,19 @@ def test_predict_matches_the_python_api(model_dir, tmp_path):
 def test_instances_are_uint16(model_dir, tmp_path):
     path = _image(tmp_path / "d.tif", _blobs(seed=4))
     out = tmp_path / "out"
-    argv = ["predict", "--model", str(model_dir), str(path), "--out", str(out), "--instances", "--threshold", "0.6", "--min-size", "20"]
+    argv = [
+        "predict",
+        "--model",
+        str(model_dir),
+        str(path),
+        "--out",
+        str(out),
+        "--instances",
+        "--threshold",
+        "0.6",
+        "--min-size",
+        "20",
+    ]
     assert main([*argv, "--device", "cpu"]) == 0
     written = tifffile.imread(out / "d_labels.tif")
     assert written.dtype == np.uint16
@@ -135,7 +179,12 @@ def test_z_stack_keeps_its_planes(model_dir, tmp_path):
     path = tmp_path / "g.ome.tif"
     tifffile.imwrite(path, stack, ome=True, metadata={"axes": "ZYX", "PhysicalSizeZ": 2.0})
     out = tmp_path / "out"
-    assert main(["predict", "--model", str(model_dir), str(path), "--out", str(out), "--device", "cpu", "--batch-size", "2"]) == 0
+    assert (
+        main(
+            ["predict", "--model", str(model_dir), str(path), "--out", str(out), "--device", "cpu", "--batch-size", "2"]
+        )
+        == 0
+    )
     assert read_labels(out / "g_labels.tif").shape == (3, 40, 48)
     assert open_image(out / "g_labels.tif").physical_pixel_sizes.Z == pytest.approx(2.0)
 
@@ -161,7 +210,10 @@ def test_lzw_tiff_of_a_real_image_is_predicted_and_reported(model_dir, nuclei_di
     path = tmp_path / "nuclei.tif"
     tifffile.imwrite(path, nuclei, compression="lzw")  # the default of many acquisition tools
     out = tmp_path / "out"
-    assert main(["predict", "--model", str(model_dir), str(path), "--out", str(out), "--device", "cpu", "--instances"]) == 0
+    assert (
+        main(["predict", "--model", str(model_dir), str(path), "--out", str(out), "--device", "cpu", "--instances"])
+        == 0
+    )
     labels = read_labels(out / "nuclei_labels.tif")
     assert labels.shape == nuclei.shape
     lines = capsys.readouterr().out.strip().splitlines()
@@ -182,13 +234,21 @@ def test_min_size_default_is_the_one_rule_shared_with_the_widget(model_dir, tmp_
 
     args = build_parser().parse_args(["predict", "--model", "m", "x.tif", "--out", "o"])
     assert args.min_size == "auto"
-    assert default_min_size(None) == 10 and default_min_size(20.0) == 20 and default_min_size(12.0, spatial_dims=3) == 14
+    assert (
+        default_min_size(None) == 10 and default_min_size(20.0) == 20 and default_min_size(12.0, spatial_dims=3) == 14
+    )
     assert default_min_size(4.8) == 4 and default_min_size(4.8, spatial_dims=3) == 8  # never a 1-pixel speck
     path = _image(tmp_path / "k.tif", _blobs(seed=8))
     out = tmp_path / "out"
-    assert main(["predict", "--model", str(model_dir), str(path), "--out", str(out), "--device", "cpu", "--min-size", "0"]) == 0
+    assert (
+        main(["predict", "--model", str(model_dir), str(path), "--out", str(out), "--device", "cpu", "--min-size", "0"])
+        == 0
+    )
     assert "no size filter" in capsys.readouterr().out
-    assert main(["predict", "--model", str(model_dir), str(path), "--out", str(out), "--min-size", "big", "--overwrite"]) == 2
+    assert (
+        main(["predict", "--model", str(model_dir), str(path), "--out", str(out), "--min-size", "big", "--overwrite"])
+        == 2
+    )
     assert "--min-size" in capsys.readouterr().err
 
 
@@ -198,7 +258,14 @@ def test_progress_counts_tiles_and_planes_not_one_jump(model_dir):
 
     stack = np.stack([_blobs((70, 90), seed=s) for s in range(4)])
     events = []
-    predict(load_model(model_dir), stack, axes="ZYX", device="cpu", tiling=TilingOptions(tile_shape=48), progress=events.append)
+    predict(
+        load_model(model_dir),
+        stack,
+        axes="ZYX",
+        device="cpu",
+        tiling=TilingOptions(tile_shape=48),
+        progress=events.append,
+    )
     done = [e.done for e in events]
     assert done == sorted(done) and events[-1].done == events[-1].total
     assert len(set(done)) > 4  # tiles, then each plane labelled, not 0/1 -> 1/1

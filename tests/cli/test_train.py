@@ -12,7 +12,20 @@ import tifffile
 from segtune.cli import main
 from segtune.core.models.store import load_model
 
-TINY = ["--patch", "32", "--batch-size", "2", "--steps-per-epoch", "2", "--depth", "2", "--base-channels", "4", "--device", "cpu"]
+TINY = [
+    "--patch",
+    "32",
+    "--batch-size",
+    "2",
+    "--steps-per-epoch",
+    "2",
+    "--depth",
+    "2",
+    "--base-channels",
+    "4",
+    "--device",
+    "cpu",
+]
 
 
 def _write_pairs(folder, n=3, shape=(64, 64)):
@@ -62,7 +75,21 @@ def test_train_writes_a_model_folder_with_a_log_and_resumes(tmp_path, capsys):
     # the same command again is refused; --resume with more epochs continues
     assert main(["train", "--images", str(images), "--labels", str(labels), "--out", str(out), *TINY]) == 2
     assert "--overwrite" in capsys.readouterr().err
-    code = main(["train", "--images", str(images), "--labels", str(labels), "--out", str(out), "--epochs", "3", "--resume", *TINY])
+    code = main(
+        [
+            "train",
+            "--images",
+            str(images),
+            "--labels",
+            str(labels),
+            "--out",
+            str(out),
+            "--epochs",
+            "3",
+            "--resume",
+            *TINY,
+        ]
+    )
     assert code == 0
     with open(out / "training_log.csv") as handle:
         assert [r["epoch"] for r in csv.DictReader(handle)] == ["1", "2", "3"]
@@ -71,10 +98,43 @@ def test_train_writes_a_model_folder_with_a_log_and_resumes(tmp_path, capsys):
 def test_fine_tune_from_a_model_folder(tmp_path):
     images, labels = _write_pairs(tmp_path)
     base = tmp_path / "base"
-    assert main(["train", "--images", str(images), "--labels", str(labels), "--out", str(base), "--epochs", "1", "--head", "binary", *TINY]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--images",
+                str(images),
+                "--labels",
+                str(labels),
+                "--out",
+                str(base),
+                "--epochs",
+                "1",
+                "--head",
+                "binary",
+                *TINY,
+            ]
+        )
+        == 0
+    )
     tuned = tmp_path / "tuned"
-    code = main(["train", "--images", str(images), "--labels", str(labels), "--out", str(tuned), "--from", str(base),
-                 "--epochs", "1", "--freeze-encoder", *TINY])
+    code = main(
+        [
+            "train",
+            "--images",
+            str(images),
+            "--labels",
+            str(labels),
+            "--out",
+            str(tuned),
+            "--from",
+            str(base),
+            "--epochs",
+            "1",
+            "--freeze-encoder",
+            *TINY,
+        ]
+    )
     assert code == 0
     _, config = load_model(tuned)
     assert config["head"] == "binary"
@@ -107,7 +167,20 @@ def test_clear_errors(tmp_path, capsys, change, message):
 
 def test_bad_loss_is_a_usage_error(tmp_path, capsys):
     images, labels = _write_pairs(tmp_path, n=2)
-    code = main(["train", "--images", str(images), "--labels", str(labels), "--out", str(tmp_path / "m"), "--loss", "bce+dcie", *TINY])
+    code = main(
+        [
+            "train",
+            "--images",
+            str(images),
+            "--labels",
+            str(labels),
+            "--out",
+            str(tmp_path / "m"),
+            "--loss",
+            "bce+dcie",
+            *TINY,
+        ]
+    )
     assert code == 2
     assert "'dcie' is not a known loss" in capsys.readouterr().err
 
@@ -115,8 +188,26 @@ def test_bad_loss_is_a_usage_error(tmp_path, capsys):
 def test_model_config_is_json(tmp_path):
     images, labels = _write_pairs(tmp_path, n=2)
     out = tmp_path / "m"
-    assert main(["train", "--images", str(images), "--labels", str(labels), "--out", str(out), "--epochs", "1",
-                 "--contrast-stretch", "--diameter", "8", *TINY]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--images",
+                str(images),
+                "--labels",
+                str(labels),
+                "--out",
+                str(out),
+                "--epochs",
+                "1",
+                "--contrast-stretch",
+                "--diameter",
+                "8",
+                *TINY,
+            ]
+        )
+        == 0
+    )
     config = json.loads((out / "config.json").read_text())
     assert config["normalization"] == {"method": "percentile", "low": 5.0, "high": 98.0, "clip": True}
     assert config["object_diameter"] == pytest.approx(8.0, rel=0.01)

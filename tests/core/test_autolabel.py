@@ -42,9 +42,10 @@ def test_dataset_filter_counts_ties_exactly_half_and_small_sets() -> None:
     # three images: floor(0.75) = 0 dropped for low foreground
     assert dataset_filter([0.0, 0.2, 0.3]) == [[], [], []]
     # an image can be dropped for both reasons
-    assert dataset_filter([0.9, 0.95, 0.97, 0.99]) == [["lowest_foreground", "more_foreground_than_background"]] + [
-        ["more_foreground_than_background"]
-    ] * 3
+    assert (
+        dataset_filter([0.9, 0.95, 0.97, 0.99])
+        == [["lowest_foreground", "more_foreground_than_background"]] + [["more_foreground_than_background"]] * 3
+    )
     with pytest.raises(ValueError, match="lowest_fraction"):
         dataset_filter([0.1], lowest_fraction=1.0)
 
@@ -185,8 +186,25 @@ def test_cli_two_channel_czi_writes_labels_and_the_other_channel(czi_dir: Path, 
     czi = czi_dir / "CD_s_1_t_3_c_2_z_5.czi"
     out = tmp_path / "auto"
     code = main(
-        ["autolabel", "--images", str(czi), "--out", str(out), "--channel", "0", "--export-channel", "1",
-         "--diameter", "3", "30", "--window", "12", "--stretch", "5", "98"]
+        [
+            "autolabel",
+            "--images",
+            str(czi),
+            "--out",
+            str(out),
+            "--channel",
+            "0",
+            "--export-channel",
+            "1",
+            "--diameter",
+            "3",
+            "30",
+            "--window",
+            "12",
+            "--stretch",
+            "5",
+            "98",
+        ]
     )
     assert code == 0
     text = capsys.readouterr().out

@@ -26,8 +26,12 @@ def _discs(shape: tuple[int, int], seed: int, count: int, largest: int) -> np.nd
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[: shape[0], : shape[1]]
     mask = np.zeros(shape, bool)
-    for y, x, r in zip(rng.integers(0, shape[0], count), rng.integers(0, shape[1], count),
-                       rng.integers(1, largest // 2 + 1, count), strict=True):
+    for y, x, r in zip(
+        rng.integers(0, shape[0], count),
+        rng.integers(0, shape[1], count),
+        rng.integers(1, largest // 2 + 1, count),
+        strict=True,
+    ):
         mask |= (yy - y) ** 2 + (xx - x) ** 2 < r * r
     return mask
 
@@ -41,8 +45,13 @@ def _same_objects(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 @settings(max_examples=25, deadline=None)
-@given(height=st.integers(20, 300), width=st.integers(20, 300), seed=st.integers(0, 10_000),
-       block=st.sampled_from([16, 32, 64]), count=st.integers(0, 60))
+@given(
+    height=st.integers(20, 300),
+    width=st.integers(20, 300),
+    seed=st.integers(0, 10_000),
+    block=st.sampled_from([16, 32, 64]),
+    count=st.integers(0, 60),
+)
 def test_blocks_give_the_objects_of_the_whole_plane(height, width, seed, block, count):
     mask = _discs((height, width), seed, count, largest=24)
     # the promise holds for objects smaller than the halo (merged discs can be larger: drop those)
@@ -51,8 +60,9 @@ def test_blocks_give_the_objects_of_the_whole_plane(height, width, seed, block, 
         if max(s.stop - s.start for s in box) >= 32:
             mask[whole == index + 1] = False
     whole = label(mask)
-    bands = list(blockwise.label_plane(lambda b: label(mask[b[0]:b[1], b[2]:b[3]]), (height, width),
-                                       block=block, halo=32))
+    bands = list(
+        blockwise.label_plane(lambda b: label(mask[b[0] : b[1], b[2] : b[3]]), (height, width), block=block, halo=32)
+    )
     assert [len(band) for band in bands] == [min(block, height - y) for y in range(0, height, block)]
     assert _same_objects(np.concatenate(bands), whole)
 
@@ -60,10 +70,20 @@ def test_blocks_give_the_objects_of_the_whole_plane(height, width, seed, block, 
 def test_numbers_run_on_across_planes():
     counter = blockwise.Counter()
     mask = _discs((100, 100), 1, 20, largest=12)
-    first = np.concatenate(list(blockwise.label_plane(lambda b: label(mask[b[0]:b[1], b[2]:b[3]]), mask.shape,
-                                                      block=32, halo=16, counter=counter)))
-    second = np.concatenate(list(blockwise.label_plane(lambda b: label(mask[b[0]:b[1], b[2]:b[3]]), mask.shape,
-                                                       block=32, halo=16, counter=counter)))
+    first = np.concatenate(
+        list(
+            blockwise.label_plane(
+                lambda b: label(mask[b[0] : b[1], b[2] : b[3]]), mask.shape, block=32, halo=16, counter=counter
+            )
+        )
+    )
+    second = np.concatenate(
+        list(
+            blockwise.label_plane(
+                lambda b: label(mask[b[0] : b[1], b[2] : b[3]]), mask.shape, block=32, halo=16, counter=counter
+            )
+        )
+    )
     n = int(label(mask).max())
     assert counter.objects == 2 * n
     assert set(np.unique(first)) == set(range(n + 1))
@@ -109,8 +129,14 @@ def test_blockwise_prediction_matches_the_whole_image(dsb, nuclei_model, tmp_pat
     whole_labels = np.asarray(whole.labels)[0, 0]
     events = []
     path, objects, diameter, min_size = blockwise.predict_to_tiff(
-        nuclei_model, image, tmp_path / "labels.tif", block=256, pixel_sizes=(None, 0.5, 0.5), progress=events.append,
-        objects=ObjectOptions(min_size="auto"))
+        nuclei_model,
+        image,
+        tmp_path / "labels.tif",
+        block=256,
+        pixel_sizes=(None, 0.5, 0.5),
+        progress=events.append,
+        objects=ObjectOptions(min_size="auto"),
+    )
     labels = tifffile.imread(path)
     page = tifffile.TiffFile(path).pages[0]
     assert page.is_tiled and page.tilelength == 256 and labels.dtype == np.uint32
@@ -132,16 +158,18 @@ def test_blockwise_prediction_matches_the_whole_image(dsb, nuclei_model, tmp_pat
 def test_blockwise_mask_and_cancel(dsb, nuclei_model, tmp_path):
     image, _ = dsb
     crop = image[:300, :300]
-    path, objects, _, _ = blockwise.predict_to_tiff(nuclei_model, crop, tmp_path / "mask.tif", block=160,
-                                                    instances=False)
+    path, objects, _, _ = blockwise.predict_to_tiff(
+        nuclei_model, crop, tmp_path / "mask.tif", block=160, instances=False
+    )
     mask = tifffile.imread(path)
     assert mask.dtype == np.uint8 and set(np.unique(mask)) == {0, 1} and objects > 20
 
     # the same labels into an array on disk (what the widget shows for a large image)
     import zarr
 
-    store = zarr.open_array(str(tmp_path / "labels.zarr"), mode="w", shape=(1, 1, 300, 300), chunks=(1, 1, 160, 160),
-                            dtype=np.uint32)
+    store = zarr.open_array(
+        str(tmp_path / "labels.zarr"), mode="w", shape=(1, 1, 300, 300), chunks=(1, 1, 160, 160), dtype=np.uint32
+    )
     count, _, _ = blockwise.predict_into(nuclei_model, crop, store, block=160)
     labels = np.asarray(store[0, 0])
     assert count == objects == int(labels.max()) and np.array_equal(labels > 0, mask > 0)
@@ -155,8 +183,9 @@ def test_blockwise_mask_and_cancel(dsb, nuclei_model, tmp_path):
             token.cancel()
 
     with pytest.raises(Cancelled):
-        blockwise.predict_to_tiff(nuclei_model, crop, tmp_path / "cancelled.tif", block=160,
-                                  progress=cancel_after_first_block, cancel=token)
+        blockwise.predict_to_tiff(
+            nuclei_model, crop, tmp_path / "cancelled.tif", block=160, progress=cancel_after_first_block, cancel=token
+        )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.zarr", "mask.tif"]  # no partial file, no temporary
 
 
@@ -168,8 +197,9 @@ def test_blockwise_refuses_3d_models_and_existing_files(tmp_path, nuclei_model):
         blockwise.predict_to_tiff(nuclei_model, np.zeros((64, 64), np.float32), tmp_path / "exists.tif")
     assert (tmp_path / "exists.tif").read_bytes() == b"mine"
     with pytest.raises(ValueError, match="2D model"):
-        blockwise.predict_to_tiff(load_model("nuclei-3d", device="cpu"), np.zeros((8, 64, 64), np.float32),
-                                  tmp_path / "x.tif", axes="ZYX")
+        blockwise.predict_to_tiff(
+            load_model("nuclei-3d", device="cpu"), np.zeros((8, 64, 64), np.float32), tmp_path / "x.tif", axes="ZYX"
+        )
 
 
 def test_cli_blockwise(dsb, shared_data, tmp_path, capsys):

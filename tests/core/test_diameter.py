@@ -61,8 +61,19 @@ def test_estimate_within_fifteen_percent_across_scales(diameter):
 
 def test_estimate_dim_8bit_textured_and_uneven():
     sample = synthetic_nuclei(
-        (256, 256), diameter=22, dtype=np.uint8, uint8_peak=60, brightness=300, background=150, read_noise=8,
-        texture=0.5, illumination=0.6, debris=15, overlap=0.2, elastic=3.0, seed=5,
+        (256, 256),
+        diameter=22,
+        dtype=np.uint8,
+        uint8_peak=60,
+        brightness=300,
+        background=150,
+        read_noise=8,
+        texture=0.5,
+        illumination=0.6,
+        debris=15,
+        overlap=0.2,
+        elastic=3.0,
+        seed=5,
     )
     assert estimate_diameter(sample.image) == pytest.approx(labels_diameter(sample.labels), rel=0.2)
 
@@ -172,8 +183,10 @@ def test_predict_zooms_to_the_model_diameter_and_back():
     sample = synthetic_nuclei((160, 160), diameter=24, read_noise=2, debris=0, seed=9)
     config = {
         "architecture": {"spatial_dims": 2, "in_channels": 1, "out_channels": 1},
-        "head": "binary", "normalization": {"method": "percentile", "low": 1.0, "high": 99.8},
-        "object_diameter": 12.0, "auto_diameter": True,
+        "head": "binary",
+        "normalization": {"method": "percentile", "low": 1.0, "high": 99.8},
+        "object_diameter": 12.0,
+        "auto_diameter": True,
     }
     direct = predict(_Brightness(), sample.image, config=config, diameter=None, instances=True, device="cpu")
     zoomed = predict(_Brightness(), sample.image, config=config, diameter=24, instances=True, device="cpu")
@@ -187,7 +200,9 @@ def test_predict_zooms_to_the_model_diameter_and_back():
     assert (a & b).sum() / (a | b).sum() > 0.85
 
 
-@pytest.mark.parametrize("shape, target", [((64, 80), (256, 301)), ((1, 7), (3, 7)), ((5, 1), (9, 4)), ((2, 30, 40), (2, 61, 40))])
+@pytest.mark.parametrize(
+    "shape, target", [((64, 80), (256, 301)), ((1, 7), (3, 7)), ((5, 1), (9, 4)), ((2, 30, 40), (2, 61, 40))]
+)
 def test_enlarging_gives_the_numbers_of_skimage_resize(shape, target):
     """Probabilities are zoomed back to the image's size by a separable linear interpolation
     that must give what scikit-image's resize (linear, reflect) gives, edges included."""

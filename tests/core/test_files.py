@@ -81,8 +81,9 @@ def _race(write_as: Callable[[str, threading.Barrier], None]) -> dict[str, objec
         t.start()
     for t in threads:
         t.join(timeout=20)
-    assert sorted(o if o == "won" else "lost" for o in outcomes.values() if o == "won" or isinstance(o, FileExistsError)) == [
-        "lost", "won"]
+    assert sorted(
+        o if o == "won" else "lost" for o in outcomes.values() if o == "won" or isinstance(o, FileExistsError)
+    ) == ["lost", "won"]
     return outcomes
 
 
@@ -212,9 +213,13 @@ def test_the_api_raises_one_documented_type_per_kind_of_mistake(tmp_path):
         UNet(base_channels=100000)  # refused before a byte is allocated
     model = UNet(depth=1, base_channels=2)
     config = {"architecture": model.architecture, "head": "binary"}
-    for array, message in [(np.zeros((0, 0)), "empty"), (np.zeros((0, 7)), "empty"),
-                           (np.array([["a", "b"], ["c", "d"]]), "text"), (np.ones((8, 8), complex), "complex"),
-                           (np.full((8, 8), np.inf), "64 NaN or infinite")]:
+    for array, message in [
+        (np.zeros((0, 0)), "empty"),
+        (np.zeros((0, 7)), "empty"),
+        (np.array([["a", "b"], ["c", "d"]]), "text"),
+        (np.ones((8, 8), complex), "complex"),
+        (np.full((8, 8), np.inf), "64 NaN or infinite"),
+    ]:
         with pytest.raises(ValueError, match=message):
             predict(model, array, config=config)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

@@ -59,8 +59,16 @@ def test_ome_tiff_round_trip_keeps_axes_pixel_sizes_and_channel_names(tmp_path: 
     data = np.random.default_rng(0).integers(0, 4000, (3, 2, 5, 33, 47), dtype=np.uint16)
     path = tmp_path / "stack.ome.tif"
     tifffile.imwrite(
-        path, data, ome=True,
-        metadata={"axes": "TCZYX", "PhysicalSizeX": 0.1, "PhysicalSizeY": 0.1, "PhysicalSizeZ": 0.4, "Channel": {"Name": ["DAPI", "GFP"]}},
+        path,
+        data,
+        ome=True,
+        metadata={
+            "axes": "TCZYX",
+            "PhysicalSizeX": 0.1,
+            "PhysicalSizeY": 0.1,
+            "PhysicalSizeZ": 0.4,
+            "Channel": {"Name": ["DAPI", "GFP"]},
+        },
     )
     image = open_image(path)
     np.testing.assert_array_equal(image.data.compute(), data)
@@ -71,7 +79,9 @@ def test_ome_tiff_round_trip_keeps_axes_pixel_sizes_and_channel_names(tmp_path: 
 def test_imagej_hyperstack_is_reordered_to_tczyx(tmp_path: Path) -> None:
     data = np.random.default_rng(1).integers(0, 255, (2, 4, 3, 20, 30), dtype=np.uint8)  # TZCYX
     path = tmp_path / "ij.tif"
-    tifffile.imwrite(path, data, imagej=True, resolution=(5.0, 5.0), metadata={"axes": "TZCYX", "spacing": 0.7, "unit": "um"})
+    tifffile.imwrite(
+        path, data, imagej=True, resolution=(5.0, 5.0), metadata={"axes": "TZCYX", "spacing": 0.7, "unit": "um"}
+    )
     image = open_image(path)
     np.testing.assert_array_equal(image.data.compute(), data.transpose(0, 2, 1, 3, 4))
     assert image.physical_pixel_sizes == (pytest.approx(0.7), pytest.approx(0.2), pytest.approx(0.2))
@@ -102,6 +112,7 @@ def test_png_reads_with_samples_as_channels(tmp_path: Path) -> None:
 def test_big_tiff_is_read_lazily(tmp_path: Path) -> None:
     """A 128 MB TIFF opened and one plane read raises RSS by a few planes, not the file."""
     import psutil  # the test extra's
+
     path = tmp_path / "big.tif"
     plane = np.random.default_rng(0).integers(0, 60000, (2048, 2048), dtype=np.uint16)  # 8 MB
     with tifffile.TiffWriter(path) as tif:

@@ -40,7 +40,13 @@ def test_compressed_tiff_opens_and_reads_its_pixels(nuclei: np.ndarray, tmp_path
 def test_lzw_ome_stack_keeps_axes_and_pixel_sizes(nuclei: np.ndarray, tmp_path: Path) -> None:
     stack = np.stack([nuclei, nuclei[::-1]])
     path = tmp_path / "stack.ome.tif"
-    tifffile.imwrite(path, stack, ome=True, compression="lzw", metadata={"axes": "ZYX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5, "PhysicalSizeZ": 2.0})
+    tifffile.imwrite(
+        path,
+        stack,
+        ome=True,
+        compression="lzw",
+        metadata={"axes": "ZYX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5, "PhysicalSizeZ": 2.0},
+    )
     image = open_image(path)
     assert image.shape == (1, 1, 2, *nuclei.shape)
     assert tuple(image.physical_pixel_sizes) == (2.0, 0.5, 0.5)

@@ -12,8 +12,14 @@ from tests.fuzz_corpus import corrupt_tile, czi_variant
 
 def test_a_corrupt_zlib_tile_is_an_image_read_error_naming_the_tile(tmp_path):
     image = np.random.default_rng(0).integers(0, 60000, (3, 64, 64)).astype(np.uint16)
-    tifffile.imwrite(tmp_path / "good.tif", image, tile=(16, 16), compression="zlib", photometric="minisblack",
-                     metadata={"axes": "ZYX"})
+    tifffile.imwrite(
+        tmp_path / "good.tif",
+        image,
+        tile=(16, 16),
+        compression="zlib",
+        photometric="minisblack",
+        metadata={"axes": "ZYX"},
+    )
     bad = corrupt_tile(tmp_path / "good.tif", tmp_path / "bad.tif", tile=5)  # plane 0, row 1, column 1
     opened = open_image(bad)  # opening reads no pixels: fine
     assert opened.shape == (1, 1, 3, 64, 64)
@@ -36,5 +42,7 @@ def test_a_czi_with_a_corrupt_first_subblock_is_an_image_read_error(czi_dir, tmp
 
 def test_a_czi_directory_claiming_billions_of_entries_is_refused_at_open(czi_dir, tmp_path):
     bad = czi_variant(czi_dir / "s_1_t_1_c_1_z_1.czi", tmp_path / "huge.czi", "directory_count")
-    with pytest.raises(ImageReadError, match="huge.czi: the file is corrupt: its directory claims 2147483647 subblocks"):
+    with pytest.raises(
+        ImageReadError, match="huge.czi: the file is corrupt: its directory claims 2147483647 subblocks"
+    ):
         open_image(bad)

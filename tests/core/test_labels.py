@@ -110,11 +110,14 @@ def test_delete_merge_and_relabel():
     np.testing.assert_array_equal(lab.delete_objects(a, [2, 0]), np.where(a == 2, 0, a))
     np.testing.assert_array_equal(lab.merge_objects(a, [3, 1, 2]), np.where(np.isin(a, [1, 2]), 3, a))
     np.testing.assert_array_equal(lab.merge_objects(a, [3]), a)
-    np.testing.assert_array_equal(lab.relabel_sequential(lab.delete_objects(a, [2])), grid("""
+    np.testing.assert_array_equal(
+        lab.relabel_sequential(lab.delete_objects(a, [2])),
+        grid("""
         11...
         ....2
         33...
-    """))
+    """),
+    )
 
 
 def test_split_object_2d_at_the_distance_peaks():
@@ -143,7 +146,9 @@ def test_split_object_2d_at_the_distance_peaks():
 
 def test_split_3d_and_split_all():
     zz, yy, xx = np.mgrid[:16, :16, :28]
-    pair = ((np.sqrt((zz - 8) ** 2 + (yy - 8) ** 2 + (xx - 8) ** 2) <= 6) | (np.sqrt((zz - 8) ** 2 + (yy - 8) ** 2 + (xx - 18) ** 2) <= 6))
+    pair = (np.sqrt((zz - 8) ** 2 + (yy - 8) ** 2 + (xx - 8) ** 2) <= 6) | (
+        np.sqrt((zz - 8) ** 2 + (yy - 8) ** 2 + (xx - 18) ** 2) <= 6
+    )
     volume = pair.astype(np.uint16) * 5
     out = lab.split_object(volume, 5)
     assert sorted(np.unique(out).tolist()) == [0, 5, 6]
@@ -166,11 +171,14 @@ def test_dilate_grows_into_background_without_merging():
         ........
     """)
     out = lab.dilate(a, 2)
-    np.testing.assert_array_equal(out, grid("""
+    np.testing.assert_array_equal(
+        out,
+        grid("""
         111..222
         11112222
         111..222
-    """))
+    """),
+    )
     # 1 px in 3D: the 6 face neighbours
     v = np.zeros((3, 3, 3), np.uint8)
     v[1, 1, 1] = 4
@@ -184,12 +192,15 @@ def test_erode_shrinks_from_background_and_neighbours_not_the_image_edge():
         1111222
         .......
     """)
-    np.testing.assert_array_equal(lab.erode(a, 1), grid("""
+    np.testing.assert_array_equal(
+        lab.erode(a, 1),
+        grid("""
         111..22
         111..22
         .......
         .......
-    """))
+    """),
+    )
     np.testing.assert_array_equal(lab.erode(a, 0), a)
     cube = np.zeros((5, 5, 5), np.uint8)
     cube[1:4, 1:4, 1:4] = 3
@@ -214,7 +225,9 @@ def test_smooth_cuts_spurs_and_corners_fills_notches_but_not_into_neighbours():
     """)
     out = lab.smooth(a, 1)
     # the spur at (2, 8) and three corners go (the fourth is held by the spur), the hole fills
-    np.testing.assert_array_equal(out, grid("""
+    np.testing.assert_array_equal(
+        out,
+        grid("""
         ..........
         ..111111..
         .1111111..
@@ -224,7 +237,8 @@ def test_smooth_cuts_spurs_and_corners_fills_notches_but_not_into_neighbours():
         .1111111..
         ..11111...
         .........2
-    """))
+    """),
+    )
     # a neighbour in a notch keeps its pixels; a speck the blur would erase is kept as it was
     b = a.copy()
     b[4, 4] = 3
@@ -272,7 +286,9 @@ def test_mask_from_rectangle_polygon_and_ellipse():
     # an ellipse by the corners of its box: the whole disc inside, the box's corners outside
     ellipse = lab.mask_from_shapes([("ellipse", [[0, 0], [0, 10], [10, 10], [10, 0]])], (12, 12))
     assert ellipse[5, 5] and ellipse[5, 1] and ellipse[1, 5] and not ellipse[0, 0] and not ellipse[9, 9]
-    both = lab.mask_from_shapes([("rectangle", [[1, 1], [1, 3], [2, 3], [2, 1]]), ("polygon", [[0, 0], [0, 8], [8, 0]])], (10, 10))
+    both = lab.mask_from_shapes(
+        [("rectangle", [[1, 1], [1, 3], [2, 3], [2, 1]]), ("polygon", [[0, 0], [0, 8], [8, 0]])], (10, 10)
+    )
     np.testing.assert_array_equal(both, np.pad(rectangle, ((0, 5), (0, 4))) | triangle)
     with pytest.raises(ValueError, match="a shape must be one of rectangle, polygon, ellipse, got 'line'"):
         lab.mask_from_shapes([("line", [[0, 0], [3, 3]])], (4, 4))

@@ -24,9 +24,7 @@ def test_2d_areas_centroids_bboxes_in_micrometres():
     assert table["unit"].tolist() == ["um", "um"]
     assert table["n_pixels"].tolist() == [16, 6]
     assert table["area"].tolist() == pytest.approx([16 * 0.125, 6 * 0.125])
-    assert table["equivalent_diameter"].tolist() == pytest.approx(
-        [2 * np.sqrt(2.0 / np.pi), 2 * np.sqrt(0.75 / np.pi)]
-    )
+    assert table["equivalent_diameter"].tolist() == pytest.approx([2 * np.sqrt(2.0 / np.pi), 2 * np.sqrt(0.75 / np.pi)])
     assert table["centroid_y_px"].tolist() == [3.5, 10.5]
     assert table["centroid_x_px"].tolist() == [3.5, 2.0]
     assert table["centroid_y"].tolist() == pytest.approx([1.75, 5.25])

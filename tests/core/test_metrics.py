@@ -496,7 +496,12 @@ def test_count_objects_per_plane_and_time_point():
     stack[1, 2, 5:7, 5:7] = 1
     rows = count_objects(stack)
     assert [(r["t"], r["z"], r["components"]) for r in rows] == [
-        (0, 0, 1), (0, 1, 1), (0, 2, 1), (1, 0, 1), (1, 1, 0), (1, 2, 2)
+        (0, 0, 1),
+        (0, 1, 1),
+        (0, 2, 1),
+        (1, 0, 1),
+        (1, 1, 0),
+        (1, 2, 2),
     ]
     assert all(r["typical_size"] == 4.0 for r in rows)
     assert rows[4]["estimate"] == 0.0

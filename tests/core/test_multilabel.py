@@ -78,10 +78,47 @@ def test_train_predict_and_measure_pairs_from_the_command_line(tmp_path: Path) -
         tifffile.imwrite(images[-1], stack.image, metadata={"axes": "CZYX"}, ome=True)
         tifffile.imwrite(labels[-1], stack.classes)
     model = tmp_path / "model"
-    assert main(["train", "--3d", "--head", "multilabel", "--classes", "2", "--images", *map(str, images),
-                 "--labels", *map(str, labels), "--out", str(model), "--epochs", "4", "--steps-per-epoch", "6",
-                 "--patch", "16", "64", "64", "--batch-size", "2", "--depth", "2", "--base-channels", "8",
-                 "--val-fraction", "0", "--lr", "3e-3", "--min-foreground", "0", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--3d",
+                "--head",
+                "multilabel",
+                "--classes",
+                "2",
+                "--images",
+                *map(str, images),
+                "--labels",
+                *map(str, labels),
+                "--out",
+                str(model),
+                "--epochs",
+                "4",
+                "--steps-per-epoch",
+                "6",
+                "--patch",
+                "16",
+                "64",
+                "64",
+                "--batch-size",
+                "2",
+                "--depth",
+                "2",
+                "--base-channels",
+                "8",
+                "--val-fraction",
+                "0",
+                "--lr",
+                "3e-3",
+                "--min-foreground",
+                "0",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     log = pd.read_csv(model / "training_log.csv")
     assert log["train_loss"].iloc[-1] < 0.9 * log["train_loss"].iloc[0]
     out = tmp_path / "pred"
@@ -89,8 +126,26 @@ def test_train_predict_and_measure_pairs_from_the_command_line(tmp_path: Path) -
     (written,) = out.glob("*_labels.tif")
     flags = tifffile.imread(written)
     assert flags.shape[-3:] == (16, 64, 64) and set(np.unique(flags)) <= {0, 1, 2, 3}
-    assert main(["measure", "--labels", str(labels[0]), "--label-bit", "0", "--pair-with", str(labels[0]), "--pair-bit", "1",
-                 "--image", str(images[0]), "--out", str(tmp_path / "pairs.csv")]) == 0
+    assert (
+        main(
+            [
+                "measure",
+                "--labels",
+                str(labels[0]),
+                "--label-bit",
+                "0",
+                "--pair-with",
+                str(labels[0]),
+                "--pair-bit",
+                "1",
+                "--image",
+                str(images[0]),
+                "--out",
+                str(tmp_path / "pairs.csv"),
+            ]
+        )
+        == 0
+    )
     table = pd.read_csv(tmp_path / "pairs.csv")
     assert {"partner", "vector_z", "vector_y", "vector_x", "pair_distance"} <= set(table.columns)
     assert (table["partner"] > 0).sum() >= 10  # the ground truth has 12 pairs (or fewer that fitted)

@@ -29,10 +29,30 @@ def _ome_zarr(path: Path, data: np.ndarray, version: str, axes: str = "czyx") ->
     scale = {"c": 1.0, "z": 2.0, "y": 0.5, "x": 250.0}
     units = {"z": "micrometer", "y": "micrometer", "x": "nanometer"}
     write_image(
-        data, group, axes=axes, fmt=fmt, scale={a: scale[a] for a in axes}, axes_units={a: u for a, u in units.items() if a in axes},
-        scale_factors=(2, 4), storage_options={"chunks": tuple(1 if a in "cz" else 32 for a in axes)},
-        **({"omero": {"channels": [{"label": f"ch{i}", "color": "FFFFFF", "window": {"start": 0, "end": 1000, "min": 0, "max": 65535}}
-                                   for i in range(data.shape[0])]}} if "c" in axes else {}),
+        data,
+        group,
+        axes=axes,
+        fmt=fmt,
+        scale={a: scale[a] for a in axes},
+        axes_units={a: u for a, u in units.items() if a in axes},
+        scale_factors=(2, 4),
+        storage_options={"chunks": tuple(1 if a in "cz" else 32 for a in axes)},
+        **(
+            {
+                "omero": {
+                    "channels": [
+                        {
+                            "label": f"ch{i}",
+                            "color": "FFFFFF",
+                            "window": {"start": 0, "end": 1000, "min": 0, "max": 65535},
+                        }
+                        for i in range(data.shape[0])
+                    ]
+                }
+            }
+            if "c" in axes
+            else {}
+        ),
     )
     return path
 
@@ -75,7 +95,9 @@ def test_ome_zarr_from_ome_zarr_py_opens_lazily_at_full_resolution(tmp_path: Pat
 def test_ome_zarr_yx_only_and_not_an_image(tmp_path: Path) -> None:
     data = _blobs()
     image = open_image(_ome_zarr(tmp_path / "plane.zarr", data, "0.5", axes="yx"))
-    assert image.shape == (1, 1, 1, 70, 90) and image.physical_pixel_sizes == pytest.approx((None, 0.5, 0.25), nan_ok=True)
+    assert image.shape == (1, 1, 1, 70, 90) and image.physical_pixel_sizes == pytest.approx(
+        (None, 0.5, 0.25), nan_ok=True
+    )
     plain = tmp_path / "plain.zarr"
     zarr.open_group(str(plain), mode="w").create_array("x", shape=(4, 4), dtype="uint8")
     with pytest.raises(ImageReadError, match="plain.zarr.*multiscales"):
@@ -89,8 +111,9 @@ def test_streamed_labels_go_into_the_source_labels_group(tmp_path: Path, tiny_mo
     path = _ome_zarr(tmp_path / "cells.ome.zarr", data, version, axes="cyx")
     before = sorted(p.name for p in path.iterdir())
     image = open_image(path)
-    target = predict_to_ome_zarr(tiny_model, image, path, name="segtune", device="cpu", tiling=TilingOptions(tile_shape=64),
-                                 threshold=0.5)
+    target = predict_to_ome_zarr(
+        tiny_model, image, path, name="segtune", device="cpu", tiling=TilingOptions(tile_shape=64), threshold=0.5
+    )
     assert target == path / "labels" / "segtune"
     expected = predict(tiny_model, image, device="cpu", threshold=0.5).labels[0, 0]
     assert expected.any() and not expected.all()
@@ -107,10 +130,14 @@ def test_streamed_labels_go_into_the_source_labels_group(tmp_path: Path, tiny_mo
     labels_attrs = dict(zarr.open_group(str(path / "labels"), mode="r").attrs)
     assert dict(labels_attrs.get("ome", labels_attrs))["labels"] == ["segtune"]
     assert open_image(target).physical_pixel_sizes == pytest.approx((None, 0.5, 0.25), nan_ok=True)
-    np.testing.assert_array_equal(open_image(target).data[0, 0, 0].compute(), expected)  # the labels, not their source image
+    np.testing.assert_array_equal(
+        open_image(target).data[0, 0, 0].compute(), expected
+    )  # the labels, not their source image
     labels_attrs_of_image = dict(zarr.open_group(str(target), mode="r").attrs)
     assert dict(labels_attrs_of_image.get("ome", labels_attrs_of_image))["image-label"]["source"] == {"image": "../../"}
-    assert sorted(p.name for p in path.iterdir()) == sorted({*before, "labels"})  # nothing else touched, no scratch left
+    assert sorted(p.name for p in path.iterdir()) == sorted(
+        {*before, "labels"}
+    )  # nothing else touched, no scratch left
 
     with pytest.raises(FileExistsError, match="segtune"):
         predict_to_ome_zarr(tiny_model, image, path, name="segtune", device="cpu")
@@ -122,7 +149,9 @@ def test_streamed_labels_go_into_the_source_labels_group(tmp_path: Path, tiny_mo
 def test_instances_to_standalone_ome_zarr(tmp_path: Path, tiny_model) -> None:
     data = _blobs()[np.newaxis]
     image = open_image(_ome_zarr(tmp_path / "cells.zarr", data, "0.5", axes="cyx"))
-    target = predict_to_ome_zarr(tiny_model, image, tmp_path / "out" / "cells_labels.ome.zarr", device="cpu", instances=True)
+    target = predict_to_ome_zarr(
+        tiny_model, image, tmp_path / "out" / "cells_labels.ome.zarr", device="cpu", instances=True
+    )
     expected = predict(tiny_model, image, device="cpu", instances=True).labels[0, 0]
     labels = open_image(target)
     assert labels.metadata["is_labels"]
@@ -149,6 +178,11 @@ def test_cli_predict_format_ome_zarr(tmp_path: Path, tiny_model, capsys) -> None
     tifffile.imwrite(tif, _blobs(), ome=True, metadata={"axes": "YX", "PhysicalSizeY": 0.5, "PhysicalSizeX": 0.25})
     assert main(["predict", "--model", str(model_dir), str(tif), "--format", "ome-zarr"]) == 2
     assert "--out" in capsys.readouterr().err
-    assert main(["predict", "--model", str(model_dir), str(tif), "--format", "ome-zarr", "--out", str(tmp_path / "o")]) == 0
+    assert (
+        main(["predict", "--model", str(model_dir), str(tif), "--format", "ome-zarr", "--out", str(tmp_path / "o")])
+        == 0
+    )
     labels = open_image(tmp_path / "o" / "plane_labels.ome.zarr")
-    assert labels.shape == (1, 1, 1, 70, 90) and labels.physical_pixel_sizes == pytest.approx((None, 0.5, 0.25), nan_ok=True)
+    assert labels.shape == (1, 1, 1, 70, 90) and labels.physical_pixel_sizes == pytest.approx(
+        (None, 0.5, 0.25), nan_ok=True
+    )

@@ -82,8 +82,9 @@ def crops(tmp_path_factory, nuclei_planes) -> list[Path]:
     paths = []
     for i, plane in enumerate(nuclei_planes):
         path = folder / f"nuclei_{i}.ome.tif"
-        tifffile.imwrite(path, plane[300:428, 400:528], ome=True,
-                         metadata={"axes": "YX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5})
+        tifffile.imwrite(
+            path, plane[300:428, 400:528], ome=True, metadata={"axes": "YX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5}
+        )
         paths.append(path)
     return paths
 
@@ -96,7 +97,9 @@ def model_2d(tmp_path_factory) -> Path:
 
 def test_files_equal_single_process_and_model_built_once(client, crops, model_2d, tmp_path):
     before = client.run(parallel_predict.cluster.worker_builds)
-    report = parallel_predict.predict_files(model_2d, crops, tmp_path / "out", client=client, device="cpu", torch_threads=THREADS)
+    report = parallel_predict.predict_files(
+        model_2d, crops, tmp_path / "out", client=client, device="cpu", torch_threads=THREADS
+    )
     after = client.run(parallel_predict.cluster.worker_builds)
     assert sorted(report.computed) == sorted(p.name for p in crops)
     assert report.tasks == 4 and not report.failed
@@ -131,7 +134,15 @@ def test_failed_input_is_named_and_the_others_are_written(client, crops, model_2
     broken = tmp_path / "broken.tif"
     broken.write_bytes(b"II*\x00" + b"\x00" * 20)  # a TIFF header and nothing after it
     with pytest.raises(parallel_predict.PredictionFailed, match="broken.tif") as caught:
-        parallel_predict.predict_files(model_2d, [crops[0], broken], tmp_path / "out", client=client, retries=1, device="cpu", torch_threads=THREADS)
+        parallel_predict.predict_files(
+            model_2d,
+            [crops[0], broken],
+            tmp_path / "out",
+            client=client,
+            retries=1,
+            device="cpu",
+            torch_threads=THREADS,
+        )
     report = caught.value.report
     assert list(report.failed) == ["broken.tif"] and "ImageReadError" in report.failed["broken.tif"]
     assert (tmp_path / "out" / "nuclei_0_labels.tif").is_file()
@@ -150,10 +161,14 @@ def volume(tmp_path_factory, nuclei_planes) -> Path:
 def test_volume_in_chunks_equals_single_process_bit_for_bit(client, volume, tmp_path):
     model = _tiny_model(3, seed=2)
     config = default_config(model.architecture)
-    options = {"tiling": TilingOptions(tile_shape=(16, 72, 72), batch_size=2), "device": "cpu"}  # 2 x 2 tiles, halos included
+    options = {
+        "tiling": TilingOptions(tile_shape=(16, 72, 72), batch_size=2),
+        "device": "cpu",
+    }  # 2 x 2 tiles, halos included
     out = tmp_path / "stack_labels.zarr"
-    report = parallel_predict.predict_volume((model, config), volume, out, client=client, probabilities=True,
-                                              torch_threads=THREADS, **options)
+    report = parallel_predict.predict_volume(
+        (model, config), volume, out, client=client, probabilities=True, torch_threads=THREADS, **options
+    )
     with single_process_reference():
         expected = predict(model, open_image(volume), config=config, **options)
     group = zarr.open_group(str(out), mode="r")
@@ -170,12 +185,14 @@ def test_volume_in_chunks_equals_single_process_bit_for_bit(client, volume, tmp_
     writable.attrs["segtune"] = {**attrs["segtune"], "complete": False}
     writable["tasks_done"][0] = 0
     writable["0"][0, :, :48, :48] = 0  # and the first tile's output lost
-    resumed = parallel_predict.predict_volume((model, config), volume, out, client=client, probabilities=True,
-                                              torch_threads=THREADS, **options)
+    resumed = parallel_predict.predict_volume(
+        (model, config), volume, out, client=client, probabilities=True, torch_threads=THREADS, **options
+    )
     assert resumed.computed == ["stack.tif[chunk 0]"] and len(resumed.skipped) == report.tasks - 1
     np.testing.assert_array_equal(zarr.open_group(str(out), mode="r")["0"][:], expected.labels)
-    done = parallel_predict.predict_volume((model, config), volume, out, client=client, probabilities=True,
-                                              torch_threads=THREADS, **options)
+    done = parallel_predict.predict_volume(
+        (model, config), volume, out, client=client, probabilities=True, torch_threads=THREADS, **options
+    )
     assert done.tasks == 0 and done.skipped == ["stack.tif"]
 
 
@@ -184,11 +201,13 @@ def test_a_zooming_model_is_split_only_when_told_not_to_zoom(client, volume, tmp
     config = {**default_config(model.architecture), "object_diameter": 12.0, "auto_diameter": True}
     options = {"tiling": TilingOptions(tile_shape=(16, 72, 72), batch_size=2), "device": "cpu"}
     with pytest.raises(ValueError, match="zooms images"):  # zooming needs the whole image in memory
-        parallel_predict.predict_volume((model, config), volume, tmp_path / "a.zarr", client=client, retries=0,
-                                        torch_threads=THREADS, **options)
+        parallel_predict.predict_volume(
+            (model, config), volume, tmp_path / "a.zarr", client=client, retries=0, torch_threads=THREADS, **options
+        )
     assert not (tmp_path / "a.zarr").exists()
-    parallel_predict.predict_volume((model, config), volume, tmp_path / "b.zarr", client=client, diameter=0,
-                                    torch_threads=THREADS, **options)
+    parallel_predict.predict_volume(
+        (model, config), volume, tmp_path / "b.zarr", client=client, diameter=0, torch_threads=THREADS, **options
+    )
     with single_process_reference():
         expected = predict(model, open_image(volume), config=config, diameter=0, **options).labels
     np.testing.assert_array_equal(zarr.open_group(str(tmp_path / "b.zarr"), mode="r")["0"][:], expected)
@@ -196,15 +215,18 @@ def test_a_zooming_model_is_split_only_when_told_not_to_zoom(client, volume, tmp
 
 def test_large_file_split_by_a_2d_model_writes_the_same_tiff(client, volume, model_2d, tmp_path):
     options = {"tiling": TilingOptions(tile_shape=72, batch_size=3), "device": "cpu"}  # 4 tiles a plane, 16 planes
-    report = parallel_predict.predict_files(model_2d, [volume], tmp_path / "out", client=client, split_above=1,
-                                             torch_threads=THREADS, **options)
+    report = parallel_predict.predict_files(
+        model_2d, [volume], tmp_path / "out", client=client, split_above=1, torch_threads=THREADS, **options
+    )
     assert report.tasks > 1 and report.computed[0].startswith("stack.tif[chunk")
     with single_process_reference():  # (T, Z, Y, X): a 2D model plane by plane
         expected = predict(load_model(model_2d), open_image(volume), **options).labels
     np.testing.assert_array_equal(read_labels(tmp_path / "out" / "stack_labels.tif"), expected[0])
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["stack_labels.tif"]  # the work folder is gone
     with pytest.raises(parallel_predict.PredictionFailed, match="instances need the whole image"):
-        parallel_predict.predict_files(model_2d, [volume], tmp_path / "other", client=client, split_above=1, instances=True)
+        parallel_predict.predict_files(
+            model_2d, [volume], tmp_path / "other", client=client, split_above=1, instances=True
+        )
 
 
 class DiesOnce(torch.nn.Module):
@@ -227,7 +249,9 @@ def test_killed_worker_is_retried_and_the_run_completes(client, crops, tmp_path)
     inner = _tiny_model(2, seed=3)
     config = default_config(inner.architecture)
     dying = DiesOnce(inner, str(tmp_path / "died"))
-    report = parallel_predict.predict_files((dying, config), crops[:2], tmp_path / "out", client=client, device="cpu", torch_threads=THREADS)
+    report = parallel_predict.predict_files(
+        (dying, config), crops[:2], tmp_path / "out", client=client, device="cpu", torch_threads=THREADS
+    )
     assert (tmp_path / "died").exists()  # a worker really died mid-run
     assert sorted(report.computed) == sorted(p.name for p in crops[:2]) and not report.failed
     for path in crops[:2]:

@@ -210,6 +210,10 @@ def test_distance_to_background_equals_scipy(shape, sampling):
     expected = ndi.distance_transform_edt(mask, sampling=sampling)
     np.testing.assert_allclose(distance_to_background(mask, sampling=sampling), expected, atol=1e-5)
     padded = ndi.distance_transform_edt(np.pad(mask, 1), sampling=sampling)[(slice(1, -1),) * mask.ndim]
-    np.testing.assert_allclose(distance_to_background(mask, sampling=sampling, border_is_background=True), padded, atol=1e-5)
+    np.testing.assert_allclose(
+        distance_to_background(mask, sampling=sampling, border_is_background=True), padded, atol=1e-5
+    )
     full = np.ones(shape, bool)  # no background at all: scipy's convention, not infinity
-    np.testing.assert_allclose(distance_to_background(full, sampling=sampling), ndi.distance_transform_edt(full, sampling=sampling))
+    np.testing.assert_allclose(
+        distance_to_background(full, sampling=sampling), ndi.distance_transform_edt(full, sampling=sampling)
+    )

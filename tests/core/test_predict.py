@@ -36,7 +36,9 @@ class TinyUNet(nn.Module):
         pooling = nn.MaxPool2d if dims == 2 else nn.MaxPool3d
 
         def block(a: int, b: int) -> nn.Sequential:
-            return nn.Sequential(conv(a, b, 3, padding=1, bias=False), bn(b), nn.ReLU(), conv(b, b, 3, padding=1), nn.ReLU())
+            return nn.Sequential(
+                conv(a, b, 3, padding=1, bias=False), bn(b), nn.ReLU(), conv(b, b, 3, padding=1), nn.ReLU()
+            )
 
         self.e0, self.e1, self.e2 = block(cin, width), block(width, 2 * width), block(2 * width, 4 * width)
         self.pool = pooling(pool)
@@ -168,7 +170,9 @@ def test_exact_with_many_tiles_under_a_memory_limit(net2d):
     geometry = probe_model(net2d, spatial_dims=2, in_channels=1, device="cpu")
     limit = 3 * 120 * 120 * geometry.bytes_per_pixel  # three tiles of about 120 x 120 per pass
     events = []
-    out = predict_raw(net2d, image, spatial_dims=2, device="cpu", memory_limit=limit, batch_size=3, progress=events.append)
+    out = predict_raw(
+        net2d, image, spatial_dims=2, device="cpu", memory_limit=limit, batch_size=3, progress=events.append
+    )
     np.testing.assert_allclose(out, untiled(net2d, image, 4), atol=1e-4)
     assert 4 < events[-1].done == events[-1].total < 40  # it really was tiled, into sensible tiles
     assert [e.done for e in events] == sorted(e.done for e in events)
@@ -200,11 +204,14 @@ def test_exact_3d_with_fewer_slices_than_the_tile(net3d):
 def test_exact_from_dask_and_zarr_inputs(net2d, tmp_path):
     import dask.array as da
     import zarr
+
     image = rand(1, 130, 170, seed=6)
     reference = predict_raw(net2d, image, spatial_dims=2, tile_shape=96, device="cpu")
     lazy = da.from_array(image, chunks=(1, 50, 50))
     np.testing.assert_array_equal(predict_raw(net2d, lazy, spatial_dims=2, tile_shape=96, device="cpu"), reference)
-    stored = zarr.open_array(str(tmp_path / "in.zarr"), mode="w", shape=image.shape, chunks=(1, 64, 64), dtype="float32")
+    stored = zarr.open_array(
+        str(tmp_path / "in.zarr"), mode="w", shape=image.shape, chunks=(1, 64, 64), dtype="float32"
+    )
     stored[:] = image
     np.testing.assert_array_equal(predict_raw(net2d, stored, spatial_dims=2, tile_shape=96, device="cpu"), reference)
     # and uint16 input is read as its values
@@ -233,7 +240,13 @@ def test_instances_are_not_cut_at_tile_seams(segtune_net):
 def test_exact_on_a_real_image(segtune_net, nuclei_dir):
     import imageio.v3 as iio
 
-    path = sorted(p for p in nuclei_dir.rglob("*") if p.suffix.lower() in (".png", ".tif", ".tiff") and "mask" not in p.name.lower() and "label" not in str(p).lower())[0]
+    path = sorted(
+        p
+        for p in nuclei_dir.rglob("*")
+        if p.suffix.lower() in (".png", ".tif", ".tiff")
+        and "mask" not in p.name.lower()
+        and "label" not in str(p).lower()
+    )[0]
     raw = np.asarray(iio.imread(path)).astype(np.float32)
     raw = raw if raw.ndim == 2 else raw[..., 0]
     lo, hi = np.percentile(raw, (1, 99.8))
@@ -278,12 +291,15 @@ def test_plan_windows_keep_the_halo_away_from_inner_edges():
 @pytest.mark.parametrize(("shape", "roi", "overlap"), [((1, 70, 90), (32, 32), 0.25), ((1, 20, 70), (32, 32), 0.5)])
 def test_gaussian_matches_monai(net2d, shape, roi, overlap):
     import monai.inferers as monai_inferers
+
     image = rand(*shape, seed=8)
     with torch.no_grad():
         expected = monai_inferers.sliding_window_inference(
             torch.from_numpy(image)[None], roi, 3, net2d, overlap=overlap, mode="gaussian"
         )[0].numpy()
-    out = predict_raw(net2d, image, spatial_dims=2, tile_shape=roi, overlap=overlap, batch_size=3, blend="gaussian", device="cpu")
+    out = predict_raw(
+        net2d, image, spatial_dims=2, tile_shape=roi, overlap=overlap, batch_size=3, blend="gaussian", device="cpu"
+    )
     np.testing.assert_allclose(out, expected, atol=1e-4)
 
 
@@ -296,8 +312,14 @@ def test_skip_empty_tiles(net2d):
     reference = untiled(net2d, image, 4)
     events = []
     out = predict_raw(
-        net2d, image, spatial_dims=2, tile_shape=112, skip_threshold=0.5, skip_value=(-7.0, 7.0),
-        device="cpu", progress=events.append,
+        net2d,
+        image,
+        spatial_dims=2,
+        tile_shape=112,
+        skip_threshold=0.5,
+        skip_value=(-7.0, 7.0),
+        device="cpu",
+        progress=events.append,
     )
     assert events[-1].done == events[-1].total
     near = (slice(None), slice(0, 60), slice(0, 70))
@@ -338,8 +360,15 @@ def test_cancel_leaves_the_zarr_output_consistent(net2d, tmp_path):
 
     with pytest.raises(Cancelled):
         predict_raw(
-            net2d, image, spatial_dims=2, tile_shape=96, batch_size=1, out=tmp_path / "c.zarr",
-            device="cpu", progress=progress, cancel=token,
+            net2d,
+            image,
+            spatial_dims=2,
+            tile_shape=96,
+            batch_size=1,
+            out=tmp_path / "c.zarr",
+            device="cpu",
+            progress=progress,
+            cancel=token,
         )
     import zarr
 
@@ -396,7 +425,9 @@ def test_prepared_copy_is_reused_until_the_weights_change():
     torch.manual_seed(4)
     other = _warm(TinyUNet(2, 1, 1), (2, 1, 32, 32))
     net.load_state_dict(other.state_dict())
-    np.testing.assert_allclose(predict_raw(net, image, spatial_dims=2, device="cpu"), untiled(other, image, 4), atol=1e-4)
+    np.testing.assert_allclose(
+        predict_raw(net, image, spatial_dims=2, device="cpu"), untiled(other, image, 4), atol=1e-4
+    )
 
 
 # --- memory pressure ----------------------------------------------------------------------------
@@ -424,7 +455,12 @@ def test_out_of_memory_halves_the_batch_then_the_tile(net2d):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         out = predict_raw(
-            rationed, image, spatial_dims=2, device="cpu", halo=geometry.halo, divisor=geometry.divisor,
+            rationed,
+            image,
+            spatial_dims=2,
+            device="cpu",
+            halo=geometry.halo,
+            divisor=geometry.divisor,
             memory_limit=1e12,
         )
     np.testing.assert_allclose(out, untiled(net2d, image, 4), atol=1e-4)
@@ -437,7 +473,9 @@ def test_out_of_memory_at_the_smallest_tile_on_cpu_is_a_clear_error(net2d):
     rationed = RationedModel(net2d, max_pixels=2000)  # the measuring pass (32 x 32) fits, no tile does
     with pytest.raises(MemoryError, match="smallest tile"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        predict_raw(rationed, rand(1, 64, 64), spatial_dims=2, device="cpu", halo=geometry.halo, divisor=geometry.divisor)
+        predict_raw(
+            rationed, rand(1, 64, 64), spatial_dims=2, device="cpu", halo=geometry.halo, divisor=geometry.divisor
+        )
 
 
 # --- errors -----------------------------------------------------------------------------------

@@ -19,7 +19,11 @@ def test_reporter_emits_one_event_per_step_with_its_defaults():
         ProgressEvent("predict", 1, 4, "tile 1", {}),
         ProgressEvent("blend", 2, 8, "", {"loss": 0.5}),
     ]
-    assert events[0].fraction == 0.25 and ProgressEvent("x", 9, 4).fraction == 1.0 and ProgressEvent("x", 3).fraction is None
+    assert (
+        events[0].fraction == 0.25
+        and ProgressEvent("x", 9, 4).fraction == 1.0
+        and ProgressEvent("x", 3).fraction is None
+    )
     child = report.child("validate", total=2)
     child.step(2)
     assert events[-1] == ProgressEvent("validate", 2, 2)

@@ -91,7 +91,9 @@ def test_uint8_dim_variant():
 
 def test_3d_anisotropy_flattens_along_z():
     iso = synthetic_nuclei((40, 64, 64), diameter=16, eccentricity=0.0, diameter_spread=0.0, debris=0, seed=8)
-    flat = synthetic_nuclei((40, 64, 64), diameter=16, eccentricity=0.0, diameter_spread=0.0, debris=0, z_anisotropy=2.0, seed=8)
+    flat = synthetic_nuclei(
+        (40, 64, 64), diameter=16, eccentricity=0.0, diameter_spread=0.0, debris=0, z_anisotropy=2.0, seed=8
+    )
     assert iso.image.shape == iso.labels.shape == (40, 64, 64)
 
     def extent(labels):

@@ -30,7 +30,9 @@ def widget(make_napari_viewer, qtbot):
     _, widget = viewer.window.add_plugin_dock_widget("napari-segtune", "segtune")
     yield widget
     # a test that failed halfway may leave a job running: stop it before the viewer closes
-    for panel in (getattr(widget, name, None) for name in ("predict_panel", "finetune_panel", "tools_panel", "evaluate_panel")):
+    for panel in (
+        getattr(widget, name, None) for name in ("predict_panel", "finetune_panel", "tools_panel", "evaluate_panel")
+    ):
         job = getattr(panel, "job", None)
         if job is not None and job.running:
             job.cancel()
@@ -46,9 +48,7 @@ def errors():
 
     def messages() -> list[str]:
         return [
-            str(n.message)
-            for n in notification_manager.records[start:]
-            if n.severity == NotificationSeverity.ERROR
+            str(n.message) for n in notification_manager.records[start:] if n.severity == NotificationSeverity.ERROR
         ]
 
     return messages

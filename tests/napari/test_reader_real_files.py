@@ -70,7 +70,9 @@ def test_label_tiff_from_another_tool_opens_as_labels(make_napari_viewer, qcanet
     assert type(layer).__name__ == "Image"
 
 
-def test_segtune_labels_open_as_labels_with_their_pixel_sizes(make_napari_viewer, qcanet_dir: Path, tmp_path: Path) -> None:
+def test_segtune_labels_open_as_labels_with_their_pixel_sizes(
+    make_napari_viewer, qcanet_dir: Path, tmp_path: Path
+) -> None:
     truth = tifffile.imread(qcanet_dir / "labels" / "8_cell_stage.tif")
     path = write_labels(tmp_path / "embryo.ome.tif", truth, (1.0, 0.8, 0.8))  # no label-like name: the metadata tells
     viewer = make_napari_viewer()
@@ -87,7 +89,9 @@ def test_axis_labels_reach_the_viewer(make_napari_viewer, czi_dir: Path) -> None
     assert tuple(viewer.dims.axis_labels) == ("t", "z", "y", "x")
 
 
-def test_plain_tif_labels_saved_by_the_plugin_keep_pixel_sizes_and_integers(make_napari_viewer, qcanet_dir: Path, tmp_path: Path) -> None:
+def test_plain_tif_labels_saved_by_the_plugin_keep_pixel_sizes_and_integers(
+    make_napari_viewer, qcanet_dir: Path, tmp_path: Path
+) -> None:
     truth = tifffile.imread(qcanet_dir / "labels" / "8_cell_stage.tif").astype(np.int32)  # napari's own label dtype
     viewer = make_napari_viewer()
     layer = viewer.add_labels(truth, scale=(1.0, 0.8, 0.8))
@@ -114,6 +118,8 @@ def test_labels_saved_by_napari_own_writer_open_as_labels(make_napari_viewer, qc
 
 def test_any_integer_image_opens_as_labels_when_asked(make_napari_viewer, qcanet_dir: Path) -> None:
     viewer = make_napari_viewer()
-    (layer,) = viewer.open(str(qcanet_dir / "images" / "8_cell_stage.tif"), plugin="napari-segtune", layer_type="labels")
+    (layer,) = viewer.open(
+        str(qcanet_dir / "images" / "8_cell_stage.tif"), plugin="napari-segtune", layer_type="labels"
+    )
     assert type(layer).__name__ == "Labels"  # napari's layer_type option, through segtune's reader
     assert layer.data.shape == (51, 120, 122)

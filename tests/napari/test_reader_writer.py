@@ -35,7 +35,9 @@ def test_shared_czi_opens_through_the_plugin(make_napari_viewer, czi_dir: Path, 
     assert layers[-1].data[(0,) * (len(shape) - 2)].shape == shape[-2:]
 
 
-def test_reader_declines_other_files_and_raises_named_error_on_corrupt(czi_dir: Path, tmp_path: Path, make_napari_viewer) -> None:
+def test_reader_declines_other_files_and_raises_named_error_on_corrupt(
+    czi_dir: Path, tmp_path: Path, make_napari_viewer
+) -> None:
     assert get_reader(str(tmp_path / "notes.txt")) is None
     data = (czi_dir / "CD_s_1_t_3_c_2_z_5.czi").read_bytes()
     broken = tmp_path / "broken.czi"
@@ -79,8 +81,14 @@ def test_ome_zarr_with_segtune_labels_opens_as_image_and_labels(make_napari_view
 
     image = np.random.default_rng(0).integers(0, 1000, (64, 80), dtype=np.uint16)
     path = tmp_path / "cells.ome.zarr"
-    write_image(image, zarr.open_group(str(path), mode="w"), axes="yx", scale={"y": 0.5, "x": 0.25},
-                axes_units={"y": "micrometer", "x": "micrometer"}, scale_factors=(2,))
+    write_image(
+        image,
+        zarr.open_group(str(path), mode="w"),
+        axes="yx",
+        scale={"y": 0.5, "x": 0.25},
+        axes_units={"y": "micrometer", "x": "micrometer"},
+        scale_factors=(2,),
+    )
     labels = (image > 500).astype(np.uint8)
     write_ome_zarr_labels(path, labels, axes="yx", pixel_sizes=(None, 0.5, 0.25), name="segtune")
     viewer = make_napari_viewer()

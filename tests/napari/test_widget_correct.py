@@ -16,8 +16,17 @@ pytestmark = pytest.mark.gui
 def press(viewer, layer, data_position) -> None:
     """A left click at ``data_position`` of ``layer``, through the layer's real mouse callbacks."""
     world = layer.data_to_world(data_position)
-    event = SimpleNamespace(type="mouse_press", is_dragging=False, modifiers=[], position=tuple(world), button=1,
-                            view_direction=None, dims_displayed=list(viewer.dims.displayed), dims_point=None, handled=False)
+    event = SimpleNamespace(
+        type="mouse_press",
+        is_dragging=False,
+        modifiers=[],
+        position=tuple(world),
+        button=1,
+        view_direction=None,
+        dims_displayed=list(viewer.dims.displayed),
+        dims_point=None,
+        handled=False,
+    )
     mouse_press_callbacks(layer, ReadOnlyWrapper(event, exceptions=("handled",)))
 
 

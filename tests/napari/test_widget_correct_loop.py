@@ -83,7 +83,10 @@ def test_predict_correct_undo_finetune_on_real_nuclei(widget, qtbot, nuclei_dir,
     # fill holes: punch one into the largest nucleus as a stray eraser stroke would, then fill
     sizes = lab.object_sizes(layer.data)
     big = max(sizes, key=sizes.get)
-    hole = tuple(int(v) for v in np.argwhere(lab.erode(layer.data, 3) == big)[len(np.argwhere(lab.erode(layer.data, 3) == big)) // 2])
+    hole = tuple(
+        int(v)
+        for v in np.argwhere(lab.erode(layer.data, 3) == big)[len(np.argwhere(lab.erode(layer.data, 3) == big)) // 2]
+    )
     with layer.block_history():
         layer.data_setitem(tuple(np.array([c - 1, c, c + 1]) for c in hole), 0)
     assert layer.data[hole] == 0

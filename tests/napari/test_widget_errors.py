@@ -20,11 +20,17 @@ pytestmark = pytest.mark.gui
     [
         (MemoryError(), "Not enough memory"),
         (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), "Not enough memory"),
-        (RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: not enough memory: out of memory"), "smaller tile"),
+        (
+            RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: not enough memory: out of memory"),
+            "smaller tile",
+        ),
         (UserError("Choose a model first."), "Choose a model first."),
         (FileExistsError("x.tif already exists"), "X.tif already exists"),
         (ImageReadError("cells.czi", "the file is truncated"), "cells.czi"),
-        (OutputError("out/cells_labels.tif", "the disk is full"), "Cannot write out/cells_labels.tif: the disk is full"),
+        (
+            OutputError("out/cells_labels.tif", "the disk is full"),
+            "Cannot write out/cells_labels.tif: the disk is full",
+        ),
         (KeyError("boom"), "The viewer is fine"),
     ],
 )

@@ -19,8 +19,9 @@ def test_the_bundled_model_shown_is_in_use(widget, errors) -> None:
     assert widget.state.name == panel.bundled.itemText(1)
     assert widget.predict_panel.size_row.model_label.text().startswith(("Model trained at", "The model records no"))
     # a changed (unsaved) model is not dropped by browsing the list
-    widget.state.set_model(widget.state.model, {**widget.state.config, "name": "mine"}, source="fine-tuned (x)",
-                           folder=None, unsaved=True)
+    widget.state.set_model(
+        widget.state.model, {**widget.state.config, "name": "mine"}, source="fine-tuned (x)", folder=None, unsaved=True
+    )
     panel.bundled.setCurrentIndex(0)
     assert widget.state.name == "mine"
     panel.load_bundled_button.click()  # unless asked
@@ -35,7 +36,9 @@ def test_fine_tuned_names_long_layer_names_and_plain_words(widget) -> None:
     choice = widget.finetune_panel.labels_layer
     assert choice.layer.name == layer.name
     shown = choice.itemText(choice.currentIndex())
-    assert shown == elide(long_name) and len(shown) == 40 and shown.startswith("NIH3T3") and shown.endswith("[nuclei-2d]")
+    assert (
+        shown == elide(long_name) and len(shown) == 40 and shown.startswith("NIH3T3") and shown.endswith("[nuclei-2d]")
+    )
     assert choice.itemData(choice.currentIndex(), 3) == long_name  # the full name as the item's tooltip
 
     finetune = widget.finetune_panel

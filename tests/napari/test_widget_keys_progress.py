@@ -67,7 +67,9 @@ def test_predict_by_key_shows_tiles_and_time_left_beside_cancel(widget, qtbot, e
     job = panel.job
     assert job is not None and job.running
     assert panel.cancel_button.isEnabled() and panel.progress.isAncestorOf(panel.cancel_button)
-    job.on_events = (lambda original: lambda events: (original(events), seen.append(panel.progress.text.text())))(job.on_events)
+    job.on_events = (lambda original: lambda events: (original(events), seen.append(panel.progress.text.text())))(
+        job.on_events
+    )
     assert wait_for(qtbot, job, timeout=180_000) == "done"
     assert any("tiles" in text and "left" in text for text in seen), seen
     assert panel.progress.bar.value() == panel.progress.bar.maximum() > 0

@@ -91,7 +91,9 @@ def test_evaluate_shows_the_core_numbers_and_an_overlay(widget, qtbot, sample_2d
     pred = truth.copy()
     components, _ = ndimage.label(truth > 0, structure=np.ones((3, 3)))
     # an object touching no other, so that removing it is a miss at the object level too
-    alone = next(i for i in np.unique(truth)[1:] if (components == components[truth == i][0]).sum() == (truth == i).sum())
+    alone = next(
+        i for i in np.unique(truth)[1:] if (components == components[truth == i][0]).sum() == (truth == i).sum()
+    )
     pred[truth == alone] = 0  # one object missed
     y, x = np.argwhere(np.lib.stride_tricks.sliding_window_view(truth, (14, 14)).max(axis=(2, 3)) == 0)[0]
     pred[y + 2 : y + 12, x + 2 : x + 12] = 999  # one false object, away from the others
@@ -243,7 +245,11 @@ def test_bundled_list_reads_the_registry(make_napari_viewer, monkeypatch, tmp_pa
     from segtune.core.models.unet import build_model, default_architecture
 
     architecture = default_architecture(spatial_dims=2, in_channels=1, out_channels=3, depth=2, base_channels=8)
-    save_model(build_model(architecture), default_config(architecture, description="Tiny stand-in for nuclei."), tmp_path / "tiny")
+    save_model(
+        build_model(architecture),
+        default_config(architecture, description="Tiny stand-in for nuclei."),
+        tmp_path / "tiny",
+    )
     monkeypatch.setattr(registry, "PRETRAINED_DIR", tmp_path)
     monkeypatch.setattr(registry, "BUNDLED_MODELS", {"tiny-nuclei": "tiny"})
     viewer = make_napari_viewer()

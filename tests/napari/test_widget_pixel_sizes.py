@@ -25,7 +25,13 @@ def real_pair(nuclei_dir: Path, tmp_path: Path) -> tuple[Path, Path]:
     image = iio.imread(nuclei_dir / "images" / "0.png")[:160, :192]
     mask = iio.imread(nuclei_dir / "labels" / "0.png")[:160, :192]
     image_path = tmp_path / "nuclei.ome.tif"
-    tifffile.imwrite(image_path, image, ome=True, compression="lzw", metadata={"axes": "YX", "PhysicalSizeX": PIXEL, "PhysicalSizeY": PIXEL})
+    tifffile.imwrite(
+        image_path,
+        image,
+        ome=True,
+        compression="lzw",
+        metadata={"axes": "YX", "PhysicalSizeX": PIXEL, "PhysicalSizeY": PIXEL},
+    )
     (tmp_path / "labels").mkdir()
     mask_path = tmp_path / "labels" / "nuclei.png"
     iio.imwrite(mask_path, mask)

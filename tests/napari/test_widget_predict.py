@@ -43,8 +43,16 @@ def test_predict_adds_labels_of_the_image_shape_and_scale(widget, qtbot, sample_
     assert "nuclei" in labels.name and widget.state.name in labels.name
     assert viewer.layers.selection.active.name == labels.name  # ready to correct
     # exactly what the core gives for the same model and settings
-    expected = predict(widget.state.model, sample_2d["image"], config=widget.state.config, axes="YX",
-                       threshold=0.4, instances=True, objects=ObjectOptions(min_size=3), device="cpu")
+    expected = predict(
+        widget.state.model,
+        sample_2d["image"],
+        config=widget.state.config,
+        axes="YX",
+        threshold=0.4,
+        instances=True,
+        objects=ObjectOptions(min_size=3),
+        device="cpu",
+    )
     np.testing.assert_array_equal(labels.data, expected.labels[0, 0])
     assert probability.data.shape == image.data.shape
     assert 0.0 <= probability.data.min() and probability.data.max() <= 1.0
@@ -159,10 +167,22 @@ def test_large_image_shows_the_visible_part_first_then_the_whole(widget, qtbot, 
     (labels,) = panel.last_layers
     assert [layer.name for layer in viewer.layers] == ["large", labels.name] and labels.editable
     config, diameter = whole_image_settings(widget.state.model, image_data, config=widget.state.config, axes="YX")
-    expected = predict(widget.state.model, image_data, config=config, diameter=diameter, axes="YX", threshold=0.5,
-                       instances=True, objects=ObjectOptions(min_size="auto"), device="cpu")
+    expected = predict(
+        widget.state.model,
+        image_data,
+        config=config,
+        diameter=diameter,
+        axes="YX",
+        threshold=0.5,
+        instances=True,
+        objects=ObjectOptions(min_size="auto"),
+        device="cpu",
+    )
     np.testing.assert_array_equal(labels.data, expected.labels[0, 0])
-    inner = (slice(max(0, y0) + FIRST_LOOK_MARGIN, y1 - FIRST_LOOK_MARGIN), slice(max(0, x0) + FIRST_LOOK_MARGIN, x1 - FIRST_LOOK_MARGIN))
+    inner = (
+        slice(max(0, y0) + FIRST_LOOK_MARGIN, y1 - FIRST_LOOK_MARGIN),
+        slice(max(0, x0) + FIRST_LOOK_MARGIN, x1 - FIRST_LOOK_MARGIN),
+    )
     a, b = first[inner] > 0, labels.data[inner] > 0
     assert (a & b).sum() / max(1, (a | b).sum()) > 0.95  # the first look is the whole's result there
     assert errors() == []
@@ -178,7 +198,14 @@ def test_smallest_object_defaults_to_the_rule_the_command_line_uses(widget, qtbo
     panel.run_button.click()
     assert wait_for(qtbot, panel.job) == "done"
     (labels,) = panel.last_layers
-    expected = predict(widget.state.model, sample_2d["image"], config=widget.state.config, axes="YX",
-                       instances=True, objects=ObjectOptions(min_size="auto"), device="cpu")
+    expected = predict(
+        widget.state.model,
+        sample_2d["image"],
+        config=widget.state.config,
+        axes="YX",
+        instances=True,
+        objects=ObjectOptions(min_size="auto"),
+        device="cpu",
+    )
     np.testing.assert_array_equal(labels.data, expected.labels[0, 0])
     assert errors() == []

@@ -53,7 +53,9 @@ class Ticker:
         working = times[times <= job.returned_at]
         # the gap that spans the return is cut at the return itself
         gaps = np.diff(np.append(working, job.returned_at))
-        print(f"{job.description}: {len(gaps)} ticks, longest gap {gaps.max() * 1000:.0f} ms, median {np.median(gaps) * 1000:.0f} ms")
+        print(
+            f"{job.description}: {len(gaps)} ticks, longest gap {gaps.max() * 1000:.0f} ms, median {np.median(gaps) * 1000:.0f} ms"
+        )
         return gaps
 
 

@@ -12,6 +12,7 @@ from tests.napari.conftest import wait_for
 
 pytestmark = pytest.mark.gui
 
+
 def test_estimate_measure_units_and_model_size(widget, qtbot, sample_2d, errors) -> None:
     viewer = widget.viewer
     image = viewer.add_image(sample_2d["image"], name="nuclei", scale=(0.5, 0.5))
@@ -22,7 +23,9 @@ def test_estimate_measure_units_and_model_size(widget, qtbot, sample_2d, errors)
     assert size.diameter_px() == "auto" and size.diameter.text() == "auto"
 
     # estimate on the whole sample image: near its true labels' median diameter
-    whole = viewer.add_image(np.asarray(open_image(sample_file("nuclei_2d.tif")).data[0, 0, 0]), name="whole", scale=(0.5, 0.5))
+    whole = viewer.add_image(
+        np.asarray(open_image(sample_file("nuclei_2d.tif")).data[0, 0, 0]), name="whole", scale=(0.5, 0.5)
+    )
     widget.predict_panel.image_layer.set_layer(whole)
     size.estimate_button.click()
     assert wait_for(qtbot, size.job) == "done"

@@ -44,8 +44,11 @@ def test_pseudolabels_then_finetune_ignores_unsure_pixels(widget, qtbot, sample_
     assert wait_for(qtbot, panel.job) == "done"
     layer = panel.last_layer
     state = widget.state
-    expected = pseudo_labels(model_probabilities(state.model, state.config, sample_2d["image"], device="cpu"),
-                             state.config["head"], threshold=0.6)
+    expected = pseudo_labels(
+        model_probabilities(state.model, state.config, sample_2d["image"], device="cpu"),
+        state.config["head"],
+        threshold=0.6,
+    )
     np.testing.assert_array_equal(layer.data, expected)
     assert layer.metadata["segtune_ignore_value"] == 255
 

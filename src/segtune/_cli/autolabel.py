@@ -23,15 +23,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for the labels and the report")
     parser.add_argument("--channel", type=int, default=0, metavar="C", help="fluorescence channel the labels come from")
     parser.add_argument(
-        "--export-channel", type=int, default=None, metavar="C",
+        "--export-channel",
+        type=int,
+        default=None,
+        metavar="C",
         help="also write this channel (e.g. phase contrast) beside the labels, as the input to train on",
     )
     parser.add_argument(
-        "--diameter", type=float, nargs=2, default=(5.0, 30.0), metavar=("MIN", "MAX"),
+        "--diameter",
+        type=float,
+        nargs=2,
+        default=(5.0, 30.0),
+        metavar=("MIN", "MAX"),
         help="keep objects whose equivalent diameter in pixels is in this range",
     )
     parser.add_argument(
-        "--window", type=int, default=None, metavar="R",
+        "--window",
+        type=int,
+        default=None,
+        metavar="R",
         help="radius in pixels of the local Otsu window (default: the maximum diameter)",
     )
     parser.add_argument("--clahe-block", type=int, default=127, metavar="N", help="CLAHE block size in pixels")
@@ -39,16 +49,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--clahe-bins", type=int, default=256, metavar="N", help="CLAHE histogram bins")
     parser.add_argument("--no-fill-holes", action="store_true", help="leave holes inside objects")
     parser.add_argument(
-        "--stretch", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+        "--stretch",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("LOW", "HIGH"),
         help="percentile contrast stretch before CLAHE, e.g. 5 98",
     )
     parser.add_argument("--no-filter", action="store_true", help="keep every image (skip the dataset filter)")
     parser.add_argument(
-        "--drop-lowest", type=float, default=0.25, metavar="FRACTION",
+        "--drop-lowest",
+        type=float,
+        default=0.25,
+        metavar="FRACTION",
         help="fraction of images with the least foreground to drop",
     )
     parser.add_argument(
-        "--max-foreground", type=float, default=0.5, metavar="FRACTION",
+        "--max-foreground",
+        type=float,
+        default=0.5,
+        metavar="FRACTION",
         help="drop images whose foreground fraction is above this",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -82,7 +102,9 @@ def run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             progress=progress,
         )
-    print(f"auto-labelled {len(report.planes)} image(s): kept {len(report.kept)}, dropped {len(report.dropped)} -> {args.out}")
+    print(
+        f"auto-labelled {len(report.planes)} image(s): kept {len(report.kept)}, dropped {len(report.dropped)} -> {args.out}"
+    )
     for plane in report.dropped:
         print(f"  dropped {plane.name}: {', '.join(plane.reasons)} (foreground {plane.foreground_fraction:.1%})")
     print(f"report: {args.out}/{REPORT_JSON}, {args.out}/{REPORT_CSV}")

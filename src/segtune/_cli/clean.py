@@ -25,18 +25,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--labels", nargs="+", required=True, metavar="PATH", help="label images to clean")
     parser.add_argument("--out", required=True, metavar="DIR", help="folder for the cleaned label images")
     parser.add_argument("--remove-border", action="store_true", help="remove objects touching the image edge")
-    parser.add_argument("--split", action="store_true", help="split objects at the peaks of their distance to the background")
     parser.add_argument(
-        "--split-distance", type=float, default=None, metavar="PX",
+        "--split", action="store_true", help="split objects at the peaks of their distance to the background"
+    )
+    parser.add_argument(
+        "--split-distance",
+        type=float,
+        default=None,
+        metavar="PX",
         help="smallest distance between two split peaks in pixels (default: half each object's inscribed radius)",
     )
     parser.add_argument("--fill-holes", action="store_true", help="fill holes inside objects")
     parser.add_argument("--smooth", type=float, default=0.0, metavar="R", help="smooth outlines over R pixels")
-    parser.add_argument("--dilate", type=float, default=0.0, metavar="R", help="grow objects by R pixels (neighbours never merge)")
-    parser.add_argument("--erode", type=float, default=0.0, metavar="R", help="shrink objects by R pixels")
-    parser.add_argument("--min-size", type=int, default=0, metavar="N", help="remove objects smaller than N pixels (voxels in 3D)")
     parser.add_argument(
-        "--min-area", type=float, default=0.0, metavar="A",
+        "--dilate", type=float, default=0.0, metavar="R", help="grow objects by R pixels (neighbours never merge)"
+    )
+    parser.add_argument("--erode", type=float, default=0.0, metavar="R", help="shrink objects by R pixels")
+    parser.add_argument(
+        "--min-size", type=int, default=0, metavar="N", help="remove objects smaller than N pixels (voxels in 3D)"
+    )
+    parser.add_argument(
+        "--min-area",
+        type=float,
+        default=0.0,
+        metavar="A",
         help="remove objects smaller than A square micrometres (cubic for 3D volumes); needs pixel sizes in the file",
     )
     parser.add_argument("--planewise", action="store_true", help="treat each plane of a stack as a 2D image")
@@ -60,7 +72,9 @@ def run(args: argparse.Namespace) -> int:
     paths = [Path(p) for p in args.labels]
     targets = [out_dir / output_name(p, suffix="") for p in paths]  # a_labels.ome.tif -> a_labels.tif
     if len(set(targets)) < len(targets):
-        raise UsageError("two --labels files would be written to the same output name; clean them into separate folders")
+        raise UsageError(
+            "two --labels files would be written to the same output name; clean them into separate folders"
+        )
     for path, target in zip(paths, targets, strict=True):
         if target.resolve() == path.resolve():
             raise UsageError(f"--out would replace the input {path} itself; choose another folder")

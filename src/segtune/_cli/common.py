@@ -62,9 +62,13 @@ def image_files(paths: Sequence[str], option: str) -> list[Path]:
     for name in paths:
         path = Path(name)
         if path.is_dir():
-            found = sorted((p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(SUPPORTED_EXTENSIONS)), key=str)
+            found = sorted(
+                (p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(SUPPORTED_EXTENSIONS)), key=str
+            )
             if not found:
-                raise FileNotFoundError(f"{option} folder {path} holds no image files ({', '.join(SUPPORTED_EXTENSIONS)})")
+                raise FileNotFoundError(
+                    f"{option} folder {path} holds no image files ({', '.join(SUPPORTED_EXTENSIONS)})"
+                )
             files.extend(found)
         elif not path.exists():
             raise FileNotFoundError(f"{option}: {path} does not exist")

@@ -19,10 +19,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "With --gui, open napari with the sample and the segtune widget instead."
         ),
     )
-    parser.add_argument("--out", type=Path, default=Path("segtune-demo"), help="folder for the results (default: ./segtune-demo)")
+    parser.add_argument(
+        "--out", type=Path, default=Path("segtune-demo"), help="folder for the results (default: ./segtune-demo)"
+    )
     parser.add_argument("--minutes", type=float, default=1.0, help="time budget of the fine-tuning (default: 1)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="where to compute (default: auto)")
-    parser.add_argument("--gui", action="store_true", help="open napari with the sample data and the widget (needs a display)")
+    parser.add_argument(
+        "--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="where to compute (default: auto)"
+    )
+    parser.add_argument(
+        "--gui", action="store_true", help="open napari with the sample data and the widget (needs a display)"
+    )
     parser.set_defaults(func=run)
 
 

@@ -29,7 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--truth", nargs="+", required=True, metavar="PATH", help="ground-truth label files or folders")
     parser.add_argument("--json", action="store_true", help="print one JSON object (means and per-image results)")
     parser.add_argument(
-        "--overlay", metavar="DIR", default=None,
+        "--overlay",
+        metavar="DIR",
+        default=None,
         help="write DIR/<pred>_overlay.png per pair: green true positive, red false positive, blue false negative pixels",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace overlay files that exist")
@@ -44,7 +46,9 @@ def _write_overlays(folder: Path, pred_path: Path, rgb: Any, overwrite: bool) ->
         return [save_overlay_png(folder / output_name(pred_path, "_overlay", ".png"), rgb, overwrite=overwrite)]
     width = max(3, len(str(rgb.shape[0] - 1)))
     return [
-        save_overlay_png(folder / output_name(pred_path, f"_overlay_z{z:0{width}d}", ".png"), plane, overwrite=overwrite)
+        save_overlay_png(
+            folder / output_name(pred_path, f"_overlay_z{z:0{width}d}", ".png"), plane, overwrite=overwrite
+        )
         for z, plane in enumerate(rgb)
     ]
 

@@ -35,7 +35,9 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps(info))
             continue
         sizes = ", ".join(f"{k}={v}" for k, v in info["dims"].items())
-        pixel = ", ".join(f"{k}={'unknown' if v is None else f'{v:.4g} um'}" for k, v in info["physical_pixel_sizes_um"].items())
+        pixel = ", ".join(
+            f"{k}={'unknown' if v is None else f'{v:.4g} um'}" for k, v in info["physical_pixel_sizes_um"].items()
+        )
         print(f"{info['path']}")
         print(f"  dims      TCZYX: {sizes}")
         print(f"  dtype     {info['dtype']}")

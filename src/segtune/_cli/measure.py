@@ -21,22 +21,42 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "per time point, as 3D objects unless --per-plane."
         ),
     )
-    parser.add_argument("--labels", required=True, metavar="PATH", help="label image (instance labels or a binary mask)")
     parser.add_argument(
-        "--image", metavar="PATH", default=None,
+        "--labels", required=True, metavar="PATH", help="label image (instance labels or a binary mask)"
+    )
+    parser.add_argument(
+        "--image",
+        metavar="PATH",
+        default=None,
         help="the image the labels belong to: intensities and pixel sizes come from it "
         "(without it, pixel sizes come from the label file and there are no intensities)",
     )
     parser.add_argument("--out", required=True, metavar="TABLE.csv", help="table to write (.csv or .tsv)")
     parser.add_argument("--per-plane", action="store_true", help="measure each Z plane as 2D objects")
-    parser.add_argument("--label-bit", type=int, default=None, metavar="K",
-                        help="--labels is a multilabel mask (class flags): measure the objects of class K (bit K)")
-    parser.add_argument("--pair-with", default=None, metavar="PATH",
-                        help="partner objects (e.g. Golgi for nuclei): each object gets at most one partner, by nearest "
-                             "centroids (one to one), and the table gains partner, vector_z/y/x and pair_distance")
-    parser.add_argument("--pair-bit", type=int, default=None, metavar="K", help="--pair-with is a multilabel mask: pair with class K")
-    parser.add_argument("--max-distance", type=float, default=None, metavar="D",
-                        help="longest centroid distance of a pair (micrometres, or pixels without pixel sizes)")
+    parser.add_argument(
+        "--label-bit",
+        type=int,
+        default=None,
+        metavar="K",
+        help="--labels is a multilabel mask (class flags): measure the objects of class K (bit K)",
+    )
+    parser.add_argument(
+        "--pair-with",
+        default=None,
+        metavar="PATH",
+        help="partner objects (e.g. Golgi for nuclei): each object gets at most one partner, by nearest "
+        "centroids (one to one), and the table gains partner, vector_z/y/x and pair_distance",
+    )
+    parser.add_argument(
+        "--pair-bit", type=int, default=None, metavar="K", help="--pair-with is a multilabel mask: pair with class K"
+    )
+    parser.add_argument(
+        "--max-distance",
+        type=float,
+        default=None,
+        metavar="D",
+        help="longest centroid distance of a pair (micrometres, or pixels without pixel sizes)",
+    )
     parser.add_argument("--scene", default=None, help="scene (CZI) or series (TIFF) of --image, by index or name")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.set_defaults(func=run)
@@ -92,7 +112,11 @@ def run(args: argparse.Namespace) -> int:
         if "T" in axes or args.per_plane:
             raise ValueError("--pair-with pairs objects of one 2D image or 3D stack (no time axis, no --per-plane)")
         partners = _class_objects(read_labels(args.pair_with), args.pair_bit).reshape(labels.shape)
-        if table["label"].size and table["label"].max() > 0 and not np.array_equal(np.unique(labels[labels > 0]), table["label"].to_numpy()):
+        if (
+            table["label"].size
+            and table["label"].max() > 0
+            and not np.array_equal(np.unique(labels[labels > 0]), table["label"].to_numpy())
+        ):
             labels = _renumbered(labels)  # a binary mask: measure() numbered its components
         pairs = pair_objects(labels, partners, reference.physical_pixel_sizes, max_distance=args.max_distance)
         table = table.merge(pairs, on="label", how="left")

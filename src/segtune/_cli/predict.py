@@ -33,60 +33,119 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, or folders of them")
-    parser.add_argument("--model", required=True, metavar="M", help="a bundled model name (see 'segtune models') or a model folder")
-    parser.add_argument("--out", default=None, metavar="DIR", help="folder for the label files (created if missing); "
-                        "not needed with --format ome-zarr when every input is an OME-Zarr")
     parser.add_argument(
-        "--format", default="tiff", choices=("tiff", "ome-zarr"),
-        help="OME-TIFF label files (default) or OME-Zarr labels with multiscale levels, streamed tile by tile "
-             "(masks never whole in memory; --instances and size filters are computed in memory)",
+        "--model", required=True, metavar="M", help="a bundled model name (see 'segtune models') or a model folder"
     )
     parser.add_argument(
-        "--tile", default=None, metavar="N[,N...]",
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="folder for the label files (created if missing); "
+        "not needed with --format ome-zarr when every input is an OME-Zarr",
+    )
+    parser.add_argument(
+        "--format",
+        default="tiff",
+        choices=("tiff", "ome-zarr"),
+        help="OME-TIFF label files (default) or OME-Zarr labels with multiscale levels, streamed tile by tile "
+        "(masks never whole in memory; --instances and size filters are computed in memory)",
+    )
+    parser.add_argument(
+        "--tile",
+        default=None,
+        metavar="N[,N...]",
         help="largest tile fed to the model, one size or one per axis (default: as large as memory allows)",
     )
-    parser.add_argument("--overlap", type=float, default=None, help="window overlap for --blend gaussian (default 0.25)")
-    parser.add_argument("--batch-size", type=int, default=None, metavar="N", help="tiles per forward pass (default: what memory allows)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="where to run the model; auto tries CUDA, then MPS, then the CPU")
-    parser.add_argument("--channel", default=None, metavar="C", help="input channel by index or name (needed for multi-channel images); the name of a colour "
-                        "channel (Bright, or RGB for an unnamed one) gives a one-channel model the mean of its red, green and blue")
-    parser.add_argument("--instances", action="store_true", help="write instance labels (uint16; uint32 above 65535 objects "
-                        "and block by block) instead of a 0/1 mask")
+    parser.add_argument(
+        "--overlap", type=float, default=None, help="window overlap for --blend gaussian (default 0.25)"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=None, metavar="N", help="tiles per forward pass (default: what memory allows)"
+    )
+    parser.add_argument(
+        "--device",
+        default="auto",
+        choices=("auto", "cpu", "cuda", "mps"),
+        help="where to run the model; auto tries CUDA, then MPS, then the CPU",
+    )
+    parser.add_argument(
+        "--channel",
+        default=None,
+        metavar="C",
+        help="input channel by index or name (needed for multi-channel images); the name of a colour "
+        "channel (Bright, or RGB for an unnamed one) gives a one-channel model the mean of its red, green and blue",
+    )
+    parser.add_argument(
+        "--instances",
+        action="store_true",
+        help="write instance labels (uint16; uint32 above 65535 objects and block by block) instead of a 0/1 mask",
+    )
     parser.add_argument("--threshold", type=float, default=0.5, help="foreground probability threshold (default 0.5)")
     parser.add_argument(
-        "--min-size", default="auto", metavar="PX",
+        "--min-size",
+        default="auto",
+        metavar="PX",
         help="drop objects smaller than this many pixels (voxels in 3D); 'auto' (default, as in the napari widget): "
-             "a disc (ball) a quarter of the object diameter across, e.g. 20 px for 20 px nuclei, at least 4 px "
-             "(8 voxels), or 10 px when the diameter is unknown; 0 keeps every object",
+        "a disc (ball) a quarter of the object diameter across, e.g. 20 px for 20 px nuclei, at least 4 px "
+        "(8 voxels), or 10 px when the diameter is unknown; 0 keeps every object",
     )
-    parser.add_argument("--max-size", type=int, default=None, metavar="PX", help="drop objects larger than this (default: no limit)")
+    parser.add_argument(
+        "--max-size", type=int, default=None, metavar="PX", help="drop objects larger than this (default: no limit)"
+    )
     parser.add_argument("--fill-holes", action="store_true", help="fill holes inside objects")
-    parser.add_argument("--split", action="store_true", help="split touching objects (binary models) by a distance watershed")
     parser.add_argument(
-        "--diameter", default="auto", metavar="PX",
+        "--split", action="store_true", help="split touching objects (binary models) by a distance watershed"
+    )
+    parser.add_argument(
+        "--diameter",
+        default="auto",
+        metavar="PX",
         help="typical object diameter in pixels: the image is zoomed so objects match the size the model was "
-             "trained at, and the labels zoomed back; 'auto' (default) estimates it for models that ask for it "
-             "(the bundled nuclei models), 0 never zooms",
+        "trained at, and the labels zoomed back; 'auto' (default) estimates it for models that ask for it "
+        "(the bundled nuclei models), 0 never zooms",
     )
-    parser.add_argument("--blend", default="exact", choices=("exact", "gaussian"), help="exact stitching (default) or MONAI-style Gaussian blending")
-    parser.add_argument("--precision", default="float32", choices=("float32", "bfloat16", "float16"), help="float32 (default) or half-precision autocast on CUDA")
-    parser.add_argument("--memory-limit", default=None, metavar="SIZE", help="memory one forward pass may use, e.g. 2GB (default: half the free memory)")
     parser.add_argument(
-        "--blockwise", action="store_true",
-        help="predict each plane block by block, streaming the labels into a tiled TIFF: memory stays bounded whatever "
-             "the image size (automatic for planes over 4096 x 4096 with a 2D model); objects keep one number across blocks",
+        "--blend",
+        default="exact",
+        choices=("exact", "gaussian"),
+        help="exact stitching (default) or MONAI-style Gaussian blending",
     )
-    parser.add_argument("--scene", default=None, metavar="S", help="scene (CZI) or series (TIFF) to read, by index or name")
+    parser.add_argument(
+        "--precision",
+        default="float32",
+        choices=("float32", "bfloat16", "float16"),
+        help="float32 (default) or half-precision autocast on CUDA",
+    )
+    parser.add_argument(
+        "--memory-limit",
+        default=None,
+        metavar="SIZE",
+        help="memory one forward pass may use, e.g. 2GB (default: half the free memory)",
+    )
+    parser.add_argument(
+        "--blockwise",
+        action="store_true",
+        help="predict each plane block by block, streaming the labels into a tiled TIFF: memory stays bounded whatever "
+        "the image size (automatic for planes over 4096 x 4096 with a 2D model); objects keep one number across blocks",
+    )
+    parser.add_argument(
+        "--scene", default=None, metavar="S", help="scene (CZI) or series (TIFF) to read, by index or name"
+    )
     existing = parser.add_mutually_exclusive_group()
     existing.add_argument("--overwrite", action="store_true", help="replace label files that exist")
     existing.add_argument("--skip-existing", action="store_true", help="leave inputs whose label file exists alone")
     parallel = parser.add_mutually_exclusive_group()
     parallel.add_argument(
-        "--workers", type=int, default=None, metavar="N",
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
         help="run on a local dask cluster of N worker processes: one task per file, or per chunk of a volume too large for one",
     )
     parallel.add_argument(
-        "--scheduler", default=None, metavar="ADDRESS",
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
         help="run on a dask.distributed cluster: its scheduler's address (tcp://host:8786) or scheduler file (.json)",
     )
     parser.set_defaults(func=run)
@@ -116,7 +175,9 @@ def run(args: argparse.Namespace) -> int:
         if ome_zarr:
             target = _ome_zarr_target(path, out_dir, args.model)
         if target in seen:
-            raise UsageError(f"{path} and {seen[target]} would both be written to {target}; predict them into different folders")
+            raise UsageError(
+                f"{path} and {seen[target]} would both be written to {target}; predict them into different folders"
+            )
         seen[target] = path
         jobs.append({"input": str(path), "output": str(target), "format": "ome-zarr" if ome_zarr else "tiff"})
     present = [job for job in jobs if Path(job["output"]).exists()]
@@ -126,7 +187,9 @@ def run(args: argparse.Namespace) -> int:
         jobs = [job for job in jobs if not Path(job["output"]).exists()]
     elif present and not args.overwrite:
         names = ", ".join(job["output"] for job in present[:3]) + (" ..." if len(present) > 3 else "")
-        raise FileExistsError(f"{len(present)} output(s) exist ({names}); pass --overwrite to replace or --skip-existing to keep them")
+        raise FileExistsError(
+            f"{len(present)} output(s) exist ({names}); pass --overwrite to replace or --skip-existing to keep them"
+        )
     if not jobs:
         return 0
 
@@ -165,7 +228,9 @@ def _guarded(job: dict[str, Any], options: dict[str, Any], model: Any, many: boo
     from segtune.core.io import ImageReadError
 
     try:
-        result = _predict_one(job["input"], job["output"], model=model, bar=bar, output_format=job.get("format", "tiff"), **options)
+        result = _predict_one(
+            job["input"], job["output"], model=model, bar=bar, output_format=job.get("format", "tiff"), **options
+        )
     except (ImageReadError, ValueError, OSError) as e:
         named = Path(job["input"]).name in str(e) or Path(job["output"]).name in str(e)
         message = str(e) if named else f"{job['input']}: {e}"  # say which input it was
@@ -210,8 +275,14 @@ def _predict_one(
     name = Path(input_path).name
     with tqdm_progress(name, leave=False, disable=not bar) as callback:
         return predict_file(
-            input_path, output_path, model=model, scene=scene, overwrite=overwrite, label_dtype=_label_dtype(options),
-            progress=(lambda e: callback(replace(e, stage=name))) if bar else None, **options,
+            input_path,
+            output_path,
+            model=model,
+            scene=scene,
+            overwrite=overwrite,
+            label_dtype=_label_dtype(options),
+            progress=(lambda e: callback(replace(e, stage=name))) if bar else None,
+            **options,
         )
 
 
@@ -248,8 +319,15 @@ def _predict_ome_zarr(
     destination, name = (input_path, output_path.name) if into_source else (output_path, None)
     label = input_path.name
     with tqdm_progress(label, leave=False, disable=not bar) as callback:
-        return predict_to_ome_zarr(model, image, destination, name=name, overwrite=overwrite,
-                                   progress=lambda e: callback(replace(e, stage=label)), **options)
+        return predict_to_ome_zarr(
+            model,
+            image,
+            destination,
+            name=name,
+            overwrite=overwrite,
+            progress=lambda e: callback(replace(e, stage=label)),
+            **options,
+        )
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
@@ -261,7 +339,9 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         try:
             sizes = [int(s) for s in str(args.tile).split(",")]
         except ValueError as e:
-            raise UsageError(f"--tile must be a size or comma-separated sizes like 256 or 32,256,256, got {args.tile!r}") from e
+            raise UsageError(
+                f"--tile must be a size or comma-separated sizes like 256 or 32,256,256, got {args.tile!r}"
+            ) from e
         if any(s < 1 for s in sizes):
             raise UsageError(f"--tile sizes must be positive, got {args.tile!r}")
         tile = sizes[0] if len(sizes) == 1 else tuple(sizes)
@@ -293,14 +373,20 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
             raise UsageError(f"--diameter must be positive (or 0 for no zoom), got {args.diameter!r}")
     return {
         "tiling": TilingOptions(
-            tile_shape=tile, overlap=args.overlap, batch_size=args.batch_size, blend=args.blend,
-            precision=args.precision, memory_limit=args.memory_limit,
+            tile_shape=tile,
+            overlap=args.overlap,
+            batch_size=args.batch_size,
+            blend=args.blend,
+            precision=args.precision,
+            memory_limit=args.memory_limit,
         ),
         "device": args.device,
         "channel": channel,
         "instances": args.instances,
         "threshold": args.threshold,
-        "objects": ObjectOptions(split=args.split, min_size=min_size, max_size=args.max_size, fill_holes=args.fill_holes),
+        "objects": ObjectOptions(
+            split=args.split, min_size=min_size, max_size=args.max_size, fill_holes=args.fill_holes
+        ),
         "diameter": diameter,
         "scene": scene,
         "overwrite": args.overwrite,
@@ -317,13 +403,22 @@ def _run_distributed(jobs: list[dict[str, Any]], options: dict[str, Any], args: 
     options = dict(options)
     scene, overwrite = options.pop("scene"), options.pop("overwrite")
     if options.pop("blockwise", False):
-        raise UsageError("--blockwise runs in one process; with --workers or --scheduler, planes over 4096 x 4096 go "
-                         "block by block on their own")
+        raise UsageError(
+            "--blockwise runs in one process; with --workers or --scheduler, planes over 4096 x 4096 go "
+            "block by block on their own"
+        )
     try:
         with tqdm_progress("files") as callback:
             report = parallel_predict.predict_files(
-                args.model, [job["input"] for job in jobs], args.out, workers=args.workers, scheduler=args.scheduler,
-                scene=scene, overwrite=overwrite, label_dtype=_label_dtype(options), progress=callback,
+                args.model,
+                [job["input"] for job in jobs],
+                args.out,
+                workers=args.workers,
+                scheduler=args.scheduler,
+                scene=scene,
+                overwrite=overwrite,
+                label_dtype=_label_dtype(options),
+                progress=callback,
                 **options,
             )
     except ImportError as e:
@@ -346,8 +441,11 @@ def _expand(paths: list[str]) -> list[Path]:
     for name in paths:
         path = Path(name)
         if path.is_dir() and not _is_ome_zarr(path):
-            found = sorted(p for p in path.iterdir()
-                           if (p.is_file() and p.name.lower().endswith(SUPPORTED_EXTENSIONS)) or _is_ome_zarr(p))
+            found = sorted(
+                p
+                for p in path.iterdir()
+                if (p.is_file() and p.name.lower().endswith(SUPPORTED_EXTENSIONS)) or _is_ome_zarr(p)
+            )
             if not found:
                 raise FileNotFoundError(f"input folder {path} holds no image files ({', '.join(SUPPORTED_EXTENSIONS)})")
             files.extend(found)

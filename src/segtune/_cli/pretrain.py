@@ -23,45 +23,109 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "(--denoise-out applies it to the inputs)."
         ),
     )
-    parser.add_argument("--images", nargs="+", required=True, metavar="PATH", help="images (every time point is one image)")
+    parser.add_argument(
+        "--images", nargs="+", required=True, metavar="PATH", help="images (every time point is one image)"
+    )
     parser.add_argument("--out", required=True, metavar="MODEL_DIR", help="model folder to write")
-    parser.add_argument("--method", required=True, choices=("restore", "simclr", "local-contrastive", "n2n"),
-                        help="restore (undo corruptions), simclr (contrast views of whole patches), "
-                        "local-contrastive (contrast labelled blocks), n2n (Noise2Noise denoising)")
-    parser.add_argument("--from", dest="from_model", default=None, metavar="MODEL_DIR",
-                        help="start from this model's encoder (local-contrastive: the simclr stage's folder)")
-    parser.add_argument("--labels", nargs="+", default=None, metavar="PATH", help="label files, one per image (local-contrastive)")
-    parser.add_argument("--ignore-value", type=int, default=None, metavar="V", help="label value to ignore (local-contrastive)")
-    parser.add_argument("--channel", type=int, default=None, metavar="C", help="use this channel of multi-channel images")
+    parser.add_argument(
+        "--method",
+        required=True,
+        choices=("restore", "simclr", "local-contrastive", "n2n"),
+        help="restore (undo corruptions), simclr (contrast views of whole patches), "
+        "local-contrastive (contrast labelled blocks), n2n (Noise2Noise denoising)",
+    )
+    parser.add_argument(
+        "--from",
+        dest="from_model",
+        default=None,
+        metavar="MODEL_DIR",
+        help="start from this model's encoder (local-contrastive: the simclr stage's folder)",
+    )
+    parser.add_argument(
+        "--labels", nargs="+", default=None, metavar="PATH", help="label files, one per image (local-contrastive)"
+    )
+    parser.add_argument(
+        "--ignore-value", type=int, default=None, metavar="V", help="label value to ignore (local-contrastive)"
+    )
+    parser.add_argument(
+        "--channel", type=int, default=None, metavar="C", help="use this channel of multi-channel images"
+    )
     parser.add_argument("--epochs", type=int, default=20, metavar="N", help="epochs")
-    parser.add_argument("--steps-per-epoch", type=int, default=None, metavar="N", help="steps per epoch (default: cover the pixels once)")
+    parser.add_argument(
+        "--steps-per-epoch",
+        type=int,
+        default=None,
+        metavar="N",
+        help="steps per epoch (default: cover the pixels once)",
+    )
     parser.add_argument("--patch", type=int, default=128, metavar="N", help="square patch size")
     parser.add_argument("--batch-size", type=int, default=8, metavar="N", help="patches per step")
     parser.add_argument("--lr", type=float, default=1e-3, metavar="LR", help="AdamW learning rate")
-    parser.add_argument("--head", default=None, choices=("binary", "three_class", "semantic"),
-                        help="segmentation head of the saved model (default: the --from model's, else three_class)")
+    parser.add_argument(
+        "--head",
+        default=None,
+        choices=("binary", "three_class", "semantic"),
+        help="segmentation head of the saved model (default: the --from model's, else three_class)",
+    )
     parser.add_argument("--classes", type=int, default=None, metavar="N", help="number of classes of a semantic head")
-    parser.add_argument("--architecture", choices=("unet", "unetpp"), default="unet", help="network (unet; unetpp: restore and n2n only)")
-    parser.add_argument("--encoder", choices=("resnet18", "resnet34", "resnet50"), default=None,
-                        help="a U-Net with this ResNet encoder (restore and n2n only; --depth does not apply)")
+    parser.add_argument(
+        "--architecture",
+        choices=("unet", "unetpp"),
+        default="unet",
+        help="network (unet; unetpp: restore and n2n only)",
+    )
+    parser.add_argument(
+        "--encoder",
+        choices=("resnet18", "resnet34", "resnet50"),
+        default=None,
+        help="a U-Net with this ResNet encoder (restore and n2n only; --depth does not apply)",
+    )
     parser.add_argument("--depth", type=int, default=4, metavar="N", help="U-Net depth")
     parser.add_argument("--base-channels", type=int, default=32, metavar="N", help="U-Net width of the first level")
-    parser.add_argument("--corruptions", default="drop,blur,sobel,noise", metavar="LIST",
-                        help="restore: comma-separated corruptions from drop, blur, sobel, noise")
-    parser.add_argument("--corruption-mode", default="one", choices=("one", "all"),
-                        help="restore: one corruption per image at random, or all of them in order")
-    parser.add_argument("--drop-fraction", type=float, default=0.25, metavar="F", help="restore: fraction of pixels dropped")
+    parser.add_argument(
+        "--corruptions",
+        default="drop,blur,sobel,noise",
+        metavar="LIST",
+        help="restore: comma-separated corruptions from drop, blur, sobel, noise",
+    )
+    parser.add_argument(
+        "--corruption-mode",
+        default="one",
+        choices=("one", "all"),
+        help="restore: one corruption per image at random, or all of them in order",
+    )
+    parser.add_argument(
+        "--drop-fraction", type=float, default=0.25, metavar="F", help="restore: fraction of pixels dropped"
+    )
     parser.add_argument("--restore-loss", default="ssim", choices=("ssim", "ssim+l1"), help="restore: loss")
-    parser.add_argument("--temperature", type=float, default=None, metavar="T",
-                        help="contrastive temperature (simclr 0.5, local-contrastive 0.07)")
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        metavar="T",
+        help="contrastive temperature (simclr 0.5, local-contrastive 0.07)",
+    )
     parser.add_argument("--block-size", type=int, default=16, metavar="N", help="local-contrastive: block side")
-    parser.add_argument("--freeze-encoder", action="store_true", help="local-contrastive: keep the global stage's encoder fixed")
+    parser.add_argument(
+        "--freeze-encoder", action="store_true", help="local-contrastive: keep the global stage's encoder fixed"
+    )
     norm = parser.add_mutually_exclusive_group()
-    norm.add_argument("--stretch", action="store_true", help="percentile contrast stretch 5-98 %% (clipped) instead of 1-99.8 %%")
-    norm.add_argument("--normalize", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"), help="normalisation percentiles")
-    parser.add_argument("--denoise-out", default=None, metavar="DIR", help="n2n: write the denoised inputs here (NAME_denoised.tif)")
+    norm.add_argument(
+        "--stretch", action="store_true", help="percentile contrast stretch 5-98 %% (clipped) instead of 1-99.8 %%"
+    )
+    norm.add_argument(
+        "--normalize", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"), help="normalisation percentiles"
+    )
+    parser.add_argument(
+        "--denoise-out", default=None, metavar="DIR", help="n2n: write the denoised inputs here (NAME_denoised.tif)"
+    )
     parser.add_argument("--max-minutes", type=float, default=None, metavar="M", help="stop after this many minutes")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="where to train; auto tries CUDA, then MPS, then the CPU")
+    parser.add_argument(
+        "--device",
+        default="auto",
+        choices=("auto", "cpu", "cuda", "mps"),
+        help="where to train; auto tries CUDA, then MPS, then the CPU",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random numbers (patches, corruptions, views)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing model folder")
     parser.set_defaults(func=run)
@@ -84,31 +148,65 @@ def run(args: argparse.Namespace) -> int:
     elif args.normalize:
         normalization = tuple(args.normalize)
     config = PretrainConfig(
-        method=args.method, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size,
-        patch=args.patch, learning_rate=args.lr, normalization=normalization, clip=clip, head=args.head,
-        n_classes=args.classes, architecture=args.architecture, encoder=args.encoder, depth=args.depth, base_channels=args.base_channels,
-        corruptions=tuple(c.strip() for c in args.corruptions.split(",") if c.strip()), corruption_mode=args.corruption_mode,
-        drop_fraction=args.drop_fraction, restore_loss=args.restore_loss, temperature=args.temperature,
-        block_size=args.block_size, freeze_encoder=args.freeze_encoder, max_minutes=args.max_minutes,
-        device=args.device, seed=args.seed,
+        method=args.method,
+        epochs=args.epochs,
+        steps_per_epoch=args.steps_per_epoch,
+        batch_size=args.batch_size,
+        patch=args.patch,
+        learning_rate=args.lr,
+        normalization=normalization,
+        clip=clip,
+        head=args.head,
+        n_classes=args.classes,
+        architecture=args.architecture,
+        encoder=args.encoder,
+        depth=args.depth,
+        base_channels=args.base_channels,
+        corruptions=tuple(c.strip() for c in args.corruptions.split(",") if c.strip()),
+        corruption_mode=args.corruption_mode,
+        drop_fraction=args.drop_fraction,
+        restore_loss=args.restore_loss,
+        temperature=args.temperature,
+        block_size=args.block_size,
+        freeze_encoder=args.freeze_encoder,
+        max_minutes=args.max_minutes,
+        device=args.device,
+        seed=args.seed,
     )
     if args.denoise_out and not args.overwrite:
         _check_denoise_targets(args.images, Path(args.denoise_out))
     command = args.command_line
     with stop_on_ctrl_c("pretrain") as token, tqdm_progress("pretrain", file=sys.stderr, mininterval=1.0) as progress:
         result = pretrain_files(
-            args.images, config, label_paths=args.labels, channel=args.channel, out=args.out, from_model=args.from_model,
-            overwrite=args.overwrite, ignore_value=args.ignore_value, command=command, progress=progress, cancel=token,
+            args.images,
+            config,
+            label_paths=args.labels,
+            channel=args.channel,
+            out=args.out,
+            from_model=args.from_model,
+            overwrite=args.overwrite,
+            ignore_value=args.ignore_value,
+            command=command,
+            progress=progress,
+            cancel=token,
         )
     last = result.history[-1]["loss"] if result.history else float("nan")
-    print(f"{args.method} pretraining {result.stop_reason} after {len(result.history)} epoch(s), final loss {last:.4g} -> {args.out}")
+    print(
+        f"{args.method} pretraining {result.stop_reason} after {len(result.history)} epoch(s), final loss {last:.4g} -> {args.out}"
+    )
     if result.stop_reason == "cancelled":
-        print(f"cancelled: {args.out} holds the model of the last finished epoch" if result.history else "cancelled before the first epoch ended")
+        print(
+            f"cancelled: {args.out} holds the model of the last finished epoch"
+            if result.history
+            else "cancelled before the first epoch ended"
+        )
         return 130
     if args.method != "n2n":
         print(f"fine-tune it with: segtune train --from {args.out} --images ... --labels ... --out MODEL_DIR")
     elif args.denoise_out:
-        written = _denoise_inputs(result.model, result.config, args.images, Path(args.denoise_out), args.channel, args.device, args.overwrite)
+        written = _denoise_inputs(
+            result.model, result.config, args.images, Path(args.denoise_out), args.channel, args.device, args.overwrite
+        )
         print(f"denoised {len(written)} image(s) -> {args.denoise_out}")
     return 0
 

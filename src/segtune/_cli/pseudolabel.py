@@ -24,7 +24,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--threshold", type=float, default=0.9, metavar="P", help="confidence needed")
     parser.add_argument("--ignore-value", type=int, default=255, metavar="V", help="label of uncertain pixels")
     parser.add_argument("--channel", type=int, default=None, metavar="C", help="channel of multi-channel images")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="where to run the model; auto tries CUDA, then MPS, then the CPU")
+    parser.add_argument(
+        "--device",
+        default="auto",
+        choices=("auto", "cpu", "cuda", "mps"),
+        help="where to run the model; auto tries CUDA, then MPS, then the CPU",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.set_defaults(func=run)
 
@@ -34,10 +39,20 @@ def run(args: argparse.Namespace) -> int:
     from segtune.core.train.pseudolabel import pseudolabel_files
 
     with tqdm_progress("pseudolabel") as progress:
-        results = pseudolabel_files(args.model, args.images, args.out, threshold=args.threshold,
-                                    ignore_value=args.ignore_value, channel=args.channel,
-                                    device=args.device, overwrite=args.overwrite, progress=progress)
+        results = pseudolabel_files(
+            args.model,
+            args.images,
+            args.out,
+            threshold=args.threshold,
+            ignore_value=args.ignore_value,
+            channel=args.channel,
+            device=args.device,
+            overwrite=args.overwrite,
+            progress=progress,
+        )
     confident = sum(r.confident_fraction for r in results) / len(results)
-    print(f"pseudo-labelled {len(results)} image(s) -> {args.out}; {confident:.1%} of pixels confident, the rest = {args.ignore_value}")
+    print(
+        f"pseudo-labelled {len(results)} image(s) -> {args.out}; {confident:.1%} of pixels confident, the rest = {args.ignore_value}"
+    )
     print(f"train on them with: segtune train ... --ignore-value {args.ignore_value}")
     return 0

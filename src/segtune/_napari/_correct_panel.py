@@ -77,7 +77,9 @@ class CorrectPanel(QWidget):
         layout = QVBoxLayout(self)
         form = QFormLayout()
         self.labels_layer = LayerChoice(viewer, "labels")
-        self.labels_layer.setToolTip("The masks to correct (selecting a Labels layer in napari's layer list chooses it here).")
+        self.labels_layer.setToolTip(
+            "The masks to correct (selecting a Labels layer in napari's layer list chooses it here)."
+        )
         self.scope = QComboBox()
         self.scope.addItems(list(SCOPE_TEXT))
         self.scope.setToolTip(
@@ -94,11 +96,15 @@ class CorrectPanel(QWidget):
         self.fill_button = QPushButton("Fill holes")
         self.fill_button.setToolTip("Fill the background holes inside every object.")
         self.border_button = QPushButton("Remove edge objects")
-        self.border_button.setToolTip("Delete the objects that touch the image border (they are cut off and measure wrong).")
+        self.border_button.setToolTip(
+            "Delete the objects that touch the image border (they are cut off and measure wrong)."
+        )
         self.min_size = QDoubleSpinBox()
         self.min_size.setRange(0, 1e9)
         self.remove_small_button = QPushButton("Remove smaller")
-        self.remove_small_button.setToolTip("Delete objects smaller than this (area per plane, or volume for a whole 3D stack).")
+        self.remove_small_button.setToolTip(
+            "Delete objects smaller than this (area per plane, or volume for a whole 3D stack)."
+        )
         self.radius = QDoubleSpinBox()
         self.radius.setRange(0.5, 50)
         self.radius.setSingleStep(0.5)
@@ -106,13 +112,19 @@ class CorrectPanel(QWidget):
         self.radius.setSuffix(" px")
         self.radius.setToolTip("How far (in pixels) smoothing, growing and shrinking reach.")
         self.smooth_button = QPushButton("Smooth")
-        self.smooth_button.setToolTip("Round off jagged outlines (Gaussian blur of each object's mask, cut at one half).")
+        self.smooth_button.setToolTip(
+            "Round off jagged outlines (Gaussian blur of each object's mask, cut at one half)."
+        )
         self.dilate_button = QPushButton("Grow")
-        self.dilate_button.setToolTip("Grow every object into the background (dilate); neighbours touch but never merge.")
+        self.dilate_button.setToolTip(
+            "Grow every object into the background (dilate); neighbours touch but never merge."
+        )
         self.erode_button = QPushButton("Shrink")
         self.erode_button.setToolTip("Shrink every object (erode).")
         self.split_all_button = QPushButton("Split all")
-        self.split_all_button.setToolTip("Cut every object at its distance peaks (watershed): separates merged round objects.")
+        self.split_all_button.setToolTip(
+            "Cut every object at its distance peaks (watershed): separates merged round objects."
+        )
         self.relabel_button = QPushButton("Renumber 1..n")
         self.relabel_button.setToolTip("Renumber the objects consecutively (relabel); colours change.")
         grid.addWidget(self.fill_button, 0, 0)
@@ -191,7 +203,9 @@ class CorrectPanel(QWidget):
 
     def _active_changed(self, event: Any = None) -> None:
         layer = self.viewer.layers.selection.active
-        if layer is not None and any(same_layer(layer, self.labels_layer.itemData(i)) for i in range(self.labels_layer.count())):
+        if layer is not None and any(
+            same_layer(layer, self.labels_layer.itemData(i)) for i in range(self.labels_layer.count())
+        ):
             try:
                 self.labels_layer.set_layer(layer)
             except (ValueError, RuntimeError):
@@ -225,7 +239,9 @@ class CorrectPanel(QWidget):
 
     def _volume(self) -> bool:
         layer = self.labels_layer.layer
-        return layer is not None and layer.ndim > 2 and SCOPE_TEXT[self.scope.currentText()] == "stack" and layer.ndim == 3
+        return (
+            layer is not None and layer.ndim > 2 and SCOPE_TEXT[self.scope.currentText()] == "stack" and layer.ndim == 3
+        )
 
     def _unit_changed(self, *_: Any) -> None:
         layer = self.labels_layer.layer
@@ -265,7 +281,9 @@ class CorrectPanel(QWidget):
             if changed[0].size:
                 values = after[changed]
                 if values.max() > np.iinfo(layer.data.dtype).max:
-                    raise UserError(f"'{layer.name}' stores labels as {layer.data.dtype}, too small for label {values.max()}.")
+                    raise UserError(
+                        f"'{layer.name}' stores labels as {layer.data.dtype}, too small for label {values.max()}."
+                    )
                 full = tuple(np.full(changed[0].shape, i) for i in index) + changed
                 changes.append((full, values.astype(layer.data.dtype)))
         total = sum(values.size for _, values in changes)
@@ -309,7 +327,9 @@ class CorrectPanel(QWidget):
 
         func = {"smooth": lab.smooth, "dilate": lab.dilate, "erode": lab.erode}[how]
         radius = self.radius.value()
-        return self.apply(lambda region: func(region, radius), {"smooth": "smooth", "dilate": "grow", "erode": "shrink"}[how])
+        return self.apply(
+            lambda region: func(region, radius), {"smooth": "smooth", "dilate": "grow", "erode": "shrink"}[how]
+        )
 
     def split_all(self) -> int:
         from segtune.core.labels import split_objects
@@ -330,7 +350,9 @@ class CorrectPanel(QWidget):
 
         layer = self.labels_layer.require("renumbering")
         if len(self._regions(layer)) > 1 or layer.ndim > 2 and SCOPE_TEXT[self.scope.currentText()] != "stack":
-            raise UserError("Renumbering works on the whole layer: choose 'whole stack' (a single plane would clash with the others).")
+            raise UserError(
+                "Renumbering works on the whole layer: choose 'whole stack' (a single plane would clash with the others)."
+            )
         return self.apply(relabel_sequential, "renumber")
 
     # --- clicks -------------------------------------------------------------------------------
@@ -379,7 +401,9 @@ class CorrectPanel(QWidget):
             layer.selected_label = first
         elif self.tool_name == "split":
             top = int(np.max(layer.data))
-            self.apply(lambda region: lab.split_object(region, label, next_label=top + 1), f"split object {label}", scope)
+            self.apply(
+                lambda region: lab.split_object(region, label, next_label=top + 1), f"split object {label}", scope
+            )
         self.update_count()
 
     # --- going through the objects and planes --------------------------------------------------

@@ -93,7 +93,12 @@ class TrainingCurve(QWidget):
         font.setPointSizeF(max(6.0, font.pointSizeF() * 0.8))
         painter.setFont(font)
         metrics = painter.fontMetrics()
-        left, right, top, bottom = metrics.horizontalAdvance("0.000") + 6, metrics.horizontalAdvance("1.0") + 8, 6, metrics.height() + 6
+        left, right, top, bottom = (
+            metrics.horizontalAdvance("0.000") + 6,
+            metrics.horizontalAdvance("1.0") + 8,
+            6,
+            metrics.height() + 6,
+        )
         plot = QRectF(left, top, max(10, self.width() - left - right), max(10, self.height() - top - bottom))
 
         losses = [v for _, v in self.steps] + [v for _, v in self.val_loss]
@@ -101,7 +106,9 @@ class TrainingCurve(QWidget):
         x_max = max([self.epochs] + [x for x, _ in self.steps + self.val_loss + self.val_score])
 
         def point(x: float, y: float, y_top: float) -> QPointF:
-            return QPointF(plot.left() + plot.width() * x / x_max, plot.bottom() - plot.height() * min(max(y / y_top, 0.0), 1.0))
+            return QPointF(
+                plot.left() + plot.width() * x / x_max, plot.bottom() - plot.height() * min(max(y / y_top, 0.0), 1.0)
+            )
 
         axis_pen = QPen(text_colour)
         axis_pen.setWidthF(0.8)
@@ -110,8 +117,14 @@ class TrainingCurve(QWidget):
         painter.drawText(QRectF(0, plot.top() - 2, left - 3, metrics.height()), Qt.AlignRight, f"{y_max:.3g}")
         painter.drawText(QRectF(0, plot.bottom() - metrics.height(), left - 3, metrics.height()), Qt.AlignRight, "0")
         painter.drawText(QRectF(plot.right() + 3, plot.top() - 2, right, metrics.height()), Qt.AlignLeft, "1")
-        painter.drawText(QRectF(plot.right() + 3, plot.bottom() - metrics.height(), right, metrics.height()), Qt.AlignLeft, "0")
-        painter.drawText(QRectF(plot.left(), plot.bottom() + 2, plot.width(), metrics.height()), Qt.AlignHCenter, f"epoch (of {x_max:g})")
+        painter.drawText(
+            QRectF(plot.right() + 3, plot.bottom() - metrics.height(), right, metrics.height()), Qt.AlignLeft, "0"
+        )
+        painter.drawText(
+            QRectF(plot.left(), plot.bottom() + 2, plot.width(), metrics.height()),
+            Qt.AlignHCenter,
+            f"epoch (of {x_max:g})",
+        )
         painter.drawText(QRectF(plot.left(), plot.bottom() + 2, plot.width(), metrics.height()), Qt.AlignLeft, "0")
 
         for points, colour, y_top, marks in (

@@ -84,7 +84,9 @@ class EvaluatePanel(QWidget):
     existing file (a question box by default); ``job`` is the running or last job.
     """
 
-    def __init__(self, viewer: Any, state: ModelState, save_model: Callable[..., Path | None], parent: QWidget | None = None) -> None:
+    def __init__(
+        self, viewer: Any, state: ModelState, save_model: Callable[..., Path | None], parent: QWidget | None = None
+    ) -> None:
         super().__init__(parent)
         self.viewer = viewer
         self.state = state
@@ -145,11 +147,15 @@ class EvaluatePanel(QWidget):
         folder_row.addWidget(self.export_folder, 1)
         folder_row.addWidget(self.browse_button)
         self.export_labels_button = QPushButton("Masks (OME-TIFF)")
-        self.export_labels_button.setToolTip("Save the masks as OME-TIFF with the pixel sizes, for Fiji, QuPath, Python.")
+        self.export_labels_button.setToolTip(
+            "Save the masks as OME-TIFF with the pixel sizes, for Fiji, QuPath, Python."
+        )
         self.export_csv_button = QPushButton("Measurements (CSV)")
         self.export_csv_button.setToolTip("One row per object: position, area or volume, diameter, brightness.")
         self.export_rois_button = QPushButton("ImageJ ROIs (2D)")
-        self.export_rois_button.setToolTip("Outlines of each object as a ROI set for Fiji's ROI Manager (2D masks only).")
+        self.export_rois_button.setToolTip(
+            "Outlines of each object as a ROI set for Fiji's ROI Manager (2D masks only)."
+        )
         self.export_model_button = QPushButton("Model folder")
         self.export_model_button.setToolTip("Save the current model into the folder, to reuse or share it.")
         self.export_bioimageio_button = QPushButton("bioimage.io (.zip)")
@@ -208,7 +214,9 @@ class EvaluatePanel(QWidget):
             if rgb is not None:
                 # opaque colours where there is something, see-through elsewhere, drawn on top:
                 # green, red and blue stay themselves instead of mixing with the labels' colours
-                rgba = np.concatenate([rgb, np.where(rgb.any(axis=-1, keepdims=True), 255, 0).astype(np.uint8)], axis=-1)
+                rgba = np.concatenate(
+                    [rgb, np.where(rgb.any(axis=-1, keepdims=True), 255, 0).astype(np.uint8)], axis=-1
+                )
                 name = f"{pred_layer.name} vs {truth_layer.name} ({level})"
                 if name in self.viewer.layers:
                     self.viewer.layers[name].data = rgba
@@ -286,7 +294,9 @@ class EvaluatePanel(QWidget):
         names = None
         if image_layer is not None:
             if image_layer.rgb:
-                raise UserError(f"'{image_layer.name}' is an RGB image; choose a single-channel image to measure brightness.")
+                raise UserError(
+                    f"'{image_layer.name}' is an RGB image; choose a single-channel image to measure brightness."
+                )
             check_same_shape(layer, image_layer, "masks", "intensity image")
             image = image_layer.data
             names = [image_layer.name]
@@ -362,9 +372,13 @@ class EvaluatePanel(QWidget):
 
     # --- jobs ---------------------------------------------------------------------------------
 
-    def _start(self, work: Callable[..., Any], description: str, done: Callable[[Any], None], button: QPushButton) -> Job:
+    def _start(
+        self, work: Callable[..., Any], description: str, done: Callable[[Any], None], button: QPushButton
+    ) -> Job:
         if self.job is not None and self.job.running:
             raise UserError(f"{self.job.description} is still running; wait for it to finish.")
         button.setEnabled(False)
-        self.job = Job(work, description=description, on_done=done, on_finally=lambda: button.setEnabled(True), parent=self)
+        self.job = Job(
+            work, description=description, on_done=done, on_finally=lambda: button.setEnabled(True), parent=self
+        )
         return self.job.start()

@@ -99,9 +99,15 @@ class FinetunePanel(JobPanel):
             "do not teach the model wrong things."
         )
         self.plane_range = PlaneRange("First and last corrected plane (numbers as on napari's slider).")
-        self.range_axis, self.plane_from, self.plane_to = self.plane_range.axis, self.plane_range.start, self.plane_range.stop
+        self.range_axis, self.plane_from, self.plane_to = (
+            self.plane_range.axis,
+            self.plane_range.start,
+            self.plane_range.stop,
+        )
         self.shapes_layer = LayerChoice(viewer, "shapes", allow_none=True, none_text="(anywhere)")
-        self.shapes_layer.setToolTip("Optional: a Shapes layer with rectangles around the areas you corrected; only those are used.")
+        self.shapes_layer.setToolTip(
+            "Optional: a Shapes layer with rectangles around the areas you corrected; only those are used."
+        )
         form.addRow("Image", self.image_layer)
         form.addRow("Corrected masks", self.labels_layer)
         form.addRow("Channel", self.channel)
@@ -115,20 +121,26 @@ class FinetunePanel(JobPanel):
         self.minutes.setSingleStep(0.5)
         self.minutes.setValue(2.0)
         self.minutes.setSuffix(" min")
-        self.minutes.setToolTip("How long to learn. About 2 minutes is enough to adapt a trained model to one corrected image; "
-                                "Cancel stops early and keeps the best model so far.")
+        self.minutes.setToolTip(
+            "How long to learn. About 2 minutes is enough to adapt a trained model to one corrected image; "
+            "Cancel stops early and keeps the best model so far."
+        )
         self.epochs = QSpinBox()
         self.epochs.setRange(1, 100000)
         self.epochs.setValue(10000)
-        self.epochs.setToolTip("At most this many rounds of learning (epochs); the training time usually ends learning first.")
+        self.epochs.setToolTip(
+            "At most this many rounds of learning (epochs); the training time usually ends learning first."
+        )
         self.learning_rate = QDoubleSpinBox()
         self.learning_rate.setDecimals(5)
         self.learning_rate.setRange(0.0, 0.1)
         self.learning_rate.setSingleStep(0.0001)
         self.learning_rate.setSpecialValueText("auto")
         self.learning_rate.setValue(0.0)
-        self.learning_rate.setToolTip("How big each learning step is (AdamW learning rate). auto: 0.0003 for a trained model "
-                                      "(changed gently), 0.002 for a new one.")
+        self.learning_rate.setToolTip(
+            "How big each learning step is (AdamW learning rate). auto: 0.0003 for a trained model "
+            "(changed gently), 0.002 for a new one."
+        )
         self.loss = QComboBox()
         for loss in LOSSES:
             self.loss.addItem(LOSS_WORDS[loss], loss)
@@ -138,7 +150,9 @@ class FinetunePanel(JobPanel):
             "images; overlap only ('dice') helps when objects are small and few."
         )
         self.freeze_encoder = QCheckBox("learn only how to draw the masks")
-        self.freeze_encoder.setToolTip("Keep what the model already sees in images and let only the part that draws the masks learn: safer with very few corrected objects ('freeze encoder').")
+        self.freeze_encoder.setToolTip(
+            "Keep what the model already sees in images and let only the part that draws the masks learn: safer with very few corrected objects ('freeze encoder')."
+        )
         self.val_fraction = QDoubleSpinBox()
         self.val_fraction.setRange(0.0, 0.5)
         self.val_fraction.setSingleStep(0.05)
@@ -163,12 +177,16 @@ class FinetunePanel(JobPanel):
         self.patch.setSingleStep(16)
         self.patch.setSpecialValueText("auto")
         self.patch.setValue(0)
-        self.patch.setToolTip("Size of the image pieces the model learns from (pixels); auto: about five object diameters.")
+        self.patch.setToolTip(
+            "Size of the image pieces the model learns from (pixels); auto: about five object diameters."
+        )
         self.batch_size = QSpinBox()
         self.batch_size.setRange(0, 64)
         self.batch_size.setSpecialValueText("auto")
         self.batch_size.setValue(0)
-        self.batch_size.setToolTip("Pieces per learning step; lower it if memory runs out. auto: 8 small or 4 large pieces.")
+        self.batch_size.setToolTip(
+            "Pieces per learning step; lower it if memory runs out. auto: 8 small or 4 large pieces."
+        )
         self.steps_per_epoch = QSpinBox()
         self.steps_per_epoch.setRange(0, 100000)
         self.steps_per_epoch.setSpecialValueText("auto")
@@ -184,7 +202,9 @@ class FinetunePanel(JobPanel):
 
         buttons = QHBoxLayout()
         self.run_button = QPushButton("Fine-tune")
-        self.run_button.setToolTip("Teach the current model from your masks (runs in the background; napari stays usable). Shortcut: Shift-T.")
+        self.run_button.setToolTip(
+            "Teach the current model from your masks (runs in the background; napari stays usable). Shortcut: Shift-T."
+        )
         self.cancel_button.setToolTip("Stop now and keep the best model found so far.")
         buttons.addWidget(self.run_button, 1)
         buttons.addWidget(self.cancel_button)
@@ -249,7 +269,9 @@ class FinetunePanel(JobPanel):
             if channel is not None:
                 image_data = image_data[..., channel]
             elif self.state.in_channels != image.data.shape[-1]:
-                raise UserError(f"The model looks at {self.state.in_channels} channel(s); choose one channel of the colour image.")
+                raise UserError(
+                    f"The model looks at {self.state.in_channels} channel(s); choose one channel of the colour image."
+                )
         elif self.state.in_channels != 1:
             raise UserError(f"The model looks at {self.state.in_channels} channels together; '{image.name}' has one.")
 
@@ -262,7 +284,11 @@ class FinetunePanel(JobPanel):
             box = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
             mask = mask[box]
             label_data = label_data[(..., *box)]
-            image_data = image_data[(..., *box, slice(None))] if image.rgb and self.channel.currentData() is None else image_data[(..., *box)]
+            image_data = (
+                image_data[(..., *box, slice(None))]
+                if image.rgb and self.channel.currentData() is None
+                else image_data[(..., *box)]
+            )
 
         # one training image per time point; planes of a stack stay together
         axes = selection.axes
@@ -277,7 +303,9 @@ class FinetunePanel(JobPanel):
         if self.state.spatial_dims == 3:
             for lab in label_list:
                 if lab.ndim < 3 or lab.shape[0] < 2:
-                    raise UserError("This is a 3D model: it learns from stacks of at least 2 planes. Choose more planes.")
+                    raise UserError(
+                        "This is a 3D model: it learns from stacks of at least 2 planes. Choose more planes."
+                    )
         return image_list, label_list, masks, image, labels
 
     def run(self) -> Job:
@@ -326,8 +354,15 @@ class FinetunePanel(JobPanel):
             label_arrays = [np.asarray(a) for a in labels]
             # with its config, so that training sees the images at the scale the model predicts at
             return train(
-                arrays, label_arrays, settings, masks=masks, names=names, model=(start_model, start_config),
-                provenance=provenance, progress=progress, cancel=cancel,
+                arrays,
+                label_arrays,
+                settings,
+                masks=masks,
+                names=names,
+                model=(start_model, start_config),
+                provenance=provenance,
+                progress=progress,
+                cancel=cancel,
             )
 
         def done(result: Any) -> None:
@@ -347,8 +382,17 @@ class FinetunePanel(JobPanel):
             config["name"] = finetuned_name(start_config.get("name", state.name))
             if start_config.get("description"):
                 config["description"] = start_config["description"]
-            config["lineage"] = [*start_config.get("lineage", []), {"from": start_source, "metrics": start_config.get("metrics", {})}]
-            state.set_model(result.model.cpu().eval(), config, source=f"fine-tuned ({start_source})", folder=state.folder, unsaved=True)
+            config["lineage"] = [
+                *start_config.get("lineage", []),
+                {"from": start_source, "metrics": start_config.get("metrics", {})},
+            ]
+            state.set_model(
+                result.model.cpu().eval(),
+                config,
+                source=f"fine-tuned ({start_source})",
+                folder=state.folder,
+                unsaved=True,
+            )
             words = {
                 "cancelled": "Cancelled: kept the best model so far",
                 "completed": "Done",
@@ -377,7 +421,10 @@ class FinetunePanel(JobPanel):
         last_train = next((e for e in reversed(events) if e.stage == "train" and e.total), None)
         if last_train is not None and last_train.done:
             elapsed = time.monotonic() - self._timing["start"]
-            left = min(elapsed / last_train.done * (last_train.total - last_train.done), max(0.0, self._timing["budget"] - elapsed))
+            left = min(
+                elapsed / last_train.done * (last_train.total - last_train.done),
+                max(0.0, self._timing["budget"] - elapsed),
+            )
             epoch = last_train.metrics.get("epoch", "?")
             loss = last_train.metrics.get("loss")
             loss_text = f", loss {loss:.3f}" if isinstance(loss, float) else ""
@@ -394,5 +441,9 @@ class FinetunePanel(JobPanel):
             self.epoch_label.setText(f"{len(self.result.history)} epoch(s) run.")
         layer = self._repredict_layer
         self._repredict_layer = None
-        if layer is not None and self.repredict is not None and any(same_layer(layer, other) for other in self.viewer.layers):
+        if (
+            layer is not None
+            and self.repredict is not None
+            and any(same_layer(layer, other) for other in self.viewer.layers)
+        ):
             run_guarded(self.repredict, layer)

@@ -43,7 +43,11 @@ def plain_message(error: BaseException) -> str:
         return text
     if isinstance(error, FileExistsError):
         return f"{text[:1].upper()}{text[1:]}" if text else "The file already exists."
-    if isinstance(error, (ValueError, FileNotFoundError, PermissionError)) or name in ("ImageReadError", "ModelFormatError", "OutputError"):
+    if isinstance(error, (ValueError, FileNotFoundError, PermissionError)) or name in (
+        "ImageReadError",
+        "ModelFormatError",
+        "OutputError",
+    ):
         return f"{text[:1].upper()}{text[1:]}" if text else name
     return f"Something went wrong ({name}: {text}). The viewer is fine; details are in the console log."
 
@@ -91,7 +95,9 @@ def worker_cpu_threads() -> int:
     return max(1, (os.cpu_count() or 1) - 1)
 
 
-def _call(func: Callable[..., Any], events: queue.SimpleQueue, token: CancelToken, cpu_threads: int | None) -> tuple[str, Any]:
+def _call(
+    func: Callable[..., Any], events: queue.SimpleQueue, token: CancelToken, cpu_threads: int | None
+) -> tuple[str, Any]:
     """Runs in the worker thread; never raises, so napari never shows a raw traceback."""
     previous = None
     try:

@@ -40,7 +40,7 @@ def elide(name: str, limit: int = 40) -> str:
         return name
     tail = min(len(name) - name.rfind("["), limit * 3 // 5) if "[" in name else limit // 2
     head = limit - tail - 1
-    return f"{name[:head]}…{name[len(name) - tail:]}"
+    return f"{name[:head]}…{name[len(name) - tail :]}"
 
 
 class LayerChoice(QComboBox):
@@ -58,7 +58,15 @@ class LayerChoice(QComboBox):
         The words of that entry.
     """
 
-    def __init__(self, viewer: Any, kind: str, *, allow_none: bool = False, none_text: str = "(none)", parent: QWidget | None = None) -> None:
+    def __init__(
+        self,
+        viewer: Any,
+        kind: str,
+        *,
+        allow_none: bool = False,
+        none_text: str = "(none)",
+        parent: QWidget | None = None,
+    ) -> None:
         super().__init__(parent)
         self.viewer = viewer
         self.kind = kind
@@ -96,7 +104,9 @@ class LayerChoice(QComboBox):
         for layer in layers:
             self.addItem(elide(layer.name), layer)
             self.setItemData(self.count() - 1, layer.name, 3)  # 3 = ToolTipRole: the full name
-        index = next((i for i in range(self.count()) if current is not None and same_layer(self.itemData(i), current)), -1)
+        index = next(
+            (i for i in range(self.count()) if current is not None and same_layer(self.itemData(i), current)), -1
+        )
         if index < 0 and not self.allow_none and layers:
             # a new layer of this kind is most likely the one the user wants next
             index = self.count() - 1
@@ -116,18 +126,24 @@ class LayerChoice(QComboBox):
             if same_layer(self.itemData(i), layer):
                 self.setCurrentIndex(i)
                 return
-        raise ValueError(f"layer {getattr(layer, 'name', layer)!r} is not {KIND_WORDS.get(self.kind, self.kind)} layer of this viewer")
+        raise ValueError(
+            f"layer {getattr(layer, 'name', layer)!r} is not {KIND_WORDS.get(self.kind, self.kind)} layer of this viewer"
+        )
 
     def require(self, what: str) -> Any:
         """The chosen layer, or a plain-language error saying which kind is needed for ``what``."""
         layer = self.layer
         if layer is None:
-            raise UserError(f"Choose {KIND_WORDS.get(self.kind, self.kind)} layer for {what} (open an image or add a layer first).")
+            raise UserError(
+                f"Choose {KIND_WORDS.get(self.kind, self.kind)} layer for {what} (open an image or add a layer first)."
+            )
         if not any(same_layer(layer, other) for other in self.viewer.layers):
             self.refresh()
             raise UserError(f"The layer chosen for {what} was removed; choose another.")
         if kind_of(layer) != self.kind:
-            raise UserError(f"{what[:1].upper()}{what[1:]} needs {KIND_WORDS.get(self.kind, self.kind)} layer, '{layer.name}' is a {kind_of(layer)} layer.")
+            raise UserError(
+                f"{what[:1].upper()}{what[1:]} needs {KIND_WORDS.get(self.kind, self.kind)} layer, '{layer.name}' is a {kind_of(layer)} layer."
+            )
         return layer
 
 
@@ -177,7 +193,9 @@ def adopt_pixel_size(labels: Any, reference: Any, scale: Any = None, translate: 
     labels.translate = tuple(float(t) for t in translate)
     units = {str(u) for u in getattr(reference, "units", ()) or ()} - {"pixel"}
     unit = f" {units.pop()}" if len(units) == 1 else ""
-    show_info(f"'{labels.name}' had no pixel size; it now has the pixel size of '{reference.name}' ({plain(scale)}{unit}).")
+    show_info(
+        f"'{labels.name}' had no pixel size; it now has the pixel size of '{reference.name}' ({plain(scale)}{unit})."
+    )
     return True
 
 
@@ -236,7 +254,9 @@ class Selection:
 def leading_names(n_leading: int) -> list[str]:
     """Names of the axes in front of Y and X: planes (Z), then time (T) in front of those."""
     if n_leading > 2:
-        raise UserError(f"Images with more than 4 dimensions are not supported here (this one has {n_leading + 2} besides channels).")
+        raise UserError(
+            f"Images with more than 4 dimensions are not supported here (this one has {n_leading + 2} besides channels)."
+        )
     return ["T", "Z"][2 - n_leading :]
 
 
@@ -277,7 +297,9 @@ def select(
     channel_axis = 0 if channel_first and not rgb else None
     plain_shape = shape[1:] if channel_axis == 0 else shape
     if len(plain_shape) < 2:
-        raise UserError(f"'{layer.name}' has {len(plain_shape)} dimension(s) besides channels; an image needs at least Y and X.")
+        raise UserError(
+            f"'{layer.name}' has {len(plain_shape)} dimension(s) besides channels; an image needs at least Y and X."
+        )
     n_leading = len(plain_shape) - 2
     names = leading_names(n_leading)
     position = current_position(viewer, layer)
@@ -295,7 +317,9 @@ def select(
         size = plain_shape[range_axis]
         stop = size - 1 if stop is None else stop
         if not 0 <= start <= stop < size:
-            raise UserError(f"Planes {start} to {stop} do not fit: '{layer.name}' has {size} along that axis (0 to {size - 1}).")
+            raise UserError(
+                f"Planes {start} to {stop} do not fit: '{layer.name}' has {size} along that axis (0 to {size - 1})."
+            )
         for axis in range(range_axis):
             index[axis] = slice(position[axis], position[axis] + 1)
         index[range_axis] = slice(start, stop + 1)
@@ -317,7 +341,9 @@ def select(
     return Selection(data, axes, tuple(index), scale, translate, units)
 
 
-def matching_index(image: Any, labels: Any, labels_index: tuple[slice, ...], *, channel_first: bool = False) -> tuple[slice, ...]:
+def matching_index(
+    image: Any, labels: Any, labels_index: tuple[slice, ...], *, channel_first: bool = False
+) -> tuple[slice, ...]:
     """The slices of ``image`` (non-channel axes) lying under ``labels[labels_index]``.
 
     The layers must share their pixel grid (same scale; the labels may be offset by whole pixels,
@@ -327,17 +353,23 @@ def matching_index(image: Any, labels: Any, labels_index: tuple[slice, ...], *, 
     image_translate = np.asarray(image.translate, dtype=float)
     if channel_first and not image.rgb:
         image_scale, image_translate = image_scale[1:], image_translate[1:]
-    image_shape = tuple(image.data.shape[:-1] if image.rgb else image.data.shape[1:] if channel_first else image.data.shape)
+    image_shape = tuple(
+        image.data.shape[:-1] if image.rgb else image.data.shape[1:] if channel_first else image.data.shape
+    )
     if len(image_shape) != labels.ndim:
         raise UserError(
             f"'{labels.name}' has {labels.ndim} dimensions but the image '{image.name}' has {len(image_shape)}: "
             "the masks must be drawn on the image (add the Labels layer while the image is open)."
         )
     labels_scale = np.asarray(labels.scale, dtype=float)
-    if not np.allclose(labels_scale, image_scale, rtol=1e-3) and adopt_pixel_size(labels, image, image_scale, image_translate):
+    if not np.allclose(labels_scale, image_scale, rtol=1e-3) and adopt_pixel_size(
+        labels, image, image_scale, image_translate
+    ):
         labels_scale = image_scale
     if not np.allclose(labels_scale, image_scale, rtol=1e-3):
-        raise UserError(f"'{labels.name}' (pixel size {plain(labels_scale)}) and '{image.name}' ({plain(image_scale)}) do not share their pixel size.")
+        raise UserError(
+            f"'{labels.name}' (pixel size {plain(labels_scale)}) and '{image.name}' ({plain(image_scale)}) do not share their pixel size."
+        )
     offset = (np.asarray(labels.translate, dtype=float) - image_translate) / image_scale
     if not np.allclose(offset, np.round(offset), atol=1e-3):
         raise UserError(f"'{labels.name}' is not aligned with the pixels of '{image.name}'.")

@@ -133,7 +133,9 @@ class ModelPanel(QWidget):
             "many images, or after restoration pretraining in the Tools tab); UNet++ nests its skip connections."
         )
         self.new_button = QPushButton("Start a new model")
-        self.new_button.setToolTip("Create an untrained model with these settings; teach it on your masks in the Fine-tune tab.")
+        self.new_button.setToolTip(
+            "Create an untrained model with these settings; teach it on your masks in the Fine-tune tab."
+        )
         form.addRow("Dimensions", self.new_dims)
         form.addRow("Output", self.new_output)
         form.addRow("Classes", self.new_classes)
@@ -331,7 +333,13 @@ class ModelPanel(QWidget):
 
     def _show_busy(self, what: str) -> None:
         idle = not what
-        for widget in (self.load_bundled_button, self.load_folder_button, self.new_button, self.save_button, self.device):
+        for widget in (
+            self.load_bundled_button,
+            self.load_folder_button,
+            self.new_button,
+            self.save_button,
+            self.device,
+        ):
             widget.setEnabled(idle)
         if idle:
             self.save_button.setEnabled(self.state.model is not None)

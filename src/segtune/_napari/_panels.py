@@ -87,8 +87,14 @@ class JobPanel(QWidget):
         ``cancelled`` are the job's ``on_done`` and ``on_cancelled``.
         """
         job = Job(
-            work, description=description, on_events=self.show_events, on_done=done, on_cancelled=cancelled,
-            on_finally=self._job_ended, uses_torch=uses_torch, parent=self,
+            work,
+            description=description,
+            on_events=self.show_events,
+            on_done=done,
+            on_cancelled=cancelled,
+            on_finally=self._job_ended,
+            uses_torch=uses_torch,
+            parent=self,
         )
         job.finished.connect(lambda status: self.finished.emit(status) if self.job is job else None)
         self.job = job  # running from here on: what busy_changed's listeners see

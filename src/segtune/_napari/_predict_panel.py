@@ -77,15 +77,23 @@ class PredictPanel(JobPanel):
             "on a big stack), or a range of planes / time points."
         )
         self.plane_range = PlaneRange("First and last plane (numbers as on napari's slider).")
-        self.range_axis, self.plane_from, self.plane_to = self.plane_range.axis, self.plane_range.start, self.plane_range.stop
+        self.range_axis, self.plane_from, self.plane_to = (
+            self.plane_range.axis,
+            self.plane_range.start,
+            self.plane_range.stop,
+        )
         self.threshold = QDoubleSpinBox()
         self.threshold.setRange(0.01, 0.99)
         self.threshold.setSingleStep(0.05)
         self.threshold.setValue(0.5)
-        self.threshold.setToolTip("How sure the model must be that a pixel is an object. Lower finds more (and fainter) objects.")
+        self.threshold.setToolTip(
+            "How sure the model must be that a pixel is an object. Lower finds more (and fainter) objects."
+        )
         self.output = QComboBox()
         self.output.addItems(list(OUTPUT_TEXT))
-        self.output.setToolTip("Numbered objects (instance labels: to count and measure them), or a mask saying which pixels belong to objects (or to which class).")
+        self.output.setToolTip(
+            "Numbered objects (instance labels: to count and measure them), or a mask saying which pixels belong to objects (or to which class)."
+        )
         self.min_size = QSpinBox()
         self.min_size.setRange(-1, 1_000_000)
         self.min_size.setSpecialValueText("auto")  # -1: the rule segtune predict --min-size auto applies
@@ -99,15 +107,21 @@ class PredictPanel(JobPanel):
         self.tile.setRange(0, 4096)
         self.tile.setSingleStep(64)
         self.tile.setSpecialValueText("auto")
-        self.tile.setToolTip("The image is processed in tiles of this many pixels; auto picks the largest that fits in memory.")
+        self.tile.setToolTip(
+            "The image is processed in tiles of this many pixels; auto picks the largest that fits in memory."
+        )
         self.blend = QComboBox()
         self.blend.addItems(["exact", "gaussian"])
-        self.blend.setToolTip("exact: tiles fit together with no seams (same result as one big pass). gaussian: soft blending of overlapping tiles.")
+        self.blend.setToolTip(
+            "exact: tiles fit together with no seams (same result as one big pass). gaussian: soft blending of overlapping tiles."
+        )
         self.overlap = QDoubleSpinBox()
         self.overlap.setRange(0.0, 0.75)
         self.overlap.setSingleStep(0.05)
         self.overlap.setValue(0.25)
-        self.overlap.setToolTip("How much neighbouring tiles overlap (gaussian blending only; exact tiling needs none).")
+        self.overlap.setToolTip(
+            "How much neighbouring tiles overlap (gaussian blending only; exact tiling needs none)."
+        )
         self.overlap.setEnabled(False)
         tile_row = QHBoxLayout()
         tile_row.addWidget(self.tile)
@@ -131,7 +145,9 @@ class PredictPanel(JobPanel):
 
         buttons = QHBoxLayout()
         self.run_button = QPushButton("Predict")
-        self.run_button.setToolTip("Segment the image with the current model (runs in the background; napari stays usable). Shortcut: Shift-R.")
+        self.run_button.setToolTip(
+            "Segment the image with the current model (runs in the background; napari stays usable). Shortcut: Shift-R."
+        )
         self.cancel_button.setToolTip("Stop the prediction.")
         buttons.addWidget(self.run_button, 1)
         layout.addLayout(buttons)
@@ -207,7 +223,9 @@ class PredictPanel(JobPanel):
         selection = self.selection(layer, scope)
         spatial_dims = state.spatial_dims
         if spatial_dims == 3 and "Z" not in selection.axes:
-            raise UserError("This is a 3D model: it needs a stack of planes. Choose the whole stack or a range of planes.")
+            raise UserError(
+                "This is a 3D model: it needs a stack of planes. Choose the whole stack or a range of planes."
+            )
         if spatial_dims == 3 and selection.shape[selection.spatial_axes.index("Z")] < 2:
             raise UserError("A 3D model needs at least 2 planes; choose a wider range or the whole stack.")
         channel = self.channel.currentData() if self.channel.isEnabled() else None
@@ -235,7 +253,9 @@ class PredictPanel(JobPanel):
             device=state.device_choice,
             diameter=self.size_row.diameter_px(),
         )
-        model_name = state.name + (" fine-tuned" if state.source.startswith("fine-tuned") and "fine-tuned" not in state.name else "")
+        model_name = state.name + (
+            " fine-tuned" if state.source.startswith("fine-tuned") and "fine-tuned" not in state.name else ""
+        )
         where = {"all": "", "plane": " plane", "range": " planes"}[scope]
         name = f"{layer.name} [{model_name}{where}]"
         self.status.setText("Starting…")
@@ -246,7 +266,9 @@ class PredictPanel(JobPanel):
             return self._start_first_look(layer, selection, part, options, name)
         return self._start_whole(layer, selection, options, name, provisional=None)
 
-    def _start_whole(self, layer: Any, selection: Selection, options: dict[str, Any], name: str, provisional: Any) -> Job:
+    def _start_whole(
+        self, layer: Any, selection: Selection, options: dict[str, Any], name: str, provisional: Any
+    ) -> Job:
         """Predict all of ``selection``; the labels fill ``provisional`` (a first look's layer) or a new layer."""
         from segtune.core.predict import predict
 
@@ -270,8 +292,13 @@ class PredictPanel(JobPanel):
             if probability is not None:
                 added.append(
                     self.viewer.add_image(
-                        probability, name=f"{name} probability", **selection.placement,
-                        colormap="magma", contrast_limits=(0.0, 1.0), blending="additive", visible=True,
+                        probability,
+                        name=f"{name} probability",
+                        **selection.placement,
+                        colormap="magma",
+                        contrast_limits=(0.0, 1.0),
+                        blending="additive",
+                        visible=True,
                     )
                 )
             if provisional is not None and provisional in self.viewer.layers:
@@ -285,7 +312,9 @@ class PredictPanel(JobPanel):
             self.last_layers = added
             count = int(labels.max()) if instances else int(np.count_nonzero(labels))
             what = f"{count} objects" if instances else f"{count} foreground pixels"
-            self.status.setText(f"Done: {what} in '{labels_layer.name}'. Correct them in the Correct tab or with napari's brush.")
+            self.status.setText(
+                f"Done: {what} in '{labels_layer.name}'. Correct them in the Correct tab or with napari's brush."
+            )
 
         def cancelled(_: Any) -> None:
             if provisional is not None and provisional in self.viewer.layers:
@@ -298,7 +327,12 @@ class PredictPanel(JobPanel):
         return self.start_job(work, f"Predicting {layer.name}", done, busy="predicting", cancelled=cancelled)
 
     def _start_first_look(
-        self, layer: Any, selection: Selection, part: tuple[Selection, tuple[slice, ...]], options: dict[str, Any], name: str
+        self,
+        layer: Any,
+        selection: Selection,
+        part: tuple[Selection, tuple[slice, ...]],
+        options: dict[str, Any],
+        name: str,
     ) -> Job:
         """Predict the visible part of the current plane, show it, then start the whole."""
         from segtune.core.predict import predict, whole_image_settings
@@ -310,7 +344,10 @@ class PredictPanel(JobPanel):
             crop[plane.axes.index(letter)] = cut
         crop_data = plane.data[tuple(crop)]
         # where the part lies in the whole selection's labels
-        where = tuple(slice(p.start - s.start, p.stop - s.start) for p, s in zip(plane.index[:-2], selection.index[:-2], strict=True))
+        where = tuple(
+            slice(p.start - s.start, p.stop - s.start)
+            for p, s in zip(plane.index[:-2], selection.index[:-2], strict=True)
+        )
         where = (*where, *box[-2:])
 
         def work(progress: Any = None, cancel: Any = None) -> tuple[dict[str, Any], np.ndarray]:
@@ -334,7 +371,11 @@ class PredictPanel(JobPanel):
 
         # the panel's `finished` follows the whole job once the first look started it
         self.first_look_job = self.start_job(
-            work, f"Predicting the visible part of {layer.name}", done, busy="predicting", cancelled=lambda _: self._nothing_added()
+            work,
+            f"Predicting the visible part of {layer.name}",
+            done,
+            busy="predicting",
+            cancelled=lambda _: self._nothing_added(),
         )
         return self.first_look_job
 
@@ -342,7 +383,9 @@ class PredictPanel(JobPanel):
         self.status.setText("Cancelled: nothing was added.")
         notify_info("Prediction cancelled; nothing was added.")
 
-    def _first_look_part(self, layer: Any, selection: Selection, scope: str) -> tuple[Selection, tuple[slice, ...]] | None:
+    def _first_look_part(
+        self, layer: Any, selection: Selection, scope: str
+    ) -> tuple[Selection, tuple[slice, ...]] | None:
         """The current plane and the Y, X box of it the canvas shows (plus a margin), when the
         plane is large and the box at most half of it; else None (predict the whole at once)."""
         if scope not in ("all", "plane"):

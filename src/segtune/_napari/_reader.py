@@ -83,7 +83,10 @@ def is_label_image(image: ImageData) -> bool:
     if image.dtype.itemsize >= 4:
         return True  # no camera writes 32/64-bit integers; napari, StarDist, Cellpose labels are such
     name = image.path.name.lower()
-    return any(fnmatch(name, pattern) for pattern in LABEL_NAME_PATTERNS) or image.path.parent.name.lower() in LABEL_FOLDERS
+    return (
+        any(fnmatch(name, pattern) for pattern in LABEL_NAME_PATTERNS)
+        or image.path.parent.name.lower() in LABEL_FOLDERS
+    )
 
 
 def _placement(image: ImageData, keep_channels: bool = True) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -184,7 +187,17 @@ def _contrast_limits(image: ImageData) -> list[list[float]]:
     return limits
 
 
-_COLORMAPS = {"dapi": "blue", "hoechst": "blue", "gfp": "green", "egfp": "green", "led470": "green", "led555": "magenta", "red": "red", "green": "green", "blue": "blue"}
+_COLORMAPS = {
+    "dapi": "blue",
+    "hoechst": "blue",
+    "gfp": "green",
+    "egfp": "green",
+    "led470": "green",
+    "led555": "magenta",
+    "red": "red",
+    "green": "green",
+    "blue": "blue",
+}
 
 
 def _channel_colormaps(names: Sequence[str]) -> list[str]:

@@ -13,7 +13,13 @@ def _with_labels(image_name: str, labels_name: str) -> list[tuple[Any, dict[str,
     layers = image_layers(open_image(sample_file(image_name)))
     image_meta = layers[0][1]
     labels = read_labels(sample_file(labels_name))
-    meta = {"name": f"{image_name} [true labels]", "scale": image_meta["scale"], "units": image_meta["units"], "opacity": 0.5, "visible": False}
+    meta = {
+        "name": f"{image_name} [true labels]",
+        "scale": image_meta["scale"],
+        "units": image_meta["units"],
+        "opacity": 0.5,
+        "visible": False,
+    }
     layers.append((labels, meta, "labels"))
     return layers
 

@@ -178,7 +178,11 @@ class ObjectSizeRow(QWidget):
         kind = kind_of(layer) if layer is not None else "other"
         if kind == "shapes":
             pixels = drawn_diameter(layer, image)
-        elif kind == "labels" and int(layer.selected_label) and np.any(np.asarray(layer.data) == int(layer.selected_label)):
+        elif (
+            kind == "labels"
+            and int(layer.selected_label)
+            and np.any(np.asarray(layer.data) == int(layer.selected_label))
+        ):
             data = np.asarray(layer.data)
             if data.ndim > 2:
                 data = data[current_position(self.viewer, layer)[:-2]]

@@ -75,7 +75,9 @@ class ToolsPanel(JobPanel):
         self.confidence.setRange(0.51, 1.0)
         self.confidence.setSingleStep(0.05)
         self.confidence.setValue(0.9)
-        self.confidence.setToolTip("Only pixels the model is at least this sure of are labelled; the rest are left out of fine-tuning.")
+        self.confidence.setToolTip(
+            "Only pixels the model is at least this sure of are labelled; the rest are left out of fine-tuning."
+        )
         self.pseudolabel_button = QPushButton("Make pseudo-labels")
         self.pseudolabel_button.setToolTip(
             "The model labels the image where it is confident; unsure pixels get their own value (255) and "
@@ -151,7 +153,13 @@ class ToolsPanel(JobPanel):
             return stack_planes(out, leading, renumber=True)
 
         def done(labels: np.ndarray) -> None:
-            self.last_layer = self.viewer.add_labels(labels, name=f"{layer.name} [auto-labels]", scale=layer.scale, translate=layer.translate, units=layer.units)
+            self.last_layer = self.viewer.add_labels(
+                labels,
+                name=f"{layer.name} [auto-labels]",
+                scale=layer.scale,
+                translate=layer.translate,
+                units=layer.units,
+            )
             self.status.setText(
                 f"Auto-labels: {object_count(labels)} objects in '{self.last_layer.name}'. Correct them, then fine-tune on them."
             )
@@ -170,7 +178,9 @@ class ToolsPanel(JobPanel):
         if state.spatial_dims != 2:
             raise UserError("Pseudo-labels come from 2D models (a 3D model: predict, then correct).")
         if state.in_channels != 1:
-            raise UserError(f"The model looks at {state.in_channels} channels; pseudo-labels here work on one-channel images.")
+            raise UserError(
+                f"The model looks at {state.in_channels} channels; pseudo-labels here work on one-channel images."
+            )
         layer = self._image("pseudo-labels")
         model, config, head = state.model, dict(state.config), state.config.get("head", "binary")
         threshold, device, data = self.confidence.value(), state.device_choice, layer.data
@@ -187,7 +197,11 @@ class ToolsPanel(JobPanel):
 
         def done(labels: np.ndarray) -> None:
             self.last_layer = self.viewer.add_labels(
-                labels, name=f"{layer.name} [pseudo-labels]", scale=layer.scale, translate=layer.translate, units=layer.units,
+                labels,
+                name=f"{layer.name} [pseudo-labels]",
+                scale=layer.scale,
+                translate=layer.translate,
+                units=layer.units,
                 metadata={"segtune_ignore_value": IGNORE},
             )
             unsure = float(np.mean(labels == IGNORE))
@@ -236,9 +250,15 @@ class ToolsPanel(JobPanel):
 
         def work(progress: Any = None, cancel: Any = None) -> Any:
             try:
-                return pretrain([np.asarray(data)], settings, names=[name], from_model=from_folder,
-                                provenance={"source": "napari widget", "image_layer": name},
-                                progress=progress, cancel=cancel)
+                return pretrain(
+                    [np.asarray(data)],
+                    settings,
+                    names=[name],
+                    from_model=from_folder,
+                    provenance={"source": "napari widget", "image_layer": name},
+                    progress=progress,
+                    cancel=cancel,
+                )
             finally:
                 if temporary is not None:
                     temporary.cleanup()
@@ -249,7 +269,13 @@ class ToolsPanel(JobPanel):
                 return
             config = dict(result.config)
             config["name"] = f"{state.name if state.model is not None else 'model'}_pretrained"
-            state.set_model(result.model.cpu().eval(), config, source=f"pretrained on {name} (from {source})", folder=None, unsaved=True)
+            state.set_model(
+                result.model.cpu().eval(),
+                config,
+                source=f"pretrained on {name} (from {source})",
+                folder=None,
+                unsaved=True,
+            )
             loss = result.history[-1].get("loss", result.history[-1].get("train_loss"))
             loss_text = f", restoration loss {loss:.3f}" if isinstance(loss, float) else ""
             self.status.setText(
@@ -265,15 +291,21 @@ class ToolsPanel(JobPanel):
         self._set_buttons(False)
         self.status.setText(f"{description}…")
         return self.start_job(
-            work, description, done, busy=model_job or ("labelling" if uses_torch else ""),
-            cancelled=lambda _: self.status.setText("Cancelled."), uses_torch=uses_torch,
+            work,
+            description,
+            done,
+            busy=model_job or ("labelling" if uses_torch else ""),
+            cancelled=lambda _: self.status.setText("Cancelled."),
+            uses_torch=uses_torch,
         )
 
     def show_events(self, events: list[Any]) -> None:
         last = events[-1]
         loss = last.metrics.get("loss")
         extra = f", loss {loss:.3f}" if isinstance(loss, float) else ""
-        self.status.setText(f"{self.job.description if self.job else ''}: {last.message or f'{last.done}/{last.total}'}{extra}")
+        self.status.setText(
+            f"{self.job.description if self.job else ''}: {last.message or f'{last.done}/{last.total}'}{extra}"
+        )
 
     def _set_buttons(self, idle: bool) -> None:
         for button in (self.autolabel_button, self.pseudolabel_button, self.pretrain_button):
@@ -290,4 +322,3 @@ class ToolsPanel(JobPanel):
     def job_ended(self, status: str) -> None:
         self._set_buttons(True)
         super().job_ended(status)
-

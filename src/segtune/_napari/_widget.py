@@ -90,7 +90,14 @@ class SegtuneWidget(QWidget):
 
     def _fit_width(self) -> None:
         """Wide enough that no tab needs a sideways scroll bar (the dock is made at least this wide)."""
-        panels = (self.model_panel, self.predict_panel, self.correct_panel, self.finetune_panel, self.evaluate_panel, self.tools_panel)
+        panels = (
+            self.model_panel,
+            self.predict_panel,
+            self.correct_panel,
+            self.finetune_panel,
+            self.evaluate_panel,
+            self.tools_panel,
+        )
         scrollbar = self.style().pixelMetric(QStyle.PM_ScrollBarExtent)
         self.setMinimumWidth(max(panel.minimumSizeHint().width() for panel in panels) + scrollbar + 16)
 

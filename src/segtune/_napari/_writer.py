@@ -26,7 +26,7 @@ def pixel_sizes_from_scale(scale: Any, ndim: int) -> tuple[float | None, float |
     """
     if scale is None:
         return (None, None, None)
-    scale = [float(s) for s in scale][-min(ndim, 3):]
+    scale = [float(s) for s in scale][-min(ndim, 3) :]
     if all(s == 1.0 for s in scale):
         return (None, None, None)
     padded = [None] * (3 - len(scale)) + scale

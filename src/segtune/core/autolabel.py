@@ -395,7 +395,9 @@ def autolabel_files(
         n_t, n_c, n_z = image.data.shape[:3]
         for name, index in (("channel", channel), ("export_channel", export_channel)):
             if index is not None and not 0 <= index < n_c:
-                raise ValueError(f"{name} {index} is out of range: {path} has {n_c} channel(s) ({', '.join(image.channel_names)})")
+                raise ValueError(
+                    f"{name} {index} is out of range: {path} has {n_c} channel(s) ({', '.join(image.channel_names)})"
+                )
         stem = output_name(path, suffix="", extension="")
         for t in range(n_t):
             for z in range(n_z):
@@ -409,10 +411,14 @@ def autolabel_files(
         for name in names:
             for target in _targets(out, name, export_channel):
                 if target.exists():
-                    raise FileExistsError(f"{target} already exists; pass overwrite=True (or --overwrite) to replace it")
+                    raise FileExistsError(
+                        f"{target} already exists; pass overwrite=True (or --overwrite) to replace it"
+                    )
         for report_name in (REPORT_JSON, REPORT_CSV):
             if (out / report_name).exists():
-                raise FileExistsError(f"{out / report_name} already exists; pass overwrite=True (or --overwrite) to replace it")
+                raise FileExistsError(
+                    f"{out / report_name} already exists; pass overwrite=True (or --overwrite) to replace it"
+                )
 
     report = Reporter(progress, cancel, stage="autolabel", total=len(planes))
     report.check()
@@ -423,7 +429,9 @@ def autolabel_files(
         mask = autolabel_image(plane, settings)
         _, n_objects = connected_components(mask)
         results.append(
-            PlaneResult(source=str(path), name=name, t=t, z=z, foreground_fraction=float(mask.mean()), objects=int(n_objects))
+            PlaneResult(
+                source=str(path), name=name, t=t, z=z, foreground_fraction=float(mask.mean()), objects=int(n_objects)
+            )
         )
         packed.append((np.packbits(mask), mask.shape))  # 1 bit a pixel until the set is judged
         report.step(i + 1, message=name, foreground=round(float(mask.mean()), 4))
@@ -431,7 +439,9 @@ def autolabel_files(
     filter_settings = None
     if apply_filter:
         filter_settings = {"lowest_fraction": lowest_fraction, "max_foreground_fraction": max_foreground_fraction}
-        for result, reasons in zip(results, dataset_filter([r.foreground_fraction for r in results], **filter_settings), strict=True):
+        for result, reasons in zip(
+            results, dataset_filter([r.foreground_fraction for r in results], **filter_settings), strict=True
+        ):
             result.reasons = reasons
             result.kept = not reasons
 
@@ -457,7 +467,12 @@ def autolabel_files(
         planes=results,
     )
     _write_reports(out, result_report)
-    logger.info("auto-labelled %d image(s): %d kept, %d dropped", len(results), len(result_report.kept), len(result_report.dropped))
+    logger.info(
+        "auto-labelled %d image(s): %d kept, %d dropped",
+        len(results),
+        len(result_report.kept),
+        len(result_report.dropped),
+    )
     return result_report
 
 
@@ -485,9 +500,22 @@ def _write_reports(out: Path, report: AutolabelReport) -> None:
     atomic_write_text(out / REPORT_JSON, json.dumps(report.to_dict(), indent=2) + "\n")
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["source", "name", "t", "z", "foreground_fraction", "objects", "kept", "reasons", "labels_file", "image_file"])
+    writer.writerow(
+        ["source", "name", "t", "z", "foreground_fraction", "objects", "kept", "reasons", "labels_file", "image_file"]
+    )
     for p in report.planes:
         writer.writerow(
-            [p.source, p.name, p.t, p.z, f"{p.foreground_fraction:.6f}", p.objects, p.kept, ";".join(p.reasons), p.labels_file or "", p.image_file or ""]
+            [
+                p.source,
+                p.name,
+                p.t,
+                p.z,
+                f"{p.foreground_fraction:.6f}",
+                p.objects,
+                p.kept,
+                ";".join(p.reasons),
+                p.labels_file or "",
+                p.image_file or "",
+            ]
         )
     atomic_write_text(out / REPORT_CSV, text.getvalue())

@@ -321,7 +321,9 @@ def _components(foreground: np.ndarray, min_area: float) -> tuple[np.ndarray, np
     return _sections(*_clean(foreground), min_area)
 
 
-def _sections(foreground: np.ndarray, distance: np.ndarray, min_area: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _sections(
+    foreground: np.ndarray, distance: np.ndarray, min_area: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`_components` of a plane already cleaned by :func:`_clean` (``distance`` is its own)."""
     labels, count = connected_components(foreground, connectivity=1)
     if count == 0:
@@ -515,8 +517,9 @@ def resolve_diameter(
             raise ValueError("diameter='auto' needs the image to estimate it from")
         estimate = estimate_diameter(image)
         if not np.isfinite(estimate):
-            warnings.warn("could not estimate the object diameter (no objects found); predicting without rescaling",
-                          stacklevel=2)
+            warnings.warn(
+                "could not estimate the object diameter (no objects found); predicting without rescaling", stacklevel=2
+            )
             return None, 1.0
         logger.info("estimated object diameter: %.1f px (model: %.1f px)", estimate, float(model_diameter))
         diameter = estimate

@@ -203,15 +203,15 @@ def _publish(temporary: Path, path: Path, overwrite: bool) -> None:
             raise
         # no hard links here (some network and FAT file systems): check, then rename
         if path.exists():
-            raise FileExistsError(f"{path} already exists; pass overwrite=True (or --overwrite) to replace it") from None
+            raise FileExistsError(
+                f"{path} already exists; pass overwrite=True (or --overwrite) to replace it"
+            ) from None
         os.replace(temporary, path)
         return
     temporary.unlink()
 
 
-def atomic_write(
-    path: str | os.PathLike, write: Callable[[Path], Any], *, overwrite: bool = False
-) -> Path:
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any], *, overwrite: bool = False) -> Path:
     """Write a file through ``write(temporary_path)`` and publish it under ``path`` atomically.
 
     Parameters

@@ -76,9 +76,7 @@ def as_labels(array: Any, name: str) -> np.ndarray:
             raise ValueError(f"`{name}` must not hold negative labels (its minimum is {array.min():g})")
         top = float(array.max()) if array.size else 0.0
         return array.astype(np.uint32 if top < 2**32 else np.uint64)
-    raise ValueError(
-        f"`{name}` must be a label image of integers or booleans, got dtype {array.dtype}"
-    )
+    raise ValueError(f"`{name}` must be a label image of integers or booleans, got dtype {array.dtype}")
 
 
 # the layouts a label image can have: planes or volumes, possibly over time
@@ -245,7 +243,13 @@ def _crops(labels: np.ndarray, margin: int = 0) -> Iterable[tuple[int, tuple[sli
     """(id, bounding box grown by ``margin`` within the array) for each object."""
     for index, box in enumerate(ndi.find_objects(labels), start=1):
         if box is not None:
-            yield index, tuple(slice(max(s.start - margin, 0), min(s.stop + margin, n)) for s, n in zip(box, labels.shape, strict=True))
+            yield (
+                index,
+                tuple(
+                    slice(max(s.start - margin, 0), min(s.stop + margin, n))
+                    for s, n in zip(box, labels.shape, strict=True)
+                ),
+            )
 
 
 # --- counting ----------------------------------------------------------------------------------
@@ -383,7 +387,9 @@ def remove_sizes(
     return _per_plane(remove, labels, planewise)
 
 
-def remove_small(labels: Any, min_size: float, *, pixel_size: Sequence[float] | None = None, planewise: bool = False) -> np.ndarray:
+def remove_small(
+    labels: Any, min_size: float, *, pixel_size: Sequence[float] | None = None, planewise: bool = False
+) -> np.ndarray:
     """Remove objects smaller than ``min_size`` pixels (or physical units, see :func:`remove_sizes`).
 
     Examples
@@ -506,7 +512,9 @@ def _split_mask(mask: np.ndarray, min_distance: float | None, sampling: Sequence
         radius = float(ndi.distance_transform_edt(filled).max())
         min_distance = max(1.0, radius / 2)
     # diagonal neighbours join: a split must not leave stray corner pixels as objects of their own
-    pieces = split_touching(filled, min_distance=max(1, int(round(min_distance))), connectivity=mask.ndim, sampling=sampling)
+    pieces = split_touching(
+        filled, min_distance=max(1, int(round(min_distance))), connectivity=mask.ndim, sampling=sampling
+    )
     pieces[~mask] = 0
     return relabel_sequential(pieces)
 

@@ -207,10 +207,7 @@ def measure(
         shape = tuple(int(s) for s in image.shape)
         if shape == labels.shape:
             image = image[(slice(None),) * c_axis + (np.newaxis,)]
-        elif not (
-            len(shape) == labels.ndim + 1
-            and shape[:c_axis] + shape[c_axis + 1 :] == labels.shape
-        ):
+        elif not (len(shape) == labels.ndim + 1 and shape[:c_axis] + shape[c_axis + 1 :] == labels.shape):
             layout = axes[:c_axis] + "C" + axes[c_axis:]
             raise ValueError(
                 f"`image` shape {shape} fits neither `labels` shape {labels.shape} nor the layout "
@@ -257,7 +254,12 @@ def measure(
 
 
 def class_instances(
-    flags: Any, n_classes: int, *, min_size: int = 0, split: Sequence[int] = (), min_distance: int = 4,
+    flags: Any,
+    n_classes: int,
+    *,
+    min_size: int = 0,
+    split: Sequence[int] = (),
+    min_distance: int = 4,
     sampling: Sequence[float] | None = None,
 ) -> list[np.ndarray]:
     """The objects of each class of a multilabel mask, as one instance-label image per class.
@@ -287,14 +289,18 @@ def class_instances(
     out = []
     for k in range(int(n_classes)):
         mask = (flags >> k) & 1
-        labels = split_touching(mask, min_distance=min_distance, sampling=sampling) if k in split else label_components(mask)
+        labels = (
+            split_touching(mask, min_distance=min_distance, sampling=sampling) if k in split else label_components(mask)
+        )
         if min_size > 0:
             labels = filter_sizes(labels, min_size)
         out.append(labels.astype(np.int32))
     return out
 
 
-def pair_objects(labels: Any, partners: Any, pixel_sizes: Any = None, *, max_distance: float | None = None) -> pd.DataFrame:
+def pair_objects(
+    labels: Any, partners: Any, pixel_sizes: Any = None, *, max_distance: float | None = None
+) -> pd.DataFrame:
     """Pair each object with at most one partner object (e.g. each nucleus with its Golgi), one to one.
 
     The distance of a partner to an object is from the partner's centroid to the object's
@@ -334,7 +340,7 @@ def pair_objects(labels: Any, partners: Any, pixel_sizes: Any = None, *, max_dis
         raise ValueError(f"`partners` (shape {partners.shape}) must have the shape of `labels` (shape {labels.shape})")
     if labels.ndim not in (2, 3):
         raise ValueError(f"labels must be 2D or 3D instance labels, got shape {labels.shape}")
-    sizes = _sizes(pixel_sizes)[-labels.ndim:]
+    sizes = _sizes(pixel_sizes)[-labels.ndim :]
     unit = "um" if all(v is not None for v in sizes) else "px"
     factor = np.array([v if unit == "um" else 1.0 for v in sizes])
 
@@ -357,7 +363,7 @@ def pair_objects(labels: Any, partners: Any, pixel_sizes: Any = None, *, max_dis
                 matched[r] = partner_ids[c]
                 vectors[r] = partner_centres[c] - centres[r]
     columns = {"label": ids.astype(np.int64), "partner": matched}
-    for axis, values in zip("zyx"[-labels.ndim:], vectors.T, strict=True):
+    for axis, values in zip("zyx"[-labels.ndim :], vectors.T, strict=True):
         columns[f"vector_{axis}"] = values
     columns["pair_distance"] = np.linalg.norm(vectors, axis=1)
     columns["pair_unit"] = [unit] * len(ids)

@@ -24,8 +24,12 @@ STRETCH_PERCENTILES = (5.0, 98.0)  # the theses' contrast stretch
 
 
 def percentiles(
-    image: np.ndarray, low: float = DEFAULT_PERCENTILES[0], high: float = DEFAULT_PERCENTILES[1],
-    *, max_samples: int = 4_000_000, seed: int = 0,
+    image: np.ndarray,
+    low: float = DEFAULT_PERCENTILES[0],
+    high: float = DEFAULT_PERCENTILES[1],
+    *,
+    max_samples: int = 4_000_000,
+    seed: int = 0,
 ) -> tuple[float, float]:
     """The ``low`` and ``high`` percentiles of ``image`` (estimated from a sample when large).
 
@@ -40,7 +44,9 @@ def percentiles(
         long = sum(1 for n in image.shape if n > 1)
         step = int(np.ceil((size / max_samples) ** (1 / max(1, long))))
         rng = np.random.default_rng(seed)
-        index = tuple(slice(int(rng.integers(0, min(step, n))), None, step) if n > 1 else slice(None) for n in image.shape)
+        index = tuple(
+            slice(int(rng.integers(0, min(step, n))), None, step) if n > 1 else slice(None) for n in image.shape
+        )
         values = image[index]
     values = np.asarray(values, dtype=np.float32)
     lo, hi = np.percentile(values, [low, high])
@@ -89,7 +95,8 @@ def percentile_normalize(
 
 
 def model_percentiles(
-    config: Mapping[str, Any] | None, default: Sequence[float] | None = DEFAULT_PERCENTILES,
+    config: Mapping[str, Any] | None,
+    default: Sequence[float] | None = DEFAULT_PERCENTILES,
 ) -> tuple[float, float, bool] | None:
     """The percentile normalisation a model's config records: ``(low, high, clip)``.
 
@@ -131,7 +138,9 @@ def clahe(
     if clip_limit <= 0:
         raise ValueError(f"clip_limit must be positive, got {clip_limit}")
     scaled = percentile_normalize(image, 0.0, 100.0, clip=True)
-    return exposure.equalize_adapthist(scaled, kernel_size=kernel_size, clip_limit=clip_limit / nbins, nbins=nbins).astype(np.float32)
+    return exposure.equalize_adapthist(
+        scaled, kernel_size=kernel_size, clip_limit=clip_limit / nbins, nbins=nbins
+    ).astype(np.float32)
 
 
 def check_pixels(data: Any, source: str = "the image") -> None:

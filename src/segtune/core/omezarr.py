@@ -36,8 +36,14 @@ __all__ = ["ZARR_EXTENSIONS", "is_ome_zarr", "open_ome_zarr", "pyramid_levels", 
 ZARR_EXTENSIONS = (".ome.zarr", ".zarr")
 # NGFF units (UDUNITS-2 names) in micrometres
 _UNIT_TO_UM = {
-    "angstrom": 1e-4, "nanometer": 1e-3, "micrometer": 1.0, "micron": 1.0, "millimeter": 1e3,
-    "centimeter": 1e4, "meter": 1e6, "picometer": 1e-6,
+    "angstrom": 1e-4,
+    "nanometer": 1e-3,
+    "micrometer": 1.0,
+    "micron": 1.0,
+    "millimeter": 1e3,
+    "centimeter": 1e4,
+    "meter": 1e6,
+    "picometer": 1e-6,
 }
 
 
@@ -110,7 +116,7 @@ def open_ome_zarr(path: str | os.PathLike, scene: int | str | None = None) -> An
     axes = [a["name"].lower() if isinstance(a, dict) else str(a).lower() for a in node.metadata.get("axes", [])]
     units = [a.get("unit") if isinstance(a, dict) else None for a in node.metadata.get("axes", [])]
     if len(axes) != full.ndim:
-        axes = ["t", "c", "z", "y", "x"][-full.ndim:]  # v0.1-0.3 had no axes: TCZYX by definition
+        axes = ["t", "c", "z", "y", "x"][-full.ndim :]  # v0.1-0.3 had no axes: TCZYX by definition
         units = [None] * full.ndim
     if len(set(axes)) != len(axes) or not set(axes) <= set("tczyx"):
         raise _read_error(path, f"cannot place OME-Zarr axes {axes} in TCZYX")
@@ -172,7 +178,7 @@ def _level_scale(transformations: Any, ndim: int) -> list[float]:
     """The product of the ``scale`` transforms of level 0 (one per axis)."""
     scale = [1.0] * ndim
     levels = transformations or []
-    for transform in (levels[0] if levels else []):
+    for transform in levels[0] if levels else []:
         if transform.get("type") == "scale" and len(transform.get("scale", [])) == ndim:
             scale = [a * float(b) for a, b in zip(scale, transform["scale"], strict=True)]
     return scale
@@ -250,7 +256,9 @@ def write_ome_zarr_labels(
     destination = Path(destination)
     axes = axes.lower()
     if len(axes) != labels.ndim or not set(axes) <= set("tzyx") or axes[-2:] != "yx":
-        raise ValueError(f"axes {axes!r} do not describe labels of shape {tuple(labels.shape)} (a subset of 'tzyx' ending in 'yx')")
+        raise ValueError(
+            f"axes {axes!r} do not describe labels of shape {tuple(labels.shape)} (a subset of 'tzyx' ending in 'yx')"
+        )
     if not np.issubdtype(np.dtype(labels.dtype), np.integer) and np.dtype(labels.dtype) != bool:
         raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
     into_source = destination.is_dir() and "multiscales" in _ngff_metadata(destination) and name is not None
@@ -285,8 +293,16 @@ def write_ome_zarr_labels(
     try:
         scratch = zarr.open_group(str(temporary / "root.zarr"), mode="w", zarr_format=fmt.zarr_format)
         write_labels(
-            array, scratch, name=label_name, scaler=None, scale_factors=scale_factors, axes=axes,
-            scale=scale, axes_units=units or None, fmt=fmt, storage_options={"chunks": tuple(chunks)},
+            array,
+            scratch,
+            name=label_name,
+            scaler=None,
+            scale_factors=scale_factors,
+            axes=axes,
+            scale=scale,
+            axes_units=units or None,
+            fmt=fmt,
+            storage_options={"chunks": tuple(chunks)},
         )
         written = temporary / "root.zarr" / "labels" / label_name
         if target.exists():
@@ -305,6 +321,7 @@ def write_ome_zarr_labels(
 
 
 # --- prediction straight to OME-Zarr labels -----------------------------------------------------
+
 
 def labels_target(destination: str | os.PathLike, name: str | None) -> Path:
     """Where :func:`write_ome_zarr_labels` puts labels: ``SOURCE/labels/<name>`` or ``destination`` itself."""
@@ -366,10 +383,14 @@ def predict_to_ome_zarr(
         if result.labels is None:
             raise ValueError(f"the model's head {result.head!r} gives no labels to write")
         labels = np.asarray(result.labels)
-        narrowest = np.uint16 if options.get("instances") else np.uint8  # instance labels as the OME-TIFF output has them
+        narrowest = (
+            np.uint16 if options.get("instances") else np.uint8
+        )  # instance labels as the OME-TIFF output has them
         labels = labels.astype(storage_dtype(int(labels.max(initial=0)), narrowest))
         labels, axes = _squeeze_tz(da.from_array(labels, chunks=(1, 1, *labels.shape[2:])))
-        return write_ome_zarr_labels(destination, labels, axes=axes, pixel_sizes=pixel_sizes, name=name, overwrite=overwrite)
+        return write_ome_zarr_labels(
+            destination, labels, axes=axes, pixel_sizes=pixel_sizes, name=name, overwrite=overwrite
+        )
 
     target.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".probabilities", dir=target.parent))
@@ -394,7 +415,9 @@ def predict_to_ome_zarr(
 
         mask = probabilities.map_blocks(to_mask, drop_axis=1, dtype=dtype)
         labels, axes = _squeeze_tz(mask)
-        return write_ome_zarr_labels(destination, labels, axes=axes, pixel_sizes=pixel_sizes, name=name, overwrite=overwrite)
+        return write_ome_zarr_labels(
+            destination, labels, axes=axes, pixel_sizes=pixel_sizes, name=name, overwrite=overwrite
+        )
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

@@ -239,7 +239,11 @@ def instances_from_binary(
     2
     """
     mask = threshold(probability, level) if np.asarray(probability).dtype != bool else np.asarray(probability)
-    labels = split_touching(mask, min_distance=min_distance, connectivity=connectivity) if split else label_components(mask, connectivity=connectivity)
+    labels = (
+        split_touching(mask, min_distance=min_distance, connectivity=connectivity)
+        if split
+        else label_components(mask, connectivity=connectivity)
+    )
     return _finish(labels, min_size, max_size, fill_holes)
 
 
@@ -352,14 +356,27 @@ def postprocess(
         return mask
     if head == "binary":
         return instances_from_binary(
-            probabilities[0], level, split=split, min_distance=min_distance,
-            min_size=min_size, max_size=max_size, fill_holes=fill_holes,
+            probabilities[0],
+            level,
+            split=split,
+            min_distance=min_distance,
+            min_size=min_size,
+            max_size=max_size,
+            fill_holes=fill_holes,
         )
     if head == "three_class":
-        return instances_from_three_class(probabilities, level, min_size=min_size, max_size=max_size, fill_holes=fill_holes,
-                                          split_distance=min_distance if split else None)
-    raise ValueError(f"instances need a 'binary' or 'three_class' head; a '{head}' head gives class maps only "
-                     "(multilabel: segtune.core.measure.class_instances gives each class's objects)")
+        return instances_from_three_class(
+            probabilities,
+            level,
+            min_size=min_size,
+            max_size=max_size,
+            fill_holes=fill_holes,
+            split_distance=min_distance if split else None,
+        )
+    raise ValueError(
+        f"instances need a 'binary' or 'three_class' head; a '{head}' head gives class maps only "
+        "(multilabel: segtune.core.measure.class_instances gives each class's objects)"
+    )
 
 
 def label_blockwise(
@@ -407,7 +424,10 @@ def label_blockwise(
         raise ValueError(f"out must be an integer array of 32 bits or more, got dtype {out.dtype}")
     block = tuple(int(c) for c in (chunks or getattr(out, "chunks", None) or (1024,) * len(shape)))
     starts = [range(0, n, c) for n, c in zip(shape, block, strict=True)]
-    boxes = [tuple(slice(o, min(o + c, n)) for o, c, n in zip(origin, block, shape, strict=True)) for origin in product(*starts)]
+    boxes = [
+        tuple(slice(o, min(o + c, n)) for o, c, n in zip(origin, block, shape, strict=True))
+        for origin in product(*starts)
+    ]
     report = Reporter(progress, cancel, stage="label", total=2 * len(boxes))
     structure = neighbourhood(len(shape), FACES)
     offset = 0
@@ -462,7 +482,6 @@ def _compute(block: Any) -> np.ndarray:
     return np.asarray(block)
 
 
-
 def _finish(labels: np.ndarray, min_size: int, max_size: int | None, fill_holes: bool) -> np.ndarray:
     if fill_holes:
         labels = fill_label_holes(labels)
@@ -497,6 +516,10 @@ def _check_head(head: str, probabilities: np.ndarray) -> None:
         raise ValueError(f"probabilities must have shape (K, Y, X) or (K, Z, Y, X), got {probabilities.shape}")
     k = probabilities.shape[0]
     if head == "binary" and k != 1:
-        raise ValueError(f"a binary head has 1 output channel, the probabilities have {k} (shape {probabilities.shape})")
+        raise ValueError(
+            f"a binary head has 1 output channel, the probabilities have {k} (shape {probabilities.shape})"
+        )
     if head == "three_class" and k != 3:
-        raise ValueError(f"a three_class head has 3 output channels, the probabilities have {k} (shape {probabilities.shape})")
+        raise ValueError(
+            f"a three_class head has 3 output channels, the probabilities have {k} (shape {probabilities.shape})"
+        )

@@ -35,8 +35,12 @@ def resize(array: np.ndarray, target: tuple[int, ...], order: int) -> np.ndarray
     from skimage.transform import resize
 
     return resize(
-        array.astype(np.float32, copy=False), target, order=order, mode="reflect",
-        anti_aliasing=shrinking, preserve_range=True,
+        array.astype(np.float32, copy=False),
+        target,
+        order=order,
+        mode="reflect",
+        anti_aliasing=shrinking,
+        preserve_range=True,
     ).astype(np.float32)
 
 

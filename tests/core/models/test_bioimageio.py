@@ -30,7 +30,15 @@ def test_export_validates_and_passes_bioimageio_core_test(package: Path) -> None
     from bioimageio.spec.model import v0_5
 
     names = set(zipfile.ZipFile(package).namelist())
-    assert {"rdf.yaml", "weights.pt", "weights_torchscript.pt", "unet.py", "README.md", "test_input.npy", "test_output.npy"} <= names
+    assert {
+        "rdf.yaml",
+        "weights.pt",
+        "weights_torchscript.pt",
+        "unet.py",
+        "README.md",
+        "test_input.npy",
+        "test_output.npy",
+    } <= names
     description = load_description(package, format_version="latest")
     assert isinstance(description, v0_5.ModelDescr), description.validation_summary
     assert description.validation_summary.status == "valid-format"
@@ -72,9 +80,24 @@ def test_cli_predict_with_a_package_and_unsupported_packages(package: Path, tmp_
 
     image = synthetic_nuclei((160, 160), diameter=20.0, seed=2).image
     tifffile.imwrite(tmp_path / "cells.tif", image)
-    assert main(["predict", "--model", str(package), str(tmp_path / "cells.tif"), "--out", str(tmp_path / "out"), "--instances"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(package),
+                str(tmp_path / "cells.tif"),
+                "--out",
+                str(tmp_path / "out"),
+                "--instances",
+            ]
+        )
+        == 0
+    )
     written = tifffile.imread(tmp_path / "out" / "cells_labels.tif")
-    expected = predict(load_model("nuclei-2d"), image, device="cpu", instances=True, objects=ObjectOptions(min_size="auto")).labels[0, 0]
+    expected = predict(
+        load_model("nuclei-2d"), image, device="cpu", instances=True, objects=ObjectOptions(min_size="auto")
+    ).labels[0, 0]
     np.testing.assert_array_equal(written, expected)
 
     # unsupported: architecture code only (no weights segtune can build), and not a package at all
@@ -90,7 +113,19 @@ def test_cli_predict_with_a_package_and_unsupported_packages(package: Path, tmp_
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "cannot run this bioimage.io model" in err and "OtherNet" in err
     (tmp_path / "junk.zip").write_bytes(b"not a zip")
-    assert main(["predict", "--model", str(tmp_path / "junk.zip"), str(tmp_path / "cells.tif"), "--out", str(tmp_path / "o3")]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(tmp_path / "junk.zip"),
+                str(tmp_path / "cells.tif"),
+                "--out",
+                str(tmp_path / "o3"),
+            ]
+        )
+        == 2
+    )
     assert "junk.zip" in capsys.readouterr().err
     with pytest.raises(BioimageioUnsupported):
         load_bioimageio(tmp_path / "junk.zip")

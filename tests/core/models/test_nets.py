@@ -65,7 +65,10 @@ def test_tiled_prediction_equals_one_pass() -> None:
 
 
 def _membranes(membranes_dir: Path, indices) -> tuple[list[str], list[str]]:
-    return ([str(membranes_dir / "images" / f"{i}.png") for i in indices], [str(membranes_dir / "labels" / f"{i}.png") for i in indices])
+    return (
+        [str(membranes_dir / "images" / f"{i}.png") for i in indices],
+        [str(membranes_dir / "labels" / f"{i}.png") for i in indices],
+    )
 
 
 STEPS = ["--epochs", "1", "--steps-per-epoch", "2", "--patch", "64", "--batch-size", "2"]
@@ -74,13 +77,50 @@ STEPS = ["--epochs", "1", "--steps-per-epoch", "2", "--patch", "64", "--batch-si
 def test_restore_pretrain_then_frozen_finetune_resnet(membranes_dir: Path, tmp_path: Path) -> None:
     images, labels = _membranes(membranes_dir, [0, 1])
     pretrained, tuned = tmp_path / "restore", tmp_path / "tuned"
-    assert main(["pretrain", "--method", "restore", "--encoder", "resnet18", "--base-channels", "8", "--images", *images,
-                 "--out", str(pretrained), "--head", "binary", *STEPS]) == 0
+    assert (
+        main(
+            [
+                "pretrain",
+                "--method",
+                "restore",
+                "--encoder",
+                "resnet18",
+                "--base-channels",
+                "8",
+                "--images",
+                *images,
+                "--out",
+                str(pretrained),
+                "--head",
+                "binary",
+                *STEPS,
+            ]
+        )
+        == 0
+    )
     start, start_config = load_model(pretrained)
     assert isinstance(start, ResNetUNet) and start_config["architecture"]["encoder"] == "resnet18"
     assert start_config["pretext"]["method"] == "restore"
-    assert main(["train", "--from", str(pretrained), "--images", *images, "--labels", *labels, "--out", str(tuned),
-                 "--val-fraction", "0.5", "--freeze-encoder", *STEPS]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--from",
+                str(pretrained),
+                "--images",
+                *images,
+                "--labels",
+                *labels,
+                "--out",
+                str(tuned),
+                "--val-fraction",
+                "0.5",
+                "--freeze-encoder",
+                *STEPS,
+            ]
+        )
+        == 0
+    )
     model, config = load_model(tuned)
     assert config["lineage"][-1]["training"]["pretext"] == "restore"
     before, after = start.state_dict(), model.state_dict()
@@ -91,17 +131,55 @@ def test_restore_pretrain_then_frozen_finetune_resnet(membranes_dir: Path, tmp_p
     assert any(not torch.equal(before[k], after[k]) for k in decoder_keys)
 
 
-@pytest.mark.parametrize("option", [["--encoder", "resnet34"], ["--architecture", "unetpp"]], ids=["resnet34", "unetpp"])
+@pytest.mark.parametrize(
+    "option", [["--encoder", "resnet34"], ["--architecture", "unetpp"]], ids=["resnet34", "unetpp"]
+)
 def test_train_command_builds_the_network(option: list[str], membranes_dir: Path, tmp_path: Path) -> None:
     images, labels = _membranes(membranes_dir, [2])
     out = tmp_path / "model"
-    assert main(["train", *option, "--base-channels", "8", "--images", *images, "--labels", *labels, "--out", str(out),
-                 "--head", "binary", "--val-fraction", "0", *STEPS]) == 0
+    assert (
+        main(
+            [
+                "train",
+                *option,
+                "--base-channels",
+                "8",
+                "--images",
+                *images,
+                "--labels",
+                *labels,
+                "--out",
+                str(out),
+                "--head",
+                "binary",
+                "--val-fraction",
+                "0",
+                *STEPS,
+            ]
+        )
+        == 0
+    )
     model, config = load_model(out)
     assert isinstance(model, ResNetUNet if option[0] == "--encoder" else UNetPlusPlus)
     assert config["training"]["settings"]["architecture"] == ("unet" if option[0] == "--encoder" else "unetpp")
-    assert main(["train", "--architecture", "unetpp", "--encoder", "resnet18", "--images", *images, "--labels", *labels,
-                 "--out", str(tmp_path / "x")]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--architecture",
+                "unetpp",
+                "--encoder",
+                "resnet18",
+                "--images",
+                *images,
+                "--labels",
+                *labels,
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )
 
 
 def test_unetpp_and_resnet_unet_learn(membranes_dir: Path) -> None:
@@ -112,8 +190,20 @@ def test_unetpp_and_resnet_unet_learn(membranes_dir: Path) -> None:
     image = np.asarray(open_image(membranes_dir / "images" / "3.png").data[0, 0, 0].compute())
     label = np.asarray(open_image(membranes_dir / "labels" / "3.png").data[0, 0, 0].compute())
     for architecture, encoder in (("unetpp", None), ("unet", "resnet18")):
-        config = TrainConfig(head="binary", architecture=architecture, encoder=encoder, base_channels=8, patch=64,
-                             batch_size=4, epochs=6, steps_per_epoch=6, val_fraction=0, patience=None, device="cpu",
-                             loss="bce+dice", learning_rate=3e-3)
+        config = TrainConfig(
+            head="binary",
+            architecture=architecture,
+            encoder=encoder,
+            base_channels=8,
+            patch=64,
+            batch_size=4,
+            epochs=6,
+            steps_per_epoch=6,
+            val_fraction=0,
+            patience=None,
+            device="cpu",
+            loss="bce+dice",
+            learning_rate=3e-3,
+        )
         history = train([image], [label], config).history
         assert history[-1]["train_loss"] < 0.85 * history[0]["train_loss"], (architecture, history)

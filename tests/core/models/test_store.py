@@ -111,7 +111,9 @@ def test_folder_with_a_pickle_instead_of_safetensors_is_refused(tmp_path, name):
     folder.mkdir()
     marker = tmp_path / "PWNED"
     (folder / name).write_bytes(_pickle_bytes(marker))
-    (folder / CONFIG_NAME).write_text(json.dumps(default_config({"spatial_dims": 2, "in_channels": 1, "out_channels": 1})))
+    (folder / CONFIG_NAME).write_text(
+        json.dumps(default_config({"spatial_dims": 2, "in_channels": 1, "out_channels": 1}))
+    )
     with pytest.raises(ModelFormatError, match="never loads pickle"):
         load_model(folder)
     assert not marker.exists()

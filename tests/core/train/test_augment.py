@@ -21,7 +21,13 @@ def _blobs(shape, seed=0):
     for i in range(1, 6):
         centre = [rng.uniform(0.2, 0.8) * n for n in shape]
         radius = rng.uniform(0.08, 0.18) * min(shape[-2:])
-        inside = sum(((g - c) / (radius if len(shape) == 2 or k else radius / 2)) ** 2 for k, (g, c) in enumerate(zip(grid, centre, strict=True))) < 1
+        inside = (
+            sum(
+                ((g - c) / (radius if len(shape) == 2 or k else radius / 2)) ** 2
+                for k, (g, c) in enumerate(zip(grid, centre, strict=True))
+            )
+            < 1
+        )
         labels[inside] = i
     return labels
 
@@ -63,7 +69,9 @@ def test_geometric_augmentation_keeps_image_and_labels_aligned(name, shape):
     image = np.stack([label == value for value in range(6)]).astype(np.float32)
     changed = 0
     for seed in range(6):
-        out_image, (out_label, out_valid) = geometric(image, [label, np.ones(shape, bool)], np.random.default_rng(seed), config)
+        out_image, (out_label, out_valid) = geometric(
+            image, [label, np.ones(shape, bool)], np.random.default_rng(seed), config
+        )
         assert out_image.shape == image.shape and out_label.shape == label.shape
         assert out_label.dtype == label.dtype and out_valid.dtype == bool
         _check_aligned(out_image, out_label, exact)
@@ -98,8 +106,12 @@ def test_elastic_deformation_is_smooth_and_as_large_as_asked():
     assert np.abs(fields).mean() > 2.0
     # a 3D patch gets the same in-plane field in every Z plane (no Z displacement)
     label = _blobs((6, 40, 40))
-    _, (out,) = geometric(np.zeros((1, 6, 40, 40), np.float32), [label], np.random.default_rng(1),
-                          dataclasses.replace(config, flip=False, rotate90=False))
+    _, (out,) = geometric(
+        np.zeros((1, 6, 40, 40), np.float32),
+        [label],
+        np.random.default_rng(1),
+        dataclasses.replace(config, flip=False, rotate90=False),
+    )
     assert not np.array_equal(out, label)
     assert random_elastic(rng, NONE, (65, 65)) is None
 

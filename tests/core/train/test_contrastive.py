@@ -44,7 +44,9 @@ def test_nt_xent_matches_a_hand_computation() -> None:
     loss = nt_xent_loss(torch.tensor(z1, dtype=torch.float64), torch.tensor(z2, dtype=torch.float64), temperature=t)
     assert float(loss) == pytest.approx(expected, rel=1e-12)
     # the views' scale does not matter (embeddings are normalised); swapping views does not either
-    scaled = nt_xent_loss(3 * torch.tensor(z1, dtype=torch.float64), torch.tensor(z2, dtype=torch.float64), temperature=t)
+    scaled = nt_xent_loss(
+        3 * torch.tensor(z1, dtype=torch.float64), torch.tensor(z2, dtype=torch.float64), temperature=t
+    )
     swapped = nt_xent_loss(torch.tensor(z2, dtype=torch.float64), torch.tensor(z1, dtype=torch.float64), temperature=t)
     assert float(scaled) == pytest.approx(expected) and float(swapped) == pytest.approx(expected)
     with pytest.raises(ValueError, match="at least 2 images"):
@@ -80,14 +82,18 @@ def test_local_contrastive_matches_hand_loops(background) -> None:
     embeddings = torch.randn(2, 3, 6, 4, generator=generator, dtype=torch.float64)
     labels = torch.randint(0, 3, (2, 6, 4), generator=generator)
     valid = torch.rand(2, 6, 4, generator=generator) > 0.2
-    loss = local_supervised_contrastive_loss(embeddings, labels, block_size=2, temperature=0.07, background=background, valid=valid)
+    loss = local_supervised_contrastive_loss(
+        embeddings, labels, block_size=2, temperature=0.07, background=background, valid=valid
+    )
     expected = _local_loss_by_hand(embeddings, labels, valid.tolist(), 2, 0.07, background)
     assert float(loss) == pytest.approx(expected, rel=1e-9)
 
 
 def test_local_contrastive_never_anchors_background() -> None:
     # block of 4: two background pixels close together, two foreground pixels of different classes
-    embeddings = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [-1.0, 0.2]], dtype=torch.float64).T.reshape(1, 2, 2, 2)
+    embeddings = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [-1.0, 0.2]], dtype=torch.float64).T.reshape(
+        1, 2, 2, 2
+    )
     labels = torch.tensor([[[0, 0], [1, 2]]])
     # the only pixels with a positive are background ones: no anchors, loss 0 (with a gradient)
     embeddings.requires_grad_(True)
@@ -96,7 +102,10 @@ def test_local_contrastive_never_anchors_background() -> None:
     loss.backward()
     assert torch.equal(embeddings.grad, torch.zeros_like(embeddings))
     # with background allowed as anchor the same batch has a loss
-    assert float(local_supervised_contrastive_loss(embeddings, labels, block_size=2, temperature=0.07, background=None)) > 0
+    assert (
+        float(local_supervised_contrastive_loss(embeddings, labels, block_size=2, temperature=0.07, background=None))
+        > 0
+    )
     # and background pixels do act as negatives: moving one changes a foreground anchor's loss
     labels2 = torch.tensor([[[0, 1], [1, 2]]])
     base = float(local_supervised_contrastive_loss(embeddings, labels2, block_size=2))
@@ -130,8 +139,16 @@ def test_simclr_views_identity_and_salt_and_pepper() -> None:
     torch.testing.assert_close(a, x, atol=1e-5, rtol=0)
     torch.testing.assert_close(b, x, atol=1e-5, rtol=0)
     # only salt-and-pepper can change pixels here (no blur width, no noise, no brightness change)
-    only_noise = ViewConfig(translate=0.0, zoom=(1.0, 1.0), brightness=0.0, contrast=(1.0, 1.0), blur_sigma=(0.01, 0.01),
-                            noise_std=(0.0, 0.0), salt_pepper=0.1, p=1.0)
+    only_noise = ViewConfig(
+        translate=0.0,
+        zoom=(1.0, 1.0),
+        brightness=0.0,
+        contrast=(1.0, 1.0),
+        blur_sigma=(0.01, 0.01),
+        noise_std=(0.0, 0.0),
+        salt_pepper=0.1,
+        p=1.0,
+    )
     views = torch.cat(simclr_views(x.repeat(4, 1, 1, 1), only_noise, generator=generator))
     original = x.repeat(8, 1, 1, 1)
     changed = (views - original).abs() > 1e-5

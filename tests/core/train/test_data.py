@@ -59,7 +59,9 @@ def test_make_sample_refuses_what_is_not_labels_naming_the_pair():
         make_sample(image, np.full((8, 8), 0.5), name="cells")
     with pytest.raises(ValueError, match=r"cells: labels must not be negative \(minimum -1\)"):
         make_sample(image, np.full((8, 8), -1), name="cells")
-    with pytest.raises(ValueError, match=r"cells: the image \(shape \(8, 9\)\) and its labels \(shape \(8, 8\)\) do not match"):
+    with pytest.raises(
+        ValueError, match=r"cells: the image \(shape \(8, 9\)\) and its labels \(shape \(8, 8\)\) do not match"
+    ):
         make_sample(np.zeros((8, 9)), np.zeros((8, 8), np.uint8), name="cells")
 
 
@@ -69,7 +71,9 @@ def test_targets_per_head():
     np.testing.assert_array_equal(make_targets(labels, "binary"), labels > 0)
     three = make_targets(labels, "three_class")
     assert three.dtype == np.uint8 and (three[labels == 0] == 0).all()
-    np.testing.assert_array_equal(three[3], [0, 2, 1, 1, 2, 2, 1, 1, 2, 0])  # the rims, where they touch too, are boundary
+    np.testing.assert_array_equal(
+        three[3], [0, 2, 1, 1, 2, 2, 1, 1, 2, 0]
+    )  # the rims, where they touch too, are boundary
     np.testing.assert_array_equal(make_targets(labels, "semantic", n_classes=3), labels)
     with pytest.raises(ValueError, match="label value 2 is not a class of a 2-class semantic head"):
         make_targets(labels, "semantic", n_classes=2)
@@ -97,7 +101,9 @@ def test_split_by_image_or_by_a_strip_of_one_image():
     assert split_samples(samples, 0.0) == (samples, [])
     one = make_sample(np.zeros((64, 96)), _discs())
     (part,), (held,) = split_samples([one], 0.2)
-    assert part.labels.shape[2] + held.labels.shape[2] == 96 and held.labels.shape[2] >= 96 * 0.2 - 1  # along the longer X
+    assert (
+        part.labels.shape[2] + held.labels.shape[2] == 96 and held.labels.shape[2] >= 96 * 0.2 - 1
+    )  # along the longer X
     assert held.name.endswith("[validation region]") and len(np.unique(held.labels)) > 1
     with pytest.raises(ValueError, match=r"val_fraction must be in \[0, 1\), got 1.0"):
         split_samples(samples, 1.0)
@@ -109,12 +115,17 @@ def test_load_pairs_reads_files_in_the_order_given(tmp_path):
     for name in ("a", "b"):
         tifffile.imwrite(tmp_path / f"{name}.tif", (labels * 7).astype(np.uint16))
         tifffile.imwrite(tmp_path / f"{name}_labels.tif", labels)
-    images, label_arrays, names = load_pairs([tmp_path / "b.tif", tmp_path / "a.tif"], [tmp_path / "b_labels.tif", tmp_path / "a_labels.tif"])
+    images, label_arrays, names = load_pairs(
+        [tmp_path / "b.tif", tmp_path / "a.tif"], [tmp_path / "b_labels.tif", tmp_path / "a_labels.tif"]
+    )
     assert names == [str(tmp_path / "b.tif"), str(tmp_path / "a.tif")]
     np.testing.assert_array_equal(images[0], labels * 7)
     np.testing.assert_array_equal(label_arrays[1], labels)
     with pytest.raises(ValueError, match="2 image file\\(s\\) but 1 label file\\(s\\)"):
         load_pairs([tmp_path / "a.tif", tmp_path / "b.tif"], [tmp_path / "a_labels.tif"])
     tifffile.imwrite(tmp_path / "small_labels.tif", labels[:32])
-    with pytest.raises(ValueError, match=r"image .*a.tif \(shape \(64, 96\)\) and labels .*small_labels.tif \(shape \(32, 96\)\) do not match"):
+    with pytest.raises(
+        ValueError,
+        match=r"image .*a.tif \(shape \(64, 96\)\) and labels .*small_labels.tif \(shape \(32, 96\)\) do not match",
+    ):
         load_pairs([tmp_path / "a.tif"], [tmp_path / "small_labels.tif"])

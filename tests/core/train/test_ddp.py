@@ -64,8 +64,18 @@ def test_two_gloo_processes_train_one_model(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(tmp_path / "script.py"), str(tmp_path / "data.npz"), str(out), str(dump)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(tmp_path / "script.py"),
+        str(tmp_path / "data.npz"),
+        str(out),
+        str(dump),
+    ]
     finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert finished.returncode == 0, finished.stderr[-3000:]
 
@@ -75,7 +85,9 @@ def test_two_gloo_processes_train_one_model(tmp_path):
         assert torch.equal(ranks[0][key], ranks[1][key]), key
     reports = [json.loads((dump / f"rank{r}.json").read_text()) for r in range(2)]
     assert reports[0]["processes"] == 2  # it really ran as one 2-process job
-    timeless = [[{k: v for k, v in e.items() if k not in ("seconds", "elapsed")} for e in r["history"]] for r in reports]
+    timeless = [
+        [{k: v for k, v in e.items() if k not in ("seconds", "elapsed")} for e in r["history"]] for r in reports
+    ]
     assert timeless[0] == timeless[1] and len(timeless[0]) == 2  # the same metrics, so the same decisions
     assert reports[0]["best_epoch"] == reports[1]["best_epoch"]
     assert all(entry["steps"] == 2 for entry in reports[0]["history"])  # 4 steps of work shared by 2 processes

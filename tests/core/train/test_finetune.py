@@ -74,13 +74,22 @@ def test_l2sp_keeps_the_weights_nearer_the_start():
 
 def test_auto_settings_follow_the_object_size_and_what_is_trained():
     tuned = auto_settings(TrainConfig(), fine_tuning=True, diameter=20.0)
-    assert (tuned.patch, tuned.batch_size, tuned.learning_rate, tuned.freeze_norm, tuned.l2sp) == (128, 8, 3e-4, True, 1e-3)
+    assert (tuned.patch, tuned.batch_size, tuned.learning_rate, tuned.freeze_norm, tuned.l2sp) == (
+        128,
+        8,
+        3e-4,
+        True,
+        1e-3,
+    )
     new = auto_settings(TrainConfig(), fine_tuning=False, diameter=48.0)
     assert (new.patch, new.batch_size, new.learning_rate, new.freeze_norm, new.l2sp) == (240, 4, 2e-3, False, 0.0)
     assert auto_settings(TrainConfig(), fine_tuning=False, diameter=None).patch == 256
     assert auto_settings(TrainConfig(spatial_dims=3), fine_tuning=False, diameter=12.0).patch == (32, 96, 96)
-    kept = auto_settings(TrainConfig(patch=64, batch_size=3, learning_rate=1e-2, freeze_norm=False, l2sp=0.5),
-                         fine_tuning=True, diameter=20.0)
+    kept = auto_settings(
+        TrainConfig(patch=64, batch_size=3, learning_rate=1e-2, freeze_norm=False, l2sp=0.5),
+        fine_tuning=True,
+        diameter=20.0,
+    )
     assert (kept.patch, kept.batch_size, kept.learning_rate, kept.freeze_norm, kept.l2sp) == (64, 3, 1e-2, False, 0.5)
 
 

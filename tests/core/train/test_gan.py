@@ -24,8 +24,17 @@ def _stacks(n: int = 2):
 
 def test_vox2vox_learns_the_masks(tmp_path: Path) -> None:
     data = _stacks()
-    config = GanConfig(method="vox2vox", patch=(16, 32, 32), batch_size=2, epochs=4, steps_per_epoch=5, depth=2,
-                       base_channels=8, learning_rate=1e-3, device="cpu")
+    config = GanConfig(
+        method="vox2vox",
+        patch=(16, 32, 32),
+        batch_size=2,
+        epochs=4,
+        steps_per_epoch=5,
+        depth=2,
+        base_channels=8,
+        learning_rate=1e-3,
+        device="cpu",
+    )
     result = train_gan([d.image for d in data], [d.labels for d in data], config, out=tmp_path / "v2v")
     first, last = result.history[0], result.history[-1]
     assert last["dice_bce"] < 0.8 * first["dice_bce"], result.history
@@ -36,8 +45,18 @@ def test_vox2vox_learns_the_masks(tmp_path: Path) -> None:
 
 def test_cyclegan_cycles_close_and_the_segmenter_changes(tmp_path: Path) -> None:
     data = _stacks()
-    config = GanConfig(method="cyclegan", patch=(16, 32, 32), batch_size=2, epochs=3, steps_per_epoch=5, depth=2,
-                       base_channels=8, learning_rate=1e-3, device="cpu", mask_recipe={"diameter": 12, "z_anisotropy": 2})
+    config = GanConfig(
+        method="cyclegan",
+        patch=(16, 32, 32),
+        batch_size=2,
+        epochs=3,
+        steps_per_epoch=5,
+        depth=2,
+        base_channels=8,
+        learning_rate=1e-3,
+        device="cpu",
+        mask_recipe={"diameter": 12, "z_anisotropy": 2},
+    )
     result = train_gan([d.image for d in data], None, config, out=tmp_path / "cg")
     assert result.history[-1]["cycle"] < 0.6 * result.history[0]["cycle"], result.history
     torch.manual_seed(config.seed)  # train_gan seeds torch so and builds the segmenter first
@@ -62,8 +81,28 @@ def test_cyclegan_from_the_command_line(tmp_path: Path) -> None:
         paths.append(tmp_path / f"s{i}.tif")
         tifffile.imwrite(paths[-1], stack.image)
     out = tmp_path / "model"
-    common = ["--images", *map(str, paths), "--out", str(out), "--epochs", "1", "--steps-per-epoch", "2", "--patch", "16", "32", "32",
-              "--batch-size", "1", "--depth", "2", "--base-channels", "8", "--device", "cpu"]
+    common = [
+        "--images",
+        *map(str, paths),
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--steps-per-epoch",
+        "2",
+        "--patch",
+        "16",
+        "32",
+        "32",
+        "--batch-size",
+        "1",
+        "--depth",
+        "2",
+        "--base-channels",
+        "8",
+        "--device",
+        "cpu",
+    ]
     assert main(["train", "--method", "cyclegan", "--mask-recipe", "diameter=12,z_anisotropy=2", *common]) == 0
     model, config = load_model(out)
     assert config["architecture"]["spatial_dims"] == 3 and config["training"]["data"]["method"] == "cyclegan"

@@ -89,7 +89,9 @@ def test_multiclass_ignore_value_under_invalid_pixels():
     target_with_ignore[:, :4] = 255
     for name in ("bce", "dice", "focal", "iou", "mae"):
         loss = parse_loss(name, "three_class")
-        assert loss(logits, target_with_ignore, valid).item() == pytest.approx(loss(logits[:, :, 4:], target[:, 4:]).item(), rel=1e-5), name
+        assert loss(logits, target_with_ignore, valid).item() == pytest.approx(
+            loss(logits[:, :, 4:], target[:, 4:]).item(), rel=1e-5
+        ), name
 
 
 @pytest.mark.parametrize("shape", [(32, 40), (12, 20, 24)])
@@ -97,7 +99,9 @@ def test_ssim_matches_skimage(shape):
     rng = np.random.default_rng(0)
     a = rng.random(shape).astype(np.float64)
     b = np.clip(a + 0.3 * rng.standard_normal(shape), 0, 1)
-    expected = structural_similarity(a, b, data_range=1.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
+    expected = structural_similarity(
+        a, b, data_range=1.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False
+    )
     got = ssim(torch.from_numpy(a)[None, None], torch.from_numpy(b)[None, None]).item()
     assert got == pytest.approx(expected, abs=1e-10)
 
@@ -112,7 +116,9 @@ def test_ssim_loss_and_sums():
     combined = parse_loss("ssim+mae")(x, perfect)
     assert combined.item() == pytest.approx(ssim_loss(x, perfect).item() + mae_loss(x, perfect).item(), rel=1e-6)
     weighted = parse_loss("0.5*bce + 2*dice")(x, perfect)
-    assert weighted.item() == pytest.approx(0.5 * bce_loss(x, perfect).item() + 2 * dice_loss(x, perfect).item(), rel=1e-6)
+    assert weighted.item() == pytest.approx(
+        0.5 * bce_loss(x, perfect).item() + 2 * dice_loss(x, perfect).item(), rel=1e-6
+    )
 
 
 def test_ssim_valid_mask_drops_touched_windows():

@@ -50,7 +50,9 @@ def test_make_sample_channels_first_last_and_none():
     assert make_sample(rgb[..., 0], labels).image.shape == (1, 1, 20, 30)
     stack = make_sample(np.zeros((4, 20, 30)), np.zeros((4, 20, 30), np.uint8))
     assert stack.image.shape == (1, 4, 20, 30) and stack.labels.shape == (4, 20, 30)
-    with pytest.raises(ValueError, match=r"image \(shape \(20, 31\)\) and its labels \(shape \(20, 30\)\) do not match"):
+    with pytest.raises(
+        ValueError, match=r"image \(shape \(20, 31\)\) and its labels \(shape \(20, 30\)\) do not match"
+    ):
         make_sample(np.zeros((20, 31)), labels, name="pair 1")
 
 
@@ -77,12 +79,17 @@ def test_make_sample_rescales_labels_by_nearest_neighbour():
 
 
 def test_split_by_image_and_by_region():
-    samples = [Sample(np.zeros((1, 1, 8, 8), np.float32), np.zeros((1, 8, 8), np.uint8), np.ones((1, 8, 8), bool), str(i)) for i in range(10)]
+    samples = [
+        Sample(np.zeros((1, 1, 8, 8), np.float32), np.zeros((1, 8, 8), np.uint8), np.ones((1, 8, 8), bool), str(i))
+        for i in range(10)
+    ]
     train, val = split_samples(samples, 0.2, seed=0)
     assert len(train) == 8 and len(val) == 2
     assert {s.name for s in train}.isdisjoint({s.name for s in val})
     assert split_samples(samples, 0.2, seed=0)[1][0].name == val[0].name  # reproducible
-    one = Sample(np.zeros((1, 1, 10, 40), np.float32), np.arange(400).reshape(1, 10, 40), np.ones((1, 10, 40), bool), "one")
+    one = Sample(
+        np.zeros((1, 1, 10, 40), np.float32), np.arange(400).reshape(1, 10, 40), np.ones((1, 10, 40), bool), "one"
+    )
     train, val = split_samples([one], 0.25)
     assert train[0].labels.shape == (1, 10, 30) and val[0].labels.shape == (1, 10, 10)
     np.testing.assert_array_equal(val[0].labels, one.labels[:, :, 30:])

@@ -47,9 +47,13 @@ def test_blur_equals_scipy_gaussian_filter_2d_and_3d(membrane_crops: torch.Tenso
 def test_sobel_equals_skimage(membrane_crops: torch.Tensor) -> None:
     result = sobel(membrane_crops.double()).numpy()
     for i in range(4):
-        np.testing.assert_allclose(result[i, 0], skimage_sobel(membrane_crops[i, 0].double().numpy(), mode="mirror"), atol=1e-10)
+        np.testing.assert_allclose(
+            result[i, 0], skimage_sobel(membrane_crops[i, 0].double().numpy(), mode="mirror"), atol=1e-10
+        )
     volume = torch.rand(1, 1, 8, 9, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    np.testing.assert_allclose(sobel(volume)[0, 0].numpy(), skimage_sobel(volume[0, 0].numpy(), mode="mirror"), atol=1e-10)
+    np.testing.assert_allclose(
+        sobel(volume)[0, 0].numpy(), skimage_sobel(volume[0, 0].numpy(), mode="mirror"), atol=1e-10
+    )
 
 
 def test_corrupt_applies_the_named_corruption_to_each_image(membrane_crops: torch.Tensor) -> None:
@@ -84,7 +88,11 @@ def test_restoration_loss_against_skimage_ssim(membrane_crops: torch.Tensor) -> 
     target = membrane_crops[:1].double()
     output = gaussian_blur(target, 1.0)
     expected_ssim = structural_similarity(
-        output[0, 0].numpy(), target[0, 0].numpy(), data_range=1.0, gaussian_weights=True, sigma=1.5,
+        output[0, 0].numpy(),
+        target[0, 0].numpy(),
+        data_range=1.0,
+        gaussian_weights=True,
+        sigma=1.5,
         use_sample_covariance=False,
     )
     ours = 1 - float(restoration_loss(output, target, "ssim"))

@@ -51,7 +51,9 @@ def test_restore_pretraining_learns_and_writes_a_model_to_fine_tune(membranes, t
     restorer = result.pretext_model["unet"].eval()
     from segtune.core.normalize import percentile_normalize
 
-    clean = torch.from_numpy(np.stack([percentile_normalize(i, 1, 99.8) for i in images])[:, None, :32, :32].copy()).float()
+    clean = torch.from_numpy(
+        np.stack([percentile_normalize(i, 1, 99.8) for i in images])[:, None, :32, :32].copy()
+    ).float()
     corrupted, _ = corrupt(clean, CorruptionConfig(kinds=("blur",)))
     with torch.no_grad():
         trained_loss = float(restoration_loss(restorer(corrupted), clean))
@@ -60,16 +62,32 @@ def test_restore_pretraining_learns_and_writes_a_model_to_fine_tune(membranes, t
 
 def test_simclr_then_local_contrastive_from_it_with_a_frozen_encoder(membranes, tmp_path: Path) -> None:
     images, labels = membranes
-    simclr = pretrain(images, PretrainConfig(method="simclr", epochs=1, steps_per_epoch=2, head="binary", **TINY),
-                      out=tmp_path / "simclr")
+    simclr = pretrain(
+        images,
+        PretrainConfig(method="simclr", epochs=1, steps_per_epoch=2, head="binary", **TINY),
+        out=tmp_path / "simclr",
+    )
     assert np.isfinite(simclr.history[0]["loss"])
     global_model, global_config = load_model(tmp_path / "simclr")
     assert global_config["pretext"]["method"] == "simclr"
     tensors, _ = load_pretext_weights(tmp_path / "simclr")
     assert tensors["projection/net.2.weight"].shape[0] == 256  # SimCLR's 256-d output
-    local = pretrain(images, PretrainConfig(method="local-contrastive", epochs=1, steps_per_epoch=2, freeze_encoder=True,
-                                            head="binary", block_size=16, min_foreground=0.0, **TINY),
-                     labels=labels, from_model=tmp_path / "simclr", out=tmp_path / "local")
+    local = pretrain(
+        images,
+        PretrainConfig(
+            method="local-contrastive",
+            epochs=1,
+            steps_per_epoch=2,
+            freeze_encoder=True,
+            head="binary",
+            block_size=16,
+            min_foreground=0.0,
+            **TINY,
+        ),
+        labels=labels,
+        from_model=tmp_path / "simclr",
+        out=tmp_path / "local",
+    )
     assert np.isfinite(local.history[0]["loss"]) and local.history[0]["loss"] > 0
     model, config = load_model(tmp_path / "local")
     # the frozen encoder (weights and normalisation statistics) is exactly the global stage's

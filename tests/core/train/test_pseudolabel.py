@@ -45,7 +45,9 @@ def test_semantic_confidence_rule() -> None:
 def _tiny_binary_model(seed: int = 0) -> tuple[torch.nn.Module, dict]:
     torch.manual_seed(seed)
     model = UNet(depth=2, base_channels=4).eval()
-    config = default_config(model.architecture, head="binary", normalization={"method": "percentile", "low": 1.0, "high": 99.8})
+    config = default_config(
+        model.architecture, head="binary", normalization={"method": "percentile", "low": 1.0, "high": 99.8}
+    )
     return model, config
 
 
@@ -77,8 +79,16 @@ def test_pseudolabel_files_then_a_student_trains_on_labelled_plus_pseudo(membran
         crops.append((path, read_labels(membranes_dir / "labels" / f"{i}.png")[:64, :64]))
     teacher, config = _tiny_binary_model()
     events = []
-    results = pseudolabel_files(teacher, [p for p, _ in crops[2:]], tmp_path / "pseudo", config=config, threshold=0.55,
-                                ignore_value=2, device="cpu", progress=events.append)
+    results = pseudolabel_files(
+        teacher,
+        [p for p, _ in crops[2:]],
+        tmp_path / "pseudo",
+        config=config,
+        threshold=0.55,
+        ignore_value=2,
+        device="cpu",
+        progress=events.append,
+    )
     assert [e.done for e in events] == [1, 2] and [r.labels_file for r in results] == ["2_labels.tif", "3_labels.tif"]
     pseudo = [read_labels(tmp_path / "pseudo" / r.labels_file) for r in results]
     for labels, result, (path, _) in zip(pseudo, results, crops[2:], strict=True):
@@ -92,7 +102,18 @@ def test_pseudolabel_files_then_a_student_trains_on_labelled_plus_pseudo(membran
     # the student: hand labels (0/255) plus pseudo-labels (0/1, 2 = ignore)
     images = [read_labels(p) for p, _ in crops]
     labels = [crops[0][1], crops[1][1], *pseudo]
-    settings = TrainConfig(head="binary", patch=32, batch_size=2, epochs=1, steps_per_epoch=2, val_fraction=0.0,
-                           depth=2, base_channels=4, ignore_value=2, device="cpu", min_foreground=0.0)
+    settings = TrainConfig(
+        head="binary",
+        patch=32,
+        batch_size=2,
+        epochs=1,
+        steps_per_epoch=2,
+        val_fraction=0.0,
+        depth=2,
+        base_channels=4,
+        ignore_value=2,
+        device="cpu",
+        min_foreground=0.0,
+    )
     result = train(images, labels, settings)
     assert result.history and np.isfinite(result.history[0]["train_loss"])

@@ -54,8 +54,19 @@ def test_real_nuclei_crop_training_reduces_the_loss(nuclei_dir, tmp_path):
         mask = read_labels(nuclei_dir / "labels" / f"{name}.png")
         images.append(image[:512, :512])
         labels.append(mask[:512, :512])
-    config = TrainConfig(epochs=4, steps_per_epoch=6, patch=64, batch_size=4, depth=2, base_channels=8, scale=0.25,
-                         learning_rate=3e-3, val_fraction=0.5, device="cpu", augmentation=AugmentConfig.none())
+    config = TrainConfig(
+        epochs=4,
+        steps_per_epoch=6,
+        patch=64,
+        batch_size=4,
+        depth=2,
+        base_channels=8,
+        scale=0.25,
+        learning_rate=3e-3,
+        val_fraction=0.5,
+        device="cpu",
+        augmentation=AugmentConfig.none(),
+    )
     result = train(images, labels, config, out=tmp_path / "m")
     losses = [h["train_loss"] for h in result.history]
     assert len(losses) == 4 and result.stop_reason == "completed"
@@ -173,7 +184,9 @@ def test_kill_9_mid_training_leaves_a_loadable_model_and_resume_continues(tmp_pa
 def test_time_budget_stops_training_and_keeps_the_best(tmp_path):
     images, labels = _data()
     start = time.monotonic()
-    result = train(images, labels, TrainConfig(epochs=10_000, max_minutes=3 / 60, patience=None, **TINY), out=tmp_path / "m")
+    result = train(
+        images, labels, TrainConfig(epochs=10_000, max_minutes=3 / 60, patience=None, **TINY), out=tmp_path / "m"
+    )
     assert result.stop_reason == "time_budget"
     assert time.monotonic() - start < 3 + 5
     assert result.best_epoch is not None
@@ -193,10 +206,19 @@ def test_early_stopping_restores_the_best_weights():
 def test_fine_tune_from_a_saved_model_with_frozen_encoder(tmp_path):
     images, labels = _data()
     base = UNet(2, 1, 1, depth=2, base_channels=4)
-    save_model(base, {"normalization": {"method": "percentile", "low": 2.0, "high": 98.0}, "head": "binary",
-                      "object_diameter": 7.0}, tmp_path / "base")
+    save_model(
+        base,
+        {"normalization": {"method": "percentile", "low": 2.0, "high": 98.0}, "head": "binary", "object_diameter": 7.0},
+        tmp_path / "base",
+    )
     before = _weights(load_model(tmp_path / "base")[0])
-    result = train(images, labels, TrainConfig(epochs=1, freeze_encoder=True, **TINY), model=tmp_path / "base", out=tmp_path / "tuned")
+    result = train(
+        images,
+        labels,
+        TrainConfig(epochs=1, freeze_encoder=True, **TINY),
+        model=tmp_path / "base",
+        out=tmp_path / "tuned",
+    )
     after = result.model.state_dict()
     encoder_keys = [k for k in before if k.startswith("encoder.") and "num_batches" not in k]
     assert encoder_keys and all(torch.equal(before[k], after[k]) for k in encoder_keys)
@@ -214,7 +236,9 @@ def test_heads_and_3d():
     binary = train(images, labels, TrainConfig(epochs=1, head="binary", loss="focal", **TINY))
     assert binary.model.out_channels == 1 and binary.config["classes"] == ["background", "foreground"]
     semantic_labels = [np.minimum(lab, 2) for lab in labels]
-    semantic = train(images, semantic_labels, TrainConfig(epochs=1, head="semantic", n_classes=3, loss="ce+dice", **TINY))
+    semantic = train(
+        images, semantic_labels, TrainConfig(epochs=1, head="semantic", n_classes=3, loss="ce+dice", **TINY)
+    )
     assert semantic.model.out_channels == 3 and semantic.config["head"] == "semantic"
     volume_image = np.stack([images[0]] * 8)
     volume_labels = np.stack([labels[0]] * 8)

@@ -100,5 +100,6 @@ def _check_czi_complete(path: Path) -> None:
             allocated = struct.unpack_from("<q", block, 16)[0]
             if last + 32 + allocated > size:
                 raise ImageReadError(
-                    path, f"the file is truncated or corrupt: image data runs to byte {last + 32 + allocated} but the file has {size}"
+                    path,
+                    f"the file is truncated or corrupt: image data runs to byte {last + 32 + allocated} but the file has {size}",
                 )

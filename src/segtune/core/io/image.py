@@ -13,7 +13,24 @@ from typing import Any, NamedTuple
 import dask.array as da
 import numpy as np
 
-__all__ = ["DIMS", "ImageData", "ImageReadError", "LABELS_SOFTWARE", "PLAIN_EXTENSIONS", "PhysicalPixelSizes", "SAMPLE_NAMES", "SUPPORTED_EXTENSIONS", "TIFF_EXTENSIONS", "default_channel_names", "guarded_array", "pick_scene", "positive_or_none", "sample_group", "sample_names", "samples_to_channels"]
+__all__ = [
+    "DIMS",
+    "ImageData",
+    "ImageReadError",
+    "LABELS_SOFTWARE",
+    "PLAIN_EXTENSIONS",
+    "PhysicalPixelSizes",
+    "SAMPLE_NAMES",
+    "SUPPORTED_EXTENSIONS",
+    "TIFF_EXTENSIONS",
+    "default_channel_names",
+    "guarded_array",
+    "pick_scene",
+    "positive_or_none",
+    "sample_group",
+    "sample_names",
+    "samples_to_channels",
+]
 
 
 DIMS = "TCZYX"
@@ -136,9 +153,7 @@ class _GuardedReads:
             raise
         except Exception as e:
             reason = f"{type(e).__name__}: {e}".strip().rstrip(":")
-            raise ImageReadError(
-                self.path, f"the pixel data is corrupt at {self._where(index)} ({reason})"
-            ) from e
+            raise ImageReadError(self.path, f"the pixel data is corrupt at {self._where(index)} ({reason})") from e
 
     def _where(self, index: Any) -> str:
         index = index if isinstance(index, tuple) else (index,)

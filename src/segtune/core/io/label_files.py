@@ -109,7 +109,9 @@ def write_labels(
     metadata = ome_metadata(axes, pixel_sizes)
     return atomic_write(
         path,
-        lambda temporary: tifffile.imwrite(temporary, labels, ome=True, metadata=metadata, compression="zlib", software=LABELS_SOFTWARE),
+        lambda temporary: tifffile.imwrite(
+            temporary, labels, ome=True, metadata=metadata, compression="zlib", software=LABELS_SOFTWARE
+        ),
         overwrite=overwrite,
     )
 

@@ -129,7 +129,9 @@ def _check_tiff_codec(path: Path, series: Any) -> None:
         TIFF.DECOMPRESSORS[compression]
     except KeyError as e:
         name = getattr(compression, "name", str(compression))
-        raise ImageReadError(path, f"its image data is compressed with {name}, which cannot be decoded here ({e.args[0]})") from None
+        raise ImageReadError(
+            path, f"its image data is compressed with {name}, which cannot be decoded here ({e.args[0]})"
+        ) from None
 
 
 class _CollectProblems(logging.Handler):
@@ -194,11 +196,13 @@ def _tiff_resolution(series: Any) -> tuple[float, float] | None:
             return None
         unit = tags.get("ResolutionUnit")
         unit = int(unit.value) if unit is not None else 2
+
         def size(value: Any) -> float | None:
             num, den = value if isinstance(value, tuple) else (value, 1)
             if not num or not den:
                 return None
             return den / num
+
         sy, sx = size(yres.value), size(xres.value)
         if sy is None or sx is None:
             return None

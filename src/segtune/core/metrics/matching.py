@@ -110,9 +110,7 @@ def matched_from_instances(
     }
 
 
-def matched_metrics(
-    pred: Any, truth: Any, *, thresholds: Sequence[float] = DEFAULT_THRESHOLDS
-) -> dict[str, Any]:
+def matched_metrics(pred: Any, truth: Any, *, thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> dict[str, Any]:
     """Instance metrics from a one-to-one IoU matching of truth and predicted objects.
 
     Binary inputs are split into objects by connected components; instance ids are renumbered

@@ -110,9 +110,7 @@ def save_overlay_png(path: str | os.PathLike, rgb: Any, *, overwrite: bool = Fal
     path = Path(path)
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[-1] != 3:
-        raise ValueError(
-            f"`rgb` must have shape (Y, X, 3), got {rgb.shape}; save a 3D overlay one plane at a time"
-        )
+        raise ValueError(f"`rgb` must have shape (Y, X, 3), got {rgb.shape}; save a 3D overlay one plane at a time")
     if rgb.dtype != np.uint8:
         raise ValueError(f"`rgb` must be uint8, got dtype {rgb.dtype}")
     if path.suffix.lower() != ".png":

@@ -136,7 +136,9 @@ def pixel_metrics(pred: Any, truth: Any, *, classes: int | Sequence[int] | None 
 # --- object (thesis connected-component algorithm) -------------------------------------------
 
 
-def touched_components(pred_fg: np.ndarray, truth_fg: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def touched_components(
+    pred_fg: np.ndarray, truth_fg: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The connected components of truth and prediction (full connectivity) and, per component
     id (index 0 the background), whether an overlap pixel touches it: ``truth_cc,
     touched_truth, pred_cc, touched_pred``."""

@@ -43,15 +43,27 @@ __all__ = ["BioimageioUnsupported", "export_bioimageio", "is_bioimageio_package"
 RDF_NAMES = ("rdf.yaml", "bioimageio.yaml")
 # citations for data sets named in a model's training provenance (substring of the entry -> citation)
 DATA_CITATIONS = {
-    "nih3t3": ("Coelho, Shariff and Murphy (2009): Nuclear segmentation in microscope cell images: a hand-segmented "
-               "dataset and comparison of algorithms. ISBI 2009", "10.1109/ISBI.2009.5193098"),
-    "isbi": ("Arganda-Carreras et al. (2015): Crowdsourcing the creation of image segmentation algorithms for "
-             "connectomics. Frontiers in Neuroanatomy", "10.3389/fnana.2015.00142"),
-    "dsb": ("Caicedo et al. (2019): Nucleus segmentation across imaging experiments: the 2018 Data Science Bowl. "
-            "Nature Methods", "10.1038/s41592-019-0612-7"),
+    "nih3t3": (
+        "Coelho, Shariff and Murphy (2009): Nuclear segmentation in microscope cell images: a hand-segmented "
+        "dataset and comparison of algorithms. ISBI 2009",
+        "10.1109/ISBI.2009.5193098",
+    ),
+    "isbi": (
+        "Arganda-Carreras et al. (2015): Crowdsourcing the creation of image segmentation algorithms for "
+        "connectomics. Frontiers in Neuroanatomy",
+        "10.3389/fnana.2015.00142",
+    ),
+    "dsb": (
+        "Caicedo et al. (2019): Nucleus segmentation across imaging experiments: the 2018 Data Science Bowl. "
+        "Nature Methods",
+        "10.1038/s41592-019-0612-7",
+    ),
 }
-UNET_CITATION = ("Ronneberger, Fischer and Brox (2015): U-Net: Convolutional Networks for Biomedical Image "
-                 "Segmentation. MICCAI 2015", "10.1007/978-3-319-24574-4_28")
+UNET_CITATION = (
+    "Ronneberger, Fischer and Brox (2015): U-Net: Convolutional Networks for Biomedical Image "
+    "Segmentation. MICCAI 2015",
+    "10.1007/978-3-319-24574-4_28",
+)
 
 
 class BioimageioUnsupported(ValueError):
@@ -120,7 +132,9 @@ def export_bioimageio(
     net, config = load_model(folder, device="cpu")
     architecture = dict(config["architecture"])
     if architecture.get("name", "unet") != "unet":
-        raise ValueError(f"only segtune U-Nets can be exported to bioimage.io; {folder} is a {architecture.get('name')!r}")
+        raise ValueError(
+            f"only segtune U-Nets can be exported to bioimage.io; {folder} is a {architecture.get('name')!r}"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="segtune-bioimageio-") as tmp:
         work = Path(tmp)
@@ -131,7 +145,9 @@ def export_bioimageio(
     return out
 
 
-def _describe(folder: Path, net: nn.Module, config: dict[str, Any], work: Path, test_image: Any, torchscript: bool) -> Any:
+def _describe(
+    folder: Path, net: nn.Module, config: dict[str, Any], work: Path, test_image: Any, torchscript: bool
+) -> Any:
     from bioimageio.spec.model import v0_5 as spec
 
     from segtune.core.models import unet as unet_module
@@ -157,7 +173,9 @@ def _describe(folder: Path, net: nn.Module, config: dict[str, Any], work: Path, 
     weights: dict[str, Any] = {
         "pytorch_state_dict": spec.PytorchStateDictWeightsDescr(
             source=work / "weights.pt",
-            architecture=spec.ArchitectureFromFileDescr(source=work / "unet.py", callable=spec.Identifier("UNet"), kwargs=kwargs),
+            architecture=spec.ArchitectureFromFileDescr(
+                source=work / "unet.py", callable=spec.Identifier("UNet"), kwargs=kwargs
+            ),
             pytorch_version=spec.Version(torch.__version__.split("+")[0]),
         )
     }
@@ -165,20 +183,30 @@ def _describe(folder: Path, net: nn.Module, config: dict[str, Any], work: Path, 
         try:
             _torchscript(net, raw, dims, step).save(str(work / "weights_torchscript.pt"))
             weights["torchscript"] = spec.TorchscriptWeightsDescr(
-                source=work / "weights_torchscript.pt", pytorch_version=spec.Version(torch.__version__.split("+")[0]),
+                source=work / "weights_torchscript.pt",
+                pytorch_version=spec.Version(torch.__version__.split("+")[0]),
                 parent="pytorch_state_dict",
             )
         except Exception as e:  # TorchScript is an extra; the state dict is the package's own format
-            logger.warning("TorchScript export skipped: %s: %s", type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+            logger.warning(
+                "TorchScript export skipped: %s: %s", type(e).__name__, str(e).splitlines()[0] if str(e) else ""
+            )
 
     input_id, output_id = spec.TensorId("raw"), spec.TensorId("probabilities")
     normalization = dict(config.get("normalization") or {})
     preprocessing: list[Any] = []
     if normalization.get("method", "percentile") == "percentile":
         low, high, _ = model_percentiles(config)
-        preprocessing.append(spec.ScaleRangeDescr(kwargs=spec.ScaleRangeKwargs(
-            axes=[spec.AxisId(a) for a in space], min_percentile=low, max_percentile=high, eps=1e-6,
-        )))
+        preprocessing.append(
+            spec.ScaleRangeDescr(
+                kwargs=spec.ScaleRangeKwargs(
+                    axes=[spec.AxisId(a) for a in space],
+                    min_percentile=low,
+                    max_percentile=high,
+                    eps=1e-6,
+                )
+            )
+        )
     postprocessing: list[Any] = []
     if head == "binary":
         postprocessing.append(spec.SigmoidDescr())
@@ -186,15 +214,30 @@ def _describe(folder: Path, net: nn.Module, config: dict[str, Any], work: Path, 
         postprocessing.append(spec.SoftmaxDescr(kwargs=spec.SoftmaxKwargs(axis=spec.AxisId("channel"))))
     classes = [str(c) for c in (config.get("classes") or [])]
     if len(classes) != out_channels:
-        classes = ["foreground"] if head == "binary" and out_channels == 1 else [f"class{i}" for i in range(out_channels)]
-    input_axes: list[Any] = [spec.BatchAxis(), spec.ChannelAxis(channel_names=[spec.Identifier(f"channel{i}") for i in range(in_channels)])]
-    input_axes += [spec.SpaceInputAxis(id=spec.AxisId(a), size=spec.ParameterizedSize(min=step * 2, step=step)) for a in space]
-    output_axes: list[Any] = [spec.BatchAxis(), spec.ChannelAxis(channel_names=[spec.Identifier(_identifier(c)) for c in classes])]
-    output_axes += [spec.SpaceOutputAxis(id=spec.AxisId(a), size=spec.SizeReference(tensor_id=input_id, axis_id=spec.AxisId(a))) for a in space]
+        classes = (
+            ["foreground"] if head == "binary" and out_channels == 1 else [f"class{i}" for i in range(out_channels)]
+        )
+    input_axes: list[Any] = [
+        spec.BatchAxis(),
+        spec.ChannelAxis(channel_names=[spec.Identifier(f"channel{i}") for i in range(in_channels)]),
+    ]
+    input_axes += [
+        spec.SpaceInputAxis(id=spec.AxisId(a), size=spec.ParameterizedSize(min=step * 2, step=step)) for a in space
+    ]
+    output_axes: list[Any] = [
+        spec.BatchAxis(),
+        spec.ChannelAxis(channel_names=[spec.Identifier(_identifier(c)) for c in classes]),
+    ]
+    output_axes += [
+        spec.SpaceOutputAxis(id=spec.AxisId(a), size=spec.SizeReference(tensor_id=input_id, axis_id=spec.AxisId(a)))
+        for a in space
+    ]
 
     card = folder / "MODEL_CARD.md"
     documentation = work / "README.md"
-    text = card.read_text(encoding="utf-8") if card.is_file() else f"# {folder.name}\n\n{config.get('description', '')}\n"
+    text = (
+        card.read_text(encoding="utf-8") if card.is_file() else f"# {folder.name}\n\n{config.get('description', '')}\n"
+    )
     documentation.write_text(text + _usage_note(folder.name), encoding="utf-8")
     description = str(config.get("description") or f"segtune {dims}D U-Net ({head} head)")
     return spec.ModelDescr(
@@ -205,11 +248,30 @@ def _describe(folder: Path, net: nn.Module, config: dict[str, Any], work: Path, 
         license=spec.LicenseId("BSD-3-Clause"),
         documentation=spec.FileDescr(source=documentation),
         covers=[spec.FileDescr(source=work / "cover.png")],
-        tags=["segmentation", "unet", f"{dims}d", "pytorch", "segtune", *( ["nuclei"] if "nucle" in folder.name.lower() else [])],
-        inputs=[spec.InputTensorDescr(id=input_id, axes=input_axes, test_tensor=spec.FileDescr(source=work / "test_input.npy"),
-                                      preprocessing=preprocessing)],
-        outputs=[spec.OutputTensorDescr(id=output_id, axes=output_axes, test_tensor=spec.FileDescr(source=work / "test_output.npy"),
-                                        postprocessing=postprocessing)],
+        tags=[
+            "segmentation",
+            "unet",
+            f"{dims}d",
+            "pytorch",
+            "segtune",
+            *(["nuclei"] if "nucle" in folder.name.lower() else []),
+        ],
+        inputs=[
+            spec.InputTensorDescr(
+                id=input_id,
+                axes=input_axes,
+                test_tensor=spec.FileDescr(source=work / "test_input.npy"),
+                preprocessing=preprocessing,
+            )
+        ],
+        outputs=[
+            spec.OutputTensorDescr(
+                id=output_id,
+                axes=output_axes,
+                test_tensor=spec.FileDescr(source=work / "test_output.npy"),
+                postprocessing=postprocessing,
+            )
+        ],
         weights=spec.WeightsDescr(**weights),
         config={"segtune": json.loads(json.dumps(config))},
     )
@@ -222,7 +284,9 @@ def _torchscript(net: nn.Module, raw: np.ndarray, dims: int, step: int) -> Any:
     import warnings
 
     with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks become constants: sizes are step multiples
+        warnings.simplefilter(
+            "ignore", torch.jit.TracerWarning
+        )  # shape checks become constants: sizes are step multiples
         traced = torch.jit.trace(net.eval(), example, check_trace=False)
         if not torch.allclose(traced(other), net(other), atol=1e-5):
             raise RuntimeError("the traced network differs from the eager one on another input size")
@@ -253,7 +317,9 @@ def _segtune_prediction(net: nn.Module, config: Mapping[str, Any], raw: np.ndarr
     from segtune.core.predict import predict
 
     dims = int(config["architecture"].get("spatial_dims", 2))
-    result = predict((net, dict(config)), raw, axes="CYX" if dims == 2 else "CZYX", device="cpu", labels=False, diameter=None)
+    result = predict(
+        (net, dict(config)), raw, axes="CYX" if dims == 2 else "CZYX", device="cpu", labels=False, diameter=None
+    )
     probabilities = np.asarray(result.probabilities)[0]  # (K, Z, Y, X)
     return probabilities[:, 0] if dims == 2 else probabilities
 
@@ -273,7 +339,10 @@ def _cover(raw: np.ndarray, probabilities: np.ndarray, head: str, path: Path) ->
 
 def _citations(config: Mapping[str, Any], spec: Any) -> list[Any]:
     entries = [spec.CiteEntry(text=UNET_CITATION[0], doi=spec.Doi(UNET_CITATION[1]))]
-    data = json.dumps((config.get("training") or {}).get("data", {})).lower() + json.dumps(config.get("validation") or {}).lower()
+    data = (
+        json.dumps((config.get("training") or {}).get("data", {})).lower()
+        + json.dumps(config.get("validation") or {}).lower()
+    )
     for key, (text, doi) in DATA_CITATIONS.items():
         if key in data:
             entries.append(spec.CiteEntry(text=text, doi=spec.Doi(doi)))
@@ -361,17 +430,23 @@ def load_bioimageio(source: str | os.PathLike) -> tuple[nn.Module, dict[str, Any
         description = load_description(source, format_version="latest")
     except Exception as e:
         first = (str(e).strip().splitlines() or [""])[0]
-        raise BioimageioUnsupported(f"{source} cannot be read as a bioimage.io package ({type(e).__name__}: {first})") from e
+        raise BioimageioUnsupported(
+            f"{source} cannot be read as a bioimage.io package ({type(e).__name__}: {first})"
+        ) from e
     if isinstance(description, InvalidDescr) or not isinstance(description, v0_5.ModelDescr):
         errors = getattr(description.validation_summary, "errors", None) or []
-        reason = f"{errors[0].loc}: {errors[0].msg}" if errors else f"a {getattr(description, 'type', '?')!r} description"
+        reason = (
+            f"{errors[0].loc}: {errors[0].msg}" if errors else f"a {getattr(description, 'type', '?')!r} description"
+        )
         raise BioimageioUnsupported(f"{source} is not a bioimage.io model segtune can read ({reason})")
 
     def refuse(reason: str) -> BioimageioUnsupported:
         return BioimageioUnsupported(f"{source}: segtune cannot run this bioimage.io model: {reason}")
 
     if len(description.inputs) != 1 or len(description.outputs) != 1:
-        raise refuse(f"it has {len(description.inputs)} inputs and {len(description.outputs)} outputs (segtune runs one of each)")
+        raise refuse(
+            f"it has {len(description.inputs)} inputs and {len(description.outputs)} outputs (segtune runs one of each)"
+        )
     tensor_in, tensor_out = description.inputs[0], description.outputs[0]
     space_in, channels_in = _axes(tensor_in, refuse)
     space_out, channels_out = _axes(tensor_out, refuse)
@@ -380,8 +455,16 @@ def load_bioimageio(source: str | os.PathLike) -> tuple[nn.Module, dict[str, Any
     for axis in tensor_out.axes:
         if axis.type == "space":
             size = axis.size
-            if not (isinstance(size, v0_5.SizeReference) and size.tensor_id == tensor_in.id and size.axis_id == axis.id
-                    and not size.offset) or getattr(axis, "scale", 1.0) != 1.0 or getattr(axis, "halo", 0):
+            if (
+                not (
+                    isinstance(size, v0_5.SizeReference)
+                    and size.tensor_id == tensor_in.id
+                    and size.axis_id == axis.id
+                    and not size.offset
+                )
+                or getattr(axis, "scale", 1.0) != 1.0
+                or getattr(axis, "halo", 0)
+            ):
                 raise refuse(f"its output axis {axis.id!r} is not the input's size (segtune tiles same-size outputs)")
 
     normalization, before = _preprocessing(tensor_in.preprocessing, refuse)
@@ -391,11 +474,21 @@ def load_bioimageio(source: str | os.PathLike) -> tuple[nn.Module, dict[str, Any
     net = _network(description, packaged, refuse)
     config: dict[str, Any] = packaged or {}
     config.setdefault("architecture", {})
-    config["architecture"] = {**config["architecture"], "spatial_dims": len(space_in), "in_channels": channels_in,
-                              "out_channels": channels_out}
+    config["architecture"] = {
+        **config["architecture"],
+        "spatial_dims": len(space_in),
+        "in_channels": channels_in,
+        "out_channels": channels_out,
+    }
     if not packaged:
-        config.update({"head": head, "normalization": normalization, "description": description.description,
-                       "classes": _channel_names(tensor_out) if head != "binary" else ["background", "foreground"]})
+        config.update(
+            {
+                "head": head,
+                "normalization": normalization,
+                "description": description.description,
+                "classes": _channel_names(tensor_out) if head != "binary" else ["background", "foreground"],
+            }
+        )
         config["architecture"].setdefault("name", "bioimageio")
     elif config.get("head") not in (head, None) and not (head == "semantic" and config.get("head") == "three_class"):
         raise refuse(f"its segtune config says head {config.get('head')!r} but its postprocessing makes it {head!r}")
@@ -431,14 +524,25 @@ def _preprocessing(steps: Any, refuse: Any) -> tuple[dict[str, Any], list[Any]]:
         kind, kwargs = step.id, getattr(step, "kwargs", None)
         if kind == "ensure_dtype":
             continue
-        if kind == "scale_range" and not before and normalization["method"] == "none" and kwargs.reference_tensor is None:
-            normalization = {"method": "percentile", "low": float(kwargs.min_percentile),
-                             "high": float(kwargs.max_percentile), "clip": False}
+        if (
+            kind == "scale_range"
+            and not before
+            and normalization["method"] == "none"
+            and kwargs.reference_tensor is None
+        ):
+            normalization = {
+                "method": "percentile",
+                "low": float(kwargs.min_percentile),
+                "high": float(kwargs.max_percentile),
+                "clip": False,
+            }
             continue
         pointwise = _pointwise(kind, kwargs)
         if pointwise is None:
-            raise refuse(f"its preprocessing step {kind!r} is not one segtune applies (scale_range over the whole image, "
-                         "scale_linear, clip, fixed_zero_mean_unit_variance, binarize)")
+            raise refuse(
+                f"its preprocessing step {kind!r} is not one segtune applies (scale_range over the whole image, "
+                "scale_linear, clip, fixed_zero_mean_unit_variance, binarize)"
+            )
         before.append(pointwise)
     return normalization, before
 
@@ -500,25 +604,48 @@ def _network(description: Any, packaged: Mapping[str, Any], refuse: Any) -> nn.M
         else:
             kwargs = dict(getattr(state_dict.architecture, "kwargs", {}) or {})
             accepted = set(inspect.signature(UNet).parameters)
-            candidate = {k: v for k, v in kwargs.items() if k in accepted} if str(getattr(state_dict.architecture, "callable", "")) == "UNet" else None
+            candidate = (
+                {k: v for k, v in kwargs.items() if k in accepted}
+                if str(getattr(state_dict.architecture, "callable", "")) == "UNet"
+                else None
+            )
         if candidate is not None:
             try:
                 net = build_model(candidate)
                 # the restricted unpickler: tensors and plain containers only, never code
-                state = torch.load(io.BytesIO(get_reader(state_dict.source).read()), map_location="cpu", weights_only=True)
+                state = torch.load(
+                    io.BytesIO(get_reader(state_dict.source).read()), map_location="cpu", weights_only=True
+                )
                 net.load_state_dict(state, strict=True)
                 return net.eval()
             except Exception as e:
                 problems.append(f"its state dict does not fit segtune's U-Net ({type(e).__name__})")
         else:
-            problems.append(f"its architecture {getattr(state_dict.architecture, 'callable', '?')!r} is Python code segtune does not run")
+            problems.append(
+                f"its architecture {getattr(state_dict.architecture, 'callable', '?')!r} is Python code segtune does not run"
+            )
     if weights.torchscript is not None:
         try:
-            return _TorchScript(torch.jit.load(io.BytesIO(get_reader(weights.torchscript.source).read()), map_location="cpu"))
+            return _TorchScript(
+                torch.jit.load(io.BytesIO(get_reader(weights.torchscript.source).read()), map_location="cpu")
+            )
         except Exception as e:
             problems.append(f"its TorchScript weights do not load ({type(e).__name__}: {e})")
-    formats = [name for name in ("pytorch_state_dict", "torchscript", "onnx", "tensorflow_saved_model_bundle", "keras_hdf5", "keras_v3", "tensorflow_js")
-               if getattr(weights, name, None) is not None]
+    formats = [
+        name
+        for name in (
+            "pytorch_state_dict",
+            "torchscript",
+            "onnx",
+            "tensorflow_saved_model_bundle",
+            "keras_hdf5",
+            "keras_v3",
+            "tensorflow_js",
+        )
+        if getattr(weights, name, None) is not None
+    ]
     if not problems:
-        problems.append(f"its weights are {', '.join(formats)} (segtune runs pytorch_state_dict of a U-Net, or torchscript)")
+        problems.append(
+            f"its weights are {', '.join(formats)} (segtune runs pytorch_state_dict of a U-Net, or torchscript)"
+        )
     raise refuse("; ".join(problems))

@@ -37,7 +37,13 @@ FIXED_CHANNELS = {
 _CHANNELS = {"binary": 1, "three_class": 3}
 # how each head's outputs become probabilities: a sigmoid per channel, a softmax over the
 # channels, or none (an image-to-image network's output is the result)
-ACTIVATIONS = {"binary": "sigmoid", "multilabel": "sigmoid", "three_class": "softmax", "semantic": "softmax", "image": None}
+ACTIVATIONS = {
+    "binary": "sigmoid",
+    "multilabel": "sigmoid",
+    "three_class": "softmax",
+    "semantic": "softmax",
+    "image": None,
+}
 
 
 def out_channels(head: str, n_classes: int | None = None) -> int:

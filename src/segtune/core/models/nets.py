@@ -48,7 +48,9 @@ def _monai_norm(norm: str) -> tuple | str | None:
     return None
 
 
-def _check(spatial_dims: int, in_channels: int, out_channels: int, base_channels: int, norm: str, dropout: float, upsample: str) -> None:
+def _check(
+    spatial_dims: int, in_channels: int, out_channels: int, base_channels: int, norm: str, dropout: float, upsample: str
+) -> None:
     validate_settings(spatial_dims, in_channels, out_channels, base_channels, norm, dropout, upsample)
     if base_channels % 8:
         raise ValueError(f"base_channels must be a multiple of 8 for this architecture, got {base_channels}")
@@ -103,10 +105,16 @@ class ResNetUNet(FlexibleUNet):
             raise ValueError(f"encoder must be one of {', '.join(ENCODERS)}, got {encoder!r}")
         _check(spatial_dims, in_channels, out_channels, base_channels, norm, dropout, upsample)
         super().__init__(
-            in_channels, out_channels, encoder, pretrained=False, spatial_dims=spatial_dims,
+            in_channels,
+            out_channels,
+            encoder,
+            pretrained=False,
+            spatial_dims=spatial_dims,
             decoder_channels=tuple(base_channels * m for m in (16, 8, 4, 2, 1)),
             norm=_monai_norm(norm),
-            dropout=float(dropout), upsample=_MONAI_UPSAMPLE[upsample], interp_mode="nearest",
+            dropout=float(dropout),
+            upsample=_MONAI_UPSAMPLE[upsample],
+            interp_mode="nearest",
         )
         self.spatial_dims, self.in_channels, self.out_channels = int(spatial_dims), int(in_channels), int(out_channels)
         self.encoder_name, self.base_channels = encoder, int(base_channels)
@@ -115,9 +123,17 @@ class ResNetUNet(FlexibleUNet):
     @property
     def architecture(self) -> dict[str, Any]:
         """The constructor arguments as a JSON-able dict (what :func:`~.unet.build_model` takes)."""
-        return {"name": "resnet_unet", "spatial_dims": self.spatial_dims, "in_channels": self.in_channels,
-                "out_channels": self.out_channels, "encoder": self.encoder_name, "base_channels": self.base_channels,
-                "norm": self.norm, "dropout": self.dropout, "upsample": self.upsample}
+        return {
+            "name": "resnet_unet",
+            "spatial_dims": self.spatial_dims,
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "encoder": self.encoder_name,
+            "base_channels": self.base_channels,
+            "norm": self.norm,
+            "dropout": self.dropout,
+            "upsample": self.upsample,
+        }
 
     @property
     def head(self) -> nn.Module:
@@ -164,9 +180,13 @@ class UNetPlusPlus(BasicUNetPlusPlus):
         _check(spatial_dims, in_channels, out_channels, base_channels, norm, dropout, upsample)
         b = int(base_channels)
         super().__init__(
-            spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels,
-            features=(b, b, 2 * b, 4 * b, 8 * b, b), deep_supervision=False,
-            norm=_monai_norm(norm), dropout=float(dropout),
+            spatial_dims=spatial_dims,
+            in_channels=in_channels,
+            out_channels=out_channels,
+            features=(b, b, 2 * b, 4 * b, 8 * b, b),
+            deep_supervision=False,
+            norm=_monai_norm(norm),
+            dropout=float(dropout),
             upsample=_MONAI_UPSAMPLE[upsample],
         )
         self.spatial_dims, self.in_channels, self.out_channels = int(spatial_dims), int(in_channels), int(out_channels)
@@ -174,9 +194,16 @@ class UNetPlusPlus(BasicUNetPlusPlus):
 
     @property
     def architecture(self) -> dict[str, Any]:
-        return {"name": "unetpp", "spatial_dims": self.spatial_dims, "in_channels": self.in_channels,
-                "out_channels": self.out_channels, "base_channels": self.base_channels, "norm": self.norm,
-                "dropout": self.dropout, "upsample": self.upsample}
+        return {
+            "name": "unetpp",
+            "spatial_dims": self.spatial_dims,
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "base_channels": self.base_channels,
+            "norm": self.norm,
+            "dropout": self.dropout,
+            "upsample": self.upsample,
+        }
 
     @property
     def encoder(self) -> nn.ModuleList:

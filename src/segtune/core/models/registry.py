@@ -85,7 +85,9 @@ def resolve_model(name_or_path: str | os.PathLike) -> Path:
         folder = PRETRAINED_DIR / BUNDLED_MODELS[name]
         if folder.is_dir():
             return folder
-        raise FileNotFoundError(f"bundled model {name!r} is listed but its folder {folder} is missing from this installation")
+        raise FileNotFoundError(
+            f"bundled model {name!r} is listed but its folder {folder} is missing from this installation"
+        )
     known = ", ".join(BUNDLED_MODELS)
     if path.exists():
         raise FileNotFoundError(f"model {name!r} is a file, not a model folder (config.json + weights.safetensors)")

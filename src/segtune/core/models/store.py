@@ -104,7 +104,9 @@ def _validate_config(config: Mapping[str, Any], source: str) -> None:
     if head == "binary" and out_channels != 1:
         raise ModelFormatError(f"{source}: a binary head needs out_channels 1, the architecture has {out_channels}")
     if head == "three_class" and out_channels != 3:
-        raise ModelFormatError(f"{source}: a three_class head needs out_channels 3, the architecture has {out_channels}")
+        raise ModelFormatError(
+            f"{source}: a three_class head needs out_channels 3, the architecture has {out_channels}"
+        )
 
 
 def _weights_bytes(model: nn.Module) -> bytes:
@@ -166,7 +168,9 @@ def save_model(model: nn.Module, config: Mapping[str, Any], folder: str | os.Pat
     architecture = getattr(model, "architecture", None)
     if "architecture" not in config:
         if architecture is None:
-            raise ValueError("config has no 'architecture' and the model does not describe itself; add config['architecture']")
+            raise ValueError(
+                "config has no 'architecture' and the model does not describe itself; add config['architecture']"
+            )
         config["architecture"] = architecture
     elif architecture is not None and _arch_core(config["architecture"]) != _arch_core(architecture):
         raise ValueError(
@@ -185,7 +189,9 @@ def save_model(model: nn.Module, config: Mapping[str, Any], folder: str | os.Pat
         raise FileExistsError(f"{folder} is an existing file, not a model folder; choose another name")
     if folder.is_dir() and any(folder.iterdir()):
         if not overwrite:
-            raise FileExistsError(f"model folder {folder} already exists; pass overwrite=True (or --overwrite) to replace it")
+            raise FileExistsError(
+                f"model folder {folder} already exists; pass overwrite=True (or --overwrite) to replace it"
+            )
         atomic_write_bytes(folder / WEIGHTS_NAME, weights)
         atomic_write_text(folder / CONFIG_NAME, text)
         return folder
@@ -242,25 +248,37 @@ def _check_inference_fields(config: Mapping[str, Any], spatial_dims: int, source
     normalization = config.get("normalization")
     if normalization not in (None, False, "none"):
         if not isinstance(normalization, Mapping):
-            raise ModelFormatError(f"{source}: 'normalization' must be an object like "
-                                   f'{{"method": "percentile", "low": 1, "high": 99.8}}, got {normalization!r}')
+            raise ModelFormatError(
+                f"{source}: 'normalization' must be an object like "
+                f'{{"method": "percentile", "low": 1, "high": 99.8}}, got {normalization!r}'
+            )
         method = normalization.get("method", "percentile")
         if method not in ("percentile", "none", None):
-            raise ModelFormatError(f"{source}: normalization method {method!r} is not known; "
-                                   "this version applies 'percentile' or 'none'")
+            raise ModelFormatError(
+                f"{source}: normalization method {method!r} is not known; this version applies 'percentile' or 'none'"
+            )
         low, high = normalization.get("low", DEFAULT_PERCENTILES[0]), normalization.get("high", DEFAULT_PERCENTILES[1])
         if not all(_is_number(v) for v in (low, high)) or not 0 <= low < high <= 100:
-            raise ModelFormatError(f"{source}: normalization 'low' and 'high' must be percentiles with "
-                                   f"0 <= low < high <= 100, got low={low!r}, high={high!r}")
+            raise ModelFormatError(
+                f"{source}: normalization 'low' and 'high' must be percentiles with "
+                f"0 <= low < high <= 100, got low={low!r}, high={high!r}"
+            )
     diameter = config.get("object_diameter")
     if diameter is not None and not (_is_number(diameter) and diameter > 0):
-        raise ModelFormatError(f"{source}: 'object_diameter' must be a positive number of pixels or null, got {diameter!r}")
+        raise ModelFormatError(
+            f"{source}: 'object_diameter' must be a positive number of pixels or null, got {diameter!r}"
+        )
     tile = config.get("tile_shape")
     if tile is not None:
         sizes = [tile] if _is_number(tile) else tile
-        if (not isinstance(sizes, list) or len(sizes) not in (1, spatial_dims)
-                or not all(isinstance(n, int) and not isinstance(n, bool) and 0 < n <= 100_000 for n in sizes)):
-            raise ModelFormatError(f"{source}: 'tile_shape' must be null or {spatial_dims} positive whole numbers, got {tile!r}")
+        if (
+            not isinstance(sizes, list)
+            or len(sizes) not in (1, spatial_dims)
+            or not all(isinstance(n, int) and not isinstance(n, bool) and 0 < n <= 100_000 for n in sizes)
+        ):
+            raise ModelFormatError(
+                f"{source}: 'tile_shape' must be null or {spatial_dims} positive whole numbers, got {tile!r}"
+            )
 
 
 def _is_number(value: Any) -> bool:
@@ -291,7 +309,9 @@ def _refuse_pickles(folder: Path) -> None:
         )
 
 
-def load_model(name_or_folder: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+def load_model(
+    name_or_folder: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
     """Load a model folder (or a bundled model by name) without unpickling anything.
 
     Parameters
@@ -348,15 +368,19 @@ def load_model(name_or_folder: str | os.PathLike, device: str | torch.device = "
         # safetensors parses a JSON header and raw tensor bytes: no code is ever executed
         state = load_file(str(weights_path), device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise ModelFormatError(f"{weights_path} is not a valid safetensors file ({e}); segtune loads nothing else") from e
+        raise ModelFormatError(
+            f"{weights_path} is not a valid safetensors file ({e}); segtune loads nothing else"
+        ) from e
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise ModelFormatError(f"{weights_path} does not fit the architecture in {CONFIG_NAME}: {e}") from e
     broken = [name for name, tensor in state.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
     if broken:
-        raise ModelFormatError(f"{weights_path} holds NaN or infinite weights (in {len(broken)} tensor(s), "
-                               f"e.g. {broken[0]}); the model cannot predict")
+        raise ModelFormatError(
+            f"{weights_path} holds NaN or infinite weights (in {len(broken)} tensor(s), "
+            f"e.g. {broken[0]}); the model cannot predict"
+        )
     model.to(select_device(device))
     model.eval()
     return model, config

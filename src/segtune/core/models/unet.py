@@ -87,7 +87,9 @@ class _Up(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "resize":
-            x = F.interpolate(x, scale_factor=2.0, mode="bilinear" if self.spatial_dims == 2 else "trilinear", align_corners=False)
+            x = F.interpolate(
+                x, scale_factor=2.0, mode="bilinear" if self.spatial_dims == 2 else "trilinear", align_corners=False
+            )
         return self.op(x)
 
 
@@ -193,7 +195,9 @@ class UNet(nn.Module):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
-            elif isinstance(module, (nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm, nn.InstanceNorm2d, nn.InstanceNorm3d)):
+            elif isinstance(
+                module, (nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm, nn.InstanceNorm2d, nn.InstanceNorm3d)
+            ):
                 if module.weight is not None:
                     nn.init.ones_(module.weight)
                     nn.init.zeros_(module.bias)
@@ -245,11 +249,13 @@ def check_input(model: nn.Module, x: torch.Tensor) -> None:
     name = getattr(model, "display_name", type(model).__name__)
     if x.ndim != model.spatial_dims + 2:
         raise ValueError(
-            f"a {model.spatial_dims}D {name} takes input of shape (N, C, {', '.join('ZYX'[-model.spatial_dims:])}), "
+            f"a {model.spatial_dims}D {name} takes input of shape (N, C, {', '.join('ZYX'[-model.spatial_dims :])}), "
             f"got shape {tuple(x.shape)}"
         )
     if x.shape[1] != model.in_channels:
-        raise ValueError(f"the {name} expects {model.in_channels} input channel(s), got {x.shape[1]} (shape {tuple(x.shape)})")
+        raise ValueError(
+            f"the {name} expects {model.in_channels} input channel(s), got {x.shape[1]} (shape {tuple(x.shape)})"
+        )
 
 
 def _validate(spatial_dims, in_channels, out_channels, depth, base_channels, norm, dropout, upsample) -> None:
@@ -272,8 +278,16 @@ def validate_settings(spatial_dims, in_channels, out_channels, base_channels, no
         raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
     if upsample not in UPSAMPLES:
         raise ValueError(f"upsample must be one of {', '.join(UPSAMPLES)}, got {upsample!r}")
-    check_size({"spatial_dims": spatial_dims, "in_channels": in_channels, "out_channels": out_channels,
-                "depth": depth, "base_channels": base_channels, "upsample": upsample})
+    check_size(
+        {
+            "spatial_dims": spatial_dims,
+            "in_channels": in_channels,
+            "out_channels": out_channels,
+            "depth": depth,
+            "base_channels": base_channels,
+            "upsample": upsample,
+        }
+    )
 
 
 # the largest network a config may ask for: 1 G parameters (4 GB of float32 weights), far above
@@ -392,7 +406,9 @@ def new_architecture(name: str = "unet", *, encoder: str | None = None, **settin
     """
     if encoder is not None:
         if name not in ("unet", "resnet_unet"):
-            raise ValueError(f"--encoder {encoder} gives a U-Net with a ResNet encoder; it does not combine with architecture {name!r}")
+            raise ValueError(
+                f"--encoder {encoder} gives a U-Net with a ResNet encoder; it does not combine with architecture {name!r}"
+            )
         name, settings = "resnet_unet", {**settings, "encoder": encoder}
     known = inspect.signature(architecture_class(name).__init__).parameters
     return full_architecture({"name": name, **{k: v for k, v in settings.items() if k in known}})

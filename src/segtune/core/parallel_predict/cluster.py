@@ -112,7 +112,11 @@ def open_client(
     ImportError
         ``distributed`` is not installed (``pip install napari-segtune[distributed]``).
     """
-    given = [name for name, value in (("client", client), ("workers", workers), ("scheduler", scheduler)) if value is not None]
+    given = [
+        name
+        for name, value in (("client", client), ("workers", workers), ("scheduler", scheduler))
+        if value is not None
+    ]
     if len(given) != 1:
         raise ValueError(f"give exactly one of client, workers and scheduler; got {given or 'none'}")
     if client is not None:
@@ -137,13 +141,17 @@ def open_client(
     # the nanny pins OMP_NUM_THREADS=1; give each worker its share of the cores instead, and let
     # idle OpenMP threads sleep rather than spin (spinning threads slow busy machines several-fold)
     environ = {
-        "OMP_NUM_THREADS": torch_threads, "MKL_NUM_THREADS": torch_threads,
+        "OMP_NUM_THREADS": torch_threads,
+        "MKL_NUM_THREADS": torch_threads,
         "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE"),
     }
     with (
         distributed.LocalCluster(
-            n_workers=int(workers), threads_per_worker=int(threads_per_worker), processes=True,
-            dashboard_address=None, env=environ,
+            n_workers=int(workers),
+            threads_per_worker=int(threads_per_worker),
+            processes=True,
+            dashboard_address=None,
+            env=environ,
         ) as cluster,
         distributed.Client(cluster, set_as_default=False) as new,
     ):
@@ -375,4 +383,3 @@ def describe(error: BaseException) -> str:
         return "the worker running it died every time it was tried (out of memory, or a crash in native code)"
     text = str(error).strip().splitlines()
     return f"{name}: {text[0]}" if text else name
-

@@ -149,7 +149,9 @@ def predict_files(
     names = _unique_names(paths)
     out_dir = Path(out_dir)
     extension = ".tif" if output_format == "tif" else ".zarr"
-    destinations = {name: out_dir / _output_file(path, suffix, extension) for name, path in zip(names, paths, strict=True)}
+    destinations = {
+        name: out_dir / _output_file(path, suffix, extension) for name, path in zip(names, paths, strict=True)
+    }
     clashes = _duplicates(destinations.values())
     if clashes:
         raise ValueError(f"several inputs would write the same output file(s): {clashes}")
@@ -181,8 +183,18 @@ def predict_files(
         futures: dict[Any, str] = {}
         for name, path in whole:
             future = dask_client.submit(
-                _predict_file_task, model_future, str(path), scene, str(destinations[name]), options, output_format,
-                label_dtype, key=task_key("predict", name, run), retries=retries, pure=False, torch_threads=torch_threads,
+                _predict_file_task,
+                model_future,
+                str(path),
+                scene,
+                str(destinations[name]),
+                options,
+                output_format,
+                label_dtype,
+                key=task_key("predict", name, run),
+                retries=retries,
+                pure=False,
+                torch_threads=torch_threads,
             )
             futures[future] = name
         report.tasks += len(futures)
@@ -190,8 +202,17 @@ def predict_files(
         for name, path in large:
             try:
                 volume = VolumeRun.prepare(
-                    dask_client, model_future, payload, ("path", str(path), scene), name, destinations[name],
-                    output_format=output_format, overwrite=overwrite, retries=retries, run=run, options=options,
+                    dask_client,
+                    model_future,
+                    payload,
+                    ("path", str(path), scene),
+                    name,
+                    destinations[name],
+                    output_format=output_format,
+                    overwrite=overwrite,
+                    retries=retries,
+                    run=run,
+                    options=options,
                     torch_threads=torch_threads,
                 )
             except Exception as e:  # a bad file, or options a split volume cannot honour
@@ -334,5 +355,3 @@ def _predict_file_task(
         raise ValueError(f"the model's head {result.head!r} gives no labels to write")
     write_zarr_whole(Path(destination), result.labels, image.physical_pixel_sizes, source=path)
     return destination
-
-

@@ -32,7 +32,6 @@ def zarr_complete(path: Path) -> bool:
         return False
 
 
-
 # --- OME-Zarr output ---------------------------------------------------------------------------
 
 
@@ -42,11 +41,13 @@ def ome_attributes(shape: tuple[int, ...], pixel_sizes: Any, zarr_format: int) -
     axes = [{"name": "t", "type": "time"}] + [
         {"name": a, "type": "space", **({"unit": "micrometer"} if any(pixel_sizes or ()) else {})} for a in "zyx"
     ]
-    multiscales = [{
-        "name": "labels",
-        "axes": axes,
-        "datasets": [{"path": LABELS_ARRAY, "coordinateTransformations": [{"type": "scale", "scale": sizes}]}],
-    }]
+    multiscales = [
+        {
+            "name": "labels",
+            "axes": axes,
+            "datasets": [{"path": LABELS_ARRAY, "coordinateTransformations": [{"type": "scale", "scale": sizes}]}],
+        }
+    ]
     if zarr_format >= 3:
         return {"ome": {"version": "0.5", "multiscales": multiscales}}
     multiscales[0]["version"] = "0.4"
@@ -79,10 +80,12 @@ def write_zarr_whole(destination: Path, labels: np.ndarray, pixel_sizes: Any, *,
         chunks = (1, 1, *(min(512, n) for n in labels.shape[2:]))
         array = create_array(group, LABELS_ARRAY, shape=labels.shape, chunks=chunks, dtype=labels.dtype, fill_value=0)
         array[...] = labels
-        group.attrs.update({
-            **ome_attributes(tuple(labels.shape), pixel_sizes, zarr_format(group)),
-            ATTRS_KEY: {"complete": True, "source": source},
-        })
+        group.attrs.update(
+            {
+                **ome_attributes(tuple(labels.shape), pixel_sizes, zarr_format(group)),
+                ATTRS_KEY: {"complete": True, "source": source},
+            }
+        )
 
 
 def open_volume_output(
@@ -122,16 +125,30 @@ def open_volume_output(
     if probabilities:
         k = info["out_channels"]
         p_chunks = (1, k, 1, *core) if spatial_dims == 2 else (1, k, *core)
-        create_array(group, PROBABILITIES_ARRAY, shape=(n_t, k, n_z, n_y, n_x), chunks=p_chunks, dtype="float32",
-                      fill_value=float("nan"))
+        create_array(
+            group,
+            PROBABILITIES_ARRAY,
+            shape=(n_t, k, n_z, n_y, n_x),
+            chunks=p_chunks,
+            dtype="float32",
+            fill_value=float("nan"),
+        )
     create_array(group, DONE_ARRAY, shape=(n_tasks,), chunks=(1,), dtype="uint8", fill_value=0)
-    group.attrs.update({
-        **ome_attributes(tuple(labels.shape), info["pixel_sizes"], zarr_format(group)),
-        ATTRS_KEY: {
-            "complete": False, "signature": signature, "tasks": n_tasks, "head": head, "classes": info["classes"],
-            "tile": list(plan.tile), "core": list(plan.core), "batch_size": plan.batch_size,
-        },
-    })
+    group.attrs.update(
+        {
+            **ome_attributes(tuple(labels.shape), info["pixel_sizes"], zarr_format(group)),
+            ATTRS_KEY: {
+                "complete": False,
+                "signature": signature,
+                "tasks": n_tasks,
+                "head": head,
+                "classes": info["classes"],
+                "tile": list(plan.tile),
+                "core": list(plan.core),
+                "batch_size": plan.batch_size,
+            },
+        }
+    )
     return np.zeros(n_tasks, dtype=np.uint8)
 
 
@@ -156,10 +173,17 @@ def zarr_to_tiff_task(store: str, destination: str, pixel_sizes: Any) -> str:
     def write(temporary: Path) -> None:
         planes = (np.asarray(labels[t, z]).astype(dtype) for t in range(n_t) for z in range(n_z))
         nbytes = math.prod(shape) * np.dtype(dtype).itemsize
-        tifffile.imwrite(temporary, data=planes, shape=shape, dtype=dtype, ome=True, metadata=metadata,
-                         compression="zlib", bigtiff=nbytes > 2**31, software=LABELS_SOFTWARE)
+        tifffile.imwrite(
+            temporary,
+            data=planes,
+            shape=shape,
+            dtype=dtype,
+            ome=True,
+            metadata=metadata,
+            compression="zlib",
+            bigtiff=nbytes > 2**31,
+            software=LABELS_SOFTWARE,
+        )
 
     atomic_write(destination, write, overwrite=True)  # the caller decided about an existing file
     return destination
-
-

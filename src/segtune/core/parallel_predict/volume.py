@@ -152,9 +152,20 @@ def predict_volume(
         payload = model_payload(model, config)
         model_future = dask_client.scatter(payload, broadcast=True, hash=False)
         volume = VolumeRun.prepare(
-            dask_client, model_future, payload, source, name, out, output_format="zarr", overwrite=overwrite,
-            retries=retries, run=uuid.uuid4().hex[:8], options=options, probabilities=probabilities,
-            tasks_per_worker=tasks_per_worker, torch_threads=torch_threads,
+            dask_client,
+            model_future,
+            payload,
+            source,
+            name,
+            out,
+            output_format="zarr",
+            overwrite=overwrite,
+            retries=retries,
+            run=uuid.uuid4().hex[:8],
+            options=options,
+            probabilities=probabilities,
+            tasks_per_worker=tasks_per_worker,
+            torch_threads=torch_threads,
         )
         report.skipped.extend(volume.skipped)
         report.tasks = len(volume.futures)
@@ -234,17 +245,31 @@ def _plan_task(payload: ModelPayload, source: tuple, options: dict[str, Any]) ->
         )
     cpu = torch_device.type == "cpu"
     plan = plan_tiles(
-        shape, geometry, memory_limit=budget, tile_shape=tiling.tile_shape, batch_size=tiling.batch_size,
-        chunks=None, n_items=n_items, max_batch=16 if cpu else 64, max_batch_pixels=(1 << 22) if cpu else None,
+        shape,
+        geometry,
+        memory_limit=budget,
+        tile_shape=tiling.tile_shape,
+        batch_size=tiling.batch_size,
+        chunks=None,
+        n_items=n_items,
+        max_batch=16 if cpu else 64,
+        max_batch_pixels=(1 << 22) if cpu else None,
     )
     transform = None
     if options.get("normalize", True):
         transform = normalizer(data, chosen, config.get("normalization"))
     return {
-        "plan": plan, "padded": padded, "pad_mode": far_end_pad_mode(shape, padded), "chosen": chosen, "transform": transform,
-        "spatial_dims": spatial_dims, "shape": shape, "sizes": (n_t, n_c, n_z, n_y, n_x),
+        "plan": plan,
+        "padded": padded,
+        "pad_mode": far_end_pad_mode(shape, padded),
+        "chosen": chosen,
+        "transform": transform,
+        "spatial_dims": spatial_dims,
+        "shape": shape,
+        "sizes": (n_t, n_c, n_z, n_y, n_x),
         "out_channels": int(geometry.out_channels or architecture.get("out_channels", 1)),
-        "head": str(config.get("head", "binary")), "classes": list(config.get("classes") or []),
+        "head": str(config.get("head", "binary")),
+        "classes": list(config.get("classes") or []),
         "pixel_sizes": _pixel_sizes(source),
     }
 
@@ -302,7 +327,9 @@ def _jobs(info: dict[str, Any]) -> list[Job]:
     """Every tile of every item, in the order the single-process engine runs them."""
     plan = info["plan"]
     n_t, _, n_z = info["sizes"][:3]
-    items = [(t, z) for t in range(n_t) for z in range(n_z)] if info["spatial_dims"] == 2 else [(t,) for t in range(n_t)]
+    items = (
+        [(t, z) for t in range(n_t) for z in range(n_z)] if info["spatial_dims"] == 2 else [(t,) for t in range(n_t)]
+    )
     return [Job(item, *w) for item in items for w in plan.windows()]
 
 
@@ -316,7 +343,13 @@ def _group_jobs(jobs: list[Job], batch_size: int, n_workers: int, tasks_per_work
 
 @task
 def _predict_chunk_task(
-    payload: ModelPayload, source: tuple, volume: _VolumePlan, jobs: list[Job], out: str, index: int, probabilities: bool
+    payload: ModelPayload,
+    source: tuple,
+    volume: _VolumePlan,
+    jobs: list[Job],
+    out: str,
+    index: int,
+    probabilities: bool,
 ) -> int:
     """Worker side: run some of the plan's batches exactly as the engine would, write their kept regions."""
     import zarr
@@ -343,8 +376,15 @@ def _predict_chunk_task(
     # each window an item of its own, one tile each, batched as the engine batched them (and never zoomed:
     # the windows are already the image's own pixels)
     result = predict(
-        module, stacked, config=config, axes="TCYX" if volume.spatial_dims == 2 else "TCZYX", normalize=False,
-        labels=False, tiling=volume.tiling, diameter=None, **volume.options,
+        module,
+        stacked,
+        config=config,
+        axes="TCYX" if volume.spatial_dims == 2 else "TCZYX",
+        normalize=False,
+        labels=False,
+        tiling=volume.tiling,
+        diameter=None,
+        **volume.options,
     )
     group = zarr.open_group(out, mode="r+")
     labels_out = group[LABELS_ARRAY]
@@ -409,11 +449,22 @@ class VolumeRun:
         self.name = name
         self.destination = destination
         self.output_format = output_format
-        store = destination if output_format == "zarr" else destination.parent / ".segtune-work" / f"{destination.stem}.zarr"
+        store = (
+            destination
+            if output_format == "zarr"
+            else destination.parent / ".segtune-work" / f"{destination.stem}.zarr"
+        )
         self.store = store
         plan_key = task_key("plan", name, run)
         info = client.submit(
-            _plan_task, model_future, source, options, key=plan_key, retries=retries, pure=False, torch_threads=torch_threads
+            _plan_task,
+            model_future,
+            source,
+            options,
+            key=plan_key,
+            retries=retries,
+            pure=False,
+            torch_threads=torch_threads,
         ).result()
         plan = info["plan"]
         jobs = _jobs(info)
@@ -423,20 +474,40 @@ class VolumeRun:
         signature = _signature(payload.key, info, options, source, probabilities, len(groups))
         done = open_volume_output(store, info, signature, len(groups), probabilities, overwrite)
         volume = _VolumePlan(
-            info["spatial_dims"], info["shape"],
-            TilingOptions(tile_shape=plan.tile, batch_size=plan.batch_size, precision=tiling.precision,
-                          memory_limit=tiling.memory_limit),
-            info["pad_mode"], info["chosen"], info["head"], info["transform"],
+            info["spatial_dims"],
+            info["shape"],
+            TilingOptions(
+                tile_shape=plan.tile,
+                batch_size=plan.batch_size,
+                precision=tiling.precision,
+                memory_limit=tiling.memory_limit,
+            ),
+            info["pad_mode"],
+            info["chosen"],
+            info["head"],
+            info["transform"],
             {k: v for k, v in options.items() if k in ("threshold", "device")},
         )
-        logger.info("%s: %d tiles of %s in %d tasks (%d already done)", name, len(jobs), plan.tile, len(groups), int(done.sum()))
+        logger.info(
+            "%s: %d tiles of %s in %d tasks (%d already done)", name, len(jobs), plan.tile, len(groups), int(done.sum())
+        )
         for index, group in enumerate(groups):
             if done[index]:
                 self.skipped.append(f"{name}[chunk {index}]")
                 continue
             future = client.submit(
-                _predict_chunk_task, model_future, source, volume, group, str(store), index, probabilities,
-                key=task_key("chunk", name, run, index), retries=retries, pure=False, torch_threads=torch_threads,
+                _predict_chunk_task,
+                model_future,
+                source,
+                volume,
+                group,
+                str(store),
+                index,
+                probabilities,
+                key=task_key("chunk", name, run, index),
+                retries=retries,
+                pure=False,
+                torch_threads=torch_threads,
             )
             self.futures[future] = index
         return self
@@ -449,7 +520,9 @@ class VolumeRun:
 
     def failure_message(self) -> str:
         first = next(iter(self.errors.values()))
-        return f"{len(self.errors)} of {self.n_tasks} chunk(s) failed (the others are kept for a re-run); first: {first}"
+        return (
+            f"{len(self.errors)} of {self.n_tasks} chunk(s) failed (the others are kept for a re-run); first: {first}"
+        )
 
     def complete(self, client: Any) -> Path | None:
         """Mark the zarr complete (all chunks done) and, for a TIFF output, convert it on a worker."""
@@ -467,7 +540,11 @@ class VolumeRun:
         if self.output_format == "zarr":
             return self.destination
         client.submit(
-            zarr_to_tiff_task, str(self.store), str(self.destination), self.info["pixel_sizes"], pure=False,
+            zarr_to_tiff_task,
+            str(self.store),
+            str(self.destination),
+            self.info["pixel_sizes"],
+            pure=False,
             key=f"segtune-tiff-{safe_name(self.name)}-{uuid.uuid4().hex[:8]}",
         ).result()
         shutil.rmtree(self.store, ignore_errors=True)
@@ -476,17 +553,20 @@ class VolumeRun:
         return self.destination
 
 
-def _signature(model_key: str, info: dict[str, Any], options: dict[str, Any], source: tuple, probabilities: bool, n_tasks: int) -> str:
+def _signature(
+    model_key: str, info: dict[str, Any], options: dict[str, Any], source: tuple, probabilities: bool, n_tasks: int
+) -> str:
     """What decides the chunks' content: a resumed output must have been started with the same."""
     plan = info["plan"]
     described = {
         "model": model_key,
         "source": [source[0], str(source[1]) if source[0] == "path" else "array", str(source[2])],
         "sizes": list(info["sizes"]),
-        "tile": list(plan.tile), "core": list(plan.core), "batch": plan.batch_size, "tasks": n_tasks,
+        "tile": list(plan.tile),
+        "core": list(plan.core),
+        "batch": plan.batch_size,
+        "tasks": n_tasks,
         "options": {k: repr(v) for k, v in sorted(options.items())},
         "probabilities": probabilities,
     }
     return hashlib.sha1(repr(described).encode()).hexdigest()
-
-

@@ -33,7 +33,11 @@ def check_spatial_dims(spatial_dims: int) -> None:
 
 
 def check_output(y: np.ndarray, expected_spatial: tuple[int, ...]) -> None:
-    if y.ndim != len(expected_spatial) + 1 or y.shape[0] != expected_spatial[0] or tuple(y.shape[2:]) != expected_spatial[1:]:
+    if (
+        y.ndim != len(expected_spatial) + 1
+        or y.shape[0] != expected_spatial[0]
+        or tuple(y.shape[2:]) != expected_spatial[1:]
+    ):
         raise ValueError(
             f"the model must map (N, C, *spatial) to (N, K, *spatial); for input spatial shape {expected_spatial[1:]} "
             f"it returned {tuple(y.shape)}"
@@ -47,7 +51,9 @@ def per_axis(value: int | Sequence[int], dims: int, name: str, minimum: int) -> 
     return tuple(int(v) for v in values)
 
 
-def per_axis_float(value: float | Sequence[float], dims: int, name: str, upper: float | None = 1.0) -> tuple[float, ...]:
+def per_axis_float(
+    value: float | Sequence[float], dims: int, name: str, upper: float | None = 1.0
+) -> tuple[float, ...]:
     values = (float(value),) * dims if isinstance(value, (int, float, np.floating)) else tuple(float(v) for v in value)
     if len(values) != dims or any(v < 0 or (upper is not None and v >= upper) for v in values):
         bound = f"in [0, {upper})" if upper is not None else "non-negative"

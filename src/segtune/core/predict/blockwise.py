@@ -49,10 +49,14 @@ def blocks(shape: tuple[int, int], block: int) -> list[list[Box]]:
     if block < 16:
         raise ValueError(f"block must be at least 16 pixels, got {block}")
     n_y, n_x = shape
-    return [[(y, min(y + block, n_y), x, min(x + block, n_x)) for x in range(0, n_x, block)] for y in range(0, n_y, block)]
+    return [
+        [(y, min(y + block, n_y), x, min(x + block, n_x)) for x in range(0, n_x, block)] for y in range(0, n_y, block)
+    ]
 
 
-def kept_objects(window: np.ndarray, core: Box, window_box: Box, shape: tuple[int, int]) -> list[tuple[int, tuple[slice, slice]]]:
+def kept_objects(
+    window: np.ndarray, core: Box, window_box: Box, shape: tuple[int, int]
+) -> list[tuple[int, tuple[slice, slice]]]:
     """The objects of a block's ``window`` labels that the block keeps, as (label, bounding box in the window).
 
     ``core`` and ``window_box`` are in plane coordinates; ``shape`` is the plane's. Kept: the
@@ -134,7 +138,7 @@ def label_plane(
             for label, (ys, xs) in kept_objects(window, core, window_box, shape):
                 mine = window[ys, xs] == label
                 y0, x0 = wy0 + ys.start - band_y0, wx0 + xs.start
-                target = band[y0:y0 + mine.shape[0], x0:x0 + mine.shape[1]]
+                target = band[y0 : y0 + mine.shape[0], x0 : x0 + mine.shape[1]]
                 free = mine & (target == 0)  # an object found twice (near a block edge) keeps its first copy
                 if not free.any():
                     continue
@@ -148,7 +152,7 @@ def label_plane(
         row_y0, row_y1 = row[0][0], row[0][1]  # band_y0 == row_y0 here
         yield band[: row_y1 - row_y0].copy()
         # slide the band to the next row, carrying the objects that reach into it
-        rest = band[row_y1 - row_y0:]
+        rest = band[row_y1 - row_y0 :]
         band_y0 = row_y1
         band = np.zeros((min(block + halo, n_y - band_y0), n_x), dtype=dtype)
         band[: len(rest)] = rest
@@ -199,8 +203,14 @@ class Blockwise:
         self.channel, self.block, self.cancel = channel, block, cancel
         diameter = _estimate_diameter(self.data, self.names, channel, config, diameter)
         self.config, self.diameter = whole_image_settings(
-            (self.model, config), self.data, config=config, axes="TCZYX", channel=channel, channel_names=self.names,
-            diameter=diameter)
+            (self.model, config),
+            self.data,
+            config=config,
+            axes="TCZYX",
+            channel=channel,
+            channel_names=self.names,
+            diameter=diameter,
+        )
         self.halo = halo_for(self.diameter or config.get("object_diameter"))
         self.options = {**options, "instances": True}  # objects are kept or left whole: the windows need instances
         n_t, _, n_z, n_y, n_x = (int(s) for s in self.data.shape)
@@ -218,8 +228,16 @@ class Blockwise:
         def segment(box: Box) -> np.ndarray:
             y0, y1, x0, x1 = box
             window = np.asarray(self.data[t, :, z, y0:y1, x0:x1])
-            result = predict((self.model, self.config), window, axes="CYX", channel=self.channel, channel_names=self.names,
-                             diameter=self.diameter, cancel=self.cancel, **self.options)
+            result = predict(
+                (self.model, self.config),
+                window,
+                axes="CYX",
+                channel=self.channel,
+                channel_names=self.names,
+                diameter=self.diameter,
+                cancel=self.cancel,
+                **self.options,
+            )
             self.min_size = result.min_size
             return np.asarray(result.labels)[0, 0]
 
@@ -235,8 +253,14 @@ class Blockwise:
         for t in range(n_t):
             for z in range(n_z):
                 y0 = 0
-                for band in label_plane(self._segment(t, z), (n_y, n_x), block=self.block, halo=self.halo,
-                                        counter=self.counter, step=self._step):
+                for band in label_plane(
+                    self._segment(t, z),
+                    (n_y, n_x),
+                    block=self.block,
+                    halo=self.halo,
+                    counter=self.counter,
+                    step=self._step,
+                ):
                     yield t, z, y0, band
                     y0 += len(band)
 
@@ -299,7 +323,7 @@ def predict_to_tiff(
             padded[:] = 0
             padded[: band.shape[0], :n_x] = band if instances else band > 0
             for x in range(0, n_x, block):
-                yield padded[:, x:x + block]
+                yield padded[:, x : x + block]
 
     axes = ("T" if n_t > 1 else "") + ("Z" if n_z > 1 else "") + "YX"
     shape = tuple(n for n, keep in ((n_t, n_t > 1), (n_z, n_z > 1)) if keep) + (n_y, n_x)
@@ -307,15 +331,25 @@ def predict_to_tiff(
     atomic_write(
         path,
         lambda temporary: tifffile.imwrite(
-            temporary, tiles(), shape=shape, dtype=dtype, tile=(block, block), ome=True, metadata=metadata,
-            compression="zlib", software=LABELS_SOFTWARE, bigtiff=n_t * n_z * n_y * n_x * dtype.itemsize > 2**31,
+            temporary,
+            tiles(),
+            shape=shape,
+            dtype=dtype,
+            tile=(block, block),
+            ome=True,
+            metadata=metadata,
+            compression="zlib",
+            software=LABELS_SOFTWARE,
+            bigtiff=n_t * n_z * n_y * n_x * dtype.itemsize > 2**31,
         ),
         overwrite=overwrite,
     )
     return path, job.counter.objects, job.used_diameter, int(job.min_size or 0)
 
 
-def predict_into(model: Any, image: Any, out: Any, *, instances: bool = True, **options: Any) -> tuple[int, float | None, int]:
+def predict_into(
+    model: Any, image: Any, out: Any, *, instances: bool = True, **options: Any
+) -> tuple[int, float | None, int]:
     """Labels of a (large) image with a 2D model, written block by block into ``out``.
 
     ``out`` is any array of shape ``(T, Z, Y, X)`` that takes slice assignment, e.g. a zarr
@@ -326,7 +360,7 @@ def predict_into(model: Any, image: Any, out: Any, *, instances: bool = True, **
     if tuple(out.shape) != job.shape:
         raise ValueError(f"out has shape {tuple(out.shape)}, the image's labels need {job.shape} (T, Z, Y, X)")
     for t, z, y0, band in job.bands():
-        out[t, z, y0:y0 + len(band)] = band if instances else band > 0
+        out[t, z, y0 : y0 + len(band)] = band if instances else band > 0
     return job.counter.objects, job.used_diameter, int(job.min_size or 0)
 
 
@@ -342,7 +376,10 @@ def _estimate_diameter(data: Any, names: list[str], channel: Any, config: Mappin
     n_y, n_x = (int(s) for s in data.shape[-2:])
     side = 2048
     y0, x0 = max(0, n_y // 2 - side // 2), max(0, n_x // 2 - side // 2)
-    sample = np.sum([np.asarray(data[0, c, int(data.shape[2]) // 2, y0:y0 + side, x0:x0 + side]) for c in chosen],
-                    axis=0, dtype=np.float32)
+    sample = np.sum(
+        [np.asarray(data[0, c, int(data.shape[2]) // 2, y0 : y0 + side, x0 : x0 + side]) for c in chosen],
+        axis=0,
+        dtype=np.float32,
+    )
     used, _ = sizing.resolve_diameter(diameter, config, sample)
     return used if used is not None else 0

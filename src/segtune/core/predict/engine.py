@@ -52,6 +52,7 @@ from segtune.core.progress import CancelToken, ProgressCallback, Reporter
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass
 class Job:
     """One tile of one item: its window (padded coordinates), the region it keeps in the image
@@ -164,7 +165,9 @@ def _forward_splitting(
         half = stacked.shape[0] // 2
         runner.batch_limit = max(1, half)
         logger.warning("out of memory with %d tiles per pass; retrying with %d", stacked.shape[0], half)
-        return _forward_splitting(runner, stacked[:half], activation) + _forward_splitting(runner, stacked[half:], activation)
+        return _forward_splitting(runner, stacked[:half], activation) + _forward_splitting(
+            runner, stacked[half:], activation
+        )
 
 
 def _run_gaussian(
@@ -306,8 +309,14 @@ def execute(
         plan = gaussian_plan(shape, roi, overlaps, batch_size or 4)
         gaussian_source = Source(source.read_box, shape, "constant", source.transform)
         sink = _run_gaussian(
-            runner, gaussian_source, items, plan, lambda k: make_output(k, plan),
-            sigma_scale=sigmas, activation=activation, reporter=reporter,
+            runner,
+            gaussian_source,
+            items,
+            plan,
+            lambda k: make_output(k, plan),
+            sigma_scale=sigmas,
+            activation=activation,
+            reporter=reporter,
         )
         return sink.array
 
@@ -325,8 +334,15 @@ def execute(
         if on_cpu and cpu_tile_pixels and tile_shape is None:
             limit = min(limit, cpu_tile_pixels * geometry.bytes_per_pixel * (batch or 1))
         return plan_tiles(
-            shape, geometry, memory_limit=limit, tile_shape=tile_shape, batch_size=batch, chunks=output_chunks,
-            n_items=len(items), max_batch=16 if on_cpu else 64, max_batch_pixels=(1 << 22) if on_cpu else None,
+            shape,
+            geometry,
+            memory_limit=limit,
+            tile_shape=tile_shape,
+            batch_size=batch,
+            chunks=output_chunks,
+            n_items=len(items),
+            max_batch=16 if on_cpu else 64,
+            max_batch_pixels=(1 << 22) if on_cpu else None,
         )
 
     plan = make_plan(budget, batch_size, cpu)
@@ -337,9 +353,17 @@ def execute(
         while state.items_done < len(items):
             try:
                 _run_tiles(
-                    runner, exact_source, items[state.items_done :], plan, sink,
-                    out_channels=geometry.out_channels, activation=activation, skip=skip,
-                    skip_value=skip_value, reporter=reporter, state=state,
+                    runner,
+                    exact_source,
+                    items[state.items_done :],
+                    plan,
+                    sink,
+                    out_channels=geometry.out_channels,
+                    activation=activation,
+                    skip=skip,
+                    skip_value=skip_value,
+                    reporter=reporter,
+                    state=state,
                 )
             except _TileTooLarge as e:
                 redo = state.done - state.items_done * plan.n_tiles  # the interrupted item starts again
@@ -503,7 +527,9 @@ def predict_raw(
     image = as_array(image)
     if len(image.shape) != spatial_dims + 1:
         axes = "CYX" if spatial_dims == 2 else "CZYX"
-        raise ValueError(f"image must have shape ({', '.join(axes)}) for spatial_dims={spatial_dims}, got {tuple(image.shape)}")
+        raise ValueError(
+            f"image must have shape ({', '.join(axes)}) for spatial_dims={spatial_dims}, got {tuple(image.shape)}"
+        )
     shape = tuple(int(s) for s in image.shape[1:])
     in_channels = int(image.shape[0])
     skip = make_skip(skip_threshold, skip_mask, shape)
@@ -517,10 +543,27 @@ def predict_raw(
 
     source = Source(array_reader(image), shape, "reflect")
     return execute(
-        model, source, [()], spatial_dims=spatial_dims, in_channels=in_channels, make_output=make_output,
-        tile_shape=tile_shape, overlap=overlap, batch_size=batch_size, device=device, blend=blend,
-        precision=precision, memory_limit=memory_limit, halo=halo, divisor=divisor, skip=skip,
-        skip_value=skip_value, sigma_scale=sigma_scale, activation=None, progress=progress, cancel=cancel,
+        model,
+        source,
+        [()],
+        spatial_dims=spatial_dims,
+        in_channels=in_channels,
+        make_output=make_output,
+        tile_shape=tile_shape,
+        overlap=overlap,
+        batch_size=batch_size,
+        device=device,
+        blend=blend,
+        precision=precision,
+        memory_limit=memory_limit,
+        halo=halo,
+        divisor=divisor,
+        skip=skip,
+        skip_value=skip_value,
+        sigma_scale=sigma_scale,
+        activation=None,
+        progress=progress,
+        cancel=cancel,
         output_chunks=user_chunks,
     )
 
@@ -543,5 +586,3 @@ def make_skip(skip_threshold: float | None, skip_mask: Any, shape: tuple[int, ..
         return False
 
     return skip
-
-

@@ -104,7 +104,8 @@ def predict_file(
     model = resolve_model(model, options.pop("config", None), options.get("device", "auto"))
     if blockwise or blocks.eligible(model, image):
         written, count, diameter, min_size = blocks.predict_to_tiff(
-            model, image, output_path, overwrite=overwrite, progress=progress, cancel=cancel, **options)
+            model, image, output_path, overwrite=overwrite, progress=progress, cancel=cancel, **options
+        )
         return PredictedFile(written, count, diameter, min_size)
     result = predict(model, image, progress=progress, cancel=cancel, **options)
     if result.labels is None:

@@ -100,7 +100,11 @@ class ObjectOptions:
     def whole_object_options(self) -> list[str]:
         """The options set here that look at whole objects (a prediction streamed or split into
         chunks cannot apply them): ``split``, ``min_size``, ``max_size``, ``fill_holes``."""
-        return [name for name in ("split", "min_size", "max_size", "fill_holes") if getattr(self, name) not in (None, False, 0)]
+        return [
+            name
+            for name in ("split", "min_size", "max_size", "fill_holes")
+            if getattr(self, name) not in (None, False, 0)
+        ]
 
 
 _Options = TypeVar("_Options", TilingOptions, ObjectOptions)
@@ -307,16 +311,34 @@ def predict(
     skip = make_skip(tiling.skip_threshold, None, shape)
     source = Source(read, shape, "reflect", transform)
     probabilities = execute(
-        model, source, items, spatial_dims=spatial_dims, in_channels=in_channels, make_output=make_output,
-        tile_shape=tiling.tile_shape, overlap=tiling.overlap, batch_size=tiling.batch_size, device=device,
-        blend=tiling.blend, precision=tiling.precision, memory_limit=tiling.memory_limit, halo=None, divisor=None, skip=skip,
-        skip_value=skip_value, sigma_scale=0.125, activation=activation, progress=phases.tiles, cancel=cancel,
+        model,
+        source,
+        items,
+        spatial_dims=spatial_dims,
+        in_channels=in_channels,
+        make_output=make_output,
+        tile_shape=tiling.tile_shape,
+        overlap=tiling.overlap,
+        batch_size=tiling.batch_size,
+        device=device,
+        blend=tiling.blend,
+        precision=tiling.precision,
+        memory_limit=tiling.memory_limit,
+        halo=None,
+        divisor=None,
+        skip=skip,
+        skip_value=skip_value,
+        sigma_scale=0.125,
+        activation=activation,
+        progress=phases.tiles,
+        cancel=cancel,
         cpu_tile_pixels=CPU_TILE_PIXELS,
     )
     if zoom != 1.0:
         if isinstance(final_out, (str, os.PathLike)):
-            final_out = open_output(final_out, (n_t, probabilities.shape[1], n_z, *original_yx),
-                                     (1, 1, 1, *original_yx), False)
+            final_out = open_output(
+                final_out, (n_t, probabilities.shape[1], n_z, *original_yx), (1, 1, 1, *original_yx), False
+            )
         probabilities = sizing.restore_stack(probabilities, original_yx, final_out)
     result_labels = None
     from segtune.core import postprocess
@@ -334,8 +356,17 @@ def predict(
         if min_distance is None:
             min_distance = postprocess.default_seed_distance(object_size, head)
         result_labels = _label_stack(
-            probabilities, head, spatial_dims, postprocess, threshold=threshold, instances=instances, split=split,
-            min_distance=min_distance, min_size=int(min_size), max_size=objects.max_size, fill_holes=objects.fill_holes,
+            probabilities,
+            head,
+            spatial_dims,
+            postprocess,
+            threshold=threshold,
+            instances=instances,
+            split=split,
+            min_distance=min_distance,
+            min_size=int(min_size),
+            max_size=objects.max_size,
+            fill_holes=objects.fill_holes,
             step=phases.labelled,
         )
     return PredictionResult(probabilities, result_labels, head, classes, used_diameter, int(min_size))
@@ -434,7 +465,12 @@ class _Phases:
 
 
 def _label_stack(
-    probabilities: Any, head: str, spatial_dims: int, postprocess: Any, step: Callable[[], None] | None = None, **options: Any
+    probabilities: Any,
+    head: str,
+    spatial_dims: int,
+    postprocess: Any,
+    step: Callable[[], None] | None = None,
+    **options: Any,
 ) -> np.ndarray:
     """Post-process each time point (3D model) or plane (2D model); instance numbers run on across the stack."""
     n_t, _, n_z = probabilities.shape[:3]
@@ -445,8 +481,14 @@ def _label_stack(
     for t, z in units:
         p = np.asarray(probabilities[t] if z is None else probabilities[t, :, z])
         result = postprocess.postprocess(
-            p, head, level=options["threshold"], instances=instances, split=options["split"],
-            min_distance=options["min_distance"], min_size=options["min_size"], max_size=options["max_size"],
+            p,
+            head,
+            level=options["threshold"],
+            instances=instances,
+            split=options["split"],
+            min_distance=options["min_distance"],
+            min_size=options["min_size"],
+            max_size=options["max_size"],
             fill_holes=options["fill_holes"],
         )
         if out is None:
@@ -481,5 +523,3 @@ def _background_probabilities(head: str, out_channels: int) -> list[float]:
     if ACTIVATIONS.get(head) != "softmax":
         return [0.0] * out_channels
     return [1.0] + [0.0] * (out_channels - 1)
-
-

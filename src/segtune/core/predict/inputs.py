@@ -35,7 +35,9 @@ def resolve_model(model: Any, config: Mapping[str, Any] | None, device: Any) -> 
                 "normalization": percentile_spec(*DEFAULT_PERCENTILES),
             }
         else:
-            raise ValueError("config is required when model is a plain callable (it says the head, spatial dims and channels)")
+            raise ValueError(
+                "config is required when model is a plain callable (it says the head, spatial dims and channels)"
+            )
     if not callable(model):
         raise ValueError(f"model must be callable, got {type(model).__name__}")
     return model, dict(config)
@@ -58,7 +60,9 @@ def as_tczyx(image: Any, axes: str | None, channel_names: Sequence[str] | None) 
                 raise ValueError(f"image must have 2 to 5 dimensions (YX ... TCZYX), got shape {tuple(data.shape)}")
         axes = axes.upper()
         if len(axes) != ndim or len(set(axes)) != ndim or any(a not in "TCZYX" for a in axes):
-            raise ValueError(f"axes {axes!r} do not describe an image of shape {tuple(data.shape)} (letters from TCZYX)")
+            raise ValueError(
+                f"axes {axes!r} do not describe an image of shape {tuple(data.shape)} (letters from TCZYX)"
+            )
         if [a for a in "TCZYX" if a in axes] != list(axes):
             data = _transpose(data, [axes.index(a) for a in "TCZYX" if a in axes])
             axes = "".join(a for a in "TCZYX" if a in axes)
@@ -127,7 +131,11 @@ def select_channels(channel: Any, names: list[str], n_c: int, in_channels: int) 
         if n_c == in_channels:
             return list(range(n_c))
         colours = _colour_names(names)
-        hint = f"; a colour channel by its name ({', '.join(colours)}) gives {'its three samples' if in_channels == 3 else 'the mean of its samples'}" if colours and in_channels in (1, 3) else ""
+        hint = (
+            f"; a colour channel by its name ({', '.join(colours)}) gives {'its three samples' if in_channels == 3 else 'the mean of its samples'}"
+            if colours and in_channels in (1, 3)
+            else ""
+        )
         raise ValueError(
             f"the image has {n_c} channels ({', '.join(names)}) and the model takes {in_channels}; "
             f"choose with channel= (--channel), by index or name{hint}"
@@ -178,5 +186,3 @@ def normalizer(data: Any, chosen: list[int], normalization: Any) -> Callable[[np
         return (window - offsets.reshape(shape)) * scales.reshape(shape)
 
     return transform
-
-

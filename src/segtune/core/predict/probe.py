@@ -144,7 +144,13 @@ def _exact_float32(device: torch.device) -> Iterator[None]:
 
 
 def _geometry_uncached(
-    runner: Runner, model: Any, spatial_dims: int, in_channels: int, halo: Any, divisor: Any, key: tuple,
+    runner: Runner,
+    model: Any,
+    spatial_dims: int,
+    in_channels: int,
+    halo: Any,
+    divisor: Any,
+    key: tuple,
     cached: ModelGeometry | None,
 ) -> ModelGeometry:
     if cached is None and halo is not None and divisor is not None:
@@ -173,7 +179,9 @@ def weights_digest(model: Any) -> str | None:
     with torch.no_grad():
         for name, tensor in (*model.named_parameters(), *model.named_buffers()):
             digest.update(name.encode())
-            digest.update(tensor.detach().to("cpu", copy=False).reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+            digest.update(
+                tensor.detach().to("cpu", copy=False).reshape(-1).contiguous().view(torch.uint8).numpy().tobytes()
+            )
     return digest.hexdigest()
 
 
@@ -214,7 +222,9 @@ def _measure_geometry(runner: Runner, spatial_dims: int, in_channels: int, hint:
     for axis in range(spatial_dims):
         spread, grid, thin, out_channels, bpp = _probe_axis(runner, spatial_dims, in_channels, axis, thin, rng, hint)
         if grid is not None and hint is not None and grid != hint:
-            spread, grid, thin, out_channels, bpp = _probe_axis(runner, spatial_dims, in_channels, axis, thin, rng, None)
+            spread, grid, thin, out_channels, bpp = _probe_axis(
+                runner, spatial_dims, in_channels, axis, thin, rng, None
+            )
         bytes_per_pixel = max(bytes_per_pixel, bpp)
         if spread is None or grid is None:
             local = False
@@ -327,5 +337,3 @@ def _probe_axis(
     if last_error is not None and length == (256 if spatial_dims == 2 else 128):
         raise ValueError(f"the model failed on every probe input (last error: {last_error})") from last_error
     return None, None, thin, out_channels, bpp
-
-

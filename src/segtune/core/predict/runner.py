@@ -75,10 +75,14 @@ class Runner:
         largest = [0]
         handles = []
         if isinstance(self.model, torch.nn.Module):
+
             def hook(module: torch.nn.Module, inputs: Any, output: Any) -> None:
                 if isinstance(output, torch.Tensor):
                     largest[0] = max(largest[0], output.numel() * output.element_size())
-            handles = [m.register_forward_hook(hook) for m in self.model.modules() if not any(True for _ in m.children())]
+
+            handles = [
+                m.register_forward_hook(hook) for m in self.model.modules() if not any(True for _ in m.children())
+            ]
         try:
             y = self.run(batch)
         finally:
@@ -188,5 +192,3 @@ def free_device_memory(device: torch.device) -> None:
     elif device.type == "mps":
         with contextlib.suppress(Exception):
             torch.mps.empty_cache()
-
-

@@ -71,7 +71,9 @@ class TilePlan:
             return
         for index in product(*(range(n) for n in self.counts)):
             window, kept, inner = [], [], []
-            for i, n, c, t, size, padded in zip(index, self.counts, self.core, self.tile, self.shape, self.padded_shape, strict=True):
+            for i, n, c, t, size, padded in zip(
+                index, self.counts, self.core, self.tile, self.shape, self.padded_shape, strict=True
+            ):
                 k0, k1 = i * c, min((i + 1) * c, size)
                 if n == 1 or i == 0:
                     w0 = 0
@@ -202,9 +204,7 @@ def _axis_options(
     return list(options.values())
 
 
-def gaussian_plan(
-    shape: Sequence[int], roi: Sequence[int], overlap: Sequence[float], batch_size: int
-) -> TilePlan:
+def gaussian_plan(shape: Sequence[int], roi: Sequence[int], overlap: Sequence[float], batch_size: int) -> TilePlan:
     """Windows exactly as MONAI's ``sliding_window_inference`` places them."""
     image = tuple(max(s, r) for s, r in zip(shape, roi, strict=True))
     starts = []
@@ -221,7 +221,14 @@ def gaussian_plan(
             axis_starts.append(start - max(start + r - size, 0))
         starts.append(tuple(axis_starts))
     return TilePlan(
-        tuple(shape), image, tuple(roi), tuple(roi), tuple(len(s) for s in starts), batch_size, "gaussian", tuple(starts)
+        tuple(shape),
+        image,
+        tuple(roi),
+        tuple(roi),
+        tuple(len(s) for s in starts),
+        batch_size,
+        "gaussian",
+        tuple(starts),
     )
 
 
@@ -236,5 +243,3 @@ def gaussian_importance(roi: Sequence[int], sigma_scale: Sequence[float]) -> np.
     assert weights is not None
     floor = max(float(weights.min()), 1e-3)
     return torch.clamp(weights, min=floor).numpy()
-
-

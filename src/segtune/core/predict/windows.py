@@ -197,5 +197,3 @@ def compute(block: Any) -> np.ndarray:
     if hasattr(block, "compute"):
         block = block.compute()
     return np.asarray(block)
-
-

@@ -463,7 +463,12 @@ def synthetic_nuclei_golgi(
         centre = rng.uniform(0, 1, 3) * np.array(shape)
         rotation = _random_rotation(3, rng)
         mask, box = _ellipsoid_mask(shape, centre, semi, rotation, scale)
-        if mask is None or np.any(nuclei[box][mask]) or np.any(golgi[box][mask]) or mask.sum() < 0.5 * np.prod(semi / scale) * 4:
+        if (
+            mask is None
+            or np.any(nuclei[box][mask])
+            or np.any(golgi[box][mask])
+            or mask.sum() < 0.5 * np.prod(semi / scale) * 4
+        ):
             continue
         direction = rng.standard_normal(3)
         direction /= np.linalg.norm(direction)

@@ -83,8 +83,18 @@ class AugmentConfig:
     def none(cls) -> AugmentConfig:
         """No augmentation at all."""
         return cls(
-            flip=False, rotate90=False, rotation=0.0, shift=0.0, shear=0.0, zoom=0.0, affine_probability=0.0,
-            brightness=0.0, contrast=0.0, blur_probability=0.0, noise_probability=0.0, salt_pepper_probability=0.0,
+            flip=False,
+            rotate90=False,
+            rotation=0.0,
+            shift=0.0,
+            shear=0.0,
+            zoom=0.0,
+            affine_probability=0.0,
+            brightness=0.0,
+            contrast=0.0,
+            blur_probability=0.0,
+            noise_probability=0.0,
+            salt_pepper_probability=0.0,
             elastic_probability=0.0,
         )
 
@@ -135,9 +145,7 @@ def random_affine(
     return matrix, offset
 
 
-def random_elastic(
-    rng: np.random.Generator, config: AugmentConfig, spatial_shape: Sequence[int]
-) -> np.ndarray | None:
+def random_elastic(rng: np.random.Generator, config: AugmentConfig, spatial_shape: Sequence[int]) -> np.ndarray | None:
     """Draw a smooth displacement field for the YX plane, or None for no deformation.
 
     Returns a ``(2, Y, X)`` array of displacements in pixels (y then x), the same for every Z
@@ -163,8 +171,9 @@ def _warp_coordinates(
     grid = np.indices(spatial_shape, dtype=np.float32)
     if warp is not None:
         matrix, offset = warp
-        grid = (np.tensordot(matrix.astype(np.float32), grid, axes=1)
-                + offset.astype(np.float32).reshape(-1, *([1] * len(spatial_shape))))
+        grid = np.tensordot(matrix.astype(np.float32), grid, axes=1) + offset.astype(np.float32).reshape(
+            -1, *([1] * len(spatial_shape))
+        )
     grid[-2:] += field.reshape(2, *([1] * (len(spatial_shape) - 2)), *field.shape[1:])  # the same in every Z plane
     return grid
 
@@ -196,7 +205,9 @@ def geometric(
     spatial = image.shape[1:]
     for label in labels:
         if label.shape != spatial:
-            raise ValueError(f"label-like array of shape {label.shape} does not match the image's spatial shape {spatial}")
+            raise ValueError(
+                f"label-like array of shape {label.shape} does not match the image's spatial shape {spatial}"
+            )
     labels = list(labels)
     ndim = len(spatial)
     if config.flip:
@@ -221,6 +232,7 @@ def geometric(
 
         def resample(array: np.ndarray, order: int) -> np.ndarray:
             return ndi.affine_transform(array, matrix, offset, order=order, mode="reflect", prefilter=False)
+
     if field is not None or warp is not None:
         image = np.stack([resample(channel, 1) for channel in image]).astype(image.dtype, copy=False)
         labels = [

@@ -20,16 +20,27 @@ from torch import nn
 from segtune.core.files import atomic_write_bytes
 from segtune.core.train.loop import json_safe
 
-__all__ = ["CHECKPOINT_DIR", "CHECKPOINT_NAME", "load_checkpoint", "restore_optimizer", "restore_rng", "save_checkpoint"]
+__all__ = [
+    "CHECKPOINT_DIR",
+    "CHECKPOINT_NAME",
+    "load_checkpoint",
+    "restore_optimizer",
+    "restore_rng",
+    "save_checkpoint",
+]
 
 CHECKPOINT_DIR = "checkpoint"
 CHECKPOINT_NAME = "last.safetensors"
 
 
-def save_checkpoint(folder: Path, model: nn.Module, optimizer, scaler, state: dict[str, Any], rng: np.random.Generator) -> None:
+def save_checkpoint(
+    folder: Path, model: nn.Module, optimizer, scaler, state: dict[str, Any], rng: np.random.Generator
+) -> None:
     from safetensors.torch import save
 
-    tensors: dict[str, torch.Tensor] = {f"model/{k}": v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    tensors: dict[str, torch.Tensor] = {
+        f"model/{k}": v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()
+    }
     opt_state = optimizer.state_dict()
     opt_scalars: dict[str, dict[str, Any]] = {}
     for index, entry in opt_state["state"].items():

@@ -65,7 +65,9 @@ def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -
     0.5514
     """
     if z1.ndim != 2 or z1.shape != z2.shape:
-        raise ValueError(f"z1 and z2 must both be (N, D) with the same shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")
+        raise ValueError(
+            f"z1 and z2 must both be (N, D) with the same shape, got {tuple(z1.shape)} and {tuple(z2.shape)}"
+        )
     n = z1.shape[0]
     if n < 2:
         raise ValueError(f"NT-Xent needs at least 2 images in a batch (others are the negatives), got {n}")
@@ -129,7 +131,9 @@ def local_supervised_contrastive_loss(
     if valid is not None and tuple(valid.shape) != (n, *spatial):
         raise ValueError(f"valid shape {tuple(valid.shape)} must be (N, *S) = {(n, *spatial)}")
     if block_size < 1 or any(s < block_size for s in spatial):
-        raise ValueError(f"block_size {block_size} must be at least 1 and at most the smallest spatial size {min(spatial)}")
+        raise ValueError(
+            f"block_size {block_size} must be at least 1 and at most the smallest spatial size {min(spatial)}"
+        )
     if not temperature > 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
     if valid is None:
@@ -291,7 +295,9 @@ def _view(x: torch.Tensor, config: ViewConfig, generator: torch.Generator | None
             if float(torch.rand((), generator=generator)) >= config.p:
                 continue
             if step == 0:
-                image = image * _uniform(*config.contrast, generator) + _uniform(-config.brightness, config.brightness, generator)
+                image = image * _uniform(*config.contrast, generator) + _uniform(
+                    -config.brightness, config.brightness, generator
+                )
             elif step == 1:
                 image = gaussian_blur(image, _uniform(*config.blur_sigma, generator))
             elif float(torch.rand((), generator=generator)) < 0.5:
@@ -303,4 +309,3 @@ def _view(x: torch.Tensor, config: ViewConfig, generator: torch.Generator | None
                 image = torch.where(draw > 1 - config.salt_pepper / 2, torch.full_like(image, high), image)
         images.append(image)
     return torch.cat(images)
-

@@ -130,7 +130,9 @@ def make_sample(
         if np.issubdtype(labels.dtype, np.floating) and np.array_equal(labels, np.round(labels)):
             labels = labels.astype(np.int64)
         else:
-            raise ValueError(f"{name}: labels must be integers (a mask, instance ids or class indices), got dtype {labels.dtype}")
+            raise ValueError(
+                f"{name}: labels must be integers (a mask, instance ids or class indices), got dtype {labels.dtype}"
+            )
     if labels.size and labels.min() < 0:
         raise ValueError(f"{name}: labels must not be negative (minimum {labels.min()})")
     image = _split_channels(image, labels.shape, name)
@@ -138,7 +140,9 @@ def make_sample(
     if mask is not None:
         mask = np.asarray(mask)
         if mask.shape != labels.shape:
-            raise ValueError(f"{name}: the ignore mask (shape {mask.shape}) does not match the labels (shape {labels.shape})")
+            raise ValueError(
+                f"{name}: the ignore mask (shape {mask.shape}) does not match the labels (shape {labels.shape})"
+            )
         valid &= mask.astype(bool)
     if ignore_value is not None:
         ignored = labels == ignore_value
@@ -287,7 +291,7 @@ def _cut_holding_objects(labels: np.ndarray, axis: int, fraction: float, widest:
     coordinate = np.broadcast_to(np.arange(n).reshape([-1 if a == axis else 1 for a in range(3)]), labels.shape).ravel()
     counts = np.bincount(instances)
     present = counts[1:] > 0
-    centres = (np.bincount(instances, weights=coordinate)[1:][present] / counts[1:][present])
+    centres = np.bincount(instances, weights=coordinate)[1:][present] / counts[1:][present]
     want = max(1, math.ceil(fraction * len(centres)))
     cut = int(np.floor(np.sort(centres)[-want])) if len(centres) >= want else 0
     return max(cut, int(round(n * (1 - widest))))
@@ -330,7 +334,9 @@ def load_pairs(
     from segtune.core.metrics import as_labels
 
     if len(image_paths) != len(label_paths):
-        raise ValueError(f"{len(image_paths)} image file(s) but {len(label_paths)} label file(s); give one label file per image, in the same order")
+        raise ValueError(
+            f"{len(image_paths)} image file(s) but {len(label_paths)} label file(s); give one label file per image, in the same order"
+        )
     if not image_paths:
         raise ValueError("no training images given")
     images, labels, names = [], [], []

@@ -156,7 +156,10 @@ def init_from_env(device: str | torch.device = "auto", *, timeout_minutes: float
     else:
         backend, train_device = "gloo", torch.device("cpu")
     torch.distributed.init_process_group(
-        backend=backend, init_method="env://", rank=rank, world_size=world_size,
+        backend=backend,
+        init_method="env://",
+        rank=rank,
+        world_size=world_size,
         timeout=datetime.timedelta(minutes=timeout_minutes),
     )
     _OWNED[0] = True
@@ -172,7 +175,9 @@ def context() -> DistributedContext:
     local_rank = found[2] if found is not None else 0
     backend = str(torch.distributed.get_backend())
     device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
-    return DistributedContext(torch.distributed.get_rank(), torch.distributed.get_world_size(), local_rank, backend, device)
+    return DistributedContext(
+        torch.distributed.get_rank(), torch.distributed.get_world_size(), local_rank, backend, device
+    )
 
 
 def release() -> None:
@@ -230,8 +235,9 @@ def sampler_for(dataset: Any, *, shuffle: bool = True, seed: int = 0, drop_last:
         return None
     from torch.utils.data import DistributedSampler
 
-    return DistributedSampler(dataset, num_replicas=current.world_size, rank=current.rank, shuffle=shuffle,
-                              seed=seed, drop_last=drop_last)
+    return DistributedSampler(
+        dataset, num_replicas=current.world_size, rank=current.rank, shuffle=shuffle, seed=seed, drop_last=drop_last
+    )
 
 
 def rank_seed(seed: int) -> Any:

@@ -39,7 +39,15 @@ from torch import nn
 from segtune.core.normalize import DEFAULT_PERCENTILES
 from segtune.core.progress import Cancelled, CancelToken, ProgressCallback, Reporter
 
-__all__ = ["GAN_METHODS", "GanConfig", "GanResult", "PatchDiscriminator", "parse_mask_recipe", "synthetic_masks", "train_gan"]
+__all__ = [
+    "GAN_METHODS",
+    "GanConfig",
+    "GanResult",
+    "PatchDiscriminator",
+    "parse_mask_recipe",
+    "synthetic_masks",
+    "train_gan",
+]
 
 GAN_METHODS = ("vox2vox", "cyclegan")
 GAN_WEIGHTS = "gan.safetensors"
@@ -157,7 +165,9 @@ def parse_mask_recipe(text: str) -> dict[str, Any]:
     for item in filter(None, (part.strip() for part in text.split(","))):
         name, sep, value = item.partition("=")
         if not sep or name.strip() not in known:
-            raise ValueError(f"mask recipe entry {item!r} is not NAME=VALUE with NAME one of {', '.join(sorted(known))}")
+            raise ValueError(
+                f"mask recipe entry {item!r} is not NAME=VALUE with NAME one of {', '.join(sorted(known))}"
+            )
         try:
             recipe[name.strip()] = json.loads(value)
         except json.JSONDecodeError as e:
@@ -185,8 +195,15 @@ def _dice(probabilities: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def _generator(in_channels: int, out_channels: int, config: GanConfig) -> nn.Module:
     from segtune.core.models.unet import UNet
 
-    return UNet(3, in_channels, out_channels, depth=config.depth, base_channels=config.base_channels,
-                norm=config.norm, upsample="resize")
+    return UNet(
+        3,
+        in_channels,
+        out_channels,
+        depth=config.depth,
+        base_channels=config.base_channels,
+        norm=config.norm,
+        upsample="resize",
+    )
 
 
 def train_gan(
@@ -243,7 +260,9 @@ def train_gan(
     if cyclegan and labels is not None:
         raise ValueError("CycleGAN trains without labels (its masks come from the synthetic-mask recipe)")
     if not cyclegan and (labels is None or len(labels) != len(images)):
-        raise ValueError(f"Vox2Vox needs one label stack per image: {len(images)} image(s), {0 if labels is None else len(labels)} label stack(s)")
+        raise ValueError(
+            f"Vox2Vox needs one label stack per image: {len(images)} image(s), {0 if labels is None else len(labels)} label stack(s)"
+        )
     names = list(names) if names is not None else [f"image {i}" for i in range(len(images))]
     folder = Path(out) if out is not None else None
     if folder is not None and folder.exists() and any(folder.iterdir()) and not overwrite:
@@ -252,13 +271,19 @@ def train_gan(
     _seed_everything(config.seed)
     rng = np.random.default_rng(config.seed)
     stacks = [image if image.ndim == 4 else image[None] for image in images]
-    label_stacks = [np.asarray(lab) for lab in labels] if labels is not None else [np.zeros(s.shape[1:], np.uint8) for s in stacks]
-    samples = [make_sample(s, lab, normalization=tuple(config.normalization), name=name)
-               for s, lab, name in zip(stacks, label_stacks, names, strict=True)]
+    label_stacks = (
+        [np.asarray(lab) for lab in labels] if labels is not None else [np.zeros(s.shape[1:], np.uint8) for s in stacks]
+    )
+    samples = [
+        make_sample(s, lab, normalization=tuple(config.normalization), name=name)
+        for s, lab, name in zip(stacks, label_stacks, names, strict=True)
+    ]
     channels = samples[0].image.shape[0]
     if any(s.image.shape[0] != channels for s in samples):
         raise ValueError(f"the images have differing channel counts: {[s.image.shape[0] for s in samples]}")
-    sampler = PatchSampler(samples, tuple(config.patch), spatial_dims=3, min_foreground=0.0 if cyclegan else 0.01, rng=rng)
+    sampler = PatchSampler(
+        samples, tuple(config.patch), spatial_dims=3, min_foreground=0.0 if cyclegan else 0.01, rng=rng
+    )
     device = select_device(config.device)
 
     segmenter = _generator(channels, 1, config)
@@ -314,10 +339,17 @@ def train_gan(
         g_optimizer.step()
         # the critics learn from the generators' outputs of this step, detached
         if cyclegan:
-            d_loss = (_lsgan(mask_critic(y), True) + _lsgan(mask_critic(fake_mask.detach()), False)
-                      + _lsgan(image_critic(x), True) + _lsgan(image_critic(fake_image.detach()), False)) / 2
+            d_loss = (
+                _lsgan(mask_critic(y), True)
+                + _lsgan(mask_critic(fake_mask.detach()), False)
+                + _lsgan(image_critic(x), True)
+                + _lsgan(image_critic(fake_image.detach()), False)
+            ) / 2
         else:
-            d_loss = (_lsgan(critic(torch.cat([x, y], 1)), True) + _lsgan(critic(torch.cat([x, fake_mask.detach()], 1)), False)) / 2
+            d_loss = (
+                _lsgan(critic(torch.cat([x, y], 1)), True)
+                + _lsgan(critic(torch.cat([x, fake_mask.detach()], 1)), False)
+            ) / 2
         d_optimizer.zero_grad(set_to_none=True)
         d_loss.backward()
         d_optimizer.step()
@@ -325,26 +357,38 @@ def train_gan(
 
     history: list[dict[str, float]] = []
     training_record = {
-        **(provenance or {}), "data": {"images": names, "method": config.method},
+        **(provenance or {}),
+        "data": {"images": names, "method": config.method},
         "settings": {**asdict(config), "patch": list(config.patch), "normalization": list(config.normalization)},
-        "device": str(device), "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "status": "running",
+        "device": str(device),
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "status": "running",
     }
 
     def save(status: str) -> dict[str, Any]:
         model_config = default_config(
-            segmenter.architecture, head="binary",
+            segmenter.architecture,
+            head="binary",
             normalization=percentile_spec(*config.normalization),
-            tile_shape=list(config.patch), training={**training_record, "status": status, "history": history},
-            metrics=history[-1] if history else {}, segtune_version=__version__,
+            tile_shape=list(config.patch),
+            training={**training_record, "status": status, "history": history},
+            metrics=history[-1] if history else {},
+            segtune_version=__version__,
             description=f"3D binary segmenter trained by {config.method}",
         )
         if folder is not None:
             from safetensors.torch import save as save_tensors
 
             save_model(segmenter, model_config, folder, overwrite=True)
-            tensors = {f"{name}/{key}": value.detach().cpu().contiguous().clone()
-                       for name, module in networks.items() if name != "segmenter" for key, value in module.state_dict().items()}
-            atomic_write_bytes(folder / GAN_WEIGHTS, save_tensors(tensors, metadata={"format": "segtune-gan", "method": config.method}))
+            tensors = {
+                f"{name}/{key}": value.detach().cpu().contiguous().clone()
+                for name, module in networks.items()
+                if name != "segmenter"
+                for key, value in module.state_dict().items()
+            }
+            atomic_write_bytes(
+                folder / GAN_WEIGHTS, save_tensors(tensors, metadata={"format": "segtune-gan", "method": config.method})
+            )
         return model_config
 
     model_config = save("running")
@@ -360,8 +404,13 @@ def train_gan(
                     sums[key] = sums.get(key, 0.0) + value
                 done += 1
                 report.step(done, message=f"epoch {epoch}")
-            history.append({"epoch": epoch, **{k: v / config.steps_per_epoch for k, v in sums.items()},
-                            "elapsed": time.monotonic() - started})
+            history.append(
+                {
+                    "epoch": epoch,
+                    **{k: v / config.steps_per_epoch for k, v in sums.items()},
+                    "elapsed": time.monotonic() - started,
+                }
+            )
             if not all(math.isfinite(v) for v in history[-1].values()):
                 raise FloatingPointError(f"{config.method} diverged at epoch {epoch}: {history[-1]}")
             model_config = save("running")

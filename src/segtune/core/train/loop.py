@@ -79,8 +79,9 @@ def json_safe(value: Any) -> Any:
     return value
 
 
-def write_csv_log(path: Path, columns: Sequence[str], history: Iterable[dict[str, Any]],
-                  formats: dict[str, str] | None = None) -> None:
+def write_csv_log(
+    path: Path, columns: Sequence[str], history: Iterable[dict[str, Any]], formats: dict[str, str] | None = None
+) -> None:
     """Write one row per epoch of ``history`` to the CSV file ``path`` (atomically).
 
     Floats are written with ``.6g`` unless ``formats`` names another format for their column;
@@ -93,10 +94,16 @@ def write_csv_log(path: Path, columns: Sequence[str], history: Iterable[dict[str
     writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in history:
-        writer.writerow({
-            k: "" if row.get(k) is None else format(row[k], formats.get(k, ".6g")) if isinstance(row[k], float) else row[k]
-            for k in columns
-        })
+        writer.writerow(
+            {
+                k: ""
+                if row.get(k) is None
+                else format(row[k], formats.get(k, ".6g"))
+                if isinstance(row[k], float)
+                else row[k]
+                for k in columns
+            }
+        )
     atomic_write_text(path, buffer.getvalue())
 
 
@@ -136,8 +143,14 @@ class WarmupCosine:
     is the time budget in the same terms (None: anneal over the steps only).
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, learning_rate: float, total_steps: int,
-                 elapsed: Callable[[], float], budget: float | None) -> None:
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        learning_rate: float,
+        total_steps: int,
+        elapsed: Callable[[], float],
+        budget: float | None,
+    ) -> None:
         self.optimizer, self.learning_rate, self.total_steps = optimizer, learning_rate, total_steps
         self.elapsed, self.budget = elapsed, budget
 

@@ -78,7 +78,9 @@ def _prepare(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | N
         if target.ndim == logits.ndim and target.shape[1] == 1:
             target = target[:, 0]
         if tuple(target.shape) != (n, *spatial):
-            raise ValueError(f"target shape {tuple(target.shape)} must be (N, *spatial) = {(n, *spatial)} for a {head} head")
+            raise ValueError(
+                f"target shape {tuple(target.shape)} must be (N, *spatial) = {(n, *spatial)} for a {head} head"
+            )
         target = target.long()
     if valid is None:
         weight = torch.ones((n, 1, *spatial), dtype=logits.dtype, device=logits.device)
@@ -100,7 +102,9 @@ def _probabilities_and_onehot(logits, target, head):
     return torch.softmax(logits, dim=1), onehot
 
 
-def bce_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None, *, head: str = "binary") -> torch.Tensor:
+def bce_loss(
+    logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None, *, head: str = "binary"
+) -> torch.Tensor:
     """Binary (one channel) or categorical (K channels) cross-entropy, averaged over valid pixels."""
     target, weight = _prepare(logits, target, valid, head)
     if ACTIVATIONS.get(head) == "sigmoid":
@@ -123,7 +127,12 @@ def _overlap_terms(logits, target, valid, head):
 
 
 def dice_loss(
-    logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None, *, head: str = "binary", smooth: float = 1.0
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    valid: torch.Tensor | None = None,
+    *,
+    head: str = "binary",
+    smooth: float = 1.0,
 ) -> torch.Tensor:
     """Soft Dice loss with additive smoothing, over the whole batch (see the module docstring)."""
     intersection, p_sum, t_sum = _overlap_terms(logits, target, valid, head)
@@ -131,7 +140,12 @@ def dice_loss(
 
 
 def iou_loss(
-    logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None, *, head: str = "binary", smooth: float = 1.0
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    valid: torch.Tensor | None = None,
+    *,
+    head: str = "binary",
+    smooth: float = 1.0,
 ) -> torch.Tensor:
     """Soft IoU (Jaccard) loss with additive smoothing, over the whole batch."""
     intersection, p_sum, t_sum = _overlap_terms(logits, target, valid, head)
@@ -162,7 +176,9 @@ def focal_loss(
     return (per_pixel * weight).sum() / weight.sum().clamp_min(1.0) / per_pixel.shape[1]
 
 
-def mae_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None, *, head: str = "binary") -> torch.Tensor:
+def mae_loss(
+    logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None, *, head: str = "binary"
+) -> torch.Tensor:
     """Mean absolute error between probabilities and (one-hot) targets over valid pixels."""
     target, weight = _prepare(logits, target, valid, head)
     probs, onehot = _probabilities_and_onehot(logits, target, head)
@@ -213,10 +229,14 @@ def ssim(
         If a spatial axis is shorter than the window (``2 * int(truncate * sigma + 0.5) + 1``).
     """
     if x.shape != y.shape or x.ndim not in (4, 5):
-        raise ValueError(f"ssim takes two (N, C, *S) tensors of one shape with 2 or 3 spatial axes, got {tuple(x.shape)} and {tuple(y.shape)}")
+        raise ValueError(
+            f"ssim takes two (N, C, *S) tensors of one shape with 2 or 3 spatial axes, got {tuple(x.shape)} and {tuple(y.shape)}"
+        )
     window = _gaussian_window(sigma, truncate, x.dtype, x.device)
     if min(x.shape[2:]) < window.numel():
-        raise ValueError(f"ssim needs every spatial axis to be at least {window.numel()} pixels, got shape {tuple(x.shape[2:])}")
+        raise ValueError(
+            f"ssim needs every spatial axis to be at least {window.numel()} pixels, got shape {tuple(x.shape[2:])}"
+        )
     c1 = (k1 * data_range) ** 2
     c2 = (k2 * data_range) ** 2
     mu_x = _separable_filter(x, window)
@@ -234,7 +254,9 @@ def ssim(
     return (ssim_map * full).sum() / full.sum().clamp_min(1.0)
 
 
-def ssim_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None, *, head: str = "binary") -> torch.Tensor:
+def ssim_loss(
+    logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None, *, head: str = "binary"
+) -> torch.Tensor:
     """``1 - SSIM`` between probabilities and (one-hot) targets (see :func:`ssim`)."""
     target, weight = _prepare(logits, target, valid, head)
     probs, onehot = _probabilities_and_onehot(logits, target, head)
@@ -266,7 +288,9 @@ class CombinedLoss:
     def __call__(self, logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         return self.parts(logits, target, valid)["loss"]
 
-    def parts(self, logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def parts(
+        self, logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         """Each term's value (unweighted) and their weighted sum under ``"loss"``."""
         values = {name: LOSSES[name](logits, target, valid, head=self.head) for _, name in self.terms}
         values["loss"] = sum(weight * values[name] for weight, name in self.terms)

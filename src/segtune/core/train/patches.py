@@ -28,7 +28,9 @@ def normalize_patch_shape(patch: int | Sequence[int], spatial_dims: int) -> tupl
         if len(shape) == 1:
             shape = shape * spatial_dims
     if len(shape) != spatial_dims or any(n < 1 for n in shape):
-        raise ValueError(f"patch {patch!r} must be a positive size or {spatial_dims} positive sizes for a {spatial_dims}D model")
+        raise ValueError(
+            f"patch {patch!r} must be a positive size or {spatial_dims} positive sizes for a {spatial_dims}D model"
+        )
     return shape
 
 

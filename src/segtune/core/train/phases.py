@@ -68,8 +68,13 @@ def check_inputs(images, labels, masks, names) -> tuple[list, list, list, list[s
     return images, labels, masks, names
 
 
-def open_run(config: TrainConfig, out: str | os.PathLike | None, *, overwrite: bool, resume: bool,
-              ) -> tuple[TrainConfig, Path | None, tuple[dict[str, torch.Tensor], dict[str, Any]] | None]:
+def open_run(
+    config: TrainConfig,
+    out: str | os.PathLike | None,
+    *,
+    overwrite: bool,
+    resume: bool,
+) -> tuple[TrainConfig, Path | None, tuple[dict[str, torch.Tensor], dict[str, Any]] | None]:
     """Check the model folder; when resuming, read the checkpoint and take the interrupted run's
     settings (only the budgets may change)."""
     out_folder = Path(out) if out is not None else None
@@ -80,14 +85,25 @@ def open_run(config: TrainConfig, out: str | os.PathLike | None, *, overwrite: b
         if resume:
             checkpoint = load_checkpoint(out_folder)
         elif out_folder.exists() and not out_folder.is_dir():
-            raise FileExistsError(f"{out_folder} is an existing file, not a model folder; choose another name for the model")
+            raise FileExistsError(
+                f"{out_folder} is an existing file, not a model folder; choose another name for the model"
+            )
         elif out_folder.exists() and any(out_folder.iterdir()) and not overwrite:
-            raise FileExistsError(f"model folder {out_folder} already exists; pass --overwrite to replace it or --resume to continue it")
+            raise FileExistsError(
+                f"model folder {out_folder} already exists; pass --overwrite to replace it or --resume to continue it"
+            )
     if checkpoint is not None:
         saved = TrainConfig.from_dict(checkpoint[1]["train_config"])
         # the data pipeline and the model must be those of the interrupted run; budgets may change
-        config = TrainConfig.from_dict({**saved.to_dict(), "epochs": config.epochs, "max_minutes": config.max_minutes,
-                                        "patience": config.patience, "device": config.device})
+        config = TrainConfig.from_dict(
+            {
+                **saved.to_dict(),
+                "epochs": config.epochs,
+                "max_minutes": config.max_minutes,
+                "patience": config.patience,
+                "device": config.device,
+            }
+        )
     return config, out_folder, checkpoint
 
 
@@ -113,8 +129,10 @@ def resolve_start(model: Any, config: TrainConfig, checkpoint: Any, out_folder: 
         model, base_config = model[0], dict(model[1])  # a module with its config (the widget's model)
         base_name = base_config.get("name")
     if model is not None and not isinstance(model, nn.Module):
-        raise ValueError(f"model must be None, a torch module, a (module, config) pair, a bundled model name or a folder, "
-                         f"got {type(model).__name__}")
+        raise ValueError(
+            f"model must be None, a torch module, a (module, config) pair, a bundled model name or a folder, "
+            f"got {type(model).__name__}"
+        )
     if model is not None:
         architecture = getattr(model, "architecture", None) or base_config.get("architecture", {})
         model_head = base_config.get("head") or head_of(int(architecture.get("out_channels", 1)))
@@ -122,7 +140,9 @@ def resolve_start(model: Any, config: TrainConfig, checkpoint: Any, out_folder: 
             raise ValueError(f"the starting model has a {model_head} head; it cannot be trained as {config.head}")
         config.head = model_head
         if architecture.get("spatial_dims", config.spatial_dims) != config.spatial_dims:
-            raise ValueError(f"the starting model is {architecture.get('spatial_dims')}D but spatial_dims={config.spatial_dims}")
+            raise ValueError(
+                f"the starting model is {architecture.get('spatial_dims')}D but spatial_dims={config.spatial_dims}"
+            )
         if model_head in ("semantic", "multilabel"):
             config.n_classes = int(architecture.get("out_channels", config.n_classes or 2))
         stated = model_percentiles(base_config, default=None)
@@ -150,15 +170,29 @@ def prepare_data(images, labels, masks, names, validation, config: TrainConfig, 
             as_labels(lab, "labels")
         except ValueError as e:
             raise ValueError(f"the labels of {name}: {e}") from None
-    if not any(np.any(lab != 0) if config.ignore_value is None else np.any((lab != 0) & (lab != config.ignore_value)) for lab in label_arrays):
+    if not any(
+        np.any(lab != 0) if config.ignore_value is None else np.any((lab != 0) & (lab != config.ignore_value))
+        for lab in label_arrays
+    ):
         raise ValueError(f"the labels are empty: none of the {len(label_arrays)} label image(s) has a labelled pixel")
     data_diameter = None
     if head not in ("semantic", "multilabel"):
-        diameters = [labels_diameter(np.where(lab == config.ignore_value, 0, lab) if config.ignore_value is not None else lab) for lab in label_arrays]
+        diameters = [
+            labels_diameter(np.where(lab == config.ignore_value, 0, lab) if config.ignore_value is not None else lab)
+            for lab in label_arrays
+        ]
         diameters = [d for d in diameters if np.isfinite(d)]
         data_diameter = float(np.median(diameters)) if diameters else None
-    if (start.model is None and start.resumed_config is None and config.object_diameter is None and config.scale is None
-            and config.spatial_dims == 2 and head != "semantic" and data_diameter and data_diameter > NEW_MAX_DIAMETER):
+    if (
+        start.model is None
+        and start.resumed_config is None
+        and config.object_diameter is None
+        and config.scale is None
+        and config.spatial_dims == 2
+        and head != "semantic"
+        and data_diameter
+        and data_diameter > NEW_MAX_DIAMETER
+    ):
         config.object_diameter = NEW_MAX_DIAMETER
     scale = 1.0
     if config.scale is not None:
@@ -166,19 +200,36 @@ def prepare_data(images, labels, masks, names, validation, config: TrainConfig, 
     elif config.object_diameter is not None and data_diameter:
         scale = float(config.object_diameter) / data_diameter
     samples = [
-        make_sample(image, lab, mask=mask, ignore_value=config.ignore_value, normalization=normalization,
-                    clip=config.clip, scale=scale, name=name)
+        make_sample(
+            image,
+            lab,
+            mask=mask,
+            ignore_value=config.ignore_value,
+            normalization=normalization,
+            clip=config.clip,
+            scale=scale,
+            name=name,
+        )
         for image, lab, mask, name in zip(images, label_arrays, masks, names, strict=True)
     ]
     in_channels = samples[0].image.shape[0]
     for sample in samples[1:]:
         if sample.image.shape[0] != in_channels:
-            raise ValueError(f"{sample.name} has {sample.image.shape[0]} channel(s) but {samples[0].name} has {in_channels}")
+            raise ValueError(
+                f"{sample.name} has {sample.image.shape[0]} channel(s) but {samples[0].name} has {in_channels}"
+            )
     if validation is not None:
         train_samples = samples
         val_samples = [
-            make_sample(image, np.asarray(lab), ignore_value=config.ignore_value, normalization=normalization,
-                        clip=config.clip, scale=scale, name=f"validation {i}")
+            make_sample(
+                image,
+                np.asarray(lab),
+                ignore_value=config.ignore_value,
+                normalization=normalization,
+                clip=config.clip,
+                scale=scale,
+                name=f"validation {i}",
+            )
             for i, (image, lab) in enumerate(zip(*validation, strict=True))
         ]
     else:

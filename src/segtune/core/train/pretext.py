@@ -202,7 +202,9 @@ def corrupt(
     return out, [config.kinds[c] for c in choice]
 
 
-def restoration_loss(output: torch.Tensor, target: torch.Tensor, kind: str = "ssim", *, l1_weight: float = 1.0) -> torch.Tensor:
+def restoration_loss(
+    output: torch.Tensor, target: torch.Tensor, kind: str = "ssim", *, l1_weight: float = 1.0
+) -> torch.Tensor:
     """``1 - SSIM(output, target)`` (``"ssim"``), plus ``l1_weight * mean|output - target|`` (``"ssim+l1"``).
 
     SSIM is :func:`segtune.core.train.losses.ssim` with data range 1 (images normalised to
@@ -281,7 +283,9 @@ def transfer_encoder(
     for key, tensor in source.items():
         target = destination.get(key)
         if target is None or target.shape != tensor.shape:
-            problems.append(f"encoder.{key}: {tuple(tensor.shape)} -> {None if target is None else tuple(target.shape)}")
+            problems.append(
+                f"encoder.{key}: {tuple(tensor.shape)} -> {None if target is None else tuple(target.shape)}"
+            )
             continue
         destination[key] = tensor.detach().clone().to(target.device, target.dtype)
         copied.append(f"encoder.{key}")
@@ -376,4 +380,3 @@ def denoise(
         out[start : start + batch_size] = result.cpu().numpy()
     model.train(was_training)
     return (out * (hi - lo) + lo).reshape(shape).astype(np.float32)
-

@@ -165,13 +165,17 @@ class PretrainConfig:
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.method == "simclr" and self.batch_size < 2:
-            raise ValueError(f"SimCLR needs batch_size >= 2 (the other images are the negatives), got {self.batch_size}")
+            raise ValueError(
+                f"SimCLR needs batch_size >= 2 (the other images are the negatives), got {self.batch_size}"
+            )
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise ValueError(f"steps_per_epoch must be at least 1, got {self.steps_per_epoch}")
         multiple, what = 2**self.depth, f"2**depth = {2**self.depth}"
         if self.architecture != "unet" or self.encoder is not None:
             if self.method not in ("restore", "n2n"):
-                raise ValueError(f"{self.method} pretraining needs the plain U-Net; the ResNet U-Net and UNet++ pretrain by restore")
+                raise ValueError(
+                    f"{self.method} pretraining needs the plain U-Net; the ResNet U-Net and UNet++ pretrain by restore"
+                )
             multiple = self.network_class().size_multiple
             what = f"{multiple} (the network's downsampling)"
         if self.patch < 16 or self.patch % multiple:
@@ -199,9 +203,17 @@ class PretrainConfig:
         """The architecture dict of a new 2D network with these settings."""
         from segtune.core.models.unet import new_architecture
 
-        return new_architecture(self.architecture, encoder=self.encoder, spatial_dims=2, in_channels=in_channels,
-                                out_channels=out_channels, depth=self.depth, base_channels=self.base_channels,
-                                norm=self.norm, upsample=self.upsample)
+        return new_architecture(
+            self.architecture,
+            encoder=self.encoder,
+            spatial_dims=2,
+            in_channels=in_channels,
+            out_channels=out_channels,
+            depth=self.depth,
+            base_channels=self.base_channels,
+            norm=self.norm,
+            upsample=self.upsample,
+        )
 
     def network_class(self) -> type[nn.Module]:
         from segtune.core.models.unet import architecture_class
@@ -211,8 +223,13 @@ class PretrainConfig:
     def corruption_config(self):
         from segtune.core.train.pretext import CorruptionConfig
 
-        return CorruptionConfig(kinds=tuple(self.corruptions), mode=self.corruption_mode, drop_fraction=self.drop_fraction,
-                                blur_sigma=self.blur_sigma, noise_std=self.noise_std)
+        return CorruptionConfig(
+            kinds=tuple(self.corruptions),
+            mode=self.corruption_mode,
+            drop_fraction=self.drop_fraction,
+            blur_sigma=self.blur_sigma,
+            noise_std=self.noise_std,
+        )
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> PretrainConfig:
@@ -252,7 +269,9 @@ def _unlabelled_sample(image: np.ndarray, normalization: Sequence[float], clip: 
     from segtune.core.train.data import Sample
 
     image = _as_czyx(image, name)
-    normalized = np.stack([percentile_normalize(c, normalization[0], normalization[1], clip=clip) for c in image]).astype(np.float32)
+    normalized = np.stack(
+        [percentile_normalize(c, normalization[0], normalization[1], clip=clip) for c in image]
+    ).astype(np.float32)
     shape = normalized.shape[1:]
     return Sample(np.ascontiguousarray(normalized), np.zeros(shape, np.uint8), np.ones(shape, bool), name)
 
@@ -370,7 +389,12 @@ def pretrain(
         raise ValueError("no images to pretrain on")
     names = list(names) if names is not None else [f"image {i}" for i in range(len(images))]
     out_folder = Path(out) if out is not None else None
-    if out_folder is not None and out_folder.exists() and (not out_folder.is_dir() or any(out_folder.iterdir())) and not overwrite:
+    if (
+        out_folder is not None
+        and out_folder.exists()
+        and (not out_folder.is_dir() or any(out_folder.iterdir()))
+        and not overwrite
+    ):
         raise FileExistsError(f"model folder {out_folder} already exists; pass --overwrite to replace it")
     if method == "local-contrastive":
         if labels is None:
@@ -383,7 +407,9 @@ def pretrain(
     samples = _prepare_samples(images, labels, names, config, ignore_value)
     in_channels = samples[0].image.shape[0]
     if base_model is not None and int(base_config["architecture"]["in_channels"]) != in_channels:
-        raise ValueError(f"{from_model} takes {base_config['architecture']['in_channels']} channel(s), the images have {in_channels}")
+        raise ValueError(
+            f"{from_model} takes {base_config['architecture']['in_channels']} channel(s), the images have {in_channels}"
+        )
 
     # --- the batches, the networks, the optimiser ---
     seed_everything(config.seed)
@@ -399,8 +425,13 @@ def pretrain(
         if not pairs:
             raise ValueError("Noise2Noise needs z-stacks (at least 2 slices); every image given is a single plane")
     else:
-        sampler = PatchSampler(samples, (config.patch, config.patch), spatial_dims=2,
-                               min_foreground=config.min_foreground if method == "local-contrastive" else 0.0, rng=rng)
+        sampler = PatchSampler(
+            samples,
+            (config.patch, config.patch),
+            spatial_dims=2,
+            min_foreground=config.min_foreground if method == "local-contrastive" else 0.0,
+            rng=rng,
+        )
     unet, heads = build_networks(config, base_model, in_channels)
     networks = nn.ModuleDict({"unet": unet, **heads}).to(device)
     trainable = [p for p in networks.parameters() if p.requires_grad]
@@ -408,9 +439,12 @@ def pretrain(
     total_pixels = sum(int(np.prod(s.image.shape[1:])) for s in samples)
     steps_per_epoch = config.steps_per_epoch or max(8, math.ceil(total_pixels / (config.patch**2 * config.batch_size)))
     total_steps = steps_per_epoch * config.epochs
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps, eta_min=config.learning_rate * 0.02)
-    step_loss = make_step_loss(config, unet, heads, samples=samples, pairs=pairs, sampler=sampler, rng=rng,
-                               generator=generator, device=device)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=total_steps, eta_min=config.learning_rate * 0.02
+    )
+    step_loss = make_step_loss(
+        config, unet, heads, samples=samples, pairs=pairs, sampler=sampler, rng=rng, generator=generator, device=device
+    )
 
     # --- the record, and the folder valid from the start ---
     training_record = _record(config, names, base_config, from_model, device, provenance)
@@ -441,8 +475,15 @@ def pretrain(
         return deadline is not None and time.monotonic() >= deadline
 
     def end_epoch(summary: EpochSummary) -> str | None:
-        history.append({"epoch": summary.epoch, "loss": summary.mean_loss, "lr": optimizer.param_groups[0]["lr"],
-                        "steps": summary.steps, "seconds": time.monotonic() - summary.started})
+        history.append(
+            {
+                "epoch": summary.epoch,
+                "loss": summary.mean_loss,
+                "lr": optimizer.param_groups[0]["lr"],
+                "steps": summary.steps,
+                "seconds": time.monotonic() - summary.started,
+            }
+        )
         save(*current_model())
         return "time_budget" if summary.out_of_time else None
 
@@ -451,12 +492,25 @@ def pretrain(
         return loss, loss
 
     # a cancel keeps the folder of the last finished epoch
-    stop_reason, _ = run_epochs(range(1, config.epochs + 1), steps_per_epoch, optimizer, step_loss=both, after_step=after_step,
-                                end_epoch=end_epoch, begin_epoch=begin_epoch, schedule=TorchSchedule(scheduler), loss_name=method)
+    stop_reason, _ = run_epochs(
+        range(1, config.epochs + 1),
+        steps_per_epoch,
+        optimizer,
+        step_loss=both,
+        after_step=after_step,
+        end_epoch=end_epoch,
+        begin_epoch=begin_epoch,
+        schedule=TorchSchedule(scheduler),
+        loss_name=method,
+    )
 
-    training_record.update(status="cancelled" if stop_reason == "cancelled" else "finished", stop_reason=stop_reason,
-                           epochs_run=len(history), seconds=round(time.monotonic() - started, 1),
-                           finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    training_record.update(
+        status="cancelled" if stop_reason == "cancelled" else "finished",
+        stop_reason=stop_reason,
+        epochs_run=len(history),
+        seconds=round(time.monotonic() - started, 1),
+        finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
     model, model_config = current_model()
     if out_folder is not None and (history or stop_reason != "cancelled"):
         save(model, model_config)
@@ -465,7 +519,9 @@ def pretrain(
     return PretrainResult(model, model_config, history, stop_reason, out_folder, pretext_model=networks)
 
 
-def _resolve_start(config: PretrainConfig, from_model: str | os.PathLike | None) -> tuple[nn.Module | None, dict[str, Any]]:
+def _resolve_start(
+    config: PretrainConfig, from_model: str | os.PathLike | None
+) -> tuple[nn.Module | None, dict[str, Any]]:
     """The starting model and its config; its architecture, head and normalisation become the
     run's (``config`` is updated)."""
     from segtune.core.models.store import load_model
@@ -478,7 +534,10 @@ def _resolve_start(config: PretrainConfig, from_model: str | os.PathLike | None)
         if base_config.get("head") == "image" and method != "n2n":
             raise ValueError(f"{from_model} is a denoiser (an image head), not an encoder to start {method} from")
         arch = base_config["architecture"]
-        config.depth, config.base_channels = int(arch.get("depth", config.depth)), int(arch.get("base_channels", config.base_channels))
+        config.depth, config.base_channels = (
+            int(arch.get("depth", config.depth)),
+            int(arch.get("base_channels", config.base_channels)),
+        )
         config.norm, config.upsample = arch.get("norm", config.norm), arch.get("upsample", config.upsample)
         config.architecture = "unetpp" if arch.get("name") == "unetpp" else "unet"
         config.encoder = arch.get("encoder") if arch.get("name") == "resnet_unet" else None
@@ -497,32 +556,62 @@ def _resolve_start(config: PretrainConfig, from_model: str | os.PathLike | None)
     return base_model, base_config
 
 
-def _prepare_samples(images: list, labels: Sequence[np.ndarray] | None, names: list[str], config: PretrainConfig,
-                     ignore_value: int | None) -> list:
+def _prepare_samples(
+    images: list,
+    labels: Sequence[np.ndarray] | None,
+    names: list[str],
+    config: PretrainConfig,
+    ignore_value: int | None,
+) -> list:
     """Normalised samples (labelled for the local stage), all with the same number of channels."""
     from segtune.core.train.data import make_sample
 
     if config.method == "local-contrastive":
         samples = [
-            make_sample(image, np.asarray(lab), ignore_value=ignore_value, normalization=config.normalization, clip=config.clip, name=name)
+            make_sample(
+                image,
+                np.asarray(lab),
+                ignore_value=ignore_value,
+                normalization=config.normalization,
+                clip=config.clip,
+                name=name,
+            )
             for image, lab, name in zip(images, labels, names, strict=True)
         ]
     else:
-        samples = [_unlabelled_sample(image, config.normalization, config.clip, name) for image, name in zip(images, names, strict=True)]
+        samples = [
+            _unlabelled_sample(image, config.normalization, config.clip, name)
+            for image, name in zip(images, names, strict=True)
+        ]
     in_channels = samples[0].image.shape[0]
     for sample in samples[1:]:
         if sample.image.shape[0] != in_channels:
-            raise ValueError(f"{sample.name} has {sample.image.shape[0]} channel(s) but {samples[0].name} has {in_channels}")
+            raise ValueError(
+                f"{sample.name} has {sample.image.shape[0]} channel(s) but {samples[0].name} has {in_channels}"
+            )
     return samples
 
 
-def _record(config: PretrainConfig, names: list[str], base_config: dict[str, Any], from_model: Any, device: torch.device,
-            provenance: dict[str, Any] | None) -> dict[str, Any]:
+def _record(
+    config: PretrainConfig,
+    names: list[str],
+    base_config: dict[str, Any],
+    from_model: Any,
+    device: torch.device,
+    provenance: dict[str, Any] | None,
+) -> dict[str, Any]:
     """The training record of the run (``config["training"]``)."""
     return {
         **(provenance or {}),
-        "data": {"images": names, "pretext": config.method,
-                 **({"labels": list(provenance.get("label_files", []))} if provenance and "label_files" in provenance else {})},
+        "data": {
+            "images": names,
+            "pretext": config.method,
+            **(
+                {"labels": list(provenance.get("label_files", []))}
+                if provenance and "label_files" in provenance
+                else {}
+            ),
+        },
         "settings": config.to_dict(),
         "device": str(device),
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -530,8 +619,15 @@ def _record(config: PretrainConfig, names: list[str], base_config: dict[str, Any
     }
 
 
-def _save(folder: Path, model: nn.Module, model_config: dict[str, Any], method: str, unet: nn.Module,
-          heads: dict[str, nn.Module], history: list[dict[str, Any]]) -> None:
+def _save(
+    folder: Path,
+    model: nn.Module,
+    model_config: dict[str, Any],
+    method: str,
+    unet: nn.Module,
+    heads: dict[str, nn.Module],
+    history: list[dict[str, Any]],
+) -> None:
     """The model folder: the model, the pretext networks beside it, the log."""
     from segtune.core.models.store import save_model
 
@@ -570,7 +666,9 @@ def pretrain_files(
         provenance["command"] = command
     if label_paths is not None:
         if len(label_paths) != len(image_paths):
-            raise ValueError(f"{len(image_paths)} image file(s) but {len(label_paths)} label file(s); give one label file per image")
+            raise ValueError(
+                f"{len(image_paths)} image file(s) but {len(label_paths)} label file(s); give one label file per image"
+            )
         if len(images) != len(image_paths):
             raise ValueError("local-contrastive pretraining on files takes single time point images")
         labels = []
@@ -578,13 +676,26 @@ def pretrain_files(
             label = read_labels(label_path)
             spatial = image.shape[1:] if image.shape[1] > 1 else image.shape[2:]
             if label.shape != spatial:
-                raise ValueError(f"labels {label_path} (shape {label.shape}) do not match the image (spatial shape {spatial})")
+                raise ValueError(
+                    f"labels {label_path} (shape {label.shape}) do not match the image (spatial shape {spatial})"
+                )
             labels.append(label)
         images = [image if image.shape[1] > 1 else image[:, 0] for image in images]
         images = [image[0] if image.shape[0] == 1 else image for image in images]
         provenance["label_files"] = [str(p) for p in label_paths]
-    return pretrain(images, config, labels=labels, names=names, from_model=from_model, out=out, overwrite=overwrite,
-                    ignore_value=ignore_value, provenance=provenance, progress=progress, cancel=cancel)
+    return pretrain(
+        images,
+        config,
+        labels=labels,
+        names=names,
+        from_model=from_model,
+        out=out,
+        overwrite=overwrite,
+        ignore_value=ignore_value,
+        provenance=provenance,
+        progress=progress,
+        cancel=cancel,
+    )
 
 
 def load_pretext_weights(folder: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -596,4 +707,3 @@ def load_pretext_weights(folder: str | os.PathLike) -> tuple[dict[str, torch.Ten
         metadata = handle.metadata() or {}
         tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 -- safe_open has no iterator
     return tensors, json.loads(metadata.get("architectures", "{}"))
-

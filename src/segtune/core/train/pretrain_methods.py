@@ -24,13 +24,23 @@ from segtune.core.train.loop import autocast
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PRETEXT_WEIGHTS", "build_networks", "description", "loss_name", "make_step_loss", "n2n_batch", "output_model",
-           "segmentation_model"]
+__all__ = [
+    "PRETEXT_WEIGHTS",
+    "build_networks",
+    "description",
+    "loss_name",
+    "make_step_loss",
+    "n2n_batch",
+    "output_model",
+    "segmentation_model",
+]
 
 PRETEXT_WEIGHTS = "pretext.safetensors"  # the pretext networks, beside the model
 
 
-def build_networks(config: Any, base_model: nn.Module | None, in_channels: int) -> tuple[nn.Module, dict[str, nn.Module]]:
+def build_networks(
+    config: Any, base_model: nn.Module | None, in_channels: int
+) -> tuple[nn.Module, dict[str, nn.Module]]:
     """The U-Net the method trains (from ``base_model``'s architecture and encoder, or new) and
     the method's extra heads (SimCLR's projection head, the local stage's per-pixel head)."""
     from segtune.core.models.unet import UNet, build_model
@@ -61,15 +71,26 @@ def build_networks(config: Any, base_model: nn.Module | None, in_channels: int) 
         nn.init.zeros_(unet.head.bias)
     heads: dict[str, nn.Module] = {}
     if method == "simclr":
-        heads["projection"] = ProjectionHead(config.base_channels * 2**config.depth, hidden=config.projection_dim, out_dim=config.projection_dim)
+        heads["projection"] = ProjectionHead(
+            config.base_channels * 2**config.depth, hidden=config.projection_dim, out_dim=config.projection_dim
+        )
     elif method == "local-contrastive":
         heads["pixel_projection"] = PixelProjectionHead(config.base_channels, out_dim=config.pixel_projection_dim)
     return unet, heads
 
 
-def make_step_loss(config: Any, unet: nn.Module, heads: dict[str, nn.Module], *, samples: list, pairs: list, sampler: Any,
-                   rng: np.random.Generator, generator: torch.Generator, device: torch.device,
-                   ) -> Callable[[], torch.Tensor]:
+def make_step_loss(
+    config: Any,
+    unet: nn.Module,
+    heads: dict[str, nn.Module],
+    *,
+    samples: list,
+    pairs: list,
+    sampler: Any,
+    rng: np.random.Generator,
+    generator: torch.Generator,
+    device: torch.device,
+) -> Callable[[], torch.Tensor]:
     """The loss of one step of the method: it draws a batch (patches from ``sampler``, or
     z-slice pairs for ``n2n``) and runs the networks on ``device``."""
     from segtune.core.train.augment import AugmentConfig
@@ -96,14 +117,22 @@ def make_step_loss(config: Any, unet: nn.Module, heads: dict[str, nn.Module], *,
             # residual: the network learns the noise to take away, starting from the identity
             return torch.mean((x_t + output.float() - y_t) ** 2)
         if method == "local-contrastive":
-            x, y, valid = sampler.batch(config.batch_size, head="semantic" if config.head == "semantic" else "binary",
-                                        augmentation=augmentation, n_classes=config.n_classes)
+            x, y, valid = sampler.batch(
+                config.batch_size,
+                head="semantic" if config.head == "semantic" else "binary",
+                augmentation=augmentation,
+                n_classes=config.n_classes,
+            )
             x_t = torch.from_numpy(x).to(device)
             with autocast(device, use_amp):
                 embeddings = heads["pixel_projection"](unet_features(unet, x_t))
-            return local_supervised_contrastive_loss(embeddings.float(), torch.from_numpy(np.asarray(y, np.int64)).to(device),
-                                                     block_size=config.block_size, temperature=temperature,
-                                                     valid=torch.from_numpy(valid).to(device))
+            return local_supervised_contrastive_loss(
+                embeddings.float(),
+                torch.from_numpy(np.asarray(y, np.int64)).to(device),
+                block_size=config.block_size,
+                temperature=temperature,
+                valid=torch.from_numpy(valid).to(device),
+            )
         x, _, _ = sampler.batch(config.batch_size, head="binary", augmentation=None)
         x_t = torch.from_numpy(x)
         if method == "restore":
@@ -120,8 +149,15 @@ def make_step_loss(config: Any, unet: nn.Module, heads: dict[str, nn.Module], *,
     return step_loss
 
 
-def output_model(config: Any, unet: nn.Module, in_channels: int, training_record: dict[str, Any],
-                  base_config: dict[str, Any], from_model: Any, history: list[dict[str, Any]]) -> tuple[nn.Module, dict[str, Any]]:
+def output_model(
+    config: Any,
+    unet: nn.Module,
+    in_channels: int,
+    training_record: dict[str, Any],
+    base_config: dict[str, Any],
+    from_model: Any,
+    history: list[dict[str, Any]],
+) -> tuple[nn.Module, dict[str, Any]]:
     """The model to save (the denoiser, or a segmentation U-Net carrying the pretrained weights) and its config."""
     from segtune import __version__
     from segtune.core.models.store import default_config
@@ -130,9 +166,15 @@ def output_model(config: Any, unet: nn.Module, in_channels: int, training_record
     method = config.method
     lineage = list(base_config.get("lineage", []))
     if from_model is not None:
-        lineage.append({"from": str(from_model), "training": base_config.get("training", {}).get("data"),
-                        "metrics": base_config.get("metrics", {}), "segtune_version": base_config.get("segtune_version"),
-                        "pretext": (base_config.get("pretext") or {}).get("method")})
+        lineage.append(
+            {
+                "from": str(from_model),
+                "training": base_config.get("training", {}).get("data"),
+                "metrics": base_config.get("metrics", {}),
+                "segtune_version": base_config.get("segtune_version"),
+                "pretext": (base_config.get("pretext") or {}).get("method"),
+            }
+        )
     transfer = {"restore": "encoder", "simclr": "encoder", "local-contrastive": "encoder+decoder", "n2n": None}[method]
     pretext_record: dict[str, Any] = {"method": method, "transfer": transfer, "loss": loss_name(config), "history": []}
     if method == "n2n":
@@ -147,11 +189,17 @@ def output_model(config: Any, unet: nn.Module, in_channels: int, training_record
         model = segmentation_model(unet, config, with_decoder=method == "local-contrastive").cpu()
         head = config.head
         classes = None
-    model_config = default_config(model.architecture, head=head, normalization=percentile_spec(*config.normalization, config.clip),
-                                  tile_shape=[config.patch, config.patch], training=training_record,
-                                  metrics={"pretext_loss": history[-1]["loss"]} if history else {},
-                                  lineage=lineage, pretext={**pretext_record, "history": history},
-                                  segtune_version=__version__)
+    model_config = default_config(
+        model.architecture,
+        head=head,
+        normalization=percentile_spec(*config.normalization, config.clip),
+        tile_shape=[config.patch, config.patch],
+        training=training_record,
+        metrics={"pretext_loss": history[-1]["loss"]} if history else {},
+        lineage=lineage,
+        pretext={**pretext_record, "history": history},
+        segtune_version=__version__,
+    )
     if classes is not None:
         model_config["classes"] = classes
     model_config["description"] = description(method, config)

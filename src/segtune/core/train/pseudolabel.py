@@ -42,7 +42,9 @@ IGNORE = 255
 REPORT_NAME = "pseudolabel_report.json"
 
 
-def pseudo_labels(probabilities: np.ndarray, head: str, threshold: float = 0.9, *, ignore_value: int = IGNORE) -> np.ndarray:
+def pseudo_labels(
+    probabilities: np.ndarray, head: str, threshold: float = 0.9, *, ignore_value: int = IGNORE
+) -> np.ndarray:
     """Labels from class probabilities, :data:`IGNORE` where the model is not confident.
 
     Parameters
@@ -91,7 +93,9 @@ def pseudo_labels(probabilities: np.ndarray, head: str, threshold: float = 0.9, 
         if not 0.0 < threshold <= 1.0:
             raise ValueError(f"threshold must be in (0, 1], got {threshold}")
         if probabilities.shape[0] > ignore_value:
-            raise ValueError(f"ignore_value {ignore_value} is one of the model's {probabilities.shape[0]} classes; choose a larger one")
+            raise ValueError(
+                f"ignore_value {ignore_value} is one of the model's {probabilities.shape[0]} classes; choose a larger one"
+            )
         labels = probabilities.argmax(0).astype(np.uint8)
         labels[probabilities.max(0) < threshold] = ignore_value
         return labels
@@ -234,10 +238,21 @@ def pseudolabel_files(
         labels = pseudo_labels(probabilities, head, threshold, ignore_value=ignore_value)
         write_labels(target, labels, pixel_sizes=image.physical_pixel_sizes, overwrite=overwrite)
         confident = labels != ignore_value
-        results.append(PseudoLabelResult(str(path), target.name, float(confident.mean()),
-                                         float(((labels > 0) & confident).sum() / max(1, confident.sum()))))
+        results.append(
+            PseudoLabelResult(
+                str(path),
+                target.name,
+                float(confident.mean()),
+                float(((labels > 0) & confident).sum() / max(1, confident.sum())),
+            )
+        )
         report.step(i + 1, message=Path(path).name, confident=round(results[-1].confident_fraction, 3))
-    record = {"model": model_name, "head": head, "threshold": threshold, "ignore_value": ignore_value,
-              "images": [asdict(r) for r in results]}
+    record = {
+        "model": model_name,
+        "head": head,
+        "threshold": threshold,
+        "ignore_value": ignore_value,
+        "images": [asdict(r) for r in results],
+    }
     atomic_write_text(out / REPORT_NAME, json.dumps(record, indent=2) + "\n")
     return results

@@ -50,7 +50,19 @@ logger = logging.getLogger(__name__)
 __all__ = ["LOG_NAME", "LOG_COLUMNS", "TrainingRun"]
 
 LOG_NAME = "training_log.csv"
-LOG_COLUMNS = ("epoch", "train_loss", "val_loss", "val_f1", "val_iou", "val_matched_f1", "val_objects", "lr", "steps", "seconds", "elapsed")
+LOG_COLUMNS = (
+    "epoch",
+    "train_loss",
+    "val_loss",
+    "val_f1",
+    "val_iou",
+    "val_matched_f1",
+    "val_objects",
+    "lr",
+    "steps",
+    "seconds",
+    "elapsed",
+)
 
 
 class TrainingRun:
@@ -58,9 +70,19 @@ class TrainingRun:
     set up (or restored from the checkpoint), the record of how the model came to be, the loop's
     hooks (:func:`~segtune.core.train.loop.run_epochs`) and the finish (best or starting weights)."""
 
-    def __init__(self, config: TrainConfig, start: Start, data: TrainingData, out_folder: Path | None, checkpoint: Any, *,
-                 started: float, provenance: dict[str, Any] | None, progress: ProgressCallback | None,
-                 cancel: CancelToken | None) -> None:
+    def __init__(
+        self,
+        config: TrainConfig,
+        start: Start,
+        data: TrainingData,
+        out_folder: Path | None,
+        checkpoint: Any,
+        *,
+        started: float,
+        provenance: dict[str, Any] | None,
+        progress: ProgressCallback | None,
+        cancel: CancelToken | None,
+    ) -> None:
         from segtune.core.device import select_device
 
         self.out_folder, self.started, self.progress, self.cancel = out_folder, started, progress, cancel
@@ -73,13 +95,25 @@ class TrainingRun:
         self.config = config
         model = start.model
         if model is None:
-            model = build_model(new_architecture(
-                config.architecture, encoder=config.encoder, spatial_dims=config.spatial_dims, in_channels=data.in_channels,
-                out_channels=out_channels(head, config.n_classes), depth=config.depth, base_channels=config.base_channels,
-                norm=config.norm, dropout=config.dropout, upsample=config.upsample))
+            model = build_model(
+                new_architecture(
+                    config.architecture,
+                    encoder=config.encoder,
+                    spatial_dims=config.spatial_dims,
+                    in_channels=data.in_channels,
+                    out_channels=out_channels(head, config.n_classes),
+                    depth=config.depth,
+                    base_channels=config.base_channels,
+                    norm=config.norm,
+                    dropout=config.dropout,
+                    upsample=config.upsample,
+                )
+            )
         architecture = getattr(model, "architecture", None) or dict(start.base_config.get("architecture", {}))
         if int(architecture.get("in_channels", data.in_channels)) != data.in_channels:
-            raise ValueError(f"the model takes {architecture.get('in_channels')} channel(s) but the images have {data.in_channels}")
+            raise ValueError(
+                f"the model takes {architecture.get('in_channels')} channel(s) but the images have {data.in_channels}"
+            )
         # torchrun: join the process group and train on this rank's GPU (a single process: no-op)
         self.dist = dist = ddp.init_from_env(config.device)
         self.device = device = dist.device or select_device(config.device)
@@ -102,20 +136,29 @@ class TrainingRun:
         self.scaler = torch.amp.GradScaler("cuda") if self.use_amp else None
         self.loss_fn = parse_loss(config.loss, head)
         self.rng = np.random.default_rng(ddp.rank_seed(config.seed))  # each process its own patches
-        self.sampler = PatchSampler(data.train_samples, patch_shape, spatial_dims=config.spatial_dims,
-                                    min_foreground=config.min_foreground, rng=self.rng)
+        self.sampler = PatchSampler(
+            data.train_samples,
+            patch_shape,
+            spatial_dims=config.spatial_dims,
+            min_foreground=config.min_foreground,
+            rng=self.rng,
+        )
         train_pixels = sum(int(s.valid.sum()) for s in data.train_samples)
         patch_pixels = int(np.prod(patch_shape))
-        steps_per_epoch = config.steps_per_epoch or max(16, math.ceil(train_pixels / (patch_pixels * config.batch_size)))
+        steps_per_epoch = config.steps_per_epoch or max(
+            16, math.ceil(train_pixels / (patch_pixels * config.batch_size))
+        )
         self.steps_per_epoch = ddp.shard_steps(steps_per_epoch)  # N processes take N batches a step
         self.total_steps = self.steps_per_epoch * config.epochs
         self.monitor, self.larger_is_better = _monitor_name(config, bool(data.val_samples))
         self.plateau = None
         if config.schedule == "plateau":
             self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                self.optimizer, mode="max" if self.larger_is_better else "min", factor=0.5, patience=3)
-        self.training_record, self.model_config = _record(config, start, data, architecture, patch_shape, self.monitor,
-                                                          device, dist, provenance, fine_tuning)
+                self.optimizer, mode="max" if self.larger_is_better else "min", factor=0.5, patience=3
+            )
+        self.training_record, self.model_config = _record(
+            config, start, data, architecture, patch_shape, self.monitor, device, dist, provenance, fine_tuning
+        )
         self.instance_options = instance_options(head, start.base_config, data.model_diameter)
         # --- state, possibly restored ---
         self.history: list[dict[str, Any]] = []
@@ -143,14 +186,15 @@ class TrainingRun:
         budget = config.max_minutes * 60.0 if config.max_minutes else None
         self.budget, self.deadline = budget, (started + budget if budget else None)
         # under torchrun rank 0 reports, and a cancel is shared at each step so that every process stops alike
-        self.report = Reporter(progress if dist.is_main else None, None if dist.active else cancel, stage="train",
-                               total=self.total_steps)
+        self.report = Reporter(
+            progress if dist.is_main else None, None if dist.active else cancel, stage="train", total=self.total_steps
+        )
         self.last_validation_seconds = 0.0
 
     def _restore(self, tensors: dict[str, torch.Tensor], header: dict[str, Any]) -> None:
         """Continue exactly where the checkpoint's epoch left off."""
         model, config, dist = self.model, self.config, self.dist
-        model.load_state_dict({k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")})
+        model.load_state_dict({k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")})
         model.to(self.device)
         restore_optimizer(self.optimizer, tensors, header)
         if self.plateau is not None and header.get("plateau"):
@@ -159,13 +203,22 @@ class TrainingRun:
             self.scaler.load_state_dict(header["scaler"])
         restore_rng(tensors, header, self.rng)
         if dist.rank:  # the checkpoint holds rank 0's generator; other processes draw their own patches
-            self.rng.bit_generator.state = np.random.default_rng([config.seed, dist.rank, int(header['epoch'])]).bit_generator.state
+            self.rng.bit_generator.state = np.random.default_rng(
+                [config.seed, dist.rank, int(header["epoch"])]
+            ).bit_generator.state
         self.history = header["history"]
-        self.best_value, self.best_epoch, self.bad_epochs = header["best_value"], header["best_epoch"], header["bad_epochs"]
+        self.best_value, self.best_epoch, self.bad_epochs = (
+            header["best_value"],
+            header["best_epoch"],
+            header["bad_epochs"],
+        )
         self.first_epoch, self.global_step = header["epoch"] + 1, header["global_step"]
         self.elapsed_before = float(header.get("elapsed", 0.0))
         self.training_record["started"] = header.get("started", self.training_record["started"])
-        self.training_record["resumed"] = [*header.get("resumed", []), datetime.now(timezone.utc).isoformat(timespec="seconds")]
+        self.training_record["resumed"] = [
+            *header.get("resumed", []),
+            datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        ]
         if self.best_epoch is not None and (self.out_folder / WEIGHTS_NAME).is_file():
             from safetensors.torch import load_file
 
@@ -174,9 +227,17 @@ class TrainingRun:
 
     def validate_now(self) -> dict[str, float]:
         config = self.config
-        return validate(self.model, self.val_samples, head=config.head, n_classes=config.n_classes, loss_fn=self.loss_fn,
-                        device=self.device, spatial_dims=config.spatial_dims, amp=self.use_amp,
-                        instance_options=self.instance_options)
+        return validate(
+            self.model,
+            self.val_samples,
+            head=config.head,
+            n_classes=config.n_classes,
+            loss_fn=self.loss_fn,
+            device=self.device,
+            spatial_dims=config.spatial_dims,
+            amp=self.use_amp,
+            instance_options=self.instance_options,
+        )
 
     def elapsed(self) -> float:
         """Seconds trained, those before a resume included."""
@@ -188,12 +249,24 @@ class TrainingRun:
         config = self.config
         schedule = None
         if config.schedule == "cosine":
-            schedule = WarmupCosine(self.optimizer, config.learning_rate, self.total_steps, self.elapsed,
-                                    (self.elapsed_before + self.budget) if self.budget else None)
+            schedule = WarmupCosine(
+                self.optimizer,
+                config.learning_rate,
+                self.total_steps,
+                self.elapsed,
+                (self.elapsed_before + self.budget) if self.budget else None,
+            )
         stop_reason, self.global_step = run_epochs(
-            range(self.first_epoch, config.epochs + 1), self.steps_per_epoch, self.optimizer,
-            begin_epoch=self.begin_epoch, step_loss=self.step_loss, after_step=self.after_step, end_epoch=self.end_epoch,
-            schedule=schedule, scaler=self.scaler, global_step=self.global_step,
+            range(self.first_epoch, config.epochs + 1),
+            self.steps_per_epoch,
+            self.optimizer,
+            begin_epoch=self.begin_epoch,
+            step_loss=self.step_loss,
+            after_step=self.after_step,
+            end_epoch=self.end_epoch,
+            schedule=schedule,
+            scaler=self.scaler,
+            global_step=self.global_step,
         )
         return stop_reason
 
@@ -209,8 +282,9 @@ class TrainingRun:
 
     def step_loss(self, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         config, device = self.config, self.device
-        x, y, valid = self.sampler.batch(config.batch_size, head=config.head, augmentation=config.augmentation,
-                                         n_classes=config.n_classes)
+        x, y, valid = self.sampler.batch(
+            config.batch_size, head=config.head, augmentation=config.augmentation, n_classes=config.n_classes
+        )
         x_t = torch.from_numpy(x).to(device, non_blocking=True)
         y_t = torch.from_numpy(y).to(device, non_blocking=True)
         valid_t = torch.from_numpy(valid).to(device, non_blocking=True)
@@ -223,10 +297,19 @@ class TrainingRun:
         return loss, total
 
     def after_step(self, epoch: int, step: int, global_step: int, mean_loss: float) -> bool:
-        self.report.step(global_step, total=projected_steps(global_step, self.total_steps, time.monotonic() - self.started, self.budget),
-                         message=f"epoch {epoch}", epoch=epoch, step=step + 1, steps_per_epoch=self.steps_per_epoch,
-                         loss=mean_loss, lr=self.optimizer.param_groups[0]["lr"])
-        late = self.deadline is not None and time.monotonic() + self.last_validation_seconds * 1.2 + 1.0 >= self.deadline
+        self.report.step(
+            global_step,
+            total=projected_steps(global_step, self.total_steps, time.monotonic() - self.started, self.budget),
+            message=f"epoch {epoch}",
+            epoch=epoch,
+            step=step + 1,
+            steps_per_epoch=self.steps_per_epoch,
+            loss=mean_loss,
+            lr=self.optimizer.param_groups[0]["lr"],
+        )
+        late = (
+            self.deadline is not None and time.monotonic() + self.last_validation_seconds * 1.2 + 1.0 >= self.deadline
+        )
         if self.dist.active:  # one small collective a step: every process stops at the same step
             if ddp.any_rank(self.cancel is not None and self.cancel.cancelled):
                 raise Cancelled
@@ -244,12 +327,21 @@ class TrainingRun:
         if self.val_samples:  # validated by rank 0, the result shared: every process decides alike
             entry.update(ddp.on_main(self.validate_now))
         self.last_validation_seconds = time.monotonic() - validation_start
-        entry.update(lr=self.optimizer.param_groups[0]["lr"], steps=summary.steps, seconds=time.monotonic() - summary.started,
-                     elapsed=self.elapsed())
+        entry.update(
+            lr=self.optimizer.param_groups[0]["lr"],
+            steps=summary.steps,
+            seconds=time.monotonic() - summary.started,
+            elapsed=self.elapsed(),
+        )
         self.history.append(json_safe(entry))
         value = entry.get(self.monitor)
-        improved = value is not None and math.isfinite(value) and (
-            self.best_value is None or (value > self.best_value if self.larger_is_better else value < self.best_value)
+        improved = (
+            value is not None
+            and math.isfinite(value)
+            and (
+                self.best_value is None
+                or (value > self.best_value if self.larger_is_better else value < self.best_value)
+            )
         )
         if improved:
             self.best_value, self.best_epoch, self.bad_epochs = float(value), epoch, 0
@@ -280,11 +372,18 @@ class TrainingRun:
 
     def checkpoint_state(self, epoch: int) -> dict[str, Any]:
         return {
-            "epoch": epoch, "global_step": self.global_step, "history": self.history, "best_value": self.best_value,
-            "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs, "train_config": self.config.to_dict(),
+            "epoch": epoch,
+            "global_step": self.global_step,
+            "history": self.history,
+            "best_value": self.best_value,
+            "best_epoch": self.best_epoch,
+            "bad_epochs": self.bad_epochs,
+            "train_config": self.config.to_dict(),
             "plateau": self.plateau.state_dict() if self.plateau is not None else None,
-            "elapsed": self.elapsed(), "started": self.training_record["started"],
-            "resumed": self.training_record.get("resumed", []), "baseline": self.baseline,
+            "elapsed": self.elapsed(),
+            "started": self.training_record["started"],
+            "resumed": self.training_record.get("resumed", []),
+            "baseline": self.baseline,
         }
 
     # --- the end ---
@@ -300,8 +399,13 @@ class TrainingRun:
         elif stop_reason == "cancelled" and self.initial_state is not None:
             model.load_state_dict(self.initial_state)  # nothing validated yet: keep the starting weights
         best_metrics = next((h for h in history if h["epoch"] == best_epoch), {}) if best_epoch is not None else {}
-        kept_start = bool(self.config.keep_if_worse and baseline and self.initial_state is not None and best_metrics
-                          and worse(best_metrics, baseline))
+        kept_start = bool(
+            self.config.keep_if_worse
+            and baseline
+            and self.initial_state is not None
+            and best_metrics
+            and worse(best_metrics, baseline)
+        )
         if kept_start:
             # fine-tuning made the held-out score worse: the starting model stays, and says so
             model.load_state_dict(self.initial_state)
@@ -310,7 +414,9 @@ class TrainingRun:
         model.eval()
         self.training_record.update(
             status="finished" if stop_reason != "cancelled" else "cancelled",
-            stop_reason=stop_reason, best_epoch=best_epoch, epochs_run=len(history),
+            stop_reason=stop_reason,
+            best_epoch=best_epoch,
+            epochs_run=len(history),
             seconds=round(self.elapsed(), 1),
             finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         )
@@ -322,27 +428,57 @@ class TrainingRun:
                 _write_log(self.out_folder, history)
         logger.info("training stopped (%s) after %d epoch(s); best epoch %s", stop_reason, len(history), best_epoch)
         ddp.release()  # leave a process group this call joined
-        return TrainResult(model, model_config, history, best_metrics, best_epoch, stop_reason, self.out_folder,
-                           baseline_metrics=baseline, kept_start=kept_start)
+        return TrainResult(
+            model,
+            model_config,
+            history,
+            best_metrics,
+            best_epoch,
+            stop_reason,
+            self.out_folder,
+            baseline_metrics=baseline,
+            kept_start=kept_start,
+        )
 
 
-def _record(config: TrainConfig, start: Start, data: TrainingData, architecture: dict[str, Any], patch_shape: tuple[int, ...],
-            monitor: str, device: torch.device, dist: Any, provenance: dict[str, Any] | None,
-            fine_tuning: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+def _record(
+    config: TrainConfig,
+    start: Start,
+    data: TrainingData,
+    architecture: dict[str, Any],
+    patch_shape: tuple[int, ...],
+    monitor: str,
+    device: torch.device,
+    dist: Any,
+    provenance: dict[str, Any] | None,
+    fine_tuning: bool,
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """The record of how this model came to be, and the model's config that carries it."""
     from segtune import __version__
 
     head, base_config, model_diameter, scale = config.head, start.base_config, data.model_diameter, data.scale
-    classes = list(FIXED_CHANNELS[head]) if head in FIXED_CHANNELS else (
-        base_config.get("classes") or class_names(head, out_channels(head, config.n_classes)))
+    classes = (
+        list(FIXED_CHANNELS[head])
+        if head in FIXED_CHANNELS
+        else (base_config.get("classes") or class_names(head, out_channels(head, config.n_classes)))
+    )
     lineage = list(base_config.get("lineage", []))
     if start.resumed_config is None and (start.base_name is not None or base_config):
-        lineage.append({"from": start.base_name, "training": base_config.get("training", {}).get("data"),
-                        "metrics": base_config.get("metrics", {}), "segtune_version": base_config.get("segtune_version")})
+        lineage.append(
+            {
+                "from": start.base_name,
+                "training": base_config.get("training", {}).get("data"),
+                "metrics": base_config.get("metrics", {}),
+                "segtune_version": base_config.get("segtune_version"),
+            }
+        )
     training_record: dict[str, Any] = {
         **(provenance or {}),
-        "data": {"images": data.names, "train": [s.name for s in data.train_samples],
-                 "validation": [s.name for s in data.val_samples]},
+        "data": {
+            "images": data.names,
+            "train": [s.name for s in data.train_samples],
+            "validation": [s.name for s in data.val_samples],
+        },
         "settings": config.to_dict(),
         "monitor": monitor,
         "device": str(device),
@@ -351,17 +487,23 @@ def _record(config: TrainConfig, start: Start, data: TrainingData, architecture:
         "status": "running",
     }
     model_config = default_config(
-        architecture, head=head, classes=classes,
+        architecture,
+        head=head,
+        classes=classes,
         normalization=percentile_spec(config.normalization[0], config.normalization[1], config.clip),
         tile_shape=list(patch_shape),
         # a starting model that sees images at their own scale (EM membranes) keeps doing so
-        object_diameter=round(model_diameter, 3) if model_diameter and (scale != 1.0 or not fine_tuning
-                                                                         or base_config.get("object_diameter")) else None,
+        object_diameter=round(model_diameter, 3)
+        if model_diameter and (scale != 1.0 or not fine_tuning or base_config.get("object_diameter"))
+        else None,
         input_scale=scale,
         # trained on rescaled images: prediction must zoom new images to this object size too
         # (segtune predict --diameter auto estimates their diameter when this is set)
         auto_diameter=bool(scale != 1.0 and model_diameter),
-        training=training_record, metrics={}, lineage=lineage, segtune_version=__version__,
+        training=training_record,
+        metrics={},
+        lineage=lineage,
+        segtune_version=__version__,
     )
     if "description" in base_config:
         model_config["description"] = base_config["description"]

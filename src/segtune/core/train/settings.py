@@ -17,8 +17,14 @@ from segtune.core.train.losses import parse_loss
 from segtune.core.train.patches import normalize_patch_shape
 
 __all__ = [
-    "FINETUNE_L2SP", "FINETUNE_LEARNING_RATE", "NEW_LEARNING_RATE", "NEW_MAX_DIAMETER", "TrainConfig", "TrainResult",
-    "auto_settings", "settings_from_dict",
+    "FINETUNE_L2SP",
+    "FINETUNE_LEARNING_RATE",
+    "NEW_LEARNING_RATE",
+    "NEW_MAX_DIAMETER",
+    "TrainConfig",
+    "TrainResult",
+    "auto_settings",
+    "settings_from_dict",
 ]
 
 # defaults that need no thought (see auto_settings); fine-tuning moves a trained model gently
@@ -211,9 +217,16 @@ class TrainConfig:
         if self.object_diameter is not None and self.scale is not None:
             raise ValueError("give object_diameter or scale, not both")
         parse_loss(self.loss, self.head or "binary")
-        new_architecture(self.architecture, encoder=self.encoder, spatial_dims=self.spatial_dims, depth=self.depth,
-                         base_channels=self.base_channels, norm=self.norm, dropout=self.dropout, upsample=self.upsample)
-
+        new_architecture(
+            self.architecture,
+            encoder=self.encoder,
+            spatial_dims=self.spatial_dims,
+            depth=self.depth,
+            base_channels=self.base_channels,
+            norm=self.norm,
+            dropout=self.dropout,
+            upsample=self.upsample,
+        )
 
 
 @dataclass

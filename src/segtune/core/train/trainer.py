@@ -158,8 +158,17 @@ def train(
     config, out_folder, checkpoint = open_run(config, out, overwrite=overwrite, resume=resume)
     start = resolve_start(model, config, checkpoint, out_folder)
     data = prepare_data(images, labels, masks, names, validation, config, start)
-    run = TrainingRun(config, start, data, out_folder, checkpoint, started=started, provenance=provenance,
-                    progress=progress, cancel=cancel)
+    run = TrainingRun(
+        config,
+        start,
+        data,
+        out_folder,
+        checkpoint,
+        started=started,
+        provenance=provenance,
+        progress=progress,
+        cancel=cancel,
+    )
     try:
         stop_reason = run.loop()
     except BaseException:
@@ -193,12 +202,22 @@ def train_files(
     provenance = {"label_files": [str(p) for p in label_paths]}
     if command is not None:
         provenance["command"] = command
-    return train(images, labels, config, names=names, model=model, out=out, overwrite=overwrite, resume=resume,
-                 provenance=provenance, progress=progress, cancel=cancel)
+    return train(
+        images,
+        labels,
+        config,
+        names=names,
+        model=model,
+        out=out,
+        overwrite=overwrite,
+        resume=resume,
+        provenance=provenance,
+        progress=progress,
+        cancel=cancel,
+    )
 
 
 def read_log(folder: str | os.PathLike) -> list[dict[str, str]]:
     """The rows of a model folder's ``training_log.csv``."""
     with open(Path(folder) / LOG_NAME, newline="", encoding="utf-8") as handle:
         return list(csv.DictReader(handle))
-

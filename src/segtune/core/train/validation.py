@@ -48,14 +48,21 @@ def worse(metrics: dict[str, Any], baseline: dict[str, Any]) -> bool:
     both have one and it differs, else by validation loss."""
     for key, larger_is_better in (("val_matched_f1", True), ("val_loss", False)):
         value, reference = metrics.get(key), baseline.get(key)
-        if isinstance(value, float) and isinstance(reference, float) and math.isfinite(value) and math.isfinite(reference) \
-                and value != reference:
+        if (
+            isinstance(value, float)
+            and isinstance(reference, float)
+            and math.isfinite(value)
+            and math.isfinite(reference)
+            and value != reference
+        ):
             return value < reference if larger_is_better else value > reference
     return False
 
 
 @torch.no_grad()
-def forward(model: nn.Module, image: np.ndarray, device: torch.device, spatial_dims: int, amp: bool, tile: int = 1024) -> torch.Tensor:
+def forward(
+    model: nn.Module, image: np.ndarray, device: torch.device, spatial_dims: int, amp: bool, tile: int = 1024
+) -> torch.Tensor:
     """Logits ``(K, *S)`` for one ``(C, *S)`` image; large 2D images go through in overlapping tiles."""
     x = torch.from_numpy(np.ascontiguousarray(image))
     spatial = x.shape[1:]
@@ -79,7 +86,9 @@ def forward(model: nn.Module, image: np.ndarray, device: torch.device, spatial_d
     return out
 
 
-def validate(model, samples, *, head, n_classes, loss_fn, device, spatial_dims, amp, instance_options=None) -> dict[str, float]:
+def validate(
+    model, samples, *, head, n_classes, loss_fn, device, spatial_dims, amp, instance_options=None
+) -> dict[str, float]:
     """Loss, pixel F1/IoU of the foreground, and instance F1 at IoU 0.5 over the validation samples."""
     from segtune.core.metrics import matched_metrics
 
@@ -131,7 +140,9 @@ def held_out_summary(result: Any) -> str:
     the trained one (on images or a region training never saw, at the scale the model predicts
     at), and whether the starting model was kept."""
     best, base = result.best_metrics, result.baseline_metrics
-    key = next((k for k in ("val_matched_f1", "val_f1") if isinstance(best.get(k), float) and math.isfinite(best[k])), None)
+    key = next(
+        (k for k in ("val_matched_f1", "val_f1") if isinstance(best.get(k), float) and math.isfinite(best[k])), None
+    )
     if key is None:
         return "held-out score: none (no held-out data; give more images or a larger held-out fraction)"
     name = "matched F1 at IoU 0.5" if key == "val_matched_f1" else "pixel F1"
