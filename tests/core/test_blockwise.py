@@ -173,8 +173,11 @@ def test_blockwise_mask_and_cancel(dsb, nuclei_model, tmp_path):
     count, _, _ = blockwise.predict_into(nuclei_model, crop, store, block=160)
     labels = np.asarray(store[0, 0])
     assert count == objects == int(labels.max()) and np.array_equal(labels > 0, mask > 0)
+    plain = np.zeros((300, 300), np.uint32)  # T and Z of length 1 may be left out
+    blockwise.predict_into(nuclei_model, crop, plain, block=160)
+    assert np.array_equal(plain, labels)
     with pytest.raises(ValueError, match="shape"):
-        blockwise.predict_into(nuclei_model, crop, np.zeros((300, 300), np.uint32), block=160)
+        blockwise.predict_into(nuclei_model, crop, np.zeros((2, 300, 300), np.uint32), block=160)
 
     token = CancelToken()
 

@@ -209,3 +209,46 @@ def test_smallest_object_defaults_to_the_rule_the_command_line_uses(widget, qtbo
     )
     np.testing.assert_array_equal(labels.data, expected.labels[0, 0])
     assert errors() == []
+
+
+def test_a_plane_too_large_for_memory_goes_block_by_block_into_an_editable_layer(widget, qtbot, errors) -> None:
+    """Planes over the panel's limit (4096 x 4096 by default; lowered here to reach it with a
+    small image) are predicted block by block into a zarr array on disk that the new Labels layer
+    shows and the brush edits; the objects are those of core's block-by-block prediction."""
+    import zarr
+
+    from segtune.core.predict.blockwise import predict_into
+    from segtune.core.synthetic import synthetic_nuclei
+
+    viewer = widget.viewer
+    image_data = synthetic_nuclei((1100, 1000), diameter=18, seed=5).image
+    image = viewer.add_image(image_data, name="slide")
+    model_panel = widget.model_panel
+    model_panel.bundled.setCurrentIndex(model_panel.bundled.findText("nuclei-2d"))
+    model_panel.load_bundled_button.click()
+    panel = widget.predict_panel
+    panel.blockwise_above = 1000 * 1000
+    panel.image_layer.set_layer(image)
+    panel.run_button.click()
+    assert panel.first_look_job is None  # no whole-size provisional layer for a large plane
+    assert wait_for(qtbot, panel.job, timeout=180_000) == "done"
+    (labels,) = panel.last_layers
+    assert isinstance(labels.data, zarr.Array) and labels.data.shape == image_data.shape
+    assert labels.editable and labels.scale.tolist() == image.scale.tolist()
+    expected = np.zeros(image_data.shape, np.uint32)
+    count, _, _ = predict_into(
+        widget.state.model,
+        image_data,
+        expected,
+        config=widget.state.config,
+        axes="YX",
+        instances=True,
+        objects=ObjectOptions(min_size="auto"),
+        device="cpu",
+    )
+    np.testing.assert_array_equal(labels.data[:], expected)
+    assert count > 100 and f"{count} objects" in panel.status.text() and "block by block" in panel.status.text()
+    labels.brush_size = 3
+    labels.paint((10, 10), 7)  # the brush writes into the array on disk
+    assert int(zarr.open_array(labels.data.store)[10, 10]) == 7
+    assert errors() == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -60,6 +61,9 @@ class PredictPanel(JobPanel):
         super().__init__(viewer, state, parent)
         self.first_look_job: Job | None = None
         self.first_look_min_pixels = FIRST_LOOK_MIN_PIXELS
+        # planes with more pixels go block by block into an on-disk array (None: the core's
+        # LARGE_PLANE_PIXELS, 4096 x 4096, as `segtune predict` does)
+        self.blockwise_above: int | None = None
         self.last_layers: list[Any] = []
 
         layout = QVBoxLayout(self)
@@ -261,10 +265,61 @@ class PredictPanel(JobPanel):
         self.status.setText("Starting…")
         self.progress.start()
         self.first_look_job = None
+        if spatial_dims == 2 and selection.shape[-1] * selection.shape[-2] > self._blockwise_above():
+            return self._start_blockwise(selection, options, name)
         part = self._first_look_part(layer, selection, scope) if spatial_dims == 2 else None
         if part is not None:
             return self._start_first_look(layer, selection, part, options, name)
         return self._start_whole(layer, selection, options, name, provisional=None)
+
+    def _blockwise_above(self) -> int:
+        if self.blockwise_above is not None:
+            return self.blockwise_above
+        from segtune.core.predict.blockwise import LARGE_PLANE_PIXELS
+
+        return LARGE_PLANE_PIXELS
+
+    def _start_blockwise(self, selection: Selection, options: dict[str, Any], name: str) -> Job:
+        """A plane too large for memory: predicted block by block into a zarr array on disk, which
+        the new Labels layer shows and the brush edits (no probability layer, no first look)."""
+        import tempfile
+
+        import zarr
+
+        from segtune.core.predict.blockwise import DEFAULT_BLOCK, predict_into
+
+        model, data = self.state.model, selection.data
+        instances = options["instances"]
+        folder = Path(tempfile.mkdtemp(prefix="segtune-labels-"))
+        chunks = (*(1 for _ in selection.shape[:-2]), DEFAULT_BLOCK, DEFAULT_BLOCK)
+        labels = zarr.open_array(
+            str(folder / "labels.zarr"),
+            mode="w",
+            shape=selection.shape,
+            chunks=chunks,
+            dtype=np.uint32 if instances else np.uint8,
+        )
+
+        def work(progress: Any = None, cancel: Any = None) -> int:
+            return predict_into(model, data, labels, progress=progress, cancel=cancel, **options)[0]
+
+        def done(count: int) -> None:
+            labels_layer = self.viewer.add_labels(labels, name=name, **selection.placement)
+            self.viewer.layers.selection.active = labels_layer
+            self.last_layers = [labels_layer]
+            what = f"{count} objects" if instances else f"{count} objects in the mask"
+            self.status.setText(
+                f"Done: {what} in '{labels_layer.name}', predicted block by block (a large image: the labels "
+                f"are kept on disk in {folder})."
+            )
+
+        return self.start_job(
+            work,
+            f"Predicting {name} block by block",
+            done,
+            busy="predicting",
+            cancelled=lambda _: self._nothing_added(),
+        )
 
     def _start_whole(
         self, layer: Any, selection: Selection, options: dict[str, Any], name: str, provisional: Any

@@ -352,15 +352,19 @@ def predict_into(
 ) -> tuple[int, float | None, int]:
     """Labels of a (large) image with a 2D model, written block by block into ``out``.
 
-    ``out`` is any array of shape ``(T, Z, Y, X)`` that takes slice assignment, e.g. a zarr
-    array on disk (a napari Labels layer can show and edit it); see :func:`predict_to_tiff` for
-    ``options``. Returns (objects, diameter used, smallest object kept).
+    ``out`` is any array that takes slice assignment, e.g. a zarr array on disk (a napari Labels
+    layer can show and edit it), of shape ``(T, Z, Y, X)`` or with length-1 T and Z left out (the
+    planes in the order T, then Z); see :func:`predict_to_tiff` for ``options``. Returns (objects,
+    diameter used, smallest object kept).
     """
     job = Blockwise(model, image, **options)
-    if tuple(out.shape) != job.shape:
+    n_t, n_z, n_y, n_x = job.shape
+    leading = tuple(int(n) for n in out.shape[:-2])
+    if tuple(out.shape[-2:]) != (n_y, n_x) or int(np.prod(leading, dtype=np.int64)) != n_t * n_z:
         raise ValueError(f"out has shape {tuple(out.shape)}, the image's labels need {job.shape} (T, Z, Y, X)")
     for t, z, y0, band in job.bands():
-        out[t, z, y0 : y0 + len(band)] = band if instances else band > 0
+        plane = np.unravel_index(t * n_z + z, leading) if leading else ()
+        out[(*plane, slice(y0, y0 + len(band)))] = band if instances else band > 0
     return job.counter.objects, job.used_diameter, int(job.min_size or 0)
 
 
