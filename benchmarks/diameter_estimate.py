@@ -71,7 +71,10 @@ def main() -> None:
         a = np.array(rows, dtype=float)
         a = a[np.isfinite(a[:, 0])]
         error_new = np.abs(a[:, 1] / a[:, 0] - 1)
-        line = f"{group} ({len(a)} images): |error| vs truth median {np.median(error_new):.3f}, mean {error_new.mean():.3f}, {a[:, 3].sum():.2f} s"
+        line = (
+            f"{group} ({len(a)} images): |error| vs truth median {np.median(error_new):.3f}, "
+            f"mean {error_new.mean():.3f}, {a[:, 3].sum():.2f} s"
+        )
         if other:
             error_old = np.abs(a[:, 2] / a[:, 0] - 1)
             apart = np.abs(a[:, 1] / a[:, 2] - 1)

@@ -1,4 +1,5 @@
-"""Throughput of prediction on a local dask cluster (segtune.core.parallel_predict) with 1 and 2 workers, against one process.
+"""Throughput of prediction on a local dask cluster (segtune.core.parallel_predict) with 1 and 2 workers,
+against one process.
 
 Run: ``python benchmarks/distributed_predict.py [--files 8] [--crop 512] [--workers 1 2] [--model M] [--split]``.
 
@@ -64,7 +65,7 @@ def main() -> None:
     from segtune.core.io import read_labels
     from segtune.core.models.store import load_model
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--files", type=int, default=8)
     parser.add_argument("--crop", type=int, default=512, help="square crop of each image (0: the whole 1024 x 1344)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
@@ -124,7 +125,8 @@ def main() -> None:
             )
 
         print(
-            f"{'set-up':<24} {'threads':>7} {'start s':>8} {'warm s':>7} {'run s':>7} {'files/s':>8} {'Mpx/s':>7}  labels equal"
+            f"{'set-up':<24} {'threads':>7} {'start s':>8} {'warm s':>7} {'run s':>7} "
+            f"{'files/s':>8} {'Mpx/s':>7}  labels equal"
         )
         for name, threads, started, warmed, seconds, same in rows:
             print(

@@ -341,8 +341,10 @@ def main() -> None:
         if process:
             text += [
                 "",
-                f"Fresh processes ({name}): import {process['import']:.2f} s, `segtune --help` {process['help']:.2f} s, "
-                f"`segtune predict --model nuclei-2d` one 1 MPx image with --instances {process['cli_predict']:.2f} s wall.",
+                f"Fresh processes ({name}): import {process['import']:.2f} s, "
+                f"`segtune --help` {process['help']:.2f} s, "
+                f"`segtune predict --model nuclei-2d` one 1 MPx image with --instances "
+                f"{process['cli_predict']:.2f} s wall.",
             ]
     report = "\n".join(text)
     print(report)

@@ -153,7 +153,8 @@ def main(argv=None) -> int:
     work = Path(tempfile.mkdtemp(prefix="label_efficiency_"))
     arch = {"depth": args.depth, "base_channels": args.base_channels, "patch": args.patch, "head": "binary"}
     print(
-        f"torch threads: {torch.get_num_threads()}; fine-tuning {args.steps} steps of {args.batch} x {args.patch}^2 patches; "
+        f"torch threads: {torch.get_num_threads()}; "
+        f"fine-tuning {args.steps} steps of {args.batch} x {args.patch}^2 patches; "
         f"U-Net depth {args.depth}, width {args.base_channels}",
         flush=True,
     )
@@ -237,7 +238,8 @@ def main(argv=None) -> int:
                 print(
                     f"  k={k} seed={seed} ({', '.join(row['labelled'])}): "
                     + ", ".join(f"{m} {row[m][0]:.3f}" for m in METHODS)
-                    + f"  (pseudo-labels confident on {row['pseudo_confident']:.0%} of pixels) [{row['seconds']:.0f} s]",
+                    + f"  (pseudo-labels confident on {row['pseudo_confident']:.0%} of pixels) "
+                    f"[{row['seconds']:.0f} s]",
                     flush=True,
                 )
                 args.out.mkdir(parents=True, exist_ok=True)

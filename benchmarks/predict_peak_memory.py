@@ -102,7 +102,8 @@ def main() -> None:
             peak, seconds, objects = measure(image, Path(folder) / "out", args.model, extra)
             image_mb = size * size * 2 / 1e6
             print(
-                f"{size:>7} {image_mb:>9.0f} {peak / 1e9:>8.2f} {peak / (image_mb * 1e6):>8.1f} {seconds:>8.0f} {objects:>8}",
+                f"{size:>7} {image_mb:>9.0f} {peak / 1e9:>8.2f} {peak / (image_mb * 1e6):>8.1f} "
+                f"{seconds:>8.0f} {objects:>8}",
                 flush=True,
             )
 

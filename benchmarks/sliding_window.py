@@ -202,7 +202,8 @@ def bench_case(
     ):
         plan = plan_tiles(image.shape, geometry, memory_limit=budget)
         print(
-            f"segtune plan ({label}): tile {plan.tile} x {plan.counts}, work {plan.work:.3f}x untiled, batch {plan.batch_size}",
+            f"segtune plan ({label}): tile {plan.tile} x {plan.counts}, work {plan.work:.3f}x untiled, "
+            f"batch {plan.batch_size}",
             flush=True,
         )
     del runner
@@ -249,7 +250,8 @@ def bench_case(
     monai_median = float(np.median(times["monai"]))
     print(f"\n{name}: medians, ratios and differences from the untiled pass")
     print(
-        f"  {'method':>16} {'median s':>9} {'vs untiled':>11} {'vs fast':>8} {'MONAI/this':>11} {'max|dlogit|':>12} {'max|dprob|':>11} {'peak RSS':>9}"
+        f"  {'method':>16} {'median s':>9} {'vs untiled':>11} {'vs fast':>8} {'MONAI/this':>11} "
+        f"{'max|dlogit|':>12} {'max|dprob|':>11} {'peak RSS':>9}"
     )
     for key, values in times.items():
         median = float(np.median(values))
@@ -301,7 +303,8 @@ def exactness_on_real_image(model: torch.nn.Module) -> None:
             model, image[None], spatial_dims=2, device="cpu", memory_limit=limit, progress=events.append
         )
         print(
-            f"  {path.name} {image.shape}: {events[-1].total} tiles, max |dlogit| {np.abs(tiled - reference).max():.2e}, "
+            f"  {path.name} {image.shape}: {events[-1].total} tiles, "
+            f"max |dlogit| {np.abs(tiled - reference).max():.2e}, "
             f"max |dprob| {np.abs(sigmoid(tiled) - sigmoid(reference)).max():.2e}"
         )
 
@@ -418,7 +421,8 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.manual_seed(0)
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; load average {os.getloadavg()}"
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
+        f"load average {os.getloadavg()}"
     )
     if args.only == "stream":
         with contextlib.ExitStack() as stack:

@@ -150,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     train_seconds = time.perf_counter() - train_start
     print(
         f"trained {len(result.history)} epochs in {train_seconds:.0f} s, stop: {result.stop_reason}, "
-        f"best epoch {result.best_epoch}: {json.dumps({k: round(v, 4) for k, v in result.best_metrics.items() if isinstance(v, float)})}"
+        f"best epoch {result.best_epoch}: "
+        f"{json.dumps({k: round(v, 4) for k, v in result.best_metrics.items() if isinstance(v, float)})}"
     )
 
     from segtune.core.models.store import load_model
@@ -173,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"matched F1@0.5 (mean over {len(rows)} held-out images): {np.mean([r[1] for r in rows]):.3f}")
     print(f"pixel F1 (mean): {np.mean([r[2] for r in rows]):.3f}")
     print(
-        f"wall time: train {train_seconds:.0f} s, predict {predict_seconds:.1f} s, total {time.perf_counter() - start:.0f} s"
+        f"wall time: train {train_seconds:.0f} s, predict {predict_seconds:.1f} s, "
+        f"total {time.perf_counter() - start:.0f} s"
     )
     print(f"peak RSS: {peak_mb:.0f} MiB")
     print(f"model folder: {out}")

@@ -139,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         "| --- | --- | --- | --- | --- |",
     ]
     lines += [
-        f"| {r['method']} | {'yes' if r['labels_used'] else 'none'} | {r['epochs']} | {r['train_seconds']:.0f} | {r['dice_test']:.3f} |"
+        f"| {r['method']} | {'yes' if r['labels_used'] else 'none'} | {r['epochs']} | "
+        f"{r['train_seconds']:.0f} | {r['dice_test']:.3f} |"
         for r in rows
     ]
     table = "\n".join(lines)

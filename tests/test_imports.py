@@ -19,7 +19,10 @@ GUI_MODULES = ("napari", "qtpy", "magicgui", "superqt", "vispy", "PyQt5", "PyQt6
         "import segtune",
         "import segtune.core",
         "import segtune.cli; segtune.cli.build_parser()",
-        "import segtune.core.io, segtune.core.progress, segtune.core.normalize, segtune.core.device, segtune.core.synthetic",
+        (
+            "import segtune.core.io, segtune.core.progress, segtune.core.normalize, "
+            "segtune.core.device, segtune.core.synthetic"
+        ),
     ],
 )
 def test_headless_imports_load_no_gui(statement: str) -> None:

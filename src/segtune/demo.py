@@ -70,7 +70,8 @@ def describe_samples(say: Callable[[str], Any] = print) -> list[dict[str, Any]]:
                 pass
         entries.append(entry)
         say(
-            f"  {name}: {image.sizes()} {image.dtype}, channels {image.channel_names}, pixel sizes {entry['pixel_sizes_um']}"
+            f"  {name}: {image.sizes()} {image.dtype}, channels {image.channel_names}, "
+            f"pixel sizes {entry['pixel_sizes_um']}"
         )
     return entries
 
@@ -175,10 +176,12 @@ def run_demo(
     half = image.shape[1] // 2
     train_part, test_part = np.s_[:, :half], np.s_[:, half:]
     say(
-        f"\n1. {IMAGE}: {image.shape[0]} x {image.shape[1]} pixels, {len(np.unique(truth)) - 1} nuclei in the corrected labels."
+        f"\n1. {IMAGE}: {image.shape[0]} x {image.shape[1]} pixels, "
+        f"{len(np.unique(truth)) - 1} nuclei in the corrected labels."
     )
     say(
-        f"   Fine-tuning uses the left half (columns 0-{half - 1}); the scores are on the right half, which it never sees."
+        f"   Fine-tuning uses the left half (columns 0-{half - 1}); "
+        "the scores are on the right half, which it never sees."
     )
 
     say("\n2. The starting model:")
@@ -224,11 +227,13 @@ def run_demo(
         progress=progress,
     )
     say(
-        f"   {len(result.history)} epoch(s) in {time.monotonic() - t0:.0f} s ({result.stop_reason}); best epoch {result.best_epoch}."
+        f"   {len(result.history)} epoch(s) in {time.monotonic() - t0:.0f} s ({result.stop_reason}); "
+        f"best epoch {result.best_epoch}."
     )
     say(f"   {held_out_summary(result)}")
     say(
-        "   (that held-out strip is the left half's last fifth; the scores below are on the right half, never trained on)"
+        "   (that held-out strip is the left half's last fifth; "
+        "the scores below are on the right half, never trained on)"
     )
 
     after = segment(result.model, result.config)
@@ -240,7 +245,8 @@ def run_demo(
         say(f"   {title:24s} {scores_before[section][key]:8.3f} {scores_after[section][key]:8.3f}")
     n_truth = scores_after["object"]["n_truth"]
     say(
-        f"   {'objects found / true':24s} {scores_before['object']['n_pred']:>4d}/{n_truth:<3d} {scores_after['object']['n_pred']:>4d}/{n_truth:<3d}"
+        f"   {'objects found / true':24s} {scores_before['object']['n_pred']:>4d}/{n_truth:<3d} "
+        f"{scores_after['object']['n_pred']:>4d}/{n_truth:<3d}"
     )
 
     say("\n5. Exporting:")

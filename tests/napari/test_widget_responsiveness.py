@@ -54,7 +54,8 @@ class Ticker:
         # the gap that spans the return is cut at the return itself
         gaps = np.diff(np.append(working, job.returned_at))
         print(
-            f"{job.description}: {len(gaps)} ticks, longest gap {gaps.max() * 1000:.0f} ms, median {np.median(gaps) * 1000:.0f} ms"
+            f"{job.description}: {len(gaps)} ticks, longest gap {gaps.max() * 1000:.0f} ms, "
+            f"median {np.median(gaps) * 1000:.0f} ms"
         )
         return gaps
 

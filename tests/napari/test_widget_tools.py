@@ -1,4 +1,5 @@
-"""The Tools tab in a real viewer: auto-labels, pseudo-labels (then fine-tuning that ignores unsure pixels), pretraining."""
+"""The Tools tab in a real viewer: auto-labels, pseudo-labels (then fine-tuning that ignores unsure pixels),
+pretraining."""
 
 from __future__ import annotations
 

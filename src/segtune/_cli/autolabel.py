@@ -103,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
             progress=progress,
         )
     print(
-        f"auto-labelled {len(report.planes)} image(s): kept {len(report.kept)}, dropped {len(report.dropped)} -> {args.out}"
+        f"auto-labelled {len(report.planes)} image(s): kept {len(report.kept)}, "
+        f"dropped {len(report.dropped)} -> {args.out}"
     )
     for plane in report.dropped:
         print(f"  dropped {plane.name}: {', '.join(plane.reasons)} (foreground {plane.foreground_fraction:.1%})")

@@ -32,7 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--overlay",
         metavar="DIR",
         default=None,
-        help="write DIR/<pred>_overlay.png per pair: green true positive, red false positive, blue false negative pixels",
+        help=(
+            "write DIR/<pred>_overlay.png per pair: green true positive, red false positive, blue false negative pixels"
+        ),
     )
     parser.add_argument("--overwrite", action="store_true", help="replace overlay files that exist")
     parser.set_defaults(func=run)

@@ -140,7 +140,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="run on a local dask cluster of N worker processes: one task per file, or per chunk of a volume too large for one",
+        help=(
+            "run on a local dask cluster of N worker processes: one task per file, "
+            "or per chunk of a volume too large for one"
+        ),
     )
     parallel.add_argument(
         "--scheduler",

@@ -192,7 +192,8 @@ def run(args: argparse.Namespace) -> int:
         )
     last = result.history[-1]["loss"] if result.history else float("nan")
     print(
-        f"{args.method} pretraining {result.stop_reason} after {len(result.history)} epoch(s), final loss {last:.4g} -> {args.out}"
+        f"{args.method} pretraining {result.stop_reason} after {len(result.history)} epoch(s), "
+        f"final loss {last:.4g} -> {args.out}"
     )
     if result.stop_reason == "cancelled":
         print(

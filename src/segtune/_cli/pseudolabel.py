@@ -52,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
         )
     confident = sum(r.confident_fraction for r in results) / len(results)
     print(
-        f"pseudo-labelled {len(results)} image(s) -> {args.out}; {confident:.1%} of pixels confident, the rest = {args.ignore_value}"
+        f"pseudo-labelled {len(results)} image(s) -> {args.out}; "
+        f"{confident:.1%} of pixels confident, the rest = {args.ignore_value}"
     )
     print(f"train on them with: segtune train ... --ignore-value {args.ignore_value}")
     return 0

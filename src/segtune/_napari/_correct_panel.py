@@ -351,7 +351,8 @@ class CorrectPanel(QWidget):
         layer = self.labels_layer.require("renumbering")
         if len(self._regions(layer)) > 1 or layer.ndim > 2 and SCOPE_TEXT[self.scope.currentText()] != "stack":
             raise UserError(
-                "Renumbering works on the whole layer: choose 'whole stack' (a single plane would clash with the others)."
+                "Renumbering works on the whole layer: "
+                "choose 'whole stack' (a single plane would clash with the others)."
             )
         return self.apply(relabel_sequential, "renumber")
 

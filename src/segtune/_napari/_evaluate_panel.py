@@ -79,7 +79,8 @@ class EvaluatePanel(QWidget):
     ``evaluate_button``, ``summary`` (one line: matched F1 and counts), ``table``, ``results``
     (the core's metrics dict after a run);
     ``export_layer``, ``export_image``, ``export_folder``, ``export_labels_button``,
-    ``export_csv_button``, ``export_rois_button``, ``export_model_button``, ``export_bioimageio_button``, ``last_exported``
+    ``export_csv_button``, ``export_rois_button``, ``export_model_button``, ``export_bioimageio_button``,
+    ``last_exported``
     (paths written by the last export). ``confirm_overwrite(path)`` returns True to replace an
     existing file (a question box by default); ``job`` is the running or last job.
     """
@@ -160,7 +161,8 @@ class EvaluatePanel(QWidget):
         self.export_model_button.setToolTip("Save the current model into the folder, to reuse or share it.")
         self.export_bioimageio_button = QPushButton("bioimage.io (.zip)")
         self.export_bioimageio_button.setToolTip(
-            "Save the current model as a bioimage.io package (validated) for deepImageJ, ilastik, QuPath and the model zoo."
+            "Save the current model as a bioimage.io package (validated) "
+            "for deepImageJ, ilastik, QuPath and the model zoo."
         )
         buttons = QHBoxLayout()
         buttons.addWidget(self.export_labels_button)

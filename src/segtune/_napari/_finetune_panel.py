@@ -151,14 +151,16 @@ class FinetunePanel(JobPanel):
         )
         self.freeze_encoder = QCheckBox("learn only how to draw the masks")
         self.freeze_encoder.setToolTip(
-            "Keep what the model already sees in images and let only the part that draws the masks learn: safer with very few corrected objects ('freeze encoder')."
+            "Keep what the model already sees in images and let only the part that draws the masks learn: "
+            "safer with very few corrected objects ('freeze encoder')."
         )
         self.val_fraction = QDoubleSpinBox()
         self.val_fraction.setRange(0.0, 0.5)
         self.val_fraction.setSingleStep(0.05)
         self.val_fraction.setValue(0.2)
         self.val_fraction.setToolTip(
-            "Part of your masks held back to check the model honestly and keep its best version (0: none; then Cancel keeps the starting model)."
+            "Part of your masks held back to check the model honestly and keep its best version "
+            "(0: none; then Cancel keeps the starting model)."
         )
         self.repredict_check = QCheckBox("predict again when done")
         self.repredict_check.setChecked(True)

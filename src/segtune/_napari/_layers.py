@@ -127,7 +127,8 @@ class LayerChoice(QComboBox):
                 self.setCurrentIndex(i)
                 return
         raise ValueError(
-            f"layer {getattr(layer, 'name', layer)!r} is not {KIND_WORDS.get(self.kind, self.kind)} layer of this viewer"
+            f"layer {getattr(layer, 'name', layer)!r} is not "
+            f"{KIND_WORDS.get(self.kind, self.kind)} layer of this viewer"
         )
 
     def require(self, what: str) -> Any:
@@ -142,7 +143,8 @@ class LayerChoice(QComboBox):
             raise UserError(f"The layer chosen for {what} was removed; choose another.")
         if kind_of(layer) != self.kind:
             raise UserError(
-                f"{what[:1].upper()}{what[1:]} needs {KIND_WORDS.get(self.kind, self.kind)} layer, '{layer.name}' is a {kind_of(layer)} layer."
+                f"{what[:1].upper()}{what[1:]} needs {KIND_WORDS.get(self.kind, self.kind)} layer, "
+                f"'{layer.name}' is a {kind_of(layer)} layer."
             )
         return layer
 
@@ -255,7 +257,8 @@ def leading_names(n_leading: int) -> list[str]:
     """Names of the axes in front of Y and X: planes (Z), then time (T) in front of those."""
     if n_leading > 2:
         raise UserError(
-            f"Images with more than 4 dimensions are not supported here (this one has {n_leading + 2} besides channels)."
+            "Images with more than 4 dimensions are not supported here "
+            f"(this one has {n_leading + 2} besides channels)."
         )
     return ["T", "Z"][2 - n_leading :]
 
@@ -368,7 +371,8 @@ def matching_index(
         labels_scale = image_scale
     if not np.allclose(labels_scale, image_scale, rtol=1e-3):
         raise UserError(
-            f"'{labels.name}' (pixel size {plain(labels_scale)}) and '{image.name}' ({plain(image_scale)}) do not share their pixel size."
+            f"'{labels.name}' (pixel size {plain(labels_scale)}) and '{image.name}' ({plain(image_scale)}) "
+            "do not share their pixel size."
         )
     offset = (np.asarray(labels.translate, dtype=float) - image_translate) / image_scale
     if not np.allclose(offset, np.round(offset), atol=1e-3):

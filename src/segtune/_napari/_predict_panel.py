@@ -47,7 +47,8 @@ class PredictPanel(JobPanel):
     Attributes tests drive: ``image_layer``, ``channel_axis`` (first axis holds channels),
     ``channel``, ``scope``, ``range_axis``, ``plane_from``, ``plane_to``, ``threshold``,
     ``output``, ``min_size``, ``tile``, ``blend``, ``overlap``, ``probability_check``, ``run_button``,
-    ``cancel_button``, ``progress`` (bar and time left), ``size_row`` (object diameter), ``status``; ``job`` is the running or last job and ``last_layers`` the
+    ``cancel_button``, ``progress`` (bar and time left), ``size_row`` (object diameter), ``status``; ``job`` is the
+    running or last job and ``last_layers`` the
     layers the last prediction added. ``finished`` is emitted with the job status.
 
     A large image (``first_look_min_pixels`` per plane or more, default 4 MPx) of which the
@@ -96,7 +97,8 @@ class PredictPanel(JobPanel):
         self.output = QComboBox()
         self.output.addItems(list(OUTPUT_TEXT))
         self.output.setToolTip(
-            "Numbered objects (instance labels: to count and measure them), or a mask saying which pixels belong to objects (or to which class)."
+            "Numbered objects (instance labels: to count and measure them), "
+            "or a mask saying which pixels belong to objects (or to which class)."
         )
         self.min_size = QSpinBox()
         self.min_size.setRange(-1, 1_000_000)
@@ -105,7 +107,8 @@ class PredictPanel(JobPanel):
         self.min_size.setSuffix(" px")
         self.min_size.setToolTip(
             "Objects smaller than this many pixels (voxels in 3D) are dropped as specks. auto: a disc a quarter "
-            "of the object diameter across (20 px for 20 px nuclei, at least 4 px), or 10 px when the diameter is unknown; 0 keeps all."
+            "of the object diameter across (20 px for 20 px nuclei, at least 4 px), "
+            "or 10 px when the diameter is unknown; 0 keeps all."
         )
         self.tile = QSpinBox()
         self.tile.setRange(0, 4096)
@@ -117,7 +120,8 @@ class PredictPanel(JobPanel):
         self.blend = QComboBox()
         self.blend.addItems(["exact", "gaussian"])
         self.blend.setToolTip(
-            "exact: tiles fit together with no seams (same result as one big pass). gaussian: soft blending of overlapping tiles."
+            "exact: tiles fit together with no seams (same result as one big pass). "
+            "gaussian: soft blending of overlapping tiles."
         )
         self.overlap = QDoubleSpinBox()
         self.overlap.setRange(0.0, 0.75)

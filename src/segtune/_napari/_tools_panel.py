@@ -161,7 +161,8 @@ class ToolsPanel(JobPanel):
                 units=layer.units,
             )
             self.status.setText(
-                f"Auto-labels: {object_count(labels)} objects in '{self.last_layer.name}'. Correct them, then fine-tune on them."
+                f"Auto-labels: {object_count(labels)} objects in '{self.last_layer.name}'. "
+                "Correct them, then fine-tune on them."
             )
 
         return self._start(work, f"Auto-labelling {layer.name}", done, uses_torch=False)
@@ -206,8 +207,8 @@ class ToolsPanel(JobPanel):
             )
             unsure = float(np.mean(labels == IGNORE))
             self.status.setText(
-                f"Pseudo-labels in '{self.last_layer.name}': {1 - unsure:.0%} of the pixels labelled, {unsure:.0%} left "
-                f"unsure (value {IGNORE}, ignored when fine-tuning on this layer)."
+                f"Pseudo-labels in '{self.last_layer.name}': {1 - unsure:.0%} of the pixels labelled, "
+                f"{unsure:.0%} left unsure (value {IGNORE}, ignored when fine-tuning on this layer)."
             )
 
         return self._start(work, f"Pseudo-labelling {layer.name}", done, uses_torch=True)

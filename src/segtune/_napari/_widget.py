@@ -112,7 +112,9 @@ class SegtuneWidget(QWidget):
             "Predict": "Segment an image with the current model.",
             "Correct": "Clean up the masks and fix objects one click at a time (Ctrl-Z undoes).",
             "Fine-tune": "Teach the model from your corrected masks.",
-            "Evaluate & Export": "Score a segmentation against correct masks; save masks, measurements, ROIs, the model.",
+            "Evaluate & Export": (
+                "Score a segmentation against correct masks; save masks, measurements, ROIs, the model."
+            ),
             "Tools": "Make training labels with less drawing.",
         }
         return [tips.get(self.tabs.tabText(i).replace("&&", "&"), "") for i in range(self.tabs.count())]

@@ -196,7 +196,8 @@ def _publish(temporary: Path, path: Path, overwrite: bool) -> None:
         os.link(temporary, path)  # fails with EEXIST if the name exists: create-if-absent
     except FileExistsError:
         raise FileExistsError(
-            f"{path} already exists (another writer created it first); pass overwrite=True (or --overwrite) to replace it"
+            f"{path} already exists (another writer created it first); "
+            "pass overwrite=True (or --overwrite) to replace it"
         ) from None
     except OSError as e:
         if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):

@@ -104,7 +104,8 @@ def open_ome_zarr(path: str | os.PathLike, scene: int | str | None = None) -> An
         raise _read_error(path, "ome-zarr cannot open this location")
     with _quiet("ome_zarr"):  # it logs a warning for every labels image opened on its own ("no parent found")
         nodes = [node for node in Reader(location)() if any(isinstance(s, Multiscales) for s in node.specs)]
-    # a labels image naming its source ("image-label": {"source": ...}) brings the source image along: keep the one asked for
+    # a labels image naming its source ("image-label": {"source": ...}) brings the source image along:
+    # keep the one asked for
     own = [node for node in nodes if Path(str(node.zarr.path)).resolve() == path.resolve()]
     nodes = own or nodes
     if not nodes or not nodes[0].data:

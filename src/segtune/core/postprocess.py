@@ -139,7 +139,11 @@ def default_seed_distance(object_diameter: float | None, head: str) -> int:
 
     Examples
     --------
-    >>> default_seed_distance(20.0, "three_class"), default_seed_distance(20.0, "binary"), default_seed_distance(None, "binary")
+    >>> (
+    ...     default_seed_distance(20.0, "three_class"),
+    ...     default_seed_distance(20.0, "binary"),
+    ...     default_seed_distance(None, "binary"),
+    ... )
     (7, 5, 5)
     """
     if not object_diameter:

@@ -1,4 +1,5 @@
-"""The one resize rule of training and prediction: nearest neighbour for labels, linear (anti-aliased when shrinking) for images.
+"""The one resize rule of training and prediction: nearest neighbour for labels, linear (anti-aliased when
+shrinking) for images.
 
 Training rescales its samples with :func:`resize_yx` (:func:`segtune.core.train.data.make_sample`)
 and prediction zooms new images and its outputs with :func:`resize`

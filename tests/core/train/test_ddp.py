@@ -1,4 +1,5 @@
-"""Training under torchrun: two gloo processes train one model (weights equal on both ranks), rank 0 writes the folder."""
+"""Training under torchrun: two gloo processes train one model (weights equal on both ranks), rank 0 writes
+the folder."""
 
 from __future__ import annotations
 

@@ -101,5 +101,6 @@ def _check_czi_complete(path: Path) -> None:
             if last + 32 + allocated > size:
                 raise ImageReadError(
                     path,
-                    f"the file is truncated or corrupt: image data runs to byte {last + 32 + allocated} but the file has {size}",
+                    f"the file is truncated or corrupt: image data runs to byte {last + 32 + allocated} "
+                    f"but the file has {size}",
                 )

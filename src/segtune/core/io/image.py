@@ -1,4 +1,5 @@
-"""What every reader returns (:class:`ImageData`, :class:`ImageReadError`), and the helpers the readers share: scenes, colour samples, guarded reads."""
+"""What every reader returns (:class:`ImageData`, :class:`ImageReadError`), and the helpers the readers share:
+scenes, colour samples, guarded reads."""
 
 from __future__ import annotations
 

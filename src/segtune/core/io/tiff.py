@@ -1,4 +1,5 @@
-"""Reading TIFF and OME-TIFF lazily through tifffile's zarr store: axes to TCZYX, pixel sizes from OME-XML or the resolution tags, checks for truncated files and missing codecs."""
+"""Reading TIFF and OME-TIFF lazily through tifffile's zarr store: axes to TCZYX, pixel sizes from OME-XML or
+the resolution tags, checks for truncated files and missing codecs."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Pixel metrics (precision, recall, F1 = Dice, IoU = Jaccard; per class) and the thesis's object metrics (connected components)."""
+"""Pixel metrics (precision, recall, F1 = Dice, IoU = Jaccard; per class) and the thesis's object metrics
+(connected components)."""
 
 from __future__ import annotations
 

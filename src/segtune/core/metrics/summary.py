@@ -1,4 +1,5 @@
-"""All the metrics of an image pair together (:func:`evaluate`), and over many pairs (:func:`evaluate_many`, :func:`summarize`)."""
+"""All the metrics of an image pair together (:func:`evaluate`), and over many pairs (:func:`evaluate_many`,
+:func:`summarize`)."""
 
 from __future__ import annotations
 

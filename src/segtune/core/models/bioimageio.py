@@ -71,7 +71,8 @@ class BioimageioUnsupported(ValueError):
 
 
 def is_bioimageio_package(path: str | os.PathLike) -> bool:
-    """A ``.zip`` file, an ``rdf.yaml``/``bioimageio.yaml``, or a folder holding one (and no segtune ``config.json``)."""
+    """A ``.zip`` file, an ``rdf.yaml``/``bioimageio.yaml``, or a folder holding one (and no segtune
+    ``config.json``)."""
     path = Path(path)
     if path.is_file():
         return path.suffix.lower() == ".zip" or path.name in RDF_NAMES
@@ -278,7 +279,8 @@ def _describe(
 
 
 def _torchscript(net: nn.Module, raw: np.ndarray, dims: int, step: int) -> Any:
-    """The network traced to TorchScript, checked on a second input size (multiples of ``step``, as the package declares)."""
+    """The network traced to TorchScript, checked on a second input size (multiples of ``step``, as the package
+    declares)."""
     example = torch.from_numpy(np.ascontiguousarray(raw[np.newaxis], dtype=np.float32))
     other = torch.rand(1, raw.shape[0], *([step * 3] * dims))
     import warnings
@@ -622,7 +624,8 @@ def _network(description: Any, packaged: Mapping[str, Any], refuse: Any) -> nn.M
                 problems.append(f"its state dict does not fit segtune's U-Net ({type(e).__name__})")
         else:
             problems.append(
-                f"its architecture {getattr(state_dict.architecture, 'callable', '?')!r} is Python code segtune does not run"
+                f"its architecture {getattr(state_dict.architecture, 'callable', '?')!r} "
+                "is Python code segtune does not run"
             )
     if weights.torchscript is not None:
         try:

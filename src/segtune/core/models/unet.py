@@ -407,7 +407,8 @@ def new_architecture(name: str = "unet", *, encoder: str | None = None, **settin
     if encoder is not None:
         if name not in ("unet", "resnet_unet"):
             raise ValueError(
-                f"--encoder {encoder} gives a U-Net with a ResNet encoder; it does not combine with architecture {name!r}"
+                f"--encoder {encoder} gives a U-Net with a ResNet encoder; "
+                f"it does not combine with architecture {name!r}"
             )
         name, settings = "resnet_unet", {**settings, "encoder": encoder}
     known = inspect.signature(architecture_class(name).__init__).parameters

@@ -1,4 +1,5 @@
-"""Prediction on a dask.distributed cluster: a task per file or per chunk of a large volume, written by the workers, resumable.
+"""Prediction on a dask.distributed cluster: a task per file or per chunk of a large volume, written by the workers,
+resumable.
 
 Two kinds of task
 -----------------

@@ -1,4 +1,5 @@
-"""The cluster side of distributed prediction: the client, the model sent once, task wrappers, options, waiting, the report."""
+"""The cluster side of distributed prediction: the client, the model sent once, task wrappers, options, waiting,
+the report."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The OME-Zarr outputs of distributed prediction: a whole file's labels, a chunked volume's store, its TIFF conversion."""
+"""The OME-Zarr outputs of distributed prediction: a whole file's labels, a chunked volume's store, its TIFF
+conversion."""
 
 from __future__ import annotations
 

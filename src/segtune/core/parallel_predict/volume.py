@@ -1,4 +1,5 @@
-"""One volume, many tasks: :func:`predict_volume` tiles a large image exactly as one process would and shares out the batches."""
+"""One volume, many tasks: :func:`predict_volume` tiles a large image exactly as one process would and shares out
+the batches."""
 
 from __future__ import annotations
 

@@ -132,7 +132,8 @@ def select_channels(channel: Any, names: list[str], n_c: int, in_channels: int) 
             return list(range(n_c))
         colours = _colour_names(names)
         hint = (
-            f"; a colour channel by its name ({', '.join(colours)}) gives {'its three samples' if in_channels == 3 else 'the mean of its samples'}"
+            f"; a colour channel by its name ({', '.join(colours)}) gives "
+            f"{'its three samples' if in_channels == 3 else 'the mean of its samples'}"
             if colours and in_channels in (1, 3)
             else ""
         )

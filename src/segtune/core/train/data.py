@@ -335,7 +335,8 @@ def load_pairs(
 
     if len(image_paths) != len(label_paths):
         raise ValueError(
-            f"{len(image_paths)} image file(s) but {len(label_paths)} label file(s); give one label file per image, in the same order"
+            f"{len(image_paths)} image file(s) but {len(label_paths)} label file(s); "
+            "give one label file per image, in the same order"
         )
     if not image_paths:
         raise ValueError("no training images given")

@@ -1,4 +1,5 @@
-"""Training under torchrun: the process group from torchrun's environment, DDP wrapping and the few rank-aware helpers the trainer calls.
+"""Training under torchrun: the process group from torchrun's environment, DDP wrapping and the few rank-aware
+helpers the trainer calls.
 
 Launched by ``torchrun --nproc_per_node N`` (or ``srun torchrun`` on SLURM), every process runs
 the same training code; torchrun tells each its ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``.

@@ -261,7 +261,8 @@ def train_gan(
         raise ValueError("CycleGAN trains without labels (its masks come from the synthetic-mask recipe)")
     if not cyclegan and (labels is None or len(labels) != len(images)):
         raise ValueError(
-            f"Vox2Vox needs one label stack per image: {len(images)} image(s), {0 if labels is None else len(labels)} label stack(s)"
+            f"Vox2Vox needs one label stack per image: {len(images)} image(s), "
+            f"{0 if labels is None else len(labels)} label stack(s)"
         )
     names = list(names) if names is not None else [f"image {i}" for i in range(len(images))]
     folder = Path(out) if out is not None else None

@@ -233,7 +233,8 @@ def run_epochs(
                 loss, total = step_loss(epoch, step)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
-                        f"the {loss_name} loss became {loss.item()} at epoch {epoch}, step {step + 1}; lower the learning rate"
+                        f"the {loss_name} loss became {loss.item()} at epoch {epoch}, step {step + 1}; "
+                        "lower the learning rate"
                     )
                 if scaler is not None:
                     scaler.scale(total).backward()

@@ -230,7 +230,8 @@ def ssim(
     """
     if x.shape != y.shape or x.ndim not in (4, 5):
         raise ValueError(
-            f"ssim takes two (N, C, *S) tensors of one shape with 2 or 3 spatial axes, got {tuple(x.shape)} and {tuple(y.shape)}"
+            "ssim takes two (N, C, *S) tensors of one shape with 2 or 3 spatial axes, "
+            f"got {tuple(x.shape)} and {tuple(y.shape)}"
         )
     window = _gaussian_window(sigma, truncate, x.dtype, x.device)
     if min(x.shape[2:]) < window.numel():

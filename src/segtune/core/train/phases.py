@@ -1,4 +1,5 @@
-"""The phases of :func:`~segtune.core.train.trainer.train` before the loop: open the run, resolve the starting model, prepare the data.
+"""The phases of :func:`~segtune.core.train.trainer.train` before the loop: open the run, resolve the starting
+model, prepare the data.
 
 :func:`open_run` checks the model folder and, when resuming, takes the interrupted run's
 settings from its checkpoint; :func:`resolve_start` loads the starting model, whose head,

@@ -1,4 +1,5 @@
-"""The pretraining methods: each one's networks and the loss of one step (used by :func:`~segtune.core.train.pretrain.pretrain`).
+"""The pretraining methods: each one's networks and the loss of one step (used by
+:func:`~segtune.core.train.pretrain.pretrain`).
 
 ``restore`` (corrupted image -> image, SSIM loss), ``simclr`` (NT-Xent between two views through
 the encoder and a projection head), ``local-contrastive`` (a supervised contrastive loss on
@@ -246,15 +247,22 @@ def loss_name(config: Any) -> str:
     return {
         "restore": config.restore_loss,
         "simclr": f"nt-xent (temperature {config.effective_temperature})",
-        "local-contrastive": f"local supervised contrastive (block {config.block_size}, temperature {config.effective_temperature})",
+        "local-contrastive": (
+            f"local supervised contrastive (block {config.block_size}, temperature {config.effective_temperature})"
+        ),
         "n2n": "l2",
     }[config.method]
 
 
 def description(method: str, config: Any) -> str:
     return {
-        "restore": f"U-Net encoder pretrained by restoring corrupted images ({', '.join(config.corruptions)}); fine-tune with segtune train --from",
+        "restore": (
+            f"U-Net encoder pretrained by restoring corrupted images ({', '.join(config.corruptions)}); "
+            "fine-tune with segtune train --from"
+        ),
         "simclr": "U-Net encoder pretrained with SimCLR (NT-Xent); start the local stage or fine-tune from it",
-        "local-contrastive": "U-Net pretrained with a local supervised contrastive loss; fine-tune with segtune train --from",
+        "local-contrastive": (
+            "U-Net pretrained with a local supervised contrastive loss; fine-tune with segtune train --from"
+        ),
         "n2n": "Noise2Noise denoiser trained on adjacent z-slices; apply before segmenting",
     }[method]

@@ -94,7 +94,8 @@ def pseudo_labels(
             raise ValueError(f"threshold must be in (0, 1], got {threshold}")
         if probabilities.shape[0] > ignore_value:
             raise ValueError(
-                f"ignore_value {ignore_value} is one of the model's {probabilities.shape[0]} classes; choose a larger one"
+                f"ignore_value {ignore_value} is one of the model's {probabilities.shape[0]} classes; "
+                "choose a larger one"
             )
         labels = probabilities.argmax(0).astype(np.uint8)
         labels[probabilities.max(0) < threshold] = ignore_value

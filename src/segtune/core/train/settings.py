@@ -1,4 +1,5 @@
-"""Training settings and results: :class:`TrainConfig`, :func:`auto_settings` (the defaults that need no thought), :class:`TrainResult`."""
+"""Training settings and results: :class:`TrainConfig`, :func:`auto_settings` (the defaults that need no thought),
+:class:`TrainResult`."""
 
 from __future__ import annotations
 
