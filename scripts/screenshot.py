@@ -38,8 +38,17 @@ def trained_model(folder: Path, minutes: float) -> Path:
     image = np.asarray(open_image(sample_file("nuclei_2d.tif")).data[0, 0, 0])
     labels = read_labels(sample_file("nuclei_2d_labels.tif"))
     half = image.shape[1] // 2
-    settings = TrainConfig(spatial_dims=2, head="binary", epochs=1000, max_minutes=minutes, patch=128, batch_size=4,
-                           depth=3, base_channels=16, patience=None)
+    settings = TrainConfig(
+        spatial_dims=2,
+        head="binary",
+        epochs=1000,
+        max_minutes=minutes,
+        patch=128,
+        batch_size=4,
+        depth=3,
+        base_channels=16,
+        patience=None,
+    )
     result = train([image[:, :half]], [labels[:, :half]], settings, names=["nuclei_2d.tif left half"])
     return save_model(result.model, {**result.config, "name": "nuclei_demo"}, folder)
 
@@ -78,8 +87,14 @@ def _correct_scene(viewer, widget, app, labels, out: Path) -> int:
     widget.tabs.setCurrentIndex(2)  # Correct
     data = np.asarray(labels.data)
     sizes = lab.object_sizes(data)
-    merged = next((i for i in sorted(sizes, key=sizes.get, reverse=True)
-                   if lab.object_count(lab.split_object(data, i)) > lab.object_count(data)), None)
+    merged = next(
+        (
+            i
+            for i in sorted(sizes, key=sizes.get, reverse=True)
+            if lab.object_count(lab.split_object(data, i)) > lab.object_count(data)
+        ),
+        None,
+    )
     if merged is None:
         sys.exit("no object of the prediction splits at its distance peaks: nothing to show")
     inside = np.unravel_index(np.argmax(ndi.distance_transform_edt(data == merged)), data.shape)
@@ -101,7 +116,11 @@ def _progress_scene(viewer, widget, app, out: Path) -> int:
     panel.tile.setValue(128)
     panel.run_button.click()
     bar = panel.progress.bar
-    while panel.job is not None and panel.job.running and not ("left" in panel.progress.text.text() and bar.value() >= bar.maximum() // 3):
+    while (
+        panel.job is not None
+        and panel.job.running
+        and not ("left" in panel.progress.text.text() and bar.value() >= bar.maximum() // 3)
+    ):
         app.processEvents()
         time.sleep(0.01)
     if panel.job is None or not panel.job.running:
@@ -122,9 +141,13 @@ def _progress_scene(viewer, widget, app, out: Path) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", help="model folder or bundled name (default: the first bundled model, else train one)")
+    parser.add_argument(
+        "--model", help="model folder or bundled name (default: the first bundled model, else train one)"
+    )
     parser.add_argument("--scene", choices=("predict", "correct", "progress"), default="predict")
-    parser.add_argument("--out", type=Path, default=None, help="default: docs/screenshot.png, docs/screenshot_SCENE.png")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="default: docs/screenshot.png, docs/screenshot_SCENE.png"
+    )
     parser.add_argument("--minutes", type=float, default=2.0, help="training budget when no model is given or bundled")
     args = parser.parse_args()
     if args.out is None:
@@ -148,7 +171,9 @@ def main() -> int:
 
     temporary = None
     if args.model:
-        widget.model_panel.load_folder(args.model) if Path(args.model).is_dir() else widget.model_panel.load_bundled(args.model)
+        widget.model_panel.load_folder(args.model) if Path(args.model).is_dir() else widget.model_panel.load_bundled(
+            args.model
+        )
     elif list_models():
         widget.model_panel.load_bundled(list_models()[0].name)
     else:

@@ -15,7 +15,11 @@ def describe() -> str:
     version = torch.__version__
     cuda = torch.version.cuda
     if cuda:
-        found = "an NVIDIA GPU is usable now" if torch.cuda.is_available() else "no NVIDIA GPU is usable on this machine now"
+        found = (
+            "an NVIDIA GPU is usable now"
+            if torch.cuda.is_available()
+            else "no NVIDIA GPU is usable on this machine now"
+        )
         return (
             f"torch {version} built for CUDA {cuda} ({found}); on a machine without an NVIDIA GPU the "
             "CPU-only build is much smaller: see 'Which PyTorch' in the README"

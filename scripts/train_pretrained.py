@@ -55,7 +55,10 @@ ISBI_TRAIN = tuple(f"{i}.png" for i in range(15))
 ISBI_HELD_OUT = tuple(f"{i}.png" for i in range(15, 20))
 
 DESCRIPTIONS = {
-    "nuclei-2d": "Fluorescent nuclei, 2D, many labs and microscopes (Hoechst/DAPI, GFP, H2B; 8/16-bit): 3-class U-Net, watershed instances, any nucleus size via --diameter",
+    "nuclei-2d": (
+        "Fluorescent nuclei, 2D, many labs and microscopes (Hoechst/DAPI, GFP, H2B; 8/16-bit): 3-class U-Net, "
+        "watershed instances, any nucleus size via --diameter"
+    ),
     "membranes-2d": "EM membranes, 2D (ISBI 2012-like serial-section TEM): cell interior vs membrane",
     "nuclei-3d": "Fluorescent nuclei, 3D stacks: 3-class 3D U-Net, watershed instances",
 }
@@ -121,9 +124,13 @@ def dsb_split(data: Path) -> dict[str, Any]:
             size = "small" if int(r["height"]) * int(r["width"]) <= 360 * 360 else "large"
             tercile = int(np.searchsorted(cuts, diameters[r["name"]]))
             strata.setdefault((kind, size, tercile), []).append(r["name"])
-    split: dict[str, Any] = {"train": {}, "validation": {}, "diameters": diameters,
-                             "rule": f"stratified by kind, image size (<= 360x360 or larger) and diameter tercile; "
-                                     f"sorted by name, every {DSB_VAL_EVERY}th from the 4th validates"}
+    split: dict[str, Any] = {
+        "train": {},
+        "validation": {},
+        "diameters": diameters,
+        "rule": f"stratified by kind, image size (<= 360x360 or larger) and diameter tercile; "
+        f"sorted by name, every {DSB_VAL_EVERY}th from the 4th validates",
+    }
     kinds = {r["name"]: r["kind"] for r in rows}
     for names in strata.values():
         for i, name in enumerate(sorted(names)):
@@ -135,8 +142,9 @@ def dsb_split(data: Path) -> dict[str, Any]:
     return split
 
 
-def dsb_pairs(data: Path, part: str, kinds: tuple[str, ...] = ("fluorescence",), diameter: float | None = None
-              ) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
+def dsb_pairs(
+    data: Path, part: str, kinds: tuple[str, ...] = ("fluorescence",), diameter: float | None = None
+) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
     """DSB images of ``part`` ("train" or "validation"), zoomed so nuclei are ``diameter`` px (None: native)."""
     split = dsb_split(data)
     images, labels, names = [], [], []
@@ -164,7 +172,9 @@ def nuclei_2d_data(data: Path, seed: int = 0) -> tuple[list[np.ndarray], list[np
         if path.name in NIH3T3_HELD_OUT:
             continue
         image, mask = _read_png(path), _read_png(folder / "labels" / path.name)
-        small_image, small_mask = _resize_pair(image, (mask > 0).astype(np.uint8), NUCLEI_2D_DIAMETER / labels_diameter(mask > 0))
+        small_image, small_mask = _resize_pair(
+            image, (mask > 0).astype(np.uint8), NUCLEI_2D_DIAMETER / labels_diameter(mask > 0)
+        )
         images.append(small_image)
         labels.append(small_mask)
         names.append(f"nih3t3/{path.name}")
@@ -197,7 +207,7 @@ QCANET_FOLDER = "nuclei3d_qcanet"
 # on X >= 50 (5 nuclei) and the card's real number is measured on X < 50 (3 nuclei); no nucleus
 # crosses X = 50
 QCANET_CUT_X = 50
-QCANET_TRAIN_COPIES = 6  # the real part's weight among the ~48 synthetic stacks in the patch draw
+QCANET_TRAIN_COPIES = 12  # the real part's weight among the ~48 synthetic stacks in the patch draw
 
 
 def qcanet_parts(data: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -208,19 +218,26 @@ def qcanet_parts(data: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     image = tifffile.imread(folder / "images" / "8_cell_stage.tif").astype(np.float32)
     labels = tifffile.imread(folder / "labels" / "8_cell_stage.tif").astype(np.int32)
     cut = QCANET_CUT_X
-    return {"train": (image[..., cut:], labels[..., cut:]), "held_out": (image[..., :cut], labels[..., :cut]),
-            "whole": (image, labels)}
+    return {
+        "train": (image[..., cut:], labels[..., cut:]),
+        "held_out": (image[..., :cut], labels[..., :cut]),
+        "whole": (image, labels),
+    }
 
 
 def _zoom_xy(image: np.ndarray, labels: np.ndarray, diameter: float) -> tuple[np.ndarray, np.ndarray]:
     """Y and X zoomed as prediction zooms a stack with nuclei ``diameter`` px across (Z kept)."""
     from segtune.core.diameter import rescale_for_model
 
-    return (rescale_for_model(image, diameter, NUCLEI_3D_DIAMETER, spatial_dims=3),
-            rescale_for_model(labels, diameter, NUCLEI_3D_DIAMETER, spatial_dims=3, order=0))
+    return (
+        rescale_for_model(image, diameter, NUCLEI_3D_DIAMETER, spatial_dims=3),
+        rescale_for_model(labels, diameter, NUCLEI_3D_DIAMETER, spatial_dims=3, order=0),
+    )
 
 
-def nuclei_3d_data(count: int, seed: int, data: Path | None = None) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
+def nuclei_3d_data(
+    count: int, seed: int, data: Path | None = None
+) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
     """Synthetic stacks (a third with nuclei taller in Z than wide, as isotropic stacks become once
     Y and X are zoomed to the model's diameter) and, with ``data``, the QCANet training part."""
     from segtune.core.diameter import labels_diameter
@@ -273,9 +290,22 @@ def _outside_samples() -> Path | None:
     if all((folder / n).exists() for n in STARDIST_FILES):
         return folder
     download = WORK / "stardist_wheel"
-    command = [sys.executable, "-m", "pip", "download", STARDIST_WHEEL, "--no-deps", "--only-binary=:all:", "-q", "-d", str(download)]
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        STARDIST_WHEEL,
+        "--no-deps",
+        "--only-binary=:all:",
+        "-q",
+        "-d",
+        str(download),
+    ]
     if subprocess.run(command, capture_output=True, text=True).returncode != 0:
-        logger.warning("could not fetch %s from the package index: the outside samples are not measured", STARDIST_WHEEL)
+        logger.warning(
+            "could not fetch %s from the package index: the outside samples are not measured", STARDIST_WHEEL
+        )
         return None
     wheel = next(download.glob("stardist-*.whl"))
     folder.mkdir(parents=True, exist_ok=True)
@@ -288,50 +318,128 @@ def _outside_samples() -> Path | None:
 # --- training ------------------------------------------------------------------------------------
 
 
-def _train_config(name: str, minutes: float, seed: int, device: str, depth: int | None = None,
-                  base_channels: int | None = None, warm: bool = False):
+def _train_config(
+    name: str,
+    minutes: float,
+    seed: int,
+    device: str,
+    depth: int | None = None,
+    base_channels: int | None = None,
+    warm: bool = False,
+):
     from segtune.core.train.augment import AugmentConfig
     from segtune.core.train.trainer import TrainConfig
 
     # (re)training on a large data set: none of the fine-tuning guards (frozen normalisation, L2-SP,
     # keeping the starting model), even when training further from a shipped model
-    common = {"epochs": 10_000, "patience": None, "max_minutes": minutes, "seed": seed, "device": device, "schedule": "cosine",
-              "freeze_norm": False, "l2sp": 0.0, "keep_if_worse": False}
+    common = {
+        "epochs": 10_000,
+        "patience": None,
+        "max_minutes": minutes,
+        "seed": seed,
+        "device": device,
+        "schedule": "cosine",
+        "freeze_norm": False,
+        "l2sp": 0.0,
+        "keep_if_worse": False,
+    }
     if name == "nuclei-2d":
         # validated by the DSB validation split given to train() (val_fraction unused); epochs of
         # 300 steps so that validating costs a small part of each epoch
         return TrainConfig(
-            spatial_dims=2, head="three_class", patch=128, batch_size=8, steps_per_epoch=300, loss="ce+dice",
-            learning_rate=1e-3 if warm else 3e-3, val_fraction=0.0, scale=1.0, min_foreground=0.02, depth=depth or 4,
+            spatial_dims=2,
+            head="three_class",
+            patch=128,
+            batch_size=8,
+            steps_per_epoch=300,
+            loss="ce+dice",
+            learning_rate=1e-3 if warm else 3e-3,
+            val_fraction=0.0,
+            scale=1.0,
+            min_foreground=0.02,
+            depth=depth or 4,
             base_channels=base_channels or 24,
-            augmentation=AugmentConfig(zoom=0.25, rotation=25.0, affine_probability=0.5, brightness=0.1, contrast=0.3,
-                                       blur_probability=0.2, noise_probability=0.3, noise_std=0.08),
+            augmentation=AugmentConfig(
+                zoom=0.25,
+                rotation=25.0,
+                affine_probability=0.5,
+                brightness=0.1,
+                contrast=0.3,
+                blur_probability=0.2,
+                noise_probability=0.3,
+                noise_std=0.08,
+            ),
             **common,
         )
     if name == "membranes-2d":
         return TrainConfig(
-            spatial_dims=2, head="binary", patch=128, batch_size=4, steps_per_epoch=40, loss="bce+dice",
-            learning_rate=3e-3, val_fraction=0.14, monitor="val_f1", min_foreground=0.0, depth=4, base_channels=16,
-            augmentation=AugmentConfig(zoom=0.1, rotation=15.0, shear=0.05, affine_probability=0.5, brightness=0.1,
-                                       contrast=0.2, blur_probability=0.15, noise_probability=0.15, noise_std=0.04,
-                                       salt_pepper_probability=0.0),
+            spatial_dims=2,
+            head="binary",
+            patch=128,
+            batch_size=4,
+            steps_per_epoch=40,
+            loss="bce+dice",
+            learning_rate=3e-3,
+            val_fraction=0.14,
+            monitor="val_f1",
+            min_foreground=0.0,
+            depth=4,
+            base_channels=16,
+            augmentation=AugmentConfig(
+                zoom=0.1,
+                rotation=15.0,
+                shear=0.05,
+                affine_probability=0.5,
+                brightness=0.1,
+                contrast=0.2,
+                blur_probability=0.15,
+                noise_probability=0.15,
+                noise_std=0.04,
+                salt_pepper_probability=0.0,
+            ),
             **common,
         )
     if name == "nuclei-3d":
         return TrainConfig(
-            spatial_dims=3, head="three_class", patch=(32, 48, 48), batch_size=2, steps_per_epoch=40, loss="ce+dice",
-            learning_rate=1e-3 if warm else 3e-3, val_fraction=0.0, min_foreground=0.02, depth=depth or 3,
+            spatial_dims=3,
+            head="three_class",
+            patch=(32, 48, 48),
+            batch_size=2,
+            steps_per_epoch=40,
+            loss="ce+dice",
+            learning_rate=1e-3 if warm else 3e-3,
+            val_fraction=0.0,
+            min_foreground=0.02,
+            depth=depth or 3,
             base_channels=base_channels or 16,
-            augmentation=AugmentConfig(zoom=0.15, rotation=20.0, affine_probability=0.4, brightness=0.1, contrast=0.3,
-                                       blur_probability=0.2, noise_probability=0.3, noise_std=0.08),
+            augmentation=AugmentConfig(
+                zoom=0.15,
+                rotation=20.0,
+                affine_probability=0.4,
+                brightness=0.1,
+                contrast=0.3,
+                blur_probability=0.2,
+                noise_probability=0.3,
+                noise_std=0.08,
+            ),
             **common,
         )
     raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
 
 
-def train_one(name: str, data: Path, *, minutes: float, seed: int, device: str, depth: int | None = None,
-              base_channels: int | None = None, start: str | None = None, work: Path | None = None,
-              resume: bool = False) -> tuple[Any, dict[str, Any], float]:
+def train_one(
+    name: str,
+    data: Path,
+    *,
+    minutes: float,
+    seed: int,
+    device: str,
+    depth: int | None = None,
+    base_channels: int | None = None,
+    start: str | None = None,
+    work: Path | None = None,
+    resume: bool = False,
+) -> tuple[Any, dict[str, Any], float]:
     """Train ``name`` from scratch (or from the model folder ``start``); returns (model, config, seconds).
 
     The run writes its model folder and checkpoint to ``work`` as it goes; ``resume`` continues
@@ -357,14 +465,34 @@ def train_one(name: str, data: Path, *, minutes: float, seed: int, device: str, 
     work = work or WORK / name
     if work.exists() and not resume:
         shutil.rmtree(work)
-    command = " ".join(["python", "scripts/train_pretrained.py", *sys.argv[1:]]) if sys.argv[1:] else f"python scripts/train_pretrained.py {name}"
+    command = (
+        " ".join(["python", "scripts/train_pretrained.py", *sys.argv[1:]])
+        if sys.argv[1:]
+        else f"python scripts/train_pretrained.py {name}"
+    )
     note = f"bundled model {name}, " + (f"trained further from {start}" if start else "trained from scratch")
-    result = train(images, labels, config, names=names, validation=validation, model=start, out=work,
-                   overwrite=True, resume=resume, provenance={"command": command, "note": note})
+    result = train(
+        images,
+        labels,
+        config,
+        names=names,
+        validation=validation,
+        model=start,
+        out=work,
+        overwrite=True,
+        resume=resume,
+        provenance={"command": command, "note": note},
+    )
     seconds = time.monotonic() - started
     model_config = bundled_config(name, result.config, seconds)
-    logger.info("%s: trained in %.1f min (%s, best epoch %s, %d epochs)", name, seconds / 60, result.stop_reason,
-                result.best_epoch, len(result.history))
+    logger.info(
+        "%s: trained in %.1f min (%s, best epoch %s, %d epochs)",
+        name,
+        seconds / 60,
+        result.stop_reason,
+        result.best_epoch,
+        len(result.history),
+    )
     return result.model, model_config, seconds
 
 
@@ -384,7 +512,9 @@ def bundled_config(name: str, config: dict[str, Any], seconds: float) -> dict[st
     elif name == "nuclei-3d":
         model_config.update(object_diameter=NUCLEI_3D_DIAMETER, auto_diameter=True, split_instances=True)
     else:
-        model_config.update(object_diameter=None, auto_diameter=False, split_instances=False)  # EM: no rescaling by object size
+        model_config.update(
+            object_diameter=None, auto_diameter=False, split_instances=False
+        )  # EM: no rescaling by object size
     model_config["training"] = {**model_config.get("training", {}), "wall_seconds": round(seconds, 1)}
     return model_config
 
@@ -423,7 +553,9 @@ def fp16_check(model: Any) -> dict[str, Any]:
     image = percentile_normalize(synthetic_nuclei(shape, diameter=NUCLEI_3D_DIAMETER, seed=99).image.astype(np.float32))
     x = torch.from_numpy(image[None, None].astype(np.float32))
     rounded = copy.deepcopy(model)
-    rounded.load_state_dict({k: v.half().float() if v.is_floating_point() else v for k, v in model.state_dict().items()})
+    rounded.load_state_dict(
+        {k: v.half().float() if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    )
     with torch.no_grad():
         logits = model(x), rounded(x)
     if logits[0].shape[1] == 1:
@@ -437,8 +569,13 @@ def fp16_check(model: Any) -> dict[str, Any]:
 # --- validation ----------------------------------------------------------------------------------
 
 
-def predict_labels(model_or_name: Any, image: np.ndarray, *, diameter: float | None | str = "auto",
-                   config: dict[str, Any] | None = None) -> np.ndarray:
+def predict_labels(
+    model_or_name: Any,
+    image: np.ndarray,
+    *,
+    diameter: float | None | str = "auto",
+    config: dict[str, Any] | None = None,
+) -> np.ndarray:
     """Instance labels of a 2D or 3D image, as ``segtune predict --instances [--diameter D]`` makes them."""
     from segtune.core.models.store import load_model
     from segtune.core.predict import predict
@@ -447,8 +584,9 @@ def predict_labels(model_or_name: Any, image: np.ndarray, *, diameter: float | N
         model, config = load_model(model_or_name)
     else:
         model = model_or_name
-    result = predict((model, config), image, axes="ZYX" if image.ndim == 3 else "YX", instances=True,
-                     diameter=diameter, device="cpu")
+    result = predict(
+        (model, config), image, axes="ZYX" if image.ndim == 3 else "YX", instances=True, diameter=diameter, device="cpu"
+    )
     labels = np.asarray(result.labels)[0]
     return labels[0] if image.ndim == 2 else labels
 
@@ -475,7 +613,9 @@ def validate(name: str, data: Path, model_or_name: Any = None, config: dict[str,
     if model_or_name is None or isinstance(model_or_name, (str, Path)):
         model_or_name, config = load_model(model_or_name or PRETRAINED / name)
 
-    def f1(image: np.ndarray, truth: np.ndarray, diameter: float | str = "auto", config: dict[str, Any] | None = config) -> float:
+    def f1(
+        image: np.ndarray, truth: np.ndarray, diameter: float | str = "auto", config: dict[str, Any] | None = config
+    ) -> float:
         """Matched F1 at IoU 0.5 of the model's instances of ``image`` against ``truth``."""
         predicted = predict_labels(model_or_name, image, diameter=diameter, config=config)
         return float(matched_metrics(predicted, truth, thresholds=(0.5,))["f1_at_0.5"])
@@ -509,7 +649,11 @@ def validate(name: str, data: Path, model_or_name: Any = None, config: dict[str,
                 scores.append(f1(sample.image, sample.labels))
             by_size[str(size)] = round(float(np.mean(scores)), 4)
         results["synthetic_f1_at_0.5_auto_diameter_by_size"] = by_size
-        results.update(dsb_validation(data, lambda image, diameter: predict_labels(model_or_name, image, diameter=diameter, config=config)))
+        results.update(
+            dsb_validation(
+                data, lambda image, diameter: predict_labels(model_or_name, image, diameter=diameter, config=config)
+            )
+        )
     elif name == "membranes-2d":
         f1s = []
         for image, truth in zip(*membranes_data(data, ISBI_HELD_OUT)[:2], strict=True):
@@ -529,12 +673,17 @@ def validate(name: str, data: Path, model_or_name: Any = None, config: dict[str,
         for part in ("held_out", "whole"):
             image, truth = parts[part]
             results[f"qcanet_{part}_f1_at_0.5_auto_diameter"] = round(f1(image, truth), 4)
-            results[f"qcanet_{part}_f1_at_0.5_true_diameter"] = round(f1(image, truth, diameter=labels_diameter(truth)), 4)
+            results[f"qcanet_{part}_f1_at_0.5_true_diameter"] = round(
+                f1(image, truth, diameter=labels_diameter(truth)), 4
+            )
         sample = outside_sample("3d")
         if sample is not None:
             image, truth = sample
             true_diameter = labels_diameter(truth)
-            results["stardist_synthetic3d_sample_diameter_px"] = [round(estimate_diameter(image), 1), round(true_diameter, 1)]
+            results["stardist_synthetic3d_sample_diameter_px"] = [
+                round(estimate_diameter(image), 1),
+                round(true_diameter, 1),
+            ]
             for key, diameter in (("auto_diameter", "auto"), ("true_diameter", true_diameter)):
                 results[f"stardist_synthetic3d_sample_f1_at_0.5_{key}"] = round(f1(image, truth, diameter=diameter), 4)
     return results
@@ -573,64 +722,66 @@ def dsb_validation(data: Path, segment: Any) -> dict[str, Any]:
 CARD_TEXT = {
     "nuclei-2d": {
         "intended": "2D fluorescence images of cell nuclei (Hoechst/DAPI, nuclear GFP, H2B-GFP), 8- or 16-bit, dim or "
-                    "bright, nuclei of any size: the image is zoomed so nuclei are about {d:g} px across "
-                    "(`--diameter PX`, estimated automatically when not given). One channel (pick it with `--channel`).",
+        "bright, nuclei of any size: the image is zoomed so nuclei are about {d:g} px across "
+        "(`--diameter PX`, estimated automatically when not given). One channel (pick it with `--channel`).",
         "output": "3 classes (background / interior / boundary); `--instances` gives a watershed seeded at peaks of "
-                  "the interior-weighted distance to the background, a third of a diameter apart (config "
-                  "`split_instances`), so touching nuclei are separated.",
+        "the interior-weighted distance to the background, a third of a diameter apart (config "
+        "`split_instances`), so touching nuclei are separated.",
         "data": "The {n_dsb} fluorescence images of the training part of the fixed Data Science Bowl 2018 split "
-                "(`scripts/dsb2018_split.json`: BBBC038 stage 1 with corrected instance masks, many labs, "
-                "microscopes and magnifications; `../shared/data/nuclei_dsb2018`), 10 of the 14 NIH3T3 Hoechst "
-                "images of Coelho et al. (2009) (all but {held}; binary masks) and {n_syn} synthetic images from "
-                "`segtune.core.synthetic` (Hoechst/GFP/H2B-like, 8/16-bit, touching and overlapping, debris, "
-                "out-of-focus blobs, nuclei of 6-90 px), every image zoomed so its median nucleus is {d:g} px "
-                "(zoom augmentation +-25 % on top). The three-class targets come from the instance labels, so "
-                "the boundary class learns from real touching nuclei (DSB) as well as synthetic ones. Trained "
-                "further from the previous nuclei-2d (NIH3T3 + synthetic only) rather than from scratch.",
+        "(`scripts/dsb2018_split.json`: BBBC038 stage 1 with corrected instance masks, many labs, "
+        "microscopes and magnifications; `../shared/data/nuclei_dsb2018`), 10 of the 14 NIH3T3 Hoechst "
+        "images of Coelho et al. (2009) (all but {held}; binary masks) and {n_syn} synthetic images from "
+        "`segtune.core.synthetic` (Hoechst/GFP/H2B-like, 8/16-bit, touching and overlapping, debris, "
+        "out-of-focus blobs, nuclei of 6-90 px), every image zoomed so its median nucleus is {d:g} px "
+        "(zoom augmentation +-25 % on top). The three-class targets come from the instance labels, so "
+        "the boundary class learns from real touching nuclei (DSB) as well as synthetic ones. Trained "
+        "further from the previous nuclei-2d (NIH3T3 + synthetic only) rather than from scratch.",
         "limits": "Fluorescence only: stained tissue (H&E) and brightfield nuclei are outside what it was trained on. "
-                  "Trained for a fixed time on a shared 2-core CPU, so it is not converged: fine-tuning on a few "
-                  "corrected images of your own data (`segtune train --from nuclei-2d`, about 2 minutes) is the "
-                  "expected next step. The automatic diameter comes from an Otsu threshold of the image and can be "
-                  "wrong on images dominated by bright debris: give `--diameter` then.",
+        "Trained for a fixed time on a shared 2-core CPU, so it is not converged: fine-tuning on a few "
+        "corrected images of your own data (`segtune train --from nuclei-2d`, about 2 minutes) is the "
+        "expected next step. The automatic diameter comes from an Otsu threshold of the image and can be "
+        "wrong on images dominated by bright debris: give `--diameter` then.",
         "validation": "`dsb2018_validation_...` are the 78 fluorescence images of the split's validation part, each at "
-                      "its own scale as a user has it (automatic diameter, and the true one). The best epoch was "
-                      "chosen on the validation loss of every third of those images, and nothing else was chosen "
-                      "on them; the other numbers (NIH3T3 held-out images, synthetic nuclei) were not used to "
-                      "choose anything. The NIH3T3 masks are binary: touching nuclei are one object there, which "
-                      "the distance-peak split is scored down for (`..._unsplit` shows the trade-off). "
-                      "The previous nuclei-2d (trained on NIH3T3 + synthetic only) scored, on the same 78 DSB images "
-                      "with the automatic diameter, matched F1@0.5 0.814 and AP@0.5:0.95 0.525 (this one 0.905 and "
-                      "0.649), and 0.877 on the NIH3T3 held-out images (this one 0.825: it splits touching nuclei "
-                      "that those binary masks join). CPU speed (same network size as before; `python "
-                      "benchmarks/interactive.py`, 2 shared cores at load 6-10): 0.38 s for a 1024 x 1024 image with "
-                      "~60 px nuclei and 1.30 s for 2048 x 2048, about 0.3-0.4 s per megapixel, reading, diameter "
-                      "estimate, network and instances included.",
+        "its own scale as a user has it (automatic diameter, and the true one). The best epoch was "
+        "chosen on the validation loss of every third of those images, and nothing else was chosen "
+        "on them; the other numbers (NIH3T3 held-out images, synthetic nuclei) were not used to "
+        "choose anything. The NIH3T3 masks are binary: touching nuclei are one object there, which "
+        "the distance-peak split is scored down for (`..._unsplit` shows the trade-off). "
+        "The previous nuclei-2d (trained on NIH3T3 + synthetic only) scored, on the same 78 DSB images "
+        "with the automatic diameter, matched F1@0.5 0.814 and AP@0.5:0.95 0.525 (this one 0.905 and "
+        "0.649), and 0.877 on the NIH3T3 held-out images (this one 0.825: it splits touching nuclei "
+        "that those binary masks join). CPU speed (same network size as before; `python "
+        "benchmarks/interactive.py`, 2 shared cores at load 6-10): 0.38 s for a 1024 x 1024 image with "
+        "~60 px nuclei and 1.30 s for 2048 x 2048, about 0.3-0.4 s per megapixel, reading, diameter "
+        "estimate, network and instances included.",
     },
     "membranes-2d": {
         "intended": "2D serial-section transmission EM of neural tissue like the ISBI 2012 challenge data "
-                    "(Drosophila ventral nerve cord, 4 x 4 nm pixels, 512 x 512), 8-bit; used at the native pixel "
-                    "size (no diameter zoom).",
-        "output": "1 channel: probability of cell interior; the mask (`segtune predict`) is interior = 1, membrane = 0.",
+        "(Drosophila ventral nerve cord, 4 x 4 nm pixels, 512 x 512), 8-bit; used at the native pixel "
+        "size (no diameter zoom).",
+        "output": (
+            "1 channel: probability of cell interior; the mask (`segtune predict`) is interior = 1, membrane = 0."
+        ),
         "data": "ISBI 2012 training images 0-14 (`../shared/data/membranes_isbi2012`); images 15-19 were held out.",
         "limits": "One data set from one microscope: other EM modalities (SBEM, FIB-SEM), other tissues or pixel sizes "
-                  "need fine-tuning. Thin, faint membranes and mitochondria/vesicle boundaries are the typical "
-                  "errors. Pixel-level output; for cell instances label the connected interior regions.",
+        "need fine-tuning. Thin, faint membranes and mitochondria/vesicle boundaries are the typical "
+        "errors. Pixel-level output; for cell instances label the connected interior regions.",
     },
     "nuclei-3d": {
         "intended": "3D fluorescence stacks of nuclei (Z, Y, X), nuclei zoomed in Y and X to about {d:g} px across "
-                    "(`--diameter`, estimated when not given); Z steps 1-2.5 times the XY pixel size.",
+        "(`--diameter`, estimated when not given); Z steps 1-2.5 times the XY pixel size.",
         "output": "3 classes (background / interior / boundary) per voxel; `--instances` gives a 3D watershed seeded "
-                  "at distance peaks (config `split_instances`).",
+        "at distance peaks (config `split_instances`).",
         "data": "48 synthetic 32 x 96 x 96 stacks from `segtune.core.synthetic` (ellipsoids of {lo:g}-{hi:g} px, "
-                "anisotropy 1-2.5, touching/overlapping, elastic shapes, noise, 8/16-bit); no real 3D data was "
-                "available for training.",
+        "anisotropy 1-2.5, touching/overlapping, elastic shapes, noise, 8/16-bit); no real 3D data was "
+        "available for training.",
         "limits": "Synthetic training data only: real stacks with strong depth attenuation, very anisotropic sampling "
-                  "(Z step > 3x XY) or dense embryos will need fine-tuning on a few corrected stacks. Z is not "
-                  "rescaled by `--diameter`; resample very anisotropic stacks first.",
+        "(Z step > 3x XY) or dense embryos will need fine-tuning on a few corrected stacks. Z is not "
+        "rescaled by `--diameter`; resample very anisotropic stacks first.",
         "validation": "`stardist_synthetic3d_sample_...` is the 31 x 61 x 57 stack of 51 densely packed, strongly "
-                      "Z-blurred synthetic nuclei that the StarDist package ships (another generator than ours): the "
-                      "gap between its automatic- and true-diameter rows is the automatic estimate's error on such "
-                      "a crowded, tiny stack (`..._diameter_px`: estimated, then true).",
+        "Z-blurred synthetic nuclei that the StarDist package ships (another generator than ours): the "
+        "gap between its automatic- and true-diameter rows is the automatic estimate's error on such "
+        "a crowded, tiny stack (`..._diameter_px`: estimated, then true).",
     },
 }
 
@@ -638,8 +789,10 @@ CARD_TEXT = {
 def _elastic_text(augmentation: dict[str, Any]) -> str:
     if not augmentation.get("elastic_probability"):
         return ""
-    return (f", elastic deformation in {augmentation['elastic_probability']:.0%} of patches: control points "
-            f"{augmentation['elastic_spacing']:g} px apart moved {augmentation['elastic_magnitude']:g} px (s.d.)")
+    return (
+        f", elastic deformation in {augmentation['elastic_probability']:.0%} of patches: control points "
+        f"{augmentation['elastic_spacing']:g} px apart moved {augmentation['elastic_magnitude']:g} px (s.d.)"
+    )
 
 
 def write_card(name: str, config: dict[str, Any]) -> Path:
@@ -649,8 +802,14 @@ def write_card(name: str, config: dict[str, Any]) -> Path:
     folder = PRETRAINED / name
     text = CARD_TEXT[name]
     d = config.get("object_diameter") or 0
-    values = {"d": d, "held": ", ".join(NIH3T3_HELD_OUT), "lo": round(d * 0.7, 1), "hi": round(d * 1.5, 1),
-              "n_syn": SYNTHETIC_2D_IMAGES, "n_dsb": len(json.loads(DSB_SPLIT_FILE.read_text())["train"]["fluorescence"])}
+    values = {
+        "d": d,
+        "held": ", ".join(NIH3T3_HELD_OUT),
+        "lo": round(d * 0.7, 1),
+        "hi": round(d * 1.5, 1),
+        "n_syn": SYNTHETIC_2D_IMAGES,
+        "n_dsb": len(json.loads(DSB_SPLIT_FILE.read_text())["train"]["fluorescence"]),
+    }
     if name == "nuclei-3d":
         values.update(lo=round(d * 0.75, 1), hi=round(d * 1.4, 1))
     training = config.get("training", {})
@@ -661,8 +820,11 @@ def write_card(name: str, config: dict[str, Any]) -> Path:
     validation = config.get("validation", {})
     patch = settings.get("patch")
     patch = " x ".join(str(n) for n in patch) if isinstance(patch, list) else f"{patch} x {patch}"
-    best = {k: round(v, 4) if isinstance(v, float) else v for k, v in config.get("metrics", {}).items()
-            if k in ("epoch", "val_f1", "val_matched_f1", "val_loss")}
+    best = {
+        k: round(v, 4) if isinstance(v, float) else v
+        for k, v in config.get("metrics", {}).items()
+        if k in ("epoch", "val_f1", "val_matched_f1", "val_loss")
+    }
     rows = "\n".join(f"| `{k}` | {json.dumps(v)} |" for k, v in validation.items())
     lines = [
         f"# {name}",
@@ -691,7 +853,8 @@ def write_card(name: str, config: dict[str, Any]) -> Path:
         "",
         "## Training",
         "",
-        f"Command: `{training.get('command', 'python scripts/train_pretrained.py ' + name)}` ({training.get('note', 'from scratch')}; "
+        f"Command: `{training.get('command', 'python scripts/train_pretrained.py ' + name)}` "
+        f"({training.get('note', 'from scratch')}; "
         f"CPU, seed {settings.get('seed')}). "
         f"Loss `{settings.get('loss')}`, AdamW lr {settings.get('learning_rate')} with a cosine schedule over a "
         f"{settings.get('max_minutes')}-minute budget, batch {settings.get('batch_size')}, augmentation "
@@ -699,7 +862,8 @@ def write_card(name: str, config: dict[str, Any]) -> Path:
         f"{_elastic_text(settings.get('augmentation', {}))}). "
         f"Wall time on the project's shared 2-core CPU: {training.get('wall_seconds', float('nan')) / 60:.1f} min "
         f"({training.get('epochs_run')} epochs, stopped by {training.get('stop_reason')}). "
-        f"Model selection used {len(training.get('data', {}).get('validation', []))} images of the training pool held out "
+        f"Model selection used {len(training.get('data', {}).get('validation', []))} images of the training pool "
+        "held out "
         f"inside the trainer; its best epoch: {json.dumps(best)}.",
         "",
         "## Validation on data it was not trained on",
@@ -731,16 +895,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--depth", type=int, default=None, help="U-Net depth of a new model (default: per model)")
-    parser.add_argument("--base-channels", type=int, default=None, help="U-Net width of a new model (default: per model)")
-    parser.add_argument("--start", default=None, help="train further from this model folder or bundled name instead of from scratch")
+    parser.add_argument(
+        "--base-channels", type=int, default=None, help="U-Net width of a new model (default: per model)"
+    )
+    parser.add_argument(
+        "--start", default=None, help="train further from this model folder or bundled name instead of from scratch"
+    )
     parser.add_argument("--work", type=Path, default=None, help=f"the run's folder (default {WORK}/NAME)")
     parser.add_argument("--resume", action="store_true", help="continue the interrupted run in --work")
-    parser.add_argument("--no-install", action="store_true", help="train and validate, but leave the bundled model as it is")
-    parser.add_argument("--install", type=Path, default=None, metavar="RUN",
-                        help="make the model a --no-install run trained in RUN the bundled one (fp16 weights, validation, card)")
+    parser.add_argument(
+        "--no-install", action="store_true", help="train and validate, but leave the bundled model as it is"
+    )
+    parser.add_argument(
+        "--install",
+        type=Path,
+        default=None,
+        metavar="RUN",
+        help="make the model a --no-install run trained in RUN the bundled one (fp16 weights, validation, card)",
+    )
     parser.add_argument("--evaluate-only", action="store_true", help="validate the shipped models, do not train")
-    parser.add_argument("--model", type=Path, default=None, help="with --evaluate-only: validate this model folder instead of the bundled one")
-    parser.add_argument("--update-cards", action="store_true", help="with --evaluate-only: record the numbers in config.json and MODEL_CARD.md")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="with --evaluate-only: validate this model folder instead of the bundled one",
+    )
+    parser.add_argument(
+        "--update-cards",
+        action="store_true",
+        help="with --evaluate-only: record the numbers in config.json and MODEL_CARD.md",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     names = list(MODELS) if "all" in args.names else args.names
@@ -754,13 +938,21 @@ def main(argv: list[str] | None = None) -> int:
             model, config = load_model(args.install, device="cpu")
             training = config.get("training", {})
             # a run stopped by hand (kill) never wrote its bundled config: make it here
-            config = bundled_config(name, config, training.get("wall_seconds") or training.get("seconds")
-                                    or sum(float(r.get("seconds") or 0) for r in _log_rows(args.install)))
+            config = bundled_config(
+                name,
+                config,
+                training.get("wall_seconds")
+                or training.get("seconds")
+                or sum(float(r.get("seconds") or 0) for r in _log_rows(args.install)),
+            )
             folder = write_model(name, model, config)
             config["validation"] = validate(name, args.data)
             folder = write_model(name, model, config)
             write_card(name, config)
-            print(f"{name}: installed from {args.install}; validation {json.dumps(config['validation'])}; -> {folder}", flush=True)
+            print(
+                f"{name}: installed from {args.install}; validation {json.dumps(config['validation'])}; -> {folder}",
+                flush=True,
+            )
             continue
         if args.evaluate_only:
             from segtune.core.models.store import atomic_write_text, read_config
@@ -774,21 +966,36 @@ def main(argv: list[str] | None = None) -> int:
                 write_card(name, config)
             continue
         minutes = args.minutes or BUDGET_MINUTES[name]
-        model, config, seconds = train_one(name, args.data, minutes=minutes, seed=args.seed, device=args.device,
-                                           depth=args.depth, base_channels=args.base_channels, start=args.start,
-                                           work=args.work, resume=args.resume)
+        model, config, seconds = train_one(
+            name,
+            args.data,
+            minutes=minutes,
+            seed=args.seed,
+            device=args.device,
+            depth=args.depth,
+            base_channels=args.base_channels,
+            start=args.start,
+            work=args.work,
+            resume=args.resume,
+        )
         if args.no_install:
             work = args.work or WORK / name
             save_model_config(work, config)
-            print(f"{name}: wall time {seconds / 60:.1f} min; trained model in {work}; validate it with "
-                  f"--evaluate-only --model {work}", flush=True)
+            print(
+                f"{name}: wall time {seconds / 60:.1f} min; trained model in {work}; validate it with "
+                f"--evaluate-only --model {work}",
+                flush=True,
+            )
             continue
         folder = write_model(name, model, config)
         # the numbers are those of the shipped (fp16) weights
         config["validation"] = validate(name, args.data)
         folder = write_model(name, model, config)
         write_card(name, config)
-        print(f"{name}: wall time {seconds / 60:.1f} min; validation {json.dumps(config['validation'])}; -> {folder}", flush=True)
+        print(
+            f"{name}: wall time {seconds / 60:.1f} min; validation {json.dumps(config['validation'])}; -> {folder}",
+            flush=True,
+        )
     return 0
 
 

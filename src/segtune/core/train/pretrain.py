@@ -56,17 +56,16 @@ from segtune.core.train.pretrain_methods import (
     make_step_loss,
     output_model,
 )
-
-logger = logging.getLogger(__name__)
-
-__all__ = ["METHODS", "PretrainConfig", "PretrainResult", "pretrain", "pretrain_files", "read_images"]
-
 from segtune.core.train.pretrain_settings import (  # re-exported: pretrain()'s public names
     LOG_NAME,
     METHODS,
     PretrainConfig,
     PretrainResult,
 )
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["METHODS", "PretrainConfig", "PretrainResult", "pretrain", "pretrain_files", "read_images"]
 
 # --- data ---------------------------------------------------------------------------------------
 
