@@ -1,5 +1,9 @@
 """The one labels toolkit: cleaning, editing and counting instance label images, 2D and 3D.
 
+(One module, ~650 lines, on purpose: it is the single home of every labels operation that
+prediction, metrics, measure, the Correct tab and `segtune clean` share; splitting it would
+scatter that one vocabulary again.)
+
 Every function takes an integer label image (0 background, objects by id) and returns a new one;
 the input is never changed. Cleanup operations keep the ids of the objects they keep (so an
 object the user is looking at keeps its colour in napari); :func:`relabel_sequential` renumbers
