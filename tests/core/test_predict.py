@@ -605,3 +605,18 @@ def test_one_torch_thread_while_other_processes_keep_the_cores_busy(net2d, monke
         assert set(seen) == {2}
     finally:
         torch.set_num_threads(before)
+
+
+def test_prediction_clips_the_normalisation_when_the_model_was_trained_so():
+    """A model trained with ``clip`` (the 5-98 contrast stretch) sees clipped windows in
+    prediction too, as its training samples were (train/data); without it the tails stay."""
+    from segtune.core.predict import normalizer
+
+    data = np.arange(1000, dtype=np.float32).reshape(1, 1, 1, 10, 100)
+    spec = {"method": "percentile", "low": 5.0, "high": 98.0}
+    clipped = normalizer(data, [0], {**spec, "clip": True})(data[0, :, 0])
+    plain = normalizer(data, [0], {**spec, "clip": False})(data[0, :, 0])
+    assert clipped.min() == 0.0 and clipped.max() == 1.0
+    assert plain.min() < -0.04 and plain.max() > 1.01
+    inside = (plain > 0) & (plain < 1)
+    np.testing.assert_allclose(clipped[inside], plain[inside])

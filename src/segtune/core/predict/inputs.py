@@ -171,7 +171,7 @@ def normalizer(data: Any, chosen: list[int], normalization: Any) -> Callable[[np
         return None
     if method != "percentile":
         raise ValueError(f"normalization method {method!r} is not known; this version applies 'percentile' or 'none'")
-    low, high, _ = model_percentiles({"normalization": spec})  # clip: not applied to windows
+    low, high, clip = model_percentiles({"normalization": spec})
     fixed = spec.get("limits")  # (lo, hi) per chosen channel, measured before (see whole_image_settings)
     if fixed is not None and len(fixed) != len(chosen):
         raise ValueError(f"normalization limits are given for {len(fixed)} channel(s) but {len(chosen)} are chosen")
@@ -184,6 +184,7 @@ def normalizer(data: Any, chosen: list[int], normalization: Any) -> Callable[[np
 
     def transform(window: np.ndarray) -> np.ndarray:
         shape = (-1,) + (1,) * (window.ndim - 1)
-        return (window - offsets.reshape(shape)) * scales.reshape(shape)
+        scaled = (window - offsets.reshape(shape)) * scales.reshape(shape)
+        return np.clip(scaled, 0.0, 1.0) if clip else scaled  # as training normalised (train/data)
 
     return transform
