@@ -327,7 +327,11 @@ def _probe_axis(
             continue
         grid = None
         for index, s in enumerate(shifts, start=2):
-            lo, hi = spread + 1, length - spread - s - 1
+            # compared a further s pixels away from the window's ends: how far an end reaches into
+            # the output depends on its phase on the pooling grid, and can pass the slab's spread
+            lo, hi = spread + 1 + s, length - spread - 2 * s - 1
+            if hi - lo < 8:
+                continue
             a = np.take(y[index], np.arange(lo, hi), axis=axis + 1)
             b = np.take(y[0], np.arange(lo + s, hi + s), axis=axis + 1)
             if float(np.abs(a - b).max()) <= _SHIFT_TOLERANCE * scale:
