@@ -370,20 +370,14 @@ def predict_into(
 
 def _estimate_diameter(data: Any, names: list[str], channel: Any, config: Mapping[str, Any], diameter: Any) -> Any:
     """The automatic diameter from the middle 2048 x 2048 of the first plane (not the whole plane)."""
-    if not (isinstance(diameter, str) and config.get("object_diameter") and config.get("auto_diameter")):
-        return diameter
     from segtune.core import diameter as sizing
+    from segtune.core.predict.frontend import diameter_sample
     from segtune.core.predict.inputs import select_channels
 
-    architecture = config.get("architecture", {}) or {}
-    chosen = select_channels(channel, names, int(data.shape[1]), int(architecture.get("in_channels", 1)))
-    n_y, n_x = (int(s) for s in data.shape[-2:])
-    side = 2048
-    y0, x0 = max(0, n_y // 2 - side // 2), max(0, n_x // 2 - side // 2)
-    sample = np.sum(
-        [np.asarray(data[0, c, int(data.shape[2]) // 2, y0 : y0 + side, x0 : x0 + side]) for c in chosen],
-        axis=0,
-        dtype=np.float32,
-    )
+    in_channels = int((config.get("architecture", {}) or {}).get("in_channels", 1))
+    chosen = select_channels(channel, names, int(data.shape[1]), in_channels)
+    sample = diameter_sample(data, chosen, config, diameter, side=2048)
+    if sample is None:  # no estimate asked for: whole_image_settings takes the diameter as it is
+        return diameter
     used, _ = sizing.resolve_diameter(diameter, config, sample)
     return used if used is not None else 0

@@ -265,7 +265,7 @@ def predict(
     wants_estimate = isinstance(diameter, str) and config.get("object_diameter") and config.get("auto_diameter")
     if wants_estimate:
         phases.start("estimating the object diameter")
-    used_diameter, zoom = sizing.resolve_diameter(diameter, config, _diameter_sample(data, chosen, config, diameter))
+    used_diameter, zoom = sizing.resolve_diameter(diameter, config, diameter_sample(data, chosen, config, diameter))
     phases.done_one()
     original_yx, final_out = (n_y, n_x), out
     if zoom != 1.0:
@@ -408,7 +408,7 @@ def whole_image_settings(
     architecture = config.get("architecture", {}) or {}
     data, names, _ = as_tczyx(image, axes, channel_names)
     chosen = select_channels(channel, names, int(data.shape[1]), int(architecture.get("in_channels", 1)))
-    used_diameter, _ = sizing.resolve_diameter(diameter, config, _diameter_sample(data, chosen, config, diameter))
+    used_diameter, _ = sizing.resolve_diameter(diameter, config, diameter_sample(data, chosen, config, diameter))
     spec = config.get("normalization")
     if isinstance(spec, Mapping) and spec.get("method", "percentile") == "percentile" and spec.get("limits") is None:
         low, high, _ = model_percentiles(config)
@@ -417,14 +417,22 @@ def whole_image_settings(
     return config, (used_diameter if used_diameter is not None else 0)
 
 
-def _diameter_sample(data: Any, chosen: list[int], config: Mapping[str, Any], diameter: Any) -> np.ndarray | None:
+def diameter_sample(
+    data: Any, chosen: list[int], config: Mapping[str, Any], diameter: Any, side: int | None = None
+) -> np.ndarray | None:
     """What the automatic diameter is estimated from: the chosen channels summed, at the first
-    time point (its middle plane for a 2D model); None when no estimate is asked for."""
+    time point (only its middle plane is read for a 2D model), in Y and X the middle ``side``
+    pixels when given (the whole plane otherwise); None when no estimate is asked for."""
     if not (isinstance(diameter, str) and config.get("object_diameter") and config.get("auto_diameter")):
         return None
-    sample = np.sum([compute(data[0, c]) for c in chosen], axis=0, dtype=np.float32)
     spatial_dims = int((config.get("architecture", {}) or {}).get("spatial_dims", 2))
-    return sample[sample.shape[0] // 2] if spatial_dims == 2 else sample
+    n_y, n_x = (int(s) for s in data.shape[-2:])
+    yx = (slice(None), slice(None))
+    if side is not None:
+        y0, x0 = max(0, n_y // 2 - side // 2), max(0, n_x // 2 - side // 2)
+        yx = (slice(y0, y0 + side), slice(x0, x0 + side))
+    z = int(data.shape[2]) // 2 if spatial_dims == 2 else slice(None)
+    return np.sum([compute(data[(0, c, z, *yx)]) for c in chosen], axis=0, dtype=np.float32)
 
 
 # predict()'s largest tile on the CPU: one pass over 2 Mpx takes some ten seconds there, so a

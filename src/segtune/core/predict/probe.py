@@ -22,7 +22,7 @@ import torch
 
 from segtune.core.device import select_device
 from segtune.core.predict._common import ceil_to, check_output, check_spatial_dims, per_axis, warn
-from segtune.core.predict.runner import Runner, is_oom
+from segtune.core.predict.runner import Runner, is_oom, weights_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -171,10 +171,19 @@ def _geometry_uncached(
 _ARCHITECTURE_CACHE: dict[tuple, ModelGeometry] = {}
 
 
+# module -> (its weights' identity fingerprint, their digest): the digest is computed again only
+# when a weight changed (the runner's fingerprint sees in-place writes), not on every prediction
+_DIGESTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def weights_digest(model: Any) -> str | None:
     """A digest of a torch module's parameters and buffers (None for other callables)."""
     if not isinstance(model, torch.nn.Module):
         return None
+    fingerprint = weights_fingerprint(model)
+    known = _DIGESTS.get(model)
+    if known is not None and known[0] == fingerprint:
+        return known[1]
     digest = hashlib.blake2b(digest_size=16)
     with torch.no_grad():
         for name, tensor in (*model.named_parameters(), *model.named_buffers()):
@@ -182,7 +191,8 @@ def weights_digest(model: Any) -> str | None:
             digest.update(
                 tensor.detach().to("cpu", copy=False).reshape(-1).contiguous().view(torch.uint8).numpy().tobytes()
             )
-    return digest.hexdigest()
+    _DIGESTS[model] = (fingerprint, digest.hexdigest())
+    return _DIGESTS[model][1]
 
 
 def _architecture_key(model: Any, key: tuple) -> tuple | None:

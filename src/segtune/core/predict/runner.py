@@ -101,14 +101,14 @@ class Runner:
 # layout), kept between predictions: preparing copies every weight, which took 0.2-0.4 s for the
 # bundled 2D model on 2 CPU cores, as long as the network needs for a 1 MPx image. One entry per
 # (model object, device, layout); an entry is used only while the model's weights are the ones
-# it was made from (see _weights_fingerprint), so fine-tuning in place gets a fresh copy.
+# it was made from (see weights_fingerprint), so fine-tuning in place gets a fresh copy.
 _PREPARED: weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple, tuple[tuple, torch.nn.Module]]] = (
     weakref.WeakKeyDictionary()
 )
 _PREPARED_LOCK = threading.Lock()
 
 
-def _weights_fingerprint(model: torch.nn.Module) -> tuple:
+def weights_fingerprint(model: torch.nn.Module) -> tuple:
     """What changes when any weight or buffer of ``model`` changes: each tensor's identity,
     storage and version counter (torch bumps it on every in-place write: optimiser steps,
     ``load_state_dict``, ``copy_``), and the module's structure (a replaced layer)."""
@@ -121,7 +121,7 @@ def _weights_fingerprint(model: torch.nn.Module) -> tuple:
 def _prepared_copy(model: torch.nn.Module, device: torch.device, memory_format: Any) -> torch.nn.Module:
     """An inference copy of ``model`` on ``device``: cached, see :data:`_PREPARED`."""
     key = (str(device), str(memory_format))
-    fingerprint = _weights_fingerprint(model)
+    fingerprint = weights_fingerprint(model)
     with _PREPARED_LOCK:
         try:
             entry = _PREPARED.get(model, {}).get(key)
