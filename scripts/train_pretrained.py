@@ -160,7 +160,9 @@ def dsb_pairs(
     return images, labels, names
 
 
-def nuclei_2d_data(data: Path, seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
+def nuclei_2d_data(
+    data: Path, seed: int = 0, synthetic: bool = True
+) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
     """DSB 2018 fluorescence training images (instance labels) and the NIH3T3 training images,
     each zoomed so its median nucleus is ``NUCLEI_2D_DIAMETER`` px, plus synthetic nuclei."""
     from segtune.core.diameter import labels_diameter
@@ -179,7 +181,7 @@ def nuclei_2d_data(data: Path, seed: int = 0) -> tuple[list[np.ndarray], list[np
         labels.append(small_mask)
         names.append(f"nih3t3/{path.name}")
     rng = np.random.default_rng(seed)
-    for index in range(SYNTHETIC_2D_IMAGES):
+    for index in range(SYNTHETIC_2D_IMAGES if synthetic else 0):
         # drawn at a native size of 6-90 px, then zoomed to the model's size (with jitter) exactly
         # as prediction zooms a real image: the network sees upsampled (smooth-noise) small nuclei
         # and downsampled large ones, not only nuclei born at its own size
@@ -326,10 +328,8 @@ def _train_config(
     depth: int | None = None,
     base_channels: int | None = None,
     warm: bool = False,
+    learning_rate: float | None = None,
 ):
-    from segtune.core.train.augment import AugmentConfig
-    from segtune.core.train.trainer import TrainConfig
-
     # (re)training on a large data set: none of the fine-tuning guards (frozen normalisation, L2-SP,
     # keeping the starting model), even when training further from a shipped model
     common = {
@@ -343,6 +343,16 @@ def _train_config(
         "l2sp": 0.0,
         "keep_if_worse": False,
     }
+    config = _per_model_config(name, common, depth, base_channels, warm)
+    if learning_rate is not None:
+        config.learning_rate = learning_rate
+    return config
+
+
+def _per_model_config(name: str, common: dict[str, Any], depth: int | None, base_channels: int | None, warm: bool):
+    from segtune.core.train.augment import AugmentConfig
+    from segtune.core.train.trainer import TrainConfig
+
     if name == "nuclei-2d":
         # validated by the DSB validation split given to train() (val_fraction unused); epochs of
         # 300 steps so that validating costs a small part of each epoch
@@ -439,6 +449,7 @@ def train_one(
     start: str | None = None,
     work: Path | None = None,
     resume: bool = False,
+    learning_rate: float | None = None,
 ) -> tuple[Any, dict[str, Any], float]:
     """Train ``name`` from scratch (or from the model folder ``start``); returns (model, config, seconds).
 
@@ -461,7 +472,9 @@ def train_one(
         # the best epoch is chosen on synthetic stacks of other seeds: the real held-out part stays unselected-on
         val_images, val_labels, _ = nuclei_3d_data(6, seed + 1000)
         validation = (val_images, val_labels)
-    config = _train_config(name, minutes, seed, device, depth, base_channels, warm=start is not None)
+    config = _train_config(
+        name, minutes, seed, device, depth, base_channels, warm=start is not None, learning_rate=learning_rate
+    )
     work = work or WORK / name
     if work.exists() and not resume:
         shutil.rmtree(work)
@@ -525,8 +538,9 @@ def save_model_config(folder: Path, config: dict[str, Any]) -> None:
     atomic_write_text(folder / "config.json", json.dumps(config, indent=2) + "\n")
 
 
-def write_model(name: str, model: Any, config: dict[str, Any]) -> Path:
-    """Save with fp16 weights (halves the size; predictions are checked to stay within tolerance)."""
+def write_model(name: str, model: Any, config: dict[str, Any], data: Path) -> Path:
+    """Save with fp16 weights (halves the size; predictions are checked to stay within tolerance),
+    and the replay set that fine-tuning mixes in (the folder is replaced as a whole)."""
     import copy
 
     from segtune.core.models.store import save_model
@@ -534,8 +548,58 @@ def write_model(name: str, model: Any, config: dict[str, Any]) -> Path:
     model = model.cpu().eval()
     config["fp16_check"] = fp16_check(model)
     half = copy.deepcopy(model).half()
-    folder = PRETRAINED / name
-    return save_model(half, config, folder, overwrite=True)
+    folder = save_model(half, config, PRETRAINED / name, overwrite=True)
+    write_replay(name, data, folder)
+    return folder
+
+
+REPLAY_CROPS = {"nuclei-2d": 64, "membranes-2d": 30}
+REPLAY_SIDE = 128
+
+
+def write_replay(name: str, data: Path, folder: Path, seed: int = 0) -> Path | None:
+    """``folder/replay.npz``: crops of the model's own real training images, at the object size it
+    predicts at and normalised as it normalises, which fine-tuning mixes into its patches so that a
+    model taught one image keeps what it knew (:mod:`segtune.core.train.replay`). One crop per
+    image drawn at random (NIH3T3 and DSB training images for nuclei-2d; ISBI training images for
+    membranes-2d, two crops each), placed where it holds at least 10 % foreground when it can.
+    nuclei-3d has none."""
+    from segtune.core.models.store import read_config
+    from segtune.core.normalize import model_percentiles
+    from segtune.core.train.data import make_sample
+    from segtune.core.train.replay import save_replay
+
+    if name not in REPLAY_CROPS:
+        return None
+    config = read_config(folder)
+    low, high, clip = model_percentiles(config)
+    rng = np.random.default_rng(seed)
+    if name == "nuclei-2d":
+        images, labels, _ = nuclei_2d_data(data, seed, synthetic=False)
+        order = rng.permutation(len(images))
+    else:
+        images, labels, _ = membranes_data(data, ISBI_TRAIN)
+        order = np.concatenate([rng.permutation(len(images)), rng.permutation(len(images))])
+    crops, crop_labels = [], []
+    for index in order:
+        sample = make_sample(images[index], labels[index], normalization=(low, high), clip=clip)
+        image, lab = sample.image[:, 0], sample.labels[0]
+        if min(lab.shape) < REPLAY_SIDE:
+            continue
+        best = None
+        for _ in range(20):
+            y, x = (int(rng.integers(0, n - REPLAY_SIDE + 1)) for n in lab.shape)
+            window = (slice(y, y + REPLAY_SIDE), slice(x, x + REPLAY_SIDE))
+            fraction = float(np.mean(lab[window] > 0))
+            if best is None or fraction > best[0]:
+                best = (fraction, window)
+            if fraction >= 0.1:
+                break
+        crops.append(image[(slice(None), *best[1])])
+        crop_labels.append(lab[best[1]])
+        if len(crops) == REPLAY_CROPS[name]:
+            break
+    return save_replay(folder, crops, crop_labels, diameter=config.get("object_diameter"), normalization=(low, high))
 
 
 def fp16_check(model: Any) -> dict[str, Any]:
@@ -805,6 +869,30 @@ def _elastic_text(augmentation: dict[str, Any]) -> str:
     )
 
 
+def _replay_lines(name: str, folder: Path) -> list[str]:
+    """The card's words on the replay set fine-tuning mixes in (none for a model without one)."""
+    if not (folder / "replay.npz").exists():
+        return []
+    with np.load(folder / "replay.npz", allow_pickle=False) as replay:
+        n, side = replay["labels"].shape[0], replay["labels"].shape[1]
+    source = (
+        "NIH3T3 and DSB 2018 training images, one crop per image"
+        if name == "nuclei-2d"
+        else "the ISBI training images, two crops per image"
+    )
+    return [
+        "## Fine-tuning",
+        "",
+        f"`replay.npz` holds {n} crops of {side} x {side} px from {source} (never the held-out or validation "
+        "images), at the size and normalisation the model sees. Fine-tuning this model (`segtune train --from "
+        f"{name} --replay 0.5`) draws that share of its patches from them, meant to make a model taught one "
+        "corrected image keep what it knew; off by default, as it did not make one-image fine-tuning lose "
+        "less in this project's measurements (README, *Fine-tuning*). Made by `python "
+        "scripts/train_pretrained.py --write-replay`.",
+        "",
+    ]
+
+
 def write_card(name: str, config: dict[str, Any]) -> Path:
     """MODEL_CARD.md from the config's training record and the measured validation numbers."""
     from segtune.core.models.store import atomic_write_text
@@ -886,6 +974,7 @@ def write_card(name: str, config: dict[str, Any]) -> Path:
         rows,
         "",
         *([text["validation"], ""] if "validation" in text else []),
+        *_replay_lines(name, folder),
         "## Known limits",
         "",
         text["limits"].format(**values),
@@ -911,6 +1000,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--start", default=None, help="train further from this model folder or bundled name instead of from scratch"
     )
+    parser.add_argument(
+        "--learning-rate",
+        type=float,
+        default=None,
+        help="peak learning rate (default: per model; lower when training further with --start)",
+    )
     parser.add_argument("--work", type=Path, default=None, help=f"the run's folder (default {WORK}/NAME)")
     parser.add_argument("--resume", action="store_true", help="continue the interrupted run in --work")
     parser.add_argument(
@@ -922,6 +1017,11 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         metavar="RUN",
         help="make the model a --no-install run trained in RUN the bundled one (fp16 weights, validation, card)",
+    )
+    parser.add_argument(
+        "--write-replay",
+        action="store_true",
+        help="(re)write the shipped models' replay sets (replay.npz, mixed into fine-tuning), do not train",
     )
     parser.add_argument("--evaluate-only", action="store_true", help="validate the shipped models, do not train")
     parser.add_argument(
@@ -942,6 +1042,9 @@ def main(argv: list[str] | None = None) -> int:
         if name not in MODELS:
             parser.error(f"unknown model {name!r}; known: {', '.join(MODELS)}")
     for name in names:
+        if args.write_replay:
+            print(name, write_replay(name, args.data, PRETRAINED / name), flush=True)
+            continue
         if args.install:
             from segtune.core.models.store import load_model
 
@@ -955,9 +1058,9 @@ def main(argv: list[str] | None = None) -> int:
                 or training.get("seconds")
                 or sum(float(r.get("seconds") or 0) for r in _log_rows(args.install)),
             )
-            folder = write_model(name, model, config)
+            folder = write_model(name, model, config, args.data)
             config["validation"] = validate(name, args.data)
-            folder = write_model(name, model, config)
+            folder = write_model(name, model, config, args.data)
             write_card(name, config)
             print(
                 f"{name}: installed from {args.install}; validation {json.dumps(config['validation'])}; -> {folder}",
@@ -987,6 +1090,7 @@ def main(argv: list[str] | None = None) -> int:
             start=args.start,
             work=args.work,
             resume=args.resume,
+            learning_rate=args.learning_rate,
         )
         if args.no_install:
             work = args.work or WORK / name
@@ -997,10 +1101,10 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
             continue
-        folder = write_model(name, model, config)
+        folder = write_model(name, model, config, args.data)
         # the numbers are those of the shipped (fp16) weights
         config["validation"] = validate(name, args.data)
-        folder = write_model(name, model, config)
+        folder = write_model(name, model, config, args.data)
         write_card(name, config)
         print(
             f"{name}: wall time {seconds / 60:.1f} min; validation {json.dumps(config['validation'])}; -> {folder}",

@@ -185,6 +185,16 @@ def test_bad_loss_is_a_usage_error(tmp_path, capsys):
     assert "'dcie' is not a known loss" in capsys.readouterr().err
 
 
+def test_a_replay_share_outside_0_to_1_is_a_usage_error(tmp_path, capsys):
+    images, labels = _write_pairs(tmp_path, n=2)
+    args = ["train", "--images", str(images), "--labels", str(labels), "--out", str(tmp_path / "m"), *TINY]
+    code = main([*args, "--from", "nuclei-2d", "--replay", "1.5"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "replay must be in [0, 1), got 1.5" in err and "Traceback" not in err
+    assert not (tmp_path / "m").exists()
+
+
 def test_model_config_is_json(tmp_path):
     images, labels = _write_pairs(tmp_path, n=2)
     out = tmp_path / "m"

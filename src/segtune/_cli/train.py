@@ -198,6 +198,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="keep the fine-tuned model even when it scores below the starting model on the held-out data "
         "(by default the starting model is kept then, and the run says so)",
     )
+    parser.add_argument(
+        "--replay",
+        type=float,
+        metavar="SHARE",
+        default=0.0,
+        help="when fine-tuning a bundled 2D model (or one fine-tuned from it): the share of patches taken from "
+        "the general training crops it ships, e.g. 0.5 (default 0: off)",
+    )
     parser.add_argument("--resume", action="store_true", help="continue the interrupted training in --out")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
@@ -248,6 +256,7 @@ def _config(args: argparse.Namespace):
         upsample=args.upsample,
         freeze_encoder=args.freeze_encoder,
         keep_if_worse=not args.keep_worse,
+        replay=args.replay,
         max_minutes=minutes,
         device=args.device,
         amp=not args.no_amp,

@@ -51,6 +51,9 @@ class PatchSampler:
         How many crops to draw before accepting one below ``min_foreground``.
     rng
         The random generator (its state is saved in checkpoints for exact resumption).
+    replay, replay_fraction
+        Extra samples (a bundled model's general training crops) from which ``replay_fraction``
+        of the crops are drawn; the rest come from ``samples``.
     """
 
     def __init__(
@@ -62,6 +65,8 @@ class PatchSampler:
         min_foreground: float = 0.03,
         max_tries: int = 10,
         rng: np.random.Generator | None = None,
+        replay: Sequence[Sample] = (),
+        replay_fraction: float = 0.0,
     ) -> None:
         if not samples:
             raise ValueError("no training samples to draw patches from")
@@ -82,6 +87,12 @@ class PatchSampler:
         if sizes.sum() == 0:
             raise ValueError("every pixel of every training image is marked as ignored")
         self.weights = sizes / sizes.sum()
+        if replay and replay_fraction > 0:
+            replay_sizes = np.array([float(s.valid.sum()) for s in replay])
+            self.samples += list(replay)
+            self.weights = np.concatenate(
+                [self.weights * (1 - replay_fraction), replay_sizes / replay_sizes.sum() * replay_fraction]
+            )
         self.skipped = 0
         self.drawn = 0
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from segtune.core.normalize import DEFAULT_PERCENTILES, check_pixels, model_perc
 from segtune.core.train.checkpoint import load_checkpoint
 from segtune.core.train.data import Sample, make_sample, split_samples
 from segtune.core.train.losses import parse_loss
+from segtune.core.train.replay import find_replay
 from segtune.core.train.settings import NEW_MAX_DIAMETER, TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -54,6 +55,8 @@ class TrainingData:
     in_channels: int
     scale: float
     model_diameter: float | None  # the objects' diameter after rescaling (what the model sees)
+    replay_samples: list[Sample] = field(default_factory=list)  # general crops mixed in when fine-tuning
+    replay_path: Path | None = None
 
 
 def check_inputs(images, labels, masks, names) -> tuple[list, list, list, list[str]]:
@@ -236,4 +239,27 @@ def prepare_data(images, labels, masks, names, validation, config: TrainConfig, 
     else:
         train_samples, val_samples = split_samples(samples, config.val_fraction, seed=config.seed)
     model_diameter = data_diameter * scale if data_diameter else None
-    return TrainingData(names, train_samples, val_samples, in_channels, scale, model_diameter)
+    replay = None
+    if config.replay:
+        replay = find_replay(
+            start.base_name,
+            start.base_config,
+            diameter=config.object_diameter,
+            normalization=normalization,
+            in_channels=in_channels,
+        )
+        if start.model is None or config.spatial_dims != 2 or replay is None:
+            raise ValueError(
+                f"replay {config.replay:g}: the starting model ships no replay set that fits it "
+                "(only 2D bundled models, fine-tuned at their own object size, have one); use replay 0"
+            )
+    return TrainingData(
+        names,
+        train_samples,
+        val_samples,
+        in_channels,
+        scale,
+        model_diameter,
+        replay_samples=replay[0] if replay else [],
+        replay_path=replay[1] if replay else None,
+    )

@@ -122,6 +122,12 @@ class TrainConfig:
         When fine-tuning with a held-out set: if the best epoch scores a lower held-out matched
         F1 (or, without instances, a higher loss) than the starting model did on the same
         held-out data, return and save the starting model instead (``TrainResult.kept_start``).
+    replay
+        When fine-tuning a model whose folder (or an ancestor's, by its lineage) ships a replay
+        set of general training crops (:mod:`segtune.core.train.replay`), the fraction of the
+        training patches drawn from it (e.g. 0.5), meant to make a model taught one image keep
+        what it knew. 0 (the default): off; on this project's measurements it did not make
+        one-image fine-tuning of nuclei-2d lose less (README, *Fine-tuning*).
     max_minutes
         A time budget: training stops when it is spent, keeping the best model.
     device
@@ -165,6 +171,7 @@ class TrainConfig:
     freeze_norm: bool | None = None
     l2sp: float | None = None
     keep_if_worse: bool = True
+    replay: float = 0.0
     max_minutes: float | None = None
     device: str = "auto"
     amp: bool = True
@@ -209,6 +216,8 @@ class TrainConfig:
             raise ValueError(f"monitor must be auto, val_f1, val_iou, val_matched_f1 or val_loss, got {self.monitor!r}")
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+        if not 0.0 <= self.replay < 1.0:
+            raise ValueError(f"replay must be in [0, 1), got {self.replay}")
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise ValueError(f"max_minutes must be positive, got {self.max_minutes}")
         if self.object_diameter is not None and not self.object_diameter > 0:
