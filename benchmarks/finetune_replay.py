@@ -4,7 +4,8 @@ Measured on groups of the DSB 2018 *training* split (same image size, which ther
 lab and microscope), so that the benchmark groups of ``finetune_gain.py`` (the validation split)
 are never used to choose a default. For each group: fine-tune ``nuclei-2d`` on the first image
 (sorted by name) for 2 minutes with ``segtune train --from`` defaults except ``keep_if_worse``
-(off, to see what training itself does), once with ``replay`` 0 and once with 0.5, and score the
+(off, to see what training itself does), with each ``--shares`` replay share (0 and 0.5) and each
+``--learning-rates`` value (default: the automatic one), and score the
 group's next 16 images (matched F1 at IoU 0.5) before and after.
 
 nuclei-2d trained on these images, so a gain is not expected here; what the table shows is how
@@ -38,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=2.0, help="fine-tuning time per run")
     parser.add_argument("--groups", nargs="*", default=["360x360", "520x696", "512x640", "256x256"])
     parser.add_argument("--shares", nargs="*", type=float, default=[0.0, 0.5], help="replay shares to compare")
+    parser.add_argument(
+        "--learning-rates", nargs="*", type=float, default=[None], help="fine-tuning learning rates (default: auto)"
+    )
     args = parser.parse_args(argv)
 
     import train_pretrained as tp
@@ -48,15 +52,17 @@ def main(argv: list[str] | None = None) -> int:
 
     split = tp.dsb_split(args.data)
     rows = {r["name"]: r for r in csv.DictReader(open(args.data / tp.DSB_FOLDER / "index.csv", newline=""))}
-    print(f"{'group':>10}  {'start':>6}  " + "  ".join(f"replay {share:g}" for share in args.shares))
-    gains: dict[float, list[float]] = {share: [] for share in args.shares}
+    runs = [(share, lr) for lr in args.learning_rates for share in args.shares]
+    names_of = {run: f"replay {run[0]:g}" + (f" lr {run[1]:g}" if run[1] else "") for run in runs}
+    print(f"{'group':>10}  {'start':>6}  " + "  ".join(f"{names_of[run]:>15}" for run in runs))
+    gains: dict[tuple, list[float]] = {run: [] for run in runs}
     for group in args.groups:
         names = sorted(n for n in split["train"]["fluorescence"] if f"{rows[n]['height']}x{rows[n]['width']}" == group)
         pairs = [tp._dsb_read(args.data, n) for n in names[: SCORED + 1]]
         model, config = load_model("nuclei-2d")
         before = score(model, config, pairs[1:])
         cells = []
-        for share in args.shares:
+        for share, lr in runs:
             image, truth = pairs[0]
             settings = TrainConfig(
                 epochs=10_000,
@@ -65,14 +71,15 @@ def main(argv: list[str] | None = None) -> int:
                 device="cpu",
                 seed=0,
                 replay=share,
+                learning_rate=lr,
                 keep_if_worse=False,
             )
             result = train([image], [truth.astype(np.int32)], settings, model="nuclei-2d")
             after = score(result.model, result.config, pairs[1:])
-            gains[share].append(after - before)
+            gains[share, lr].append(after - before)
             cells.append(f"{after:.3f} ({after - before:+.3f})")
         print(f"{group:>10}  {before:.3f}  " + "  ".join(cells), flush=True)
-    print("mean change: " + ", ".join(f"replay {s:g} {np.mean(g):+.4f}" for s, g in gains.items()))
+    print("mean change: " + ", ".join(f"{names_of[run]} {np.mean(g):+.4f}" for run, g in gains.items()))
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     return 0
 

@@ -444,6 +444,12 @@ class TrainingRun:
         )
 
 
+# config entries a fine-tuned (or resumed) model keeps from the model it started from: its description,
+# and prediction settings that training does not decide (a bundled nuclei model's distance-peak split
+# of touching objects: dropping it made every fine-tuned nuclei-2d merge touching nuclei again)
+INHERITED_KEYS = ("description", "split_instances")
+
+
 def _record(
     config: TrainConfig,
     start: Start,
@@ -513,8 +519,9 @@ def _record(
         lineage=lineage,
         segtune_version=__version__,
     )
-    if "description" in base_config:
-        model_config["description"] = base_config["description"]
+    for key in INHERITED_KEYS:  # how the starting model is described and predicts stays as it was
+        if key in base_config:
+            model_config[key] = base_config[key]
     return training_record, model_config
 
 
