@@ -128,7 +128,7 @@ def find_replay(
         try:
             samples, replay_diameter, replay_normalization = load_replay(path)
         except (OSError, ValueError, KeyError) as e:
-            logger.warning("the replay set %s cannot be read (%s); fine-tuning without it", path, e)
+            logger.warning("the replay set %s cannot be read (%s)", path, e)
             return None
         same_size = (
             replay_diameter is None and diameter is None
@@ -140,7 +140,7 @@ def find_replay(
             or not np.allclose(replay_normalization, normalization)
             or samples[0].image.shape[0] != in_channels
         ):
-            logger.info("the replay set %s was made for other settings; fine-tuning without it", path)
+            logger.info("the replay set %s was made for another object size, normalisation or channel count", path)
             return None
         return samples, path
     return None

@@ -92,7 +92,6 @@ class TrainingRun:
         seed_everything(config.seed)
         self.fine_tuning = fine_tuning = start.model is not None and checkpoint is None
         config = auto_settings(config, fine_tuning=fine_tuning, diameter=data.model_diameter)
-        replay = data.replay_samples if config.replay else []
         self.config = config
         model = start.model
         if model is None:
@@ -143,8 +142,8 @@ class TrainingRun:
             spatial_dims=config.spatial_dims,
             min_foreground=config.min_foreground,
             rng=self.rng,
-            replay=replay,
-            replay_fraction=config.replay if replay else 0.0,
+            replay=data.replay_samples,  # loaded only when config.replay asks for them
+            replay_fraction=config.replay,
         )
         train_pixels = sum(int(s.valid.sum()) for s in data.train_samples)
         patch_pixels = int(np.prod(patch_shape))
@@ -489,7 +488,7 @@ def _record(
             "validation": [s.name for s in data.val_samples],
             **(
                 {"replay": {"file": str(data.replay_path), "crops": len(data.replay_samples), "share": config.replay}}
-                if config.replay and data.replay_samples
+                if data.replay_samples
                 else {}
             ),
         },
