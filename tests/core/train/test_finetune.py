@@ -3,11 +3,15 @@ worse, frozen normalisation statistics, L2-SP, and the defaults chosen from the 
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import torch
 
 from segtune.core.models.unet import UNet
+from segtune.core.metrics import matched_metrics
 from segtune.core.train.trainer import TrainConfig, auto_settings, held_out_summary, train
+from segtune.core.train.validation import worse
 
 from .test_trainer import TINY, _data
 
@@ -24,7 +28,7 @@ def test_fine_tuning_measures_the_starting_model_on_the_same_held_out_data():
     model = _start_model()
     result = train(images, labels, TrainConfig(**QUICK, keep_if_worse=False), model=model)
     base = result.baseline_metrics
-    assert set(base) >= {"val_loss", "val_matched_f1", "val_objects"}
+    assert set(base) >= {"val_loss", "val_matched_f1", "val_pq", "val_objects"}
     assert base["val_objects"] == result.best_metrics["val_objects"] > 0  # one held-out set for both
     assert result.config["training"]["baseline"] == base
     line = held_out_summary(result)
@@ -43,6 +47,29 @@ def test_a_fine_tune_that_scores_worse_keeps_the_starting_model():
         assert torch.equal(value, start[key]), key
     assert "starting model was kept" in held_out_summary(result)
     assert result.config["metrics"] == result.baseline_metrics
+
+
+def test_a_tie_in_matched_f1_is_decided_by_how_well_the_objects_are_drawn_not_by_the_loss():
+    # the same objects found (F1 ties) but drawn a third smaller, while the loss fell: that is worse
+    truth = np.zeros((40, 40), np.int32)
+    truth[5:15, 5:15], truth[20:30, 20:30] = 1, 2
+    drawn = np.zeros_like(truth)
+    drawn[5:13, 5:13], drawn[20:28, 20:28] = 1, 2
+    exact, shrunk = matched_metrics(truth, truth, thresholds=(0.5,)), matched_metrics(drawn, truth, thresholds=(0.5,))
+    assert exact["f1_at_0.5"] == shrunk["f1_at_0.5"] == 1.0 and shrunk["pq"] < exact["pq"]
+    baseline = {"val_matched_f1": 1.0, "val_pq": exact["pq"], "val_loss": 0.5}
+    tuned = {"val_matched_f1": 1.0, "val_pq": shrunk["pq"], "val_loss": 0.3}
+    assert worse(tuned, baseline)
+    assert not worse(baseline, tuned)
+    # matched F1 still comes first, and the loss decides only when both tie
+    assert not worse({**tuned, "val_matched_f1": 1.0}, {**baseline, "val_matched_f1": 0.9})
+    assert worse({**baseline, "val_loss": 0.6}, baseline | {"val_loss": 0.5})
+    # and the line a person reads says what decided
+    result = SimpleNamespace(best_metrics={**tuned, "val_objects": 2}, baseline_metrics=baseline, kept_start=True)
+    assert held_out_summary(result).endswith(
+        f"a tie, so panoptic quality decides: {exact['pq']:.3f} -> {shrunk['pq']:.3f}"
+        "; that is worse, so the starting model was kept"
+    )
 
 
 def test_frozen_normalisation_keeps_the_running_statistics():

@@ -57,6 +57,7 @@ LOG_COLUMNS = (
     "val_f1",
     "val_iou",
     "val_matched_f1",
+    "val_pq",
     "val_objects",
     "lr",
     "steps",
