@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from segtune.core.models.unet import UNet
 from segtune.core.metrics import matched_metrics
+from segtune.core.models.unet import UNet
 from segtune.core.train.trainer import TrainConfig, auto_settings, held_out_summary, train
 from segtune.core.train.validation import worse
 

@@ -94,7 +94,8 @@ def forward(
 def validate(
     model, samples, *, head, n_classes, loss_fn, device, spatial_dims, amp, instance_options=None
 ) -> dict[str, float]:
-    """Loss, pixel F1/IoU of the foreground, and instance F1 and panoptic quality at IoU 0.5 over the validation samples."""
+    """Loss, pixel F1/IoU of the foreground, and instance F1 and panoptic quality at IoU 0.5 over the
+    validation samples."""
     from segtune.core.metrics import matched_metrics
 
     model.eval()
