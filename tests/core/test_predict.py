@@ -634,3 +634,21 @@ def test_bundled_models_tile_exactly(name):
     geometry = probe_model(model, spatial_dims=architecture["spatial_dims"], in_channels=1)
     assert geometry.local
     assert geometry.divisor == (2 ** architecture["depth"],) * architecture["spatial_dims"]
+
+
+def test_a_model_of_dark_objects_estimates_the_diameter_on_the_inverted_image():
+    # brightfield nuclei: the nuclei of a synthetic fluorescence image, made darker than the background
+    from segtune.core.models.store import load_model
+    from segtune.core.predict import whole_image_settings
+    from segtune.core.synthetic import random_nuclei_parameters, synthetic_nuclei
+
+    params = random_nuclei_parameters(np.random.default_rng(3), diameter=(24, 24))
+    sample = synthetic_nuclei((256, 256), seed=3, **params)
+    dark = (float(sample.image.max()) - sample.image).astype(np.float32)
+    model, config = load_model("nuclei-2d")
+    _, fluorescence = whole_image_settings(model, sample.image, config=config, axes="YX")
+    _, as_is = whole_image_settings(model, dark, config=config, axes="YX")
+    _, inverted = whole_image_settings(model, dark, config={**config, "dark_objects": True}, axes="YX")
+    assert inverted == pytest.approx(fluorescence, rel=0.05)
+    assert abs(inverted - 24) < 5
+    assert abs(as_is - 24) > 5  # measured on the bright background between the nuclei, it is wrong
