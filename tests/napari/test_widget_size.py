@@ -62,6 +62,18 @@ def test_estimate_measure_units_and_model_size(widget, qtbot, sample_2d, errors)
     assert any("Select a Shapes layer" in message for message in errors())
 
 
+def test_a_model_of_dark_nuclei_estimates_on_the_inverted_plane(widget, qtbot) -> None:
+    # the sample's fluorescent nuclei made dark on a bright background, as in brightfield
+    bright = np.asarray(open_image(sample_file("nuclei_2d.tif")).data[0, 0, 0], dtype=np.float32)
+    widget.viewer.add_image(bright.max() - bright, name="dark")
+    widget.model_panel.load_bundled("nuclei-he-2d")
+    size = widget.predict_panel.size_row
+    size.estimate_button.click()
+    assert wait_for(qtbot, size.job) == "done"
+    truth = labels_diameter(read_labels(sample_file("nuclei_2d_labels.tif")))
+    assert abs(size.diameter.value() - truth) / truth < 0.1, (size.diameter.value(), truth)
+
+
 def test_the_diameter_reaches_the_prediction(widget, qtbot, sample_2d) -> None:
     viewer = widget.viewer
     viewer.add_image(sample_2d["image"], name="nuclei")

@@ -149,7 +149,8 @@ class ObjectSizeRow(QWidget):
     # --- estimate and measure -----------------------------------------------------------------
 
     def estimate(self) -> Job:
-        """Estimate the diameter on the plane on screen (in a worker thread)."""
+        """Estimate the diameter on the plane on screen (in a worker thread); inverted first for a
+        model of objects darker than their background (config ``dark_objects``), as prediction does."""
         from segtune.core.diameter import estimate_diameter
 
         layer = self.image_choice.require("estimating the object size")
@@ -157,9 +158,11 @@ class ObjectSizeRow(QWidget):
         leading = layer.ndim - 2 - (1 if layer.rgb else 0)
         plane = layer.data[tuple(position[:leading])]
         rgb = bool(layer.rgb)
+        dark = bool(self.state.config.get("dark_objects"))
 
         def work(progress: Any = None, cancel: Any = None) -> float:
-            return estimate_diameter(np.asarray(plane, dtype=np.float32), channel_axis=-1 if rgb else None)
+            values = np.asarray(plane, dtype=np.float32)
+            return estimate_diameter(values.max() - values if dark else values, channel_axis=-1 if rgb else None)
 
         def done(pixels: float) -> None:
             if not np.isfinite(pixels):

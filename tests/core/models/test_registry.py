@@ -20,7 +20,16 @@ def _folder(path: Path, config: dict | None = None, card: str | None = None) -> 
 
 def test_the_shipped_table_lists_every_model_in_table_order():
     models = registry.list_models()
-    assert [m.name for m in models] == list(registry.BUNDLED_MODELS) == ["nuclei-2d", "membranes-2d", "nuclei-3d"]
+    assert (
+        [m.name for m in models]
+        == list(registry.BUNDLED_MODELS)
+        == [
+            "nuclei-2d",
+            "membranes-2d",
+            "nuclei-3d",
+            "nuclei-he-2d",
+        ]
+    )
     for model in models:
         assert model.folder == registry.PRETRAINED_DIR / registry.BUNDLED_MODELS[model.name]
         assert registry.resolve_model(model.name) == model.folder

@@ -21,6 +21,7 @@ BUNDLED_MODELS: dict[str, str] = {
     "nuclei-2d": "nuclei-2d",
     "membranes-2d": "membranes-2d",
     "nuclei-3d": "nuclei-3d",
+    "nuclei-he-2d": "nuclei-he-2d",
 }
 
 
