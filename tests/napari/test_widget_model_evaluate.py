@@ -227,7 +227,7 @@ def test_bundled_model_is_listed_with_its_card_line_and_loads(widget, errors) ->
     from segtune.core.models.registry import list_models
 
     models = list_models()
-    assert [m.name for m in models] == ["nuclei-2d", "membranes-2d", "nuclei-3d"]
+    assert [m.name for m in models] == ["nuclei-2d", "membranes-2d", "nuclei-3d", "nuclei-he-2d"]
     panel = widget.model_panel
     assert [panel.bundled.itemText(i) for i in range(panel.bundled.count())] == [m.name for m in models]
     panel.bundled.setCurrentIndex(0)
