@@ -72,6 +72,20 @@ def test_a_tie_in_matched_f1_is_decided_by_how_well_the_objects_are_drawn_not_by
     )
 
 
+def test_a_model_fine_tuned_from_nuclei_he_2d_still_estimates_dark_nuclei(tmp_path):
+    """nuclei-he-2d's objects are darker than the background (config ``dark_objects``: the automatic
+    diameter is estimated on the inverted image); a model fine-tuned from it must keep that."""
+    from segtune.core.models.store import load_model
+    from segtune.core.synthetic import synthetic_nuclei
+
+    sample = synthetic_nuclei((128, 128), seed=3, diameter=20.0)
+    dark = (float(sample.image.max()) - sample.image).astype(np.float32)
+    config = TrainConfig(epochs=1, steps_per_epoch=1, batch_size=2, device="cpu", learning_rate=1e-12)
+    result = train([dark], [sample.labels], config, model="nuclei-he-2d", out=tmp_path / "tuned")
+    _, saved = load_model(tmp_path / "tuned", device="cpu")
+    assert saved["dark_objects"] is True and result.config["dark_objects"] is True
+
+
 def test_frozen_normalisation_keeps_the_running_statistics():
     images, labels = _data(2)
     model = _start_model()

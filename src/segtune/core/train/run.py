@@ -446,8 +446,9 @@ class TrainingRun:
 
 # config entries a fine-tuned (or resumed) model keeps from the model it started from: its description,
 # and prediction settings that training does not decide (a bundled nuclei model's distance-peak split
-# of touching objects: dropping it made every fine-tuned nuclei-2d merge touching nuclei again)
-INHERITED_KEYS = ("description", "split_instances")
+# of touching objects: dropping it made every fine-tuned nuclei-2d merge touching nuclei again; whether
+# its objects are darker than the background, which the automatic diameter is estimated on)
+INHERITED_KEYS = ("description", "split_instances", "dark_objects")
 
 
 def _record(

@@ -161,7 +161,12 @@ def held_out_summary(result: Any) -> str:
         return f"held-out {name} {best[key]:.3f} ({where})"
     line = f"held-out {name} {base[key]:.3f} -> {best[key]:.3f} (starting model -> trained, {where})"
     quality = (base.get("val_pq"), best.get("val_pq"))
-    if key == "val_matched_f1" and base[key] == best[key] and all(isinstance(q, float) for q in quality):
+    if (
+        key == "val_matched_f1"
+        and base[key] == best[key]
+        and all(isinstance(q, float) and math.isfinite(q) for q in quality)
+        and quality[0] != quality[1]
+    ):
         line += f"; a tie, so panoptic quality decides: {quality[0]:.3f} -> {quality[1]:.3f}"
     if result.kept_start:
         line += "; that is worse, so the starting model was kept"
