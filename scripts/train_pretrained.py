@@ -905,7 +905,8 @@ CARD_TEXT = {
         "and stains (strong eosin, IHC/DAB, dense tumour tissue) is outside what it saw: fine-tune it on a few "
         "corrected images (`segtune train --from nuclei-he-2d`). Not for fluorescence (use nuclei-2d). The "
         "small network of nuclei-2d (depth 3, 16 base channels), trained for {minutes:g} minutes on 2 CPU "
-        "cores; on the stained validation images it finds about 7 nuclei in 10 (matched F1 0.70). Brightfield "
+        "cores: matched F1 0.70 on the stained validation images, so expect to correct about a third of the "
+        "nuclei before fine-tuning. Brightfield "
         "cytology is weak: on its 3 validation images the automatic diameter measures the cells rather than "
         "their nuclei (matched F1 0.14); given the true diameter, 0.49. Give `--diameter` there.",
         "validation": "`dsb2018_stained_validation_...` and `dsb2018_brightfield_validation_...` are the split's "
