@@ -220,10 +220,14 @@ class Job(QObject):
         if not batch:
             return
         last = batch[-1]
-        # updating napari's bar can process Qt events, so the job may finish (and close the bar)
-        # inside this method: work on a local reference
+        # updating napari's bar can process Qt events, so the job may finish (run _returned, which
+        # closes the bar and shows the final state) inside this method: the widget's own display
+        # takes the events first, so that a late batch never overwrites that final state, and the
+        # bar is worked on through a local reference
         bar = self._bar
         try:
+            if self.on_events is not None:
+                self.on_events(batch)
             if bar is not None:
                 if last.total and bar.total != last.total:
                     bar.total = last.total
@@ -233,8 +237,6 @@ class Job(QObject):
                 text = f"{self.description}: {last.message}" if last.message else self.description
                 if text != bar.desc:
                     bar.set_description(text)
-            if self.on_events is not None:
-                self.on_events(batch)
         except Exception as e:  # noqa: BLE001 - a display error must not kill the job or Qt
             logger.warning("progress display failed: %s", e)
 
