@@ -161,8 +161,7 @@ class ObjectSizeRow(QWidget):
         dark = bool(self.state.config.get("dark_objects"))
 
         def work(progress: Any = None, cancel: Any = None) -> float:
-            values = np.asarray(plane, dtype=np.float32)
-            return estimate_diameter(values.max() - values if dark else values, channel_axis=-1 if rgb else None)
+            return estimate_diameter(np.asarray(plane, dtype=np.float32), channel_axis=-1 if rgb else None, dark=dark)
 
         def done(pixels: float) -> None:
             if not np.isfinite(pixels):

@@ -105,6 +105,7 @@ def estimate_diameter(
     min_diameter: float = 4.0,
     channel_axis: int | None = None,
     max_side: int = 1024,
+    dark: bool = False,
 ) -> float:
     """Estimate the typical diameter (pixels) of the bright objects in ``image``, or of ``labels``.
 
@@ -121,6 +122,9 @@ def estimate_diameter(
         Axis of channels to sum over first, if any.
     max_side
         Larger images are estimated on a central crop of this size (per axis), for speed.
+    dark
+        The objects are darker than their background (nuclei in brightfield): the image is
+        inverted first.
 
     Returns
     -------
@@ -172,6 +176,8 @@ def estimate_diameter(
         raise ValueError(f"image must be 2D (Y, X) or 3D (Z, Y, X), got shape {np.shape(image)}")
     if not np.all(np.isfinite(array)):
         array = np.nan_to_num(array, nan=float(np.nanmedian(array)))
+    if dark:
+        array = array.max() - array
     crop = tuple(slice(max(0, (n - max_side) // 2), max(0, (n - max_side) // 2) + max_side) for n in array.shape[-2:])
     array = array[(..., *crop)]
     if array.ndim == 3 and array.shape[0] > _MAX_PLANES:
@@ -491,7 +497,8 @@ def resolve_diameter(
         the diameter in pixels (used whenever the model records an ``object_diameter``);
         ``None`` or 0: no zoom.
     config
-        The model's config (``object_diameter``, ``auto_diameter``).
+        The model's config (``object_diameter``, ``auto_diameter``; ``dark_objects``: estimate
+        on the inverted image).
     image
         ``(Y, X)`` or ``(Z, Y, X)`` intensities to estimate from (needed for ``"auto"``).
 
@@ -515,7 +522,7 @@ def resolve_diameter(
             return None, 1.0
         if image is None:
             raise ValueError("diameter='auto' needs the image to estimate it from")
-        estimate = estimate_diameter(image)
+        estimate = estimate_diameter(image, dark=bool(config.get("dark_objects")))
         if not np.isfinite(estimate):
             warnings.warn(
                 "could not estimate the object diameter (no objects found); predicting without rescaling", stacklevel=2

@@ -422,9 +422,7 @@ def diameter_sample(
 ) -> np.ndarray | None:
     """What the automatic diameter is estimated from: the chosen channels summed, at the first
     time point (only its middle plane is read for a 2D model), in Y and X the middle ``side``
-    pixels when given (the whole plane otherwise), inverted for a model of objects darker than
-    their background (config ``dark_objects``: nuclei in brightfield); None when no estimate is
-    asked for."""
+    pixels when given (the whole plane otherwise); None when no estimate is asked for."""
     if not (isinstance(diameter, str) and config.get("object_diameter") and config.get("auto_diameter")):
         return None
     spatial_dims = int((config.get("architecture", {}) or {}).get("spatial_dims", 2))
@@ -434,8 +432,7 @@ def diameter_sample(
         y0, x0 = max(0, n_y // 2 - side // 2), max(0, n_x // 2 - side // 2)
         yx = (slice(y0, y0 + side), slice(x0, x0 + side))
     z = int(data.shape[2]) // 2 if spatial_dims == 2 else slice(None)
-    sample = np.sum([compute(data[(0, c, z, *yx)]) for c in chosen], axis=0, dtype=np.float32)
-    return sample.max() - sample if config.get("dark_objects") else sample
+    return np.sum([compute(data[(0, c, z, *yx)]) for c in chosen], axis=0, dtype=np.float32)
 
 
 # predict()'s largest tile on the CPU: one pass over 2 Mpx takes some ten seconds there, so a
