@@ -961,15 +961,16 @@ def write_card(name: str, config: dict[str, Any]) -> Path:
     folder = PRETRAINED / name
     text = CARD_TEXT[name]
     d = config.get("object_diameter") or 0
+    train_split = json.loads(DSB_SPLIT_FILE.read_text())["train"]
     values = {
         "d": d,
         "held": ", ".join(NIH3T3_HELD_OUT),
         "lo": round(d * 0.7, 1),
         "hi": round(d * 1.5, 1),
         "n_syn": SYNTHETIC_2D_IMAGES,
-        "n_dsb": len(json.loads(DSB_SPLIT_FILE.read_text())["train"]["fluorescence"]),
-        "n_stained": len(json.loads(DSB_SPLIT_FILE.read_text())["train"]["stained"]),
-        "n_bright": len(json.loads(DSB_SPLIT_FILE.read_text())["train"]["brightfield"]),
+        "n_dsb": len(train_split["fluorescence"]),
+        "n_stained": len(train_split["stained"]),
+        "n_bright": len(train_split["brightfield"]),
         "minutes": round(config.get("training", {}).get("wall_seconds", 0) / 60),
         "baseline": HE_BASELINE,
     }

@@ -18,7 +18,7 @@ from segtune.core.models.heads import ACTIVATIONS
 from segtune.core.train.data import make_targets
 from segtune.core.train.loop import autocast
 
-__all__ = ["forward", "held_out_summary", "instance_options", "validate", "worse"]
+__all__ = ["deciding_metric", "forward", "held_out_summary", "instance_options", "validate", "worse"]
 
 
 def instance_options(head: str, model_config: dict[str, Any], diameter: float | None) -> dict[str, Any]:
@@ -43,15 +43,15 @@ def instances_of(probabilities: np.ndarray, head: str, options: dict[str, Any] |
     return postprocess(probabilities, head, instances=True, **(options or {"min_size": 4}))
 
 
-def worse(metrics: dict[str, Any], baseline: dict[str, Any]) -> bool:
-    """Whether ``metrics`` score below ``baseline`` on the held-out data: by matched F1 where
-    both have one and it differs; on a tie (a held-out region of a few objects often has one) by
-    panoptic quality (matched F1 times the matched objects' mean IoU: how well the objects are
-    drawn, as prediction draws them); else by validation loss.
+def deciding_metric(metrics: dict[str, Any], baseline: dict[str, Any]) -> str | None:
+    """The held-out measure that tells ``metrics`` from ``baseline``: matched F1 where both have
+    one and it differs; on a tie (a held-out region of a few objects often has one) panoptic
+    quality (matched F1 times the matched objects' mean IoU: how well the objects are drawn, as
+    prediction draws them); else the validation loss; None when nothing differs.
 
     The loss is the last resort because it falls whenever the model moves toward the one image it
     trains on, also where the objects it draws on that image's held-out part get no better."""
-    for key, larger_is_better in (("val_matched_f1", True), ("val_pq", True), ("val_loss", False)):
+    for key in ("val_matched_f1", "val_pq", "val_loss"):
         value, reference = metrics.get(key), baseline.get(key)
         if (
             isinstance(value, float)
@@ -60,8 +60,17 @@ def worse(metrics: dict[str, Any], baseline: dict[str, Any]) -> bool:
             and math.isfinite(reference)
             and value != reference
         ):
-            return value < reference if larger_is_better else value > reference
-    return False
+            return key
+    return None
+
+
+def worse(metrics: dict[str, Any], baseline: dict[str, Any]) -> bool:
+    """Whether ``metrics`` score below ``baseline`` on the held-out data, by the measure
+    :func:`deciding_metric` picks."""
+    key = deciding_metric(metrics, baseline)
+    if key is None:
+        return False
+    return metrics[key] > baseline[key] if key == "val_loss" else metrics[key] < baseline[key]
 
 
 @torch.no_grad()
@@ -160,14 +169,8 @@ def held_out_summary(result: Any) -> str:
     if not base or not isinstance(base.get(key), float):
         return f"held-out {name} {best[key]:.3f} ({where})"
     line = f"held-out {name} {base[key]:.3f} -> {best[key]:.3f} (starting model -> trained, {where})"
-    quality = (base.get("val_pq"), best.get("val_pq"))
-    if (
-        key == "val_matched_f1"
-        and base[key] == best[key]
-        and all(isinstance(q, float) and math.isfinite(q) for q in quality)
-        and quality[0] != quality[1]
-    ):
-        line += f"; a tie, so panoptic quality decides: {quality[0]:.3f} -> {quality[1]:.3f}"
+    if key == "val_matched_f1" and base[key] == best[key] and deciding_metric(best, base) == "val_pq":
+        line += f"; a tie, so panoptic quality decides: {base['val_pq']:.3f} -> {best['val_pq']:.3f}"
     if result.kept_start:
         line += "; that is worse, so the starting model was kept"
     return line
