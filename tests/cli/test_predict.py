@@ -315,3 +315,8 @@ def test_channel_names_a_colour_channel_of_a_czi(model_dir, colour_czi, czi_dir,
     # the shared RGB CZI: its one colour channel has no name of its own; it is "RGB"
     assert main([*base, str(czi_dir / "RGB-8bit.czi"), "--channel", "RGB"]) == 0
     assert read_labels(out / "RGB-8bit_labels.tif").shape == (624, 924)
+    # and the grey mean is what an image that is one colour channel and nothing else gets unasked
+    chosen = read_labels(out / "RGB-8bit_labels.tif")
+    unasked = tmp_path / "unasked"
+    assert main([*base[:3], "--out", str(unasked), "--device", "cpu", str(czi_dir / "RGB-8bit.czi")]) == 0
+    np.testing.assert_array_equal(read_labels(unasked / "RGB-8bit_labels.tif"), chosen)

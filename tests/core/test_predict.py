@@ -652,3 +652,42 @@ def test_a_model_of_dark_objects_estimates_the_diameter_on_the_inverted_image():
     assert inverted == pytest.approx(fluorescence, rel=0.05)
     assert abs(inverted - 24) < 5
     assert abs(as_is - 24) > 5  # measured on the bright background between the nuclei, it is wrong
+
+
+def test_a_colour_image_is_read_as_the_grey_mean_of_its_colours_on_every_prediction_path(shared_data):
+    """An RGB(A) image (channels red, green, blue, alpha, as a PNG or a napari RGB layer has them)
+    given to a one-channel model without a channel: the mean of its colours, as the bundled
+    models read colour images in training; the same on the whole-image, first-look
+    (``whole_image_settings``) and block-by-block paths. Before, each asked for a channel."""
+    import imageio.v3 as iio
+
+    from segtune.core.models.store import load_model
+    from segtune.core.predict import whole_image_settings
+    from segtune.core.predict.blockwise import predict_into
+
+    rgba = iio.imread(shared_data / "nuclei_dsb2018" / "images" / "0e21d7b3eea8cdbb.png")  # stained tissue
+    if rgba.shape[-1] == 3:
+        rgba = np.concatenate([rgba, np.full(rgba.shape[:2] + (1,), 255, rgba.dtype)], axis=-1)
+    grey = np.mean(rgba[..., :3], axis=-1, dtype=np.float32)
+    model = load_model("nuclei-he-2d")
+    colour = {"axes": "YXC", "channel_names": ["red", "green", "blue", "alpha"]}
+    options = {"instances": True, "device": "cpu"}
+
+    expected = predict(model, grey, axes="YX", **options).labels
+    assert expected.max() > 10
+    np.testing.assert_array_equal(predict(model, rgba, **colour, **options).labels, expected)
+    red = predict(model, rgba, channel="red", **colour, **options).labels
+    assert not np.array_equal(red, expected)  # the choice matters on stained tissue
+
+    config, diameter = whole_image_settings(model, rgba, **colour)
+    assert (config, diameter) == whole_image_settings(model, grey, axes="YX")
+
+    out, want = np.zeros(grey.shape, np.uint32), np.zeros(grey.shape, np.uint32)
+    predict_into(model, rgba, out, block=128, **colour, **options)
+    predict_into(model, grey, want, block=128, axes="YX", **options)
+    np.testing.assert_array_equal(out, want)
+    assert want.max() > 10
+
+    # channels without colour names are no colour image: the model's one channel is still asked for
+    with pytest.raises(ValueError, match="choose with channel="):
+        predict(model, rgba, axes="YXC", **options)

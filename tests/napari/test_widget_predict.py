@@ -252,3 +252,60 @@ def test_a_plane_too_large_for_memory_goes_block_by_block_into_an_editable_layer
     labels.paint((10, 10), 7)  # the brush writes into the array on disk
     assert int(zarr.open_array(labels.data.store)[10, 10]) == 7
     assert errors() == []
+
+
+def test_a_colour_layer_is_read_as_grey_by_a_one_channel_model(widget, qtbot, shared_data, errors) -> None:
+    """An RGB layer (stained tissue) with the one-channel nuclei-he-2d: the Channel boxes of
+    Predict and Fine-tune offer the grey mean of the colours first (what the model trained on) and
+    pick it; whole-image and block-by-block prediction give the core's labels of the grey image,
+    and fine-tuning learns from that grey image."""
+    import imageio.v3 as iio
+
+    from segtune._napari._panels import GREY_TEXT
+    from segtune.core.predict.blockwise import predict_into
+
+    rgb = iio.imread(shared_data / "nuclei_dsb2018" / "images" / "0e21d7b3eea8cdbb.png")[..., :3]
+    grey = np.mean(rgb, axis=-1, dtype=np.float32)
+    viewer = widget.viewer
+    image = viewer.add_image(rgb, name="tissue", rgb=True)
+    model_panel = widget.model_panel
+    model_panel.bundled.setCurrentIndex(model_panel.bundled.findText("nuclei-he-2d"))
+    model_panel.load_bundled_button.click()
+    assert widget.state.name.startswith("nuclei-he-2d")
+    panel = widget.predict_panel
+    panel.image_layer.set_layer(image)
+    channels = [panel.channel.itemText(i) for i in range(panel.channel.count())]
+    assert channels == [GREY_TEXT, "red", "green", "blue"] and panel.channel.currentText() == GREY_TEXT
+
+    model = (widget.state.model, widget.state.config)
+    options = {"instances": True, "objects": ObjectOptions(min_size="auto"), "device": "cpu"}
+    panel.run_button.click()
+    assert wait_for(qtbot, panel.job) == "done"
+    (labels,) = panel.last_layers
+    expected = predict(model, grey, axes="YX", **options).labels[0, 0]
+    assert expected.max() > 10
+    np.testing.assert_array_equal(labels.data, expected)
+
+    panel.blockwise_above = 100 * 100
+    panel.run_button.click()
+    assert wait_for(qtbot, panel.job) == "done"
+    (blockwise,) = panel.last_layers
+    want = np.zeros(grey.shape, np.uint32)
+    predict_into(model[0], grey, want, config=model[1], axes="YX", **options)
+    np.testing.assert_array_equal(blockwise.data[:], want)
+
+    panel.channel.setCurrentText("red")  # a colour of its own is still there to choose
+    panel.blockwise_above = None
+    panel.run_button.click()
+    assert wait_for(qtbot, panel.job) == "done"
+    (red,) = panel.last_layers
+    np.testing.assert_array_equal(red.data, predict(model, rgb[..., 0], axes="YX", **options).labels[0, 0])
+    assert not np.array_equal(red.data, expected)
+
+    finetune = widget.finetune_panel
+    finetune.image_layer.set_layer(image)
+    finetune.labels_layer.set_layer(labels)
+    assert finetune.channel.currentText() == GREY_TEXT
+    images, _, _, _, _ = finetune.training_data()
+    np.testing.assert_array_equal(images[0], grey)
+    assert errors() == []

@@ -73,7 +73,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         metavar="C",
         help="input channel by index or name (needed for multi-channel images); the name of a colour "
-        "channel (Bright, or RGB for an unnamed one) gives a one-channel model the mean of its red, green and blue",
+        "channel (Bright, or RGB for an unnamed one) gives a one-channel model the mean of its red, green and "
+        "blue, which is what an RGB image (PNG, TIFF) gets when no channel is given",
     )
     parser.add_argument(
         "--instances",

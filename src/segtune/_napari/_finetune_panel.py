@@ -268,7 +268,9 @@ class FinetunePanel(JobPanel):
         image_data = image.data[image_index + ((slice(None),) if image.rgb else ())]
         if image.rgb:
             channel = self.channel.currentData()
-            if channel is not None:
+            if channel == "RGB":  # the grey mean of the colours, as prediction makes it
+                image_data = np.mean(np.asarray(image_data)[..., :3], axis=-1, dtype=np.float32)
+            elif channel is not None:
                 image_data = image_data[..., channel]
             elif self.state.in_channels != image.data.shape[-1]:
                 raise UserError(

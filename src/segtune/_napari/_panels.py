@@ -28,6 +28,7 @@ from segtune._napari._state import ModelState, UserError
 
 AXIS_WORDS = {"Z": "planes (Z)", "T": "time points (T)"}
 RGB_NAMES = ("red", "green", "blue", "alpha")
+GREY_TEXT = "grey (mean of red, green, blue)"
 FAILED_TEXT = "Failed: see the message (bell icon, bottom right)."
 
 
@@ -191,11 +192,15 @@ class PlaneRange:
 
 def fill_channels(combo: QComboBox, names: list[str], in_channels: int) -> None:
     """List the image's channels by ``names`` (with "all channels" first when the model takes
-    them all), or "(one channel)", disabled, for a one-channel image."""
+    them all, and for a colour image the grey mean of its colours first when the model takes one
+    channel), or "(one channel)", disabled, for a one-channel image."""
     combo.clear()
     if names:
         if in_channels == len(names):
             combo.addItem("all channels", None)
+        elif in_channels == 1 and tuple(names[:3]) == RGB_NAMES[:3]:
+            # as the bundled models read colour images in training; what the core does unasked
+            combo.addItem(GREY_TEXT, "RGB")
         for i, name in enumerate(names):
             combo.addItem(name, i)
     else:

@@ -250,6 +250,7 @@ class PredictPanel(JobPanel):
             config=state.config,
             axes=selection.axes,
             channel=channel,
+            channel_names=list(RGB_NAMES[: layer.data.shape[-1]]) if layer.rgb else None,
             threshold=self.threshold.value(),
             instances=instances,
             objects=ObjectOptions(min_size=self.min_size.value() if self.min_size.value() >= 0 else "auto"),
@@ -411,7 +412,12 @@ class PredictPanel(JobPanel):
 
         def work(progress: Any = None, cancel: Any = None) -> tuple[dict[str, Any], np.ndarray]:
             config, diameter = whole_image_settings(
-                model, data, config=options["config"], axes=options["axes"], channel=options["channel"]
+                model,
+                data,
+                config=options["config"],
+                axes=options["axes"],
+                channel=options["channel"],
+                channel_names=options["channel_names"],
             )
             settings = {**options, "config": config, "diameter": diameter, "axes": plane.axes}
             result = predict(model, crop_data, progress=progress, cancel=cancel, **settings)

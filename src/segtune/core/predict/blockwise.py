@@ -187,19 +187,32 @@ class Blockwise:
         block: int = DEFAULT_BLOCK,
         diameter: float | str | None = "auto",
         channel: int | str | Sequence[int | str] | None = None,
+        channel_names: Sequence[str] | None = None,
         progress: ProgressCallback | None = None,
         cancel: CancelToken | None = None,
         **options: Any,
     ) -> None:
+        import dask.array as da
+
         from segtune.core.predict.frontend import whole_image_settings
-        from segtune.core.predict.inputs import as_tczyx, resolve_model
+        from segtune.core.predict.inputs import as_tczyx, colour_channel, resolve_model
 
         if block < 16 or block % 16:
             raise ValueError(f"block must be a positive multiple of 16 pixels, got {block}")
         self.model, config = resolve_model(model, config, options.get("device", "auto"))
         if int((config.get("architecture", {}) or {}).get("spatial_dims", 2)) != 2:
             raise ValueError("block-by-block prediction takes a 2D model; a 3D model predicts volumes whole")
-        self.data, self.names, _ = as_tczyx(image, None if hasattr(image, "dims") else axes, None)
+        self.data, self.names, _ = as_tczyx(image, None if hasattr(image, "dims") else axes, channel_names)
+        # a colour channel a one-channel model sees as grey: the mean is taken window by window
+        lazy = (
+            da.from_array(self.data, chunks=(1, -1, 1, block, block))
+            if isinstance(self.data, np.ndarray)
+            else self.data
+        )
+        in_channels = int((config.get("architecture", {}) or {}).get("in_channels", 1))
+        grey, names, channel = colour_channel(lazy, self.names, channel, in_channels)
+        if names != self.names:
+            self.data, self.names = grey, names
         self.channel, self.block, self.cancel = channel, block, cancel
         diameter = _estimate_diameter(self.data, self.names, channel, config, diameter)
         self.config, self.diameter = whole_image_settings(

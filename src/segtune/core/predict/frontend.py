@@ -406,8 +406,10 @@ def whole_image_settings(
 
     model, config = resolve_model(model, config, "cpu")
     architecture = config.get("architecture", {}) or {}
+    in_channels = int(architecture.get("in_channels", 1))
     data, names, _ = as_tczyx(image, axes, channel_names)
-    chosen = select_channels(channel, names, int(data.shape[1]), int(architecture.get("in_channels", 1)))
+    data, names, channel = colour_channel(data, names, channel, in_channels)
+    chosen = select_channels(channel, names, int(data.shape[1]), in_channels)
     used_diameter, _ = sizing.resolve_diameter(diameter, config, diameter_sample(data, chosen, config, diameter))
     spec = config.get("normalization")
     if isinstance(spec, Mapping) and spec.get("method", "percentile") == "percentile" and spec.get("limits") is None:

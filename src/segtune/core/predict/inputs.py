@@ -99,9 +99,16 @@ def _expand(data: Any, position: int) -> Any:
 def colour_channel(data: Any, names: list[str], channel: Any, in_channels: int) -> tuple[Any, list[str], Any]:
     """``channel="Bright"`` naming a colour channel, whose RGB samples are the channels ``Bright (red)``,
     ``Bright (green)``, ``Bright (blue)``: those samples for a model that takes three channels, their
-    mean (a grey image) for a model that takes one."""
-    from segtune.core.io import sample_group
+    mean (a grey image) for a model that takes one.
 
+    An image that is one colour channel and nothing else (its channels are ``red``, ``green``,
+    ``blue`` and maybe ``alpha``: an RGB PNG, TIFF or napari layer) needs no choice: ``channel=None``
+    means its colours (``"RGB"``) when the model does not take all its channels as they are. The
+    bundled models read colour images that way (the mean of the colours) in training."""
+    from segtune.core.io import SAMPLE_NAMES, sample_group
+
+    if channel is None and len(names) != in_channels and tuple(names) in SAMPLE_NAMES.values():
+        channel = "RGB"
     if not isinstance(channel, str) or channel in names:
         return data, names, channel
     group = sample_group(names, channel)[:3]  # alpha is no colour
