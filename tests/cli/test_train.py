@@ -141,6 +141,30 @@ def test_fine_tune_from_a_model_folder(tmp_path):
     assert config["lineage"][0]["from"] == str(base)
 
 
+def test_a_one_channel_model_fine_tunes_on_an_rgb_png_as_prediction_reads_it(shared_data, tmp_path):
+    """``segtune train --from nuclei-he-2d`` on a stained-tissue RGB PNG: the model takes one
+    channel, and the image reaches it as the grey mean of its colours, as ``segtune predict``
+    gives it (before, training stopped: "the model takes 1 channel(s) but the images have 3")."""
+    from segtune.core.train.data import load_pairs
+
+    folder = shared_data / "nuclei_dsb2018"
+    image, labels = folder / "images" / "0e21d7b3eea8cdbb.png", folder / "labels" / "0e21d7b3eea8cdbb.png"
+    (grey,), _, _ = load_pairs([image], [labels], in_channels=1)
+    (colour,), _, _ = load_pairs([image], [labels])
+    assert colour.shape[0] in (3, 4)  # a new model still sees the colours
+    np.testing.assert_allclose(grey, np.mean(colour[:3], axis=0, dtype=np.float32))
+
+    out = tmp_path / "tuned"
+    code = main(
+        ["train", "--from", "nuclei-he-2d", "--images", str(image), "--labels", str(labels), "--out", str(out)]
+        + ["--epochs", "1", "--steps-per-epoch", "2", "--patch", "64", "--batch-size", "2", "--device", "cpu"]
+    )
+    assert code == 0
+    _, config = load_model(out)
+    assert config["architecture"]["in_channels"] == 1
+    assert "nuclei-he-2d" in [step.get("from") for step in config["lineage"]]
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [

@@ -297,12 +297,17 @@ def _cut_holding_objects(labels: np.ndarray, axis: int, fraction: float, widest:
     return max(cut, int(round(n * (1 - widest))))
 
 
-def _read_image_array(path: Path) -> np.ndarray:
-    """An image file as a numpy array with its singleton T/C/Z axes dropped: (C?, Z?, Y, X)."""
+def _read_image_array(path: Path, in_channels: int | None = None) -> np.ndarray:
+    """An image file as a numpy array with its singleton T/C/Z axes dropped: (C?, Z?, Y, X); for a
+    model taking ``in_channels``, a colour image as prediction reads it (the grey mean of an RGB
+    image's colours for a one-channel model)."""
     from segtune.core.io import open_image
+    from segtune.core.predict.inputs import colour_channel
 
     image = open_image(path)
     data = image.data  # TCZYX
+    if in_channels is not None:
+        data, _, _ = colour_channel(data, list(image.channel_names), None, in_channels)
     if data.shape[0] > 1:
         logger.warning("%s has %d time points; training uses the first", path, data.shape[0])
     data = np.asarray(data[0].compute())  # CZYX
@@ -314,9 +319,15 @@ def _read_image_array(path: Path) -> np.ndarray:
 
 
 def load_pairs(
-    image_paths: Sequence[str | os.PathLike], label_paths: Sequence[str | os.PathLike]
+    image_paths: Sequence[str | os.PathLike],
+    label_paths: Sequence[str | os.PathLike],
+    in_channels: int | None = None,
 ) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
     """Read image and label files into arrays, pairing them in the order given.
+
+    ``in_channels``, the input channels of the model to be trained further, lets an image that is
+    one colour and nothing else (an RGB PNG or TIFF) reach a one-channel model as the grey mean
+    of its colours, as prediction gives it to that model.
 
     Returns
     -------
@@ -342,7 +353,7 @@ def load_pairs(
         raise ValueError("no training images given")
     images, labels, names = [], [], []
     for image_path, label_path in zip(image_paths, label_paths, strict=True):
-        image = _read_image_array(Path(image_path))
+        image = _read_image_array(Path(image_path), in_channels)
         label = read_labels(label_path)
         try:
             as_labels(label, "labels")

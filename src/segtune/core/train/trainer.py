@@ -28,6 +28,7 @@ the starting model, prepare the data, set up the run (:class:`_Training`), the l
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import os
@@ -196,9 +197,14 @@ def train_files(
     Images and labels are paired in the order given. The paths and the command line are
     recorded in the model's config.
     """
+    from segtune.core.models.store import ModelFormatError, read_config
     from segtune.core.train.data import load_pairs
 
-    images, labels, names = load_pairs(image_paths, label_paths)
+    in_channels = None  # of the model trained further, when there is one
+    with contextlib.suppress(FileNotFoundError, ModelFormatError):  # train() says what is wrong with it
+        if model is not None or resume:
+            in_channels = int(read_config(out if resume else model)["architecture"]["in_channels"])
+    images, labels, names = load_pairs(image_paths, label_paths, in_channels)
     provenance = {"label_files": [str(p) for p in label_paths]}
     if command is not None:
         provenance["command"] = command
