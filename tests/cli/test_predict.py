@@ -318,5 +318,7 @@ def test_channel_names_a_colour_channel_of_a_czi(model_dir, colour_czi, czi_dir,
     # and the grey mean is what an image that is one colour channel and nothing else gets unasked
     chosen = read_labels(out / "RGB-8bit_labels.tif")
     unasked = tmp_path / "unasked"
+    capsys.readouterr()
     assert main([*base[:3], "--out", str(unasked), "--device", "cpu", str(czi_dir / "RGB-8bit.czi")]) == 0
     np.testing.assert_array_equal(read_labels(unasked / "RGB-8bit_labels.tif"), chosen)
+    assert "its colours averaged to grey (--channel picks one)" in capsys.readouterr().out  # and says so

@@ -223,7 +223,8 @@ def _line(done: PredictedFile) -> str:
         return f"{done.output}: written"
     diameter = f"diameter {done.diameter:.1f} px" if done.diameter else "not rescaled"
     sizes = f"objects under {done.min_size} px dropped" if done.min_size else "no size filter"
-    return f"{done.output}: {done.objects} object(s), {diameter}, {sizes}"
+    grey = ", its colours averaged to grey (--channel picks one)" if done.grey else ""
+    return f"{done.output}: {done.objects} object(s), {diameter}, {sizes}{grey}"
 
 
 def _guarded(job: dict[str, Any], options: dict[str, Any], model: Any, many: bool, bar: bool) -> PredictedFile | str:

@@ -33,12 +33,16 @@ class PredictedFile:
         The object diameter the image was zoomed for (None: not zoomed).
     min_size
         The smallest object kept, in pixels (voxels).
+    grey
+        The image's colours were averaged to the one channel the model takes (an RGB image, no
+        channel chosen).
     """
 
     output: Path
     objects: int | None
     diameter: float | None
     min_size: int
+    grey: bool = False
 
 
 def predict_file(
@@ -98,15 +102,17 @@ def predict_file(
     """
     from segtune.core.io import open_image, write_labels
     from segtune.core.predict import blockwise as blocks
-    from segtune.core.predict.inputs import resolve_model
+    from segtune.core.predict.inputs import plain_colour, resolve_model
 
     image = open_image(input_path, scene=scene)
     model = resolve_model(model, options.pop("config", None), options.get("device", "auto"))
+    in_channels = int((model[1].get("architecture", {}) or {}).get("in_channels", 1))
+    grey = options.get("channel") is None and in_channels == 1 and plain_colour(image.channel_names, 1)
     if blockwise or blocks.eligible(model, image):
         written, count, diameter, min_size = blocks.predict_to_tiff(
             model, image, output_path, overwrite=overwrite, progress=progress, cancel=cancel, **options
         )
-        return PredictedFile(written, count, diameter, min_size)
+        return PredictedFile(written, count, diameter, min_size, grey)
     result = predict(model, image, progress=progress, cancel=cancel, **options)
     if result.labels is None:
         raise ValueError(f"the model's head {result.head!r} gives no labels to write")
@@ -114,7 +120,7 @@ def predict_file(
     dtype = storage_dtype(int(labels.max(initial=0)), label_dtype)
     written = write_labels(output_path, labels, image.physical_pixel_sizes, overwrite=overwrite, axes=axes, dtype=dtype)
     instances = bool(options.get("instances"))
-    return PredictedFile(written, count_objects(labels, instances), result.diameter, result.min_size)
+    return PredictedFile(written, count_objects(labels, instances), result.diameter, result.min_size, grey)
 
 
 def squeeze_labels(labels: np.ndarray) -> tuple[np.ndarray, str]:

@@ -105,9 +105,9 @@ def colour_channel(data: Any, names: list[str], channel: Any, in_channels: int) 
     ``blue`` and maybe ``alpha``: an RGB PNG, TIFF or napari layer) needs no choice: ``channel=None``
     means its colours (``"RGB"``) when the model does not take all its channels as they are. The
     bundled models read colour images that way (the mean of the colours) in training."""
-    from segtune.core.io import SAMPLE_NAMES, sample_group
+    from segtune.core.io import sample_group
 
-    if channel is None and len(names) != in_channels and tuple(names) in SAMPLE_NAMES.values():
+    if channel is None and plain_colour(names, in_channels):
         channel = "RGB"
     if not isinstance(channel, str) or channel in names:
         return data, names, channel
@@ -120,6 +120,15 @@ def colour_channel(data: Any, names: list[str], channel: Any, in_channels: int) 
         return data, names, channel
     colour = data[:, group[0] : group[-1] + 1]
     return np.mean(colour, axis=1, keepdims=True, dtype=np.float32), [channel], 0
+
+
+def plain_colour(names: Sequence[str], in_channels: int) -> bool:
+    """Whether an image with channels ``names`` is one colour channel and nothing else (``red``,
+    ``green``, ``blue``, maybe ``alpha``) that a model taking ``in_channels`` reads as its colours
+    when no channel is chosen (see :func:`colour_channel`)."""
+    from segtune.core.io import SAMPLE_NAMES
+
+    return len(names) != in_channels and in_channels in (1, 3) and tuple(names) in SAMPLE_NAMES.values()
 
 
 def _colour_names(names: list[str]) -> list[str]:
