@@ -177,3 +177,29 @@ def test_segtune_models_lists_them():
     out = subprocess.run([sys.executable, "-m", "segtune.cli", "models"], capture_output=True, text=True, check=True)
     for name in NAMES:
         assert name in out.stdout
+
+
+def test_fp16_storage_keeps_statistics_beyond_its_range_in_fp32(monkeypatch):
+    """A BatchNorm running variance over fp16's largest value (65504; the depth-4, 24-channel
+    nuclei-2d trained this stop had 9e4) became inf in fp16 and the installed model refused to
+    load; such tensors stay fp32, the rest is fp16, and the copy predicts as the model does."""
+    import torch
+
+    from segtune.core.models.unet import build_model
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "scripts"))
+    from train_pretrained import fp16_copy
+
+    model = build_model({"name": "unet", "spatial_dims": 2, "in_channels": 1, "out_channels": 1, "depth": 2})
+    model.eval()
+    norm = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    norm.running_var.fill_(9e4)
+    half = fp16_copy(model)
+    assert norm.running_var.dtype == torch.float32  # the model itself is left alone
+    state = half.state_dict()
+    big = [k for k, v in state.items() if v.is_floating_point() and v.dtype == torch.float32]
+    assert len(big) == 1 and big[0].endswith("running_var") and torch.isfinite(state[big[0]]).all()
+    assert all(v.dtype == torch.float16 for k, v in state.items() if v.is_floating_point() and k != big[0])
+    x = torch.rand(1, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(half.float()(x), model(x), atol=1e-2)
