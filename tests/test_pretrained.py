@@ -58,7 +58,13 @@ def test_fp16_weights_load_as_float32_and_rounding_moves_probabilities_as_record
 
     model, config = load_model(name)
     stored = load_file(str(PRETRAINED_DIR / name / "weights.safetensors"))
-    assert {t.dtype for t in stored.values() if t.is_floating_point()} == {torch.float16}
+    limit = torch.finfo(torch.float16).max  # only values beyond fp16's range stay fp32 (fp16_copy)
+    assert all(
+        t.dtype == torch.float16 or (t.dtype == torch.float32 and t.abs().max() > limit)
+        for t in stored.values()
+        if t.is_floating_point()
+    )
+    assert any(t.dtype == torch.float16 for t in stored.values())
     assert all(p.dtype == torch.float32 for p in model.parameters())
 
     recorded = config["fp16_check"]
