@@ -194,11 +194,13 @@ def fill_channels(combo: QComboBox, names: list[str], in_channels: int) -> None:
     """List the image's channels by ``names`` (with "all channels" first when the model takes
     them all, and for a colour image the grey mean of its colours first when the model takes one
     channel), or "(one channel)", disabled, for a one-channel image."""
+    from segtune.core.predict.inputs import plain_colour
+
     combo.clear()
     if names:
         if in_channels == len(names):
             combo.addItem("all channels", None)
-        elif in_channels == 1 and tuple(names[:3]) == RGB_NAMES[:3]:
+        elif in_channels == 1 and plain_colour(names, in_channels):
             # as the bundled models read colour images in training; what the core does unasked
             combo.addItem(GREY_TEXT, "RGB")
         for i, name in enumerate(names):
