@@ -193,3 +193,34 @@ def test_a_fine_tuned_bundled_model_still_splits_touching_nuclei(tmp_path):
     before = np.asarray(predict((base_model, base_config), touching.image, axes="YX", instances=True).labels)
     after = np.asarray(predict((result.model, result.config), touching.image, axes="YX", instances=True).labels)
     assert before.max() == after.max() > 0
+
+
+def test_each_image_is_zoomed_by_its_own_objects_to_the_models_size():
+    """Prediction zooms every image by its own object size; training must too. Two images at
+    different magnifications (nuclei 64 and 24 px) once shared one factor from the median size,
+    so both were taught at a size the model never predicts at (about 23 and 9 px for 16)."""
+    from segtune.core.diameter import labels_diameter
+    from segtune.core.train.phases import Start, prepare_data
+
+    def discs(radius: int) -> tuple[np.ndarray, np.ndarray]:
+        side = 12 * radius
+        labels = np.zeros((side, side), np.uint16)
+        yy, xx = np.indices(labels.shape)
+        for i, (cy, cx) in enumerate([(3, 3), (3, 9), (9, 3), (9, 9)], start=1):
+            labels[(yy - cy * radius) ** 2 + (xx - cx * radius) ** 2 < radius**2] = i
+        return (labels > 0) * 100.0 + np.random.default_rng(radius).normal(20, 5, labels.shape), labels
+
+    (big, big_labels), (small, small_labels) = discs(32), discs(12)
+    config = TrainConfig(**QUICK, object_diameter=16.0, normalization=(1.0, 99.8))
+    data = prepare_data(
+        [big, small],
+        [big_labels, small_labels],
+        [None, None],
+        ["big", "small"],
+        None,
+        config,
+        Start(None, {}, None, None),
+    )
+    sizes = [labels_diameter(s.labels[0]) for s in data.train_samples + data.val_samples]
+    assert len(sizes) == 2 and all(abs(size - 16.0) < 1.5 for size in sizes), sizes
+    assert data.model_diameter == 16.0

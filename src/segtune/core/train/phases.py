@@ -53,7 +53,7 @@ class TrainingData:
     train_samples: list[Sample]
     val_samples: list[Sample]
     in_channels: int
-    scale: float
+    scale: float  # the zoom of an image with the median object size (each image is zoomed by its own)
     model_diameter: float | None  # the objects' diameter after rescaling (what the model sees)
     replay_samples: list[Sample] = field(default_factory=list)  # general crops mixed in when fine-tuning
     replay_path: Path | None = None
@@ -179,14 +179,15 @@ def prepare_data(images, labels, masks, names, validation, config: TrainConfig, 
         for lab in label_arrays
     ):
         raise ValueError(f"the labels are empty: none of the {len(label_arrays)} label image(s) has a labelled pixel")
-    data_diameter = None
-    if head not in ("semantic", "multilabel"):
-        diameters = [
-            labels_diameter(np.where(lab == config.ignore_value, 0, lab) if config.ignore_value is not None else lab)
-            for lab in label_arrays
-        ]
-        diameters = [d for d in diameters if np.isfinite(d)]
-        data_diameter = float(np.median(diameters)) if diameters else None
+
+    def diameter_of(lab: np.ndarray) -> float:  # nan without objects, and for class labels
+        if head in ("semantic", "multilabel"):
+            return float("nan")
+        return labels_diameter(np.where(lab == config.ignore_value, 0, lab) if config.ignore_value is not None else lab)
+
+    diameters = [diameter_of(lab) for lab in label_arrays]
+    measured = [d for d in diameters if np.isfinite(d)]
+    data_diameter = float(np.median(measured)) if measured else None
     if (
         start.model is None
         and start.resumed_config is None
@@ -203,6 +204,14 @@ def prepare_data(images, labels, masks, names, validation, config: TrainConfig, 
         scale = float(config.scale)
     elif config.object_diameter is not None and data_diameter:
         scale = float(config.object_diameter) / data_diameter
+
+    def scale_of(diameter: float) -> float:
+        # each image zoomed by its own objects, as prediction zooms each image by its own diameter
+        # (one factor from the median would teach images of other magnifications at a wrong size)
+        if config.scale is None and config.object_diameter is not None and np.isfinite(diameter):
+            return float(config.object_diameter) / diameter
+        return scale
+
     samples = [
         make_sample(
             image,
@@ -211,10 +220,10 @@ def prepare_data(images, labels, masks, names, validation, config: TrainConfig, 
             ignore_value=config.ignore_value,
             normalization=normalization,
             clip=config.clip,
-            scale=scale,
+            scale=scale_of(diameter),
             name=name,
         )
-        for image, lab, mask, name in zip(images, label_arrays, masks, names, strict=True)
+        for image, lab, mask, name, diameter in zip(images, label_arrays, masks, names, diameters, strict=True)
     ]
     in_channels = samples[0].image.shape[0]
     for sample in samples[1:]:
@@ -231,7 +240,7 @@ def prepare_data(images, labels, masks, names, validation, config: TrainConfig, 
                 ignore_value=config.ignore_value,
                 normalization=normalization,
                 clip=config.clip,
-                scale=scale,
+                scale=scale_of(diameter_of(np.asarray(lab))),
                 name=f"validation {i}",
             )
             for i, (image, lab) in enumerate(zip(*validation, strict=True))

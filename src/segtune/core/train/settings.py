@@ -93,8 +93,8 @@ class TrainConfig:
         Percentiles mapped to 0 and 1 (None: the starting model's, else 1-99.8); ``clip``
         clips to [0, 1] (``(5, 98)`` with ``clip=True`` is the seeds' contrast stretch).
     object_diameter
-        Rescale images so that their objects are this many pixels across (their median
-        diameter measured from the labels); recorded as the model's ``object_diameter`` so that
+        Rescale each image so that its objects are this many pixels across (their median
+        diameter measured from its labels); recorded as the model's ``object_diameter`` so that
         prediction rescales new images the same way. None: a fine-tuned model's own; for a new
         2D instance model, objects larger than ``NEW_MAX_DIAMETER`` pixels are shrunk to it
         (more context per patch, faster), smaller ones are left as they are.
