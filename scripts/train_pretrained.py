@@ -344,6 +344,7 @@ def _train_config(
         "seed": seed,
         "device": device,
         "schedule": "cosine",
+        "optimizer": "adamw",
         "freeze_norm": False,
         "l2sp": 0.0,
         "keep_if_worse": False,

@@ -85,10 +85,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="losses joined by '+': bce, ce, dice, iou, focal, ssim, mae (e.g. ssim+dice, 0.5*bce+dice)",
     )
     parser.add_argument(
+        "--optimizer",
+        choices=("sgd", "adamw"),
+        default=None,
+        help="sgd (Nesterov momentum; the default when fine-tuning: steps follow the corrections) "
+        "or adamw (the default for a new model)",
+    )
+    parser.add_argument(
         "--lr",
         type=float,
         default=None,
-        help="AdamW learning rate (default: 3e-4 when fine-tuning, 2e-3 for a new model)",
+        help="learning rate (default: 3e-3 when fine-tuning, with SGD; 2e-3 for a new model, with AdamW)",
     )
     parser.add_argument(
         "--schedule",
@@ -237,6 +244,7 @@ def _config(args: argparse.Namespace):
         epochs=args.epochs,
         steps_per_epoch=args.steps_per_epoch,
         loss=args.loss,
+        optimizer=args.optimizer,
         learning_rate=args.lr,
         schedule=args.schedule,
         val_fraction=args.val_fraction,

@@ -138,8 +138,8 @@ class FinetunePanel(JobPanel):
         self.learning_rate.setSpecialValueText("auto")
         self.learning_rate.setValue(0.0)
         self.learning_rate.setToolTip(
-            "How big each learning step is (AdamW learning rate). auto: 0.0003 for a trained model "
-            "(changed gently), 0.002 for a new one."
+            "How big each learning step is. auto: 0.003 for a trained model (SGD: changed gently, "
+            "where its corrections ask), 0.002 for a new one (AdamW)."
         )
         self.loss = QComboBox()
         for loss in LOSSES:
@@ -314,7 +314,7 @@ class FinetunePanel(JobPanel):
 
     def run(self) -> Job:
         """Fine-tune the current model on the chosen layers; returns the started job."""
-        from segtune.core.train.trainer import NEW_LEARNING_RATE, TrainConfig, train
+        from segtune.core.train.trainer import NEW_LEARNING_RATE, NEW_OPTIMIZER, TrainConfig, train
 
         state = self.state
         state.require_model()
@@ -345,7 +345,7 @@ class FinetunePanel(JobPanel):
         if state.source.startswith("new"):
             # a new, untrained model learns from scratch: none of the fine-tuning guards
             settings.freeze_norm, settings.l2sp, settings.keep_if_worse = False, 0.0, False
-            settings.learning_rate = settings.learning_rate or NEW_LEARNING_RATE
+            settings.optimizer, settings.learning_rate = NEW_OPTIMIZER, settings.learning_rate or NEW_LEARNING_RATE
         settings.validate()
         start_model = copy.deepcopy(state.model)  # the current model stays as it is until training succeeds
         start_config = dict(state.config)

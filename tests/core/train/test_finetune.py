@@ -115,15 +115,23 @@ def test_l2sp_keeps_the_weights_nearer_the_start():
 
 def test_auto_settings_follow_the_object_size_and_what_is_trained():
     tuned = auto_settings(TrainConfig(), fine_tuning=True, diameter=20.0)
-    assert (tuned.patch, tuned.batch_size, tuned.learning_rate, tuned.freeze_norm, tuned.l2sp) == (
+    assert (tuned.patch, tuned.batch_size, tuned.optimizer, tuned.learning_rate, tuned.freeze_norm, tuned.l2sp) == (
         128,
         8,
-        3e-4,
+        "sgd",
+        3e-3,
         True,
         1e-3,
     )
     new = auto_settings(TrainConfig(), fine_tuning=False, diameter=48.0)
-    assert (new.patch, new.batch_size, new.learning_rate, new.freeze_norm, new.l2sp) == (240, 4, 2e-3, False, 0.0)
+    assert (new.patch, new.batch_size, new.optimizer, new.learning_rate, new.freeze_norm, new.l2sp) == (
+        240,
+        4,
+        "adamw",
+        2e-3,
+        False,
+        0.0,
+    )
     assert auto_settings(TrainConfig(), fine_tuning=False, diameter=None).patch == 256
     assert auto_settings(TrainConfig(spatial_dims=3), fine_tuning=False, diameter=12.0).patch == (32, 96, 96)
     kept = auto_settings(
@@ -224,3 +232,38 @@ def test_each_image_is_zoomed_by_its_own_objects_to_the_models_size():
     sizes = [labels_diameter(s.labels[0]) for s in data.train_samples + data.val_samples]
     assert len(sizes) == 2 and all(abs(size - 16.0) < 1.5 for size in sizes), sizes
     assert data.model_diameter == 16.0
+
+
+def test_fine_tuning_steps_follow_the_gradient_instead_of_moving_every_weight_alike():
+    """Adam's first steps move every weight by about the learning rate whatever its gradient: a
+    trained model taught one image it already segments changed everywhere, and the source's other
+    images lost (README, *Fine-tuning*). The default (SGD) moves such a model far less."""
+    from segtune.core.synthetic import synthetic_nuclei
+
+    sample = synthetic_nuclei((128, 128), seed=5, diameter=20.0)
+    moved = {}
+    for optimizer, learning_rate in ((None, None), ("adamw", 3e-4)):  # the default; AdamW at its former default
+        config = TrainConfig(
+            epochs=1,
+            steps_per_epoch=4,
+            batch_size=2,
+            patch=64,
+            device="cpu",
+            keep_if_worse=False,
+            optimizer=optimizer,
+            learning_rate=learning_rate,
+        )
+        start = [p.detach().clone() for p in _bundled("nuclei-2d").parameters()]
+        result = train([sample.image], [sample.labels], config, model="nuclei-2d")
+        moved[optimizer] = float(
+            sum(((p.detach() - s) ** 2).sum() for p, s in zip(result.model.parameters(), start, strict=True)) ** 0.5
+        )
+        if optimizer is None:
+            assert result.config["training"]["settings"]["optimizer"] == "sgd"
+    assert 0 < moved[None] < 0.5 * moved["adamw"], moved
+
+
+def _bundled(name: str):
+    from segtune.core.models.store import load_model
+
+    return load_model(name, device="cpu")[0]

@@ -152,7 +152,9 @@ def resolve_start(model: Any, config: TrainConfig, checkpoint: Any, out_folder: 
         stated = model_percentiles(base_config, default=None)
         if config.normalization is None and stated is not None:
             config.normalization, config.clip = stated[:2], stated[2]
-        if config.object_diameter is None and config.scale is None and base_config.get("object_diameter"):
+        # (a resumed run's settings already say whether it zoomed, and to which size)
+        inherit = resumed_config is None and base_config.get("object_diameter")
+        if config.object_diameter is None and config.scale is None and inherit:
             config.object_diameter = float(base_config["object_diameter"])
     config.head = config.head or "three_class"
     config.normalization = tuple(config.normalization or DEFAULT_PERCENTILES)

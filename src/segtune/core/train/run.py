@@ -133,7 +133,7 @@ class TrainingRun:
         # L2-SP anchors: the starting weights (a resumed run anchors to where it resumed)
         self.anchors = [(p, p.detach().clone()) for p in trainable] if config.l2sp else []
         self.train_model = ddp.wrap_model(model)  # DDP under torchrun: gradients averaged over processes
-        self.optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
+        self.optimizer = make_optimizer(config, trainable)
         self.scaler = torch.amp.GradScaler("cuda") if self.use_amp else None
         self.loss_fn = parse_loss(config.loss, head)
         self.rng = np.random.default_rng(ddp.rank_seed(config.seed))  # each process its own patches
@@ -512,9 +512,10 @@ def _record(
         if model_diameter and (scale != 1.0 or not fine_tuning or base_config.get("object_diameter"))
         else None,
         input_scale=scale,
-        # trained on rescaled images: prediction must zoom new images to this object size too
-        # (segtune predict --diameter auto estimates their diameter when this is set)
-        auto_diameter=bool(scale != 1.0 and model_diameter),
+        # trained on images zoomed to an object size: prediction must zoom new images to it too
+        # (segtune predict --diameter auto estimates their diameter when this is set), also when
+        # the median image happened to need no zoom
+        auto_diameter=bool(model_diameter and (scale != 1.0 or (config.scale is None and config.object_diameter))),
         training=training_record,
         metrics={},
         lineage=lineage,
@@ -524,6 +525,15 @@ def _record(
         if key in base_config:
             model_config[key] = base_config[key]
     return training_record, model_config
+
+
+def make_optimizer(config: TrainConfig, parameters: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """The optimiser ``config.optimizer`` names (filled by :func:`auto_settings`)."""
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(
+            parameters, lr=config.learning_rate, momentum=0.9, nesterov=True, weight_decay=config.weight_decay
+        )
+    return torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
 
 
 def _state_copy(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -20,17 +20,26 @@ from segtune.core.train.patches import normalize_patch_shape
 __all__ = [
     "FINETUNE_L2SP",
     "FINETUNE_LEARNING_RATE",
+    "FINETUNE_OPTIMIZER",
     "NEW_LEARNING_RATE",
     "NEW_MAX_DIAMETER",
+    "NEW_OPTIMIZER",
+    "OPTIMIZERS",
     "TrainConfig",
     "TrainResult",
     "auto_settings",
     "settings_from_dict",
 ]
 
-# defaults that need no thought (see auto_settings); fine-tuning moves a trained model gently
+# defaults that need no thought (see auto_settings); fine-tuning moves a trained model gently.
+# Fine-tuning uses SGD: Adam's first steps move every weight by about the learning rate whatever
+# its gradient, so a trained model taught one image it already segments well changed everywhere
+# (README, *Fine-tuning*); SGD's steps follow the gradient, small where there is little to learn.
+OPTIMIZERS = ("adamw", "sgd")
+FINETUNE_OPTIMIZER = "sgd"
+FINETUNE_LEARNING_RATE = 3e-3
 FINETUNE_L2SP = 1e-3
-FINETUNE_LEARNING_RATE = 3e-4
+NEW_OPTIMIZER = "adamw"
 NEW_LEARNING_RATE = 2e-3
 NEW_MAX_DIAMETER = 32.0
 
@@ -71,9 +80,13 @@ class TrainConfig:
         enough to cover the training pixels about once, at least 16).
     loss
         A loss spec for :func:`segtune.core.train.losses.parse_loss`, e.g. ``"bce+dice"``.
+    optimizer
+        ``"adamw"`` or ``"sgd"`` (Nesterov momentum 0.9). None: ``FINETUNE_OPTIMIZER`` (SGD)
+        when fine-tuning, ``NEW_OPTIMIZER`` (AdamW) for a new model.
     learning_rate, weight_decay
-        AdamW settings (learning rate None: ``NEW_LEARNING_RATE`` for a new model,
-        ``FINETUNE_LEARNING_RATE`` when fine-tuning).
+        The optimiser's settings (learning rate None: ``NEW_LEARNING_RATE`` for a new model,
+        ``FINETUNE_LEARNING_RATE`` when fine-tuning; an SGD learning rate is about ten times
+        an AdamW one for a similar change).
     schedule
         ``"cosine"`` (with a short warm-up, annealed over the epochs or, with ``max_minutes``,
         over the time budget, whichever ends first), ``"plateau"`` (halve when the monitor
@@ -148,6 +161,7 @@ class TrainConfig:
     epochs: int = 100
     steps_per_epoch: int | None = None
     loss: str = "bce+dice"
+    optimizer: str | None = None
     learning_rate: float | None = None
     weight_decay: float = 1e-4
     schedule: str = "cosine"
@@ -214,6 +228,8 @@ class TrainConfig:
             raise ValueError(f"schedule must be 'cosine', 'plateau' or 'none', got {self.schedule!r}")
         if self.monitor not in ("auto", "val_f1", "val_iou", "val_matched_f1", "val_loss"):
             raise ValueError(f"monitor must be auto, val_f1, val_iou, val_matched_f1 or val_loss, got {self.monitor!r}")
+        if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be {' or '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
         if not 0.0 <= self.replay < 1.0:
@@ -286,7 +302,8 @@ def auto_settings(config: TrainConfig, *, fine_tuning: bool, diameter: float | N
     - patch: 2D about five object diameters, a multiple of 16 within 128-256 (256 when the size
       is unknown); 3D 32 x 96 x 96.
     - batch: 8 patches of up to 160 px in 2D, else 4 (2 in 3D).
-    - learning rate: ``FINETUNE_LEARNING_RATE`` when fine-tuning, else ``NEW_LEARNING_RATE``.
+    - optimiser and learning rate: SGD at ``FINETUNE_LEARNING_RATE`` when fine-tuning, else
+      AdamW at ``NEW_LEARNING_RATE``.
     - frozen normalisation statistics and L2-SP when fine-tuning (see :class:`TrainConfig`).
 
     Returns a copy; values already set are kept.
@@ -302,6 +319,8 @@ def auto_settings(config: TrainConfig, *, fine_tuning: bool, diameter: float | N
     if config.batch_size is None:
         side = max(normalize_patch_shape(config.patch, config.spatial_dims))
         config.batch_size = 2 if config.spatial_dims == 3 else (8 if side <= 160 else 4)
+    if config.optimizer is None:
+        config.optimizer = FINETUNE_OPTIMIZER if fine_tuning else NEW_OPTIMIZER
     if config.learning_rate is None:
         config.learning_rate = FINETUNE_LEARNING_RATE if fine_tuning else NEW_LEARNING_RATE
     if config.freeze_norm is None:
