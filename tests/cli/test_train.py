@@ -139,6 +139,13 @@ def test_fine_tune_from_a_model_folder(tmp_path):
     _, config = load_model(tuned)
     assert config["head"] == "binary"
     assert config["lineage"][0]["from"] == str(base)
+    _, first = load_model(base)  # a new model learns with AdamW, fine-tuning with SGD unless told
+    assert (first["training"]["settings"]["optimizer"], config["training"]["settings"]["optimizer"]) == ("adamw", "sgd")
+    told = tmp_path / "told"
+    args = ["train", "--images", str(images), "--labels", str(labels), "--from", str(base), "--epochs", "1", *TINY]
+    assert main([*args, "--out", str(told), "--optimizer", "adamw", "--lr", "3e-4"]) == 0
+    settings = load_model(told)[1]["training"]["settings"]
+    assert (settings["optimizer"], settings["learning_rate"]) == ("adamw", 3e-4)
 
 
 def test_a_one_channel_model_fine_tunes_on_an_rgb_png_as_prediction_reads_it(shared_data, tmp_path):
