@@ -10,9 +10,12 @@ images (matched F1 at IoU 0.5) before and after. Two kinds of draw:
 - stained tissue (dark nuclei on a bright background), which nuclei-2d never saw: whether the
   fine-tuning learns at all.
 
-Also prints how far the weights moved (L2 norm of the change).
+Also prints how far the weights moved (L2 norm of the change). ``--noise`` instead adds random
+changes of given L2 norms to the weights (4 seeds each) and prints the score change on a draw's
+images: how much a change of that size moves the score when it teaches nothing.
 
     python benchmarks/finetune_optimizer.py
+    python benchmarks/finetune_optimizer.py --noise 0.05 0.25 --draws fluorescence:512x640:0
     python benchmarks/finetune_optimizer.py --variants adamw@3e-4 sgd@3e-3 --draws fluorescence:360x360:0
 """
 
@@ -53,7 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--draws", nargs="*", default=list(DRAWS), help="KIND:HEIGHTxWIDTH:FIRST")
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), help="OPTIMIZER@LEARNING_RATE")
     parser.add_argument("--minutes", type=float, default=2.0)
+    parser.add_argument("--noise", nargs="*", type=float, help="random weight changes of these L2 norms instead")
     args = parser.parse_args(argv)
+    if args.noise:
+        return noise_floor(args.data, args.draws, args.noise)
 
     import torch
     from finetune_gain import score
@@ -103,6 +109,30 @@ def main(argv: list[str] | None = None) -> int:
                 ],
             }
             print(json.dumps(row), flush=True)
+    return 0
+
+
+def noise_floor(data: Path, draws: list[str], norms: list[float]) -> int:
+    import torch
+    from finetune_gain import score
+
+    from segtune.core.models.store import load_model
+
+    for draw in draws:
+        pairs = draw_pairs(data, draw)[1:]  # the images the fine-tuning runs score
+        model, config = load_model("nuclei-2d")
+        before = score(model, config, pairs)
+        print(f"{draw}: {len(pairs)} images, unchanged weights {before:.4f}", flush=True)
+        for norm in norms:
+            for seed in range(4):
+                model, config = load_model("nuclei-2d")
+                generator = torch.Generator().manual_seed(seed)
+                noise = [torch.randn(p.shape, generator=generator) for p in model.parameters()]
+                factor = norm / float(torch.sqrt(sum((n**2).sum() for n in noise)))
+                with torch.no_grad():
+                    for parameter, change in zip(model.parameters(), noise, strict=True):
+                        parameter.add_(change * factor)
+                print(f"  random change of L2 norm {norm:g}, seed {seed}: {score(model, config, pairs) - before:+.4f}")
     return 0
 
 

@@ -457,6 +457,8 @@ def train_one(
     work: Path | None = None,
     resume: bool = False,
     learning_rate: float | None = None,
+    patch: int | None = None,
+    batch_size: int | None = None,
 ) -> tuple[Any, dict[str, Any], float]:
     """Train ``name`` from scratch (or from the model folder ``start``); returns (model, config, seconds).
 
@@ -487,6 +489,8 @@ def train_one(
     config = _train_config(
         name, minutes, seed, device, depth, base_channels, warm=start is not None, learning_rate=learning_rate
     )
+    config.patch = patch or config.patch  # more context per patch (e.g. 256 for membranes)
+    config.batch_size = batch_size or config.batch_size
     work = work or WORK / name
     if work.exists() and not resume:
         shutil.rmtree(work)
@@ -1093,6 +1097,8 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="peak learning rate (default: per model; lower when training further with --start)",
     )
+    parser.add_argument("--patch", type=int, default=None, help="training patch side in pixels (default: per model)")
+    parser.add_argument("--batch-size", type=int, default=None, help="patches per step (default: per model)")
     parser.add_argument("--work", type=Path, default=None, help=f"the run's folder (default {WORK}/NAME)")
     parser.add_argument("--resume", action="store_true", help="continue the interrupted run in --work")
     parser.add_argument(
@@ -1178,6 +1184,8 @@ def main(argv: list[str] | None = None) -> int:
             work=args.work,
             resume=args.resume,
             learning_rate=args.learning_rate,
+            patch=args.patch,
+            batch_size=args.batch_size,
         )
         if args.no_install:
             work = args.work or WORK / name
