@@ -85,8 +85,8 @@ class TrainConfig:
         when fine-tuning, ``NEW_OPTIMIZER`` (AdamW) for a new model.
     learning_rate, weight_decay
         The optimiser's settings (learning rate None: ``NEW_LEARNING_RATE`` for a new model,
-        ``FINETUNE_LEARNING_RATE`` when fine-tuning; an SGD learning rate is about ten times
-        an AdamW one for a similar change).
+        ``FINETUNE_LEARNING_RATE`` when fine-tuning). The two optimisers' learning rates are
+        not comparable: SGD's step scales with the gradient, AdamW's hardly.
     schedule
         ``"cosine"`` (with a short warm-up, annealed over the epochs or, with ``max_minutes``,
         over the time budget, whichever ends first), ``"plateau"`` (halve when the monitor
