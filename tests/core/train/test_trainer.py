@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import os
 import signal
@@ -148,6 +150,44 @@ def test_resume_continues_exactly_where_it_stopped(tmp_path):
     assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in straight.history]
     assert resumed.config["training"]["resumed"]
     assert [int(r["epoch"]) for r in read_log(tmp_path / "b")] == [1, 2, 3]
+
+
+def test_resuming_a_fine_tune_checkpointed_before_the_optimizer_choice_continues_with_adamw(tmp_path):
+    # checkpoints written before fine-tuning switched to SGD name no optimizer: they hold AdamW's state
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    images, labels = _data()
+    start = UNet(2, 1, 3, depth=2, base_channels=4)
+    config = TrainConfig(epochs=3, schedule="none", optimizer="adamw", learning_rate=3e-4, l2sp=0.0, **TINY)
+    straight = train(images, labels, config, model=copy.deepcopy(start), out=tmp_path / "a")
+    token = CancelToken()
+
+    def stop_after_epoch_2(event):
+        if event.stage == "validate" and event.metrics["epoch"] == 2:
+            token.cancel()
+
+    train(
+        images,
+        labels,
+        config,
+        model=copy.deepcopy(start),
+        out=tmp_path / "b",
+        progress=stop_after_epoch_2,
+        cancel=token,
+    )
+    path = tmp_path / "b" / CHECKPOINT_DIR / CHECKPOINT_NAME
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+    state = json.loads(metadata["state"])
+    del state["train_config"]["optimizer"]
+    save_file(tensors, str(path), metadata={**metadata, "state": json.dumps(state)})
+
+    again = dataclasses.replace(config, optimizer=None)  # as `segtune train --from M --resume` asks
+    resumed = train(images, labels, again, model=copy.deepcopy(start), out=tmp_path / "b", resume=True)
+    assert resumed.config["training"]["settings"]["optimizer"] == "adamw"
+    assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in straight.history]
 
 
 def test_kill_9_mid_training_leaves_a_loadable_model_and_resume_continues(tmp_path):
