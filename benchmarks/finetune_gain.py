@@ -23,7 +23,8 @@ than the others, fine-tuning learns its outlines, which the others' annotations 
 
 With ``--corrections`` the image is not fine-tuned on its full annotation but on what a user who
 corrects the starting model's prediction hands over: the predicted objects that match a true one
-(IoU > 0.5) kept as the model drew them, false ones deleted, missed ones drawn from the truth.
+(IoU > 0.5) kept as the model drew them, false ones deleted, missed ones drawn from the truth,
+and a true object the model split into two or more (most of each inside it) drawn whole.
 That is the widget's loop, and it teaches no new outlines where the model's were good enough.
 Results go to ``benchmarks/results/finetune_gain_corrections.json``.
 """
@@ -89,6 +90,10 @@ def corrected(predicted: np.ndarray, truth: np.ndarray) -> np.ndarray:
     t, p = np.divmod(keys, n_pred + 1)
     union = np.bincount(truth.ravel())[t] + np.bincount(predicted.ravel())[p] - intersection
     good = intersection / union > 0.5  # one-to-one above 0.5
+    # a true object that holds most of two predicted ones was split: the user merges them (draws it)
+    mostly_inside = intersection / np.bincount(predicted.ravel())[p] > 0.5
+    split = np.bincount(t[mostly_inside], minlength=int(truth.max()) + 1) > 1
+    good &= ~split[t]
     out = np.where(np.isin(predicted, p[good]), predicted, 0)
     missed = (truth > 0) & ~np.isin(truth, t[good])
     out[missed] = truth[missed] + n_pred
