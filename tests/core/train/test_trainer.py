@@ -152,14 +152,14 @@ def test_resume_continues_exactly_where_it_stopped(tmp_path):
     assert [int(r["epoch"]) for r in read_log(tmp_path / "b")] == [1, 2, 3]
 
 
-def test_resuming_a_fine_tune_checkpointed_before_the_optimizer_choice_continues_with_adamw(tmp_path):
-    # checkpoints written before fine-tuning switched to SGD name no optimizer: they hold AdamW's state
+def _fine_tune_straight_and_resumed(tmp_path, config, again=None, edit_checkpoint=None):
+    """Fine-tune a small model for 3 epochs straight, and again stopped after epoch 2 and resumed
+    (with ``again``'s settings; ``edit_checkpoint`` may first change the checkpoint's state)."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
     images, labels = _data()
     start = UNet(2, 1, 3, depth=2, base_channels=4)
-    config = TrainConfig(epochs=3, schedule="none", optimizer="adamw", learning_rate=3e-4, l2sp=0.0, **TINY)
     straight = train(images, labels, config, model=copy.deepcopy(start), out=tmp_path / "a")
     token = CancelToken()
 
@@ -167,25 +167,40 @@ def test_resuming_a_fine_tune_checkpointed_before_the_optimizer_choice_continues
         if event.stage == "validate" and event.metrics["epoch"] == 2:
             token.cancel()
 
-    train(
-        images,
-        labels,
-        config,
-        model=copy.deepcopy(start),
-        out=tmp_path / "b",
-        progress=stop_after_epoch_2,
-        cancel=token,
-    )
-    path = tmp_path / "b" / CHECKPOINT_DIR / CHECKPOINT_NAME
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata()
-        tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
-    state = json.loads(metadata["state"])
-    del state["train_config"]["optimizer"]
-    save_file(tensors, str(path), metadata={**metadata, "state": json.dumps(state)})
+    out = tmp_path / "b"
+    train(images, labels, config, model=copy.deepcopy(start), out=out, progress=stop_after_epoch_2, cancel=token)
+    if edit_checkpoint is not None:
+        path = out / CHECKPOINT_DIR / CHECKPOINT_NAME
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata()
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+        state = json.loads(metadata["state"])
+        edit_checkpoint(state)
+        save_file(tensors, str(path), metadata={**metadata, "state": json.dumps(state)})
+    # as `segtune train --from M --resume` asks: the starting model is given again
+    resumed = train(images, labels, again or config, model=copy.deepcopy(start), out=out, resume=True)
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    return straight, resumed
 
-    again = dataclasses.replace(config, optimizer=None)  # as `segtune train --from M --resume` asks
-    resumed = train(images, labels, again, model=copy.deepcopy(start), out=tmp_path / "b", resume=True)
+
+def test_resuming_a_fine_tune_keeps_pulling_toward_the_starting_weights(tmp_path):
+    # L2-SP pulls toward the starting model; before the checkpoint kept those weights, a resumed
+    # run pulled toward where it stopped and its third epoch differed from the straight run's
+    config = TrainConfig(epochs=3, schedule="none", l2sp=1.0, **TINY)
+    straight, resumed = _fine_tune_straight_and_resumed(tmp_path, config)
+    assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in straight.history]
+
+
+def test_resuming_a_fine_tune_checkpointed_before_the_optimizer_choice_continues_with_adamw(tmp_path):
+    # checkpoints written before fine-tuning switched to SGD name no optimizer: they hold AdamW's state
+    config = TrainConfig(epochs=3, schedule="none", optimizer="adamw", learning_rate=3e-4, l2sp=0.0, **TINY)
+
+    def written_before_the_choice(state):
+        del state["train_config"]["optimizer"]
+
+    straight, resumed = _fine_tune_straight_and_resumed(
+        tmp_path, config, again=dataclasses.replace(config, optimizer=None), edit_checkpoint=written_before_the_choice
+    )
     assert resumed.config["training"]["settings"]["optimizer"] == "adamw"
     assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in straight.history]
 

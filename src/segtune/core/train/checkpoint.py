@@ -34,13 +34,23 @@ CHECKPOINT_NAME = "last.safetensors"
 
 
 def save_checkpoint(
-    folder: Path, model: nn.Module, optimizer, scaler, state: dict[str, Any], rng: np.random.Generator
+    folder: Path,
+    model: nn.Module,
+    optimizer,
+    scaler,
+    state: dict[str, Any],
+    rng: np.random.Generator,
+    anchors: list[torch.Tensor] = (),
 ) -> None:
+    """``anchors``: the weights an L2-SP penalty pulls toward (the starting model's), kept so that
+    a resumed fine-tune pulls toward them too, not toward where it stopped."""
     from safetensors.torch import save
 
     tensors: dict[str, torch.Tensor] = {
         f"model/{k}": v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()
     }
+    for index, anchor in enumerate(anchors):
+        tensors[f"anchor/{index}"] = anchor.detach().to("cpu").contiguous().clone()
     opt_state = optimizer.state_dict()
     opt_scalars: dict[str, dict[str, Any]] = {}
     for index, entry in opt_state["state"].items():

@@ -130,7 +130,7 @@ class TrainingRun:
             for parameter in model.encoder_parameters():
                 parameter.requires_grad_(False)
         trainable = [p for p in model.parameters() if p.requires_grad]
-        # L2-SP anchors: the starting weights (a resumed run anchors to where it resumed)
+        # L2-SP anchors: the starting weights (a resumed run reads them from its checkpoint)
         self.anchors = [(p, p.detach().clone()) for p in trainable] if config.l2sp else []
         self.train_model = ddp.wrap_model(model)  # DDP under torchrun: gradients averaged over processes
         self.optimizer = make_optimizer(config, trainable)
@@ -200,6 +200,10 @@ class TrainingRun:
         model.load_state_dict({k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")})
         model.to(self.device)
         restore_optimizer(self.optimizer, tensors, header)
+        saved_anchors = [tensors[f"anchor/{i}"] for i in range(len(self.anchors)) if f"anchor/{i}" in tensors]
+        if self.anchors and len(saved_anchors) == len(self.anchors):  # (older checkpoints hold none)
+            for (_, anchor), saved in zip(self.anchors, saved_anchors, strict=True):
+                anchor.copy_(saved)
         if self.plateau is not None and header.get("plateau"):
             self.plateau.load_state_dict(header["plateau"])
         if self.scaler is not None and header.get("scaler"):
@@ -355,7 +359,15 @@ class TrainingRun:
         if self.plateau is not None and value is not None and math.isfinite(value):
             self.plateau.step(value)
         if self.out_folder is not None and self.dist.is_main:
-            save_checkpoint(self.out_folder, model, self.optimizer, self.scaler, self.checkpoint_state(epoch), self.rng)
+            save_checkpoint(
+                self.out_folder,
+                model,
+                self.optimizer,
+                self.scaler,
+                self.checkpoint_state(epoch),
+                self.rng,
+                anchors=[anchor for _, anchor in self.anchors],
+            )
             _write_log(self.out_folder, self.history)
         if self.progress is not None:
             self.report.child("validate", total=config.epochs).step(epoch, message=f"epoch {epoch}", **self.history[-1])
