@@ -159,6 +159,7 @@ def _fine_tune_straight_and_resumed(tmp_path, config, again=None, edit_checkpoin
     from safetensors.torch import save_file
 
     images, labels = _data()
+    torch.manual_seed(0)
     start = UNet(2, 1, 3, depth=2, base_channels=4)
     straight = train(images, labels, config, model=copy.deepcopy(start), out=tmp_path / "a")
     token = CancelToken()
@@ -189,6 +190,17 @@ def test_resuming_a_fine_tune_keeps_pulling_toward_the_starting_weights(tmp_path
     config = TrainConfig(epochs=3, schedule="none", l2sp=1.0, **TINY)
     straight, resumed = _fine_tune_straight_and_resumed(tmp_path, config)
     assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in straight.history]
+
+
+def test_a_resumed_fine_tune_that_scores_worse_still_keeps_the_starting_model(tmp_path):
+    # a learning rate this large wrecks the network: the held-out score falls below the start's
+    settings = {**TINY, "steps_per_epoch": 2, "val_fraction": 0.34}
+    config = TrainConfig(epochs=3, schedule="none", learning_rate=5.0, l2sp=0.0, patience=None, **settings)
+    straight, resumed = _fine_tune_straight_and_resumed(tmp_path, config)
+    assert straight.kept_start and resumed.kept_start
+    for key, value in resumed.model.state_dict().items():
+        assert torch.equal(value, straight.model.state_dict()[key]), key
+    assert load_model(tmp_path / "b")[1]["training"]["kept_start"]
 
 
 def test_resuming_a_fine_tune_checkpointed_before_the_optimizer_choice_continues_with_adamw(tmp_path):

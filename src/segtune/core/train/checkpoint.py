@@ -40,17 +40,17 @@ def save_checkpoint(
     scaler,
     state: dict[str, Any],
     rng: np.random.Generator,
-    anchors: list[torch.Tensor] = (),
+    start_state: dict[str, torch.Tensor] | None = None,
 ) -> None:
-    """``anchors``: the weights an L2-SP penalty pulls toward (the starting model's), kept so that
-    a resumed fine-tune pulls toward them too, not toward where it stopped."""
+    """``start_state``: a fine-tune's starting weights, kept so that a resumed run still pulls
+    toward them (L2-SP) and can still fall back to them (``keep_if_worse``)."""
     from safetensors.torch import save
 
     tensors: dict[str, torch.Tensor] = {
         f"model/{k}": v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()
     }
-    for index, anchor in enumerate(anchors):
-        tensors[f"anchor/{index}"] = anchor.detach().to("cpu").contiguous().clone()
+    for key, value in (start_state or {}).items():
+        tensors[f"start/{key}"] = value.detach().to("cpu").contiguous().clone()
     opt_state = optimizer.state_dict()
     opt_scalars: dict[str, dict[str, Any]] = {}
     for index, entry in opt_state["state"].items():

@@ -130,7 +130,7 @@ class TrainingRun:
             for parameter in model.encoder_parameters():
                 parameter.requires_grad_(False)
         trainable = [p for p in model.parameters() if p.requires_grad]
-        # L2-SP anchors: the starting weights (a resumed run reads them from its checkpoint)
+        # L2-SP anchors: the starting weights (a resumed run's come from its checkpoint)
         self.anchors = [(p, p.detach().clone()) for p in trainable] if config.l2sp else []
         self.train_model = ddp.wrap_model(model)  # DDP under torchrun: gradients averaged over processes
         self.optimizer = make_optimizer(config, trainable)
@@ -178,7 +178,7 @@ class TrainingRun:
             # the folder is a loadable model from the very start (the starting weights)
             self.created_folder = not (out_folder.is_dir() and any(out_folder.iterdir()))
             save_model(model, self.model_config, out_folder, overwrite=True)
-        self.initial_state = _state_copy(model) if checkpoint is None else None
+        self.initial_state = _state_copy(model) if checkpoint is None else self._saved_start(checkpoint[0])
         # the starting model's score on the same held-out data: what fine-tuning has to beat
         self.baseline: dict[str, Any] = {}
         if fine_tuning and self.val_samples:
@@ -194,16 +194,23 @@ class TrainingRun:
         )
         self.last_validation_seconds = 0.0
 
+    def _saved_start(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+        """A resumed fine-tune's starting weights from its checkpoint (None in older checkpoints),
+        also made its L2-SP anchors again."""
+        start = {k[len("start/") :]: v for k, v in tensors.items() if k.startswith("start/")}
+        if not start:
+            return None
+        names = {id(parameter): name for name, parameter in self.model.named_parameters()}
+        for parameter, anchor in self.anchors:
+            anchor.copy_(start[names[id(parameter)]])
+        return start
+
     def _restore(self, tensors: dict[str, torch.Tensor], header: dict[str, Any]) -> None:
         """Continue exactly where the checkpoint's epoch left off."""
         model, config, dist = self.model, self.config, self.dist
         model.load_state_dict({k[len("model/") :]: v for k, v in tensors.items() if k.startswith("model/")})
         model.to(self.device)
         restore_optimizer(self.optimizer, tensors, header)
-        saved_anchors = [tensors[f"anchor/{i}"] for i in range(len(self.anchors)) if f"anchor/{i}" in tensors]
-        if self.anchors and len(saved_anchors) == len(self.anchors):  # (older checkpoints hold none)
-            for (_, anchor), saved in zip(self.anchors, saved_anchors, strict=True):
-                anchor.copy_(saved)
         if self.plateau is not None and header.get("plateau"):
             self.plateau.load_state_dict(header["plateau"])
         if self.scaler is not None and header.get("scaler"):
@@ -366,7 +373,8 @@ class TrainingRun:
                 self.scaler,
                 self.checkpoint_state(epoch),
                 self.rng,
-                anchors=[anchor for _, anchor in self.anchors],
+                # a fine-tune's starting weights: what L2-SP pulls toward and keep_if_worse falls back to
+                start_state=self.initial_state if (self.anchors or self.baseline) else None,
             )
             _write_log(self.out_folder, self.history)
         if self.progress is not None:
