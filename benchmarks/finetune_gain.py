@@ -100,26 +100,33 @@ def corrected(predicted: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return relabel_sequential(out)[0].astype(np.int32)
 
 
-def score(model, config, pairs, pixels: bool = False) -> tuple[float, float]:
-    """Mean matched F1 at IoU 0.5 (interior pixel F1 when ``pixels``) and the outline ratio.
-
-    The outline ratio is the predicted foreground area over the true one, summed over the images:
-    above 1, the model draws objects larger than these annotations do.
-    """
-    from segtune.core.metrics import matched_metrics, pixel_metrics
+def predict_labels(model, config, image: np.ndarray, pixels: bool) -> np.ndarray:
+    """The model's instance labels of ``image`` (its interior mask when ``pixels``)."""
     from segtune.core.predict import predict
+
+    return np.asarray(predict((model, config), image, axes="YX", instances=not pixels, device="cpu").labels)[0, 0]
+
+
+def outline(predicted_area: int, true_area: int) -> float:
+    """Predicted foreground area over the true one: above 1, the model draws objects larger than the annotation."""
+    return predicted_area / max(true_area, 1)
+
+
+def score(model, config, pairs, pixels: bool = False) -> tuple[float, float]:
+    """Mean matched F1 at IoU 0.5 (interior pixel F1 when ``pixels``) and the outline ratio of
+    all the images together."""
+    from segtune.core.metrics import matched_metrics, pixel_metrics
 
     values, predicted_area, true_area = [], 0, 0
     for image, truth in pairs:
-        labels = np.asarray(predict((model, config), image, axes="YX", instances=not pixels, device="cpu").labels)
-        labels = labels[0, 0]
+        labels = predict_labels(model, config, image, pixels)
         if pixels:  # membranes: interior pixel F1
             values.append(pixel_metrics(labels, truth)["f1"])
         else:
             values.append(matched_metrics(labels, truth, thresholds=(0.5,))["f1_at_0.5"])
         predicted_area += int(np.count_nonzero(labels))
         true_area += int(np.count_nonzero(truth))
-    return float(np.mean(values)), predicted_area / max(true_area, 1)
+    return float(np.mean(values)), outline(predicted_area, true_area)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,7 +143,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from segtune.core.models.store import load_model
-    from segtune.core.predict import predict
     from segtune.core.train.trainer import TrainConfig, held_out_summary, train
 
     rows = []
@@ -146,11 +152,11 @@ def main(argv: list[str] | None = None) -> int:
         model, config = load_model(model_name)
         pixels = model_name == "membranes-2d"
         before, outline_before = score(model, config, pairs[1:], pixels)
-        _, outline_trained_image = score(model, config, pairs[:1], pixels)
         image, truth = pairs[0]
+        first = predict_labels(model, config, image, pixels)
+        outline_trained_image = outline(np.count_nonzero(first), np.count_nonzero(truth))
         if args.corrections:
-            prediction = predict((model, config), image, axes="YX", instances=True, device="cpu").labels
-            truth = corrected(np.asarray(prediction)[0, 0], truth)
+            truth = corrected(first, truth)
         start = time.monotonic()
         settings = TrainConfig(epochs=10_000, max_minutes=args.minutes, patience=None, device="cpu", seed=args.seed)
         result = train([image], [truth.astype(np.int32)], settings, model=model_name)
