@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     for draw in args.draws:
         pairs = draw_pairs(args.data, draw)
         model, config = load_model("nuclei-2d")
-        before = score(model, config, pairs[1:])
+        before = score(model, config, pairs[1:])[0]
         print(f"{draw}: {len(pairs) - 1} images scored, before {before:.4f}", flush=True)
         for variant in args.variants:
             optimizer, _, learning_rate = variant.partition("@")
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                     sum(((p.detach() - s) ** 2).sum() for p, s in zip(result.model.parameters(), start, strict=True))
                 )
             )
-            after = score(result.model, result.config, pairs[1:])
+            after = score(result.model, result.config, pairs[1:])[0]
             row = {
                 "draw": draw,
                 "variant": variant,
@@ -121,7 +121,7 @@ def noise_floor(data: Path, draws: list[str], norms: list[float]) -> int:
     for draw in draws:
         pairs = draw_pairs(data, draw)[1:]  # the images the fine-tuning runs score
         model, config = load_model("nuclei-2d")
-        before = score(model, config, pairs)
+        before = score(model, config, pairs)[0]
         print(f"{draw}: {len(pairs)} images, unchanged weights {before:.4f}", flush=True)
         for norm in norms:
             for seed in range(4):
@@ -132,7 +132,9 @@ def noise_floor(data: Path, draws: list[str], norms: list[float]) -> int:
                 with torch.no_grad():
                     for parameter, change in zip(model.parameters(), noise, strict=True):
                         parameter.add_(change * factor)
-                print(f"  random change of L2 norm {norm:g}, seed {seed}: {score(model, config, pairs) - before:+.4f}")
+                print(
+                    f"  random change of L2 norm {norm:g}, seed {seed}: {score(model, config, pairs)[0] - before:+.4f}"
+                )
     return 0
 
 
