@@ -17,6 +17,10 @@ images: how much a change of that size moves the score when it teaches nothing.
     python benchmarks/finetune_optimizer.py
     python benchmarks/finetune_optimizer.py --noise 0.05 0.25 --draws fluorescence:512x640:0
     python benchmarks/finetune_optimizer.py --variants adamw@3e-4 sgd@3e-3 --draws fluorescence:360x360:0
+    python benchmarks/finetune_optimizer.py --variants sgd@3e-3 --mix 0.5 0.75
+
+``--mix`` also scores the weights part of the way from the starting model to the fine-tuned one
+(weight-space interpolation, WiSE-FT): whether a smaller step keeps the gain and loses the harm.
 """
 
 from __future__ import annotations
@@ -57,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), help="OPTIMIZER@LEARNING_RATE")
     parser.add_argument("--minutes", type=float, default=2.0)
     parser.add_argument("--noise", nargs="*", type=float, help="random weight changes of these L2 norms instead")
+    parser.add_argument(
+        "--mix", nargs="*", type=float, default=[], help="also score start + A * (fine-tuned - start) for these A"
+    )
     args = parser.parse_args(argv)
     if args.noise:
         return noise_floor(args.data, args.draws, args.noise)
@@ -108,6 +115,12 @@ def main(argv: list[str] | None = None) -> int:
                     result.best_metrics.get("val_matched_f1"),
                 ],
             }
+            tuned = [p.detach().clone() for p in result.model.parameters()]
+            for share in args.mix:  # weight-space interpolation toward the starting model (WiSE-FT)
+                with torch.no_grad():
+                    for parameter, s, t in zip(result.model.parameters(), start, tuned, strict=True):
+                        parameter.copy_(s + share * (t - s))
+                row[f"change_at_{share:g}"] = round(score(result.model, result.config, pairs[1:])[0] - before, 4)
             print(json.dumps(row), flush=True)
     return 0
 
