@@ -459,6 +459,7 @@ def train_one(
     learning_rate: float | None = None,
     patch: int | None = None,
     batch_size: int | None = None,
+    loss: str | None = None,
 ) -> tuple[Any, dict[str, Any], float]:
     """Train ``name`` from scratch (or from the model folder ``start``); returns (model, config, seconds).
 
@@ -491,6 +492,7 @@ def train_one(
     )
     config.patch = patch or config.patch  # more context per patch (e.g. 256 for membranes)
     config.batch_size = batch_size or config.batch_size
+    config.loss = loss or config.loss  # e.g. focal+dice: more weight on the hard pixels (thin membranes)
     work = work or WORK / name
     if work.exists() and not resume:
         shutil.rmtree(work)
@@ -1102,6 +1104,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--patch", type=int, default=None, help="training patch side in pixels (default: per model)")
     parser.add_argument("--batch-size", type=int, default=None, help="patches per step (default: per model)")
+    parser.add_argument("--loss", default=None, help="training loss, e.g. focal+dice (default: per model)")
     parser.add_argument("--work", type=Path, default=None, help=f"the run's folder (default {WORK}/NAME)")
     parser.add_argument("--resume", action="store_true", help="continue the interrupted run in --work")
     parser.add_argument(
@@ -1189,6 +1192,7 @@ def main(argv: list[str] | None = None) -> int:
             learning_rate=args.learning_rate,
             patch=args.patch,
             batch_size=args.batch_size,
+            loss=args.loss,
         )
         if args.no_install:
             work = args.work or WORK / name
