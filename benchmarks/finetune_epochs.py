@@ -68,7 +68,7 @@ def run_draw(data: Path, draw: str, variant: str) -> dict:
     names = sorted(n for n in split["train"]["fluorescence"] if f"{rows[n]['height']}x{rows[n]['width']}" == group)
     pairs = [tp._dsb_read(data, n) for n in names[int(first) : int(first) + SCORED + 1]]
     model, config = load_model("nuclei-2d")
-    before = score(model, config, pairs[1:])[0]
+    before = score(model, config, pairs[1:])
     states = []
 
     def keep_each_epoch(event) -> None:
@@ -84,9 +84,7 @@ def run_draw(data: Path, draw: str, variant: str) -> dict:
     for metrics, state in states:
         weights, _ = load_model("nuclei-2d")
         weights.load_state_dict(state)
-        record["epochs"].append(
-            {k: metrics.get(k) for k in KEYS} | {"score": score(weights, result.config, pairs[1:])[0]}
-        )
+        record["epochs"].append({k: metrics.get(k) for k in KEYS} | {"score": score(weights, result.config, pairs[1:])})
     return record
 
 

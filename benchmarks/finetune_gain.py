@@ -112,9 +112,13 @@ def outline(predicted_area: int, true_area: int) -> float:
     return predicted_area / max(true_area, 1)
 
 
-def score(model, config, pairs, pixels: bool = False) -> tuple[float, float]:
-    """Mean matched F1 at IoU 0.5 (interior pixel F1 when ``pixels``) and the outline ratio of
-    all the images together."""
+def score(model, config, pairs, pixels: bool = False) -> float:
+    """Mean matched F1 at IoU 0.5 over ``pairs`` (interior pixel F1 when ``pixels``)."""
+    return score_with_outline(model, config, pairs, pixels)[0]
+
+
+def score_with_outline(model, config, pairs, pixels: bool = False) -> tuple[float, float]:
+    """:func:`score` and the outline ratio of all the images together, from one prediction each."""
     from segtune.core.metrics import matched_metrics, pixel_metrics
 
     values, predicted_area, true_area = [], 0, 0
@@ -151,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         model, config = load_model(model_name)
         pixels = model_name == "membranes-2d"
-        before, outline_before = score(model, config, pairs[1:], pixels)
+        before, outline_before = score_with_outline(model, config, pairs[1:], pixels)
         image, truth = pairs[0]
         first = predict_labels(model, config, image, pixels)
         outline_trained_image = outline(np.count_nonzero(first), np.count_nonzero(truth))
@@ -161,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = TrainConfig(epochs=10_000, max_minutes=args.minutes, patience=None, device="cpu", seed=args.seed)
         result = train([image], [truth.astype(np.int32)], settings, model=model_name)
         seconds = time.monotonic() - start
-        after, outline_after = score(result.model, result.config, pairs[1:], pixels)
+        after, outline_after = score_with_outline(result.model, result.config, pairs[1:], pixels)
         row = {
             "source": name,
             "model": model_name,

@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     for draw in args.draws:
         pairs = draw_pairs(args.data, draw)
         model, config = load_model("nuclei-2d")
-        before = score(model, config, pairs[1:])[0]
+        before = score(model, config, pairs[1:])
         print(f"{draw}: {len(pairs) - 1} images scored, before {before:.4f}", flush=True)
         for variant in args.variants:
             optimizer, _, learning_rate = variant.partition("@")
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                     sum(((p.detach() - s) ** 2).sum() for p, s in zip(result.model.parameters(), start, strict=True))
                 )
             )
-            after = score(result.model, result.config, pairs[1:])[0]
+            after = score(result.model, result.config, pairs[1:])
             row = {
                 "draw": draw,
                 "variant": variant,
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
                 with torch.no_grad():
                     for parameter, s, t in zip(result.model.parameters(), start, tuned, strict=True):
                         parameter.copy_(s + share * (t - s))
-                row[f"change_at_{share:g}"] = round(score(result.model, result.config, pairs[1:])[0] - before, 4)
+                row[f"change_at_{share:g}"] = round(score(result.model, result.config, pairs[1:]) - before, 4)
             print(json.dumps(row), flush=True)
     return 0
 
@@ -134,7 +134,7 @@ def noise_floor(data: Path, draws: list[str], norms: list[float]) -> int:
     for draw in draws:
         pairs = draw_pairs(data, draw)[1:]  # the images the fine-tuning runs score
         model, config = load_model("nuclei-2d")
-        before = score(model, config, pairs)[0]
+        before = score(model, config, pairs)
         print(f"{draw}: {len(pairs)} images, unchanged weights {before:.4f}", flush=True)
         for norm in norms:
             for seed in range(4):
@@ -145,9 +145,7 @@ def noise_floor(data: Path, draws: list[str], norms: list[float]) -> int:
                 with torch.no_grad():
                     for parameter, change in zip(model.parameters(), noise, strict=True):
                         parameter.add_(change * factor)
-                print(
-                    f"  random change of L2 norm {norm:g}, seed {seed}: {score(model, config, pairs)[0] - before:+.4f}"
-                )
+                print(f"  random change of L2 norm {norm:g}, seed {seed}: {score(model, config, pairs) - before:+.4f}")
     return 0
 
 

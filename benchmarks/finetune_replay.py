@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         names = sorted(n for n in split["train"]["fluorescence"] if f"{rows[n]['height']}x{rows[n]['width']}" == group)
         pairs = [tp._dsb_read(args.data, n) for n in names[: SCORED + 1]]
         model, config = load_model("nuclei-2d")
-        before = score(model, config, pairs[1:])[0]
+        before = score(model, config, pairs[1:])
         cells = []
         for share, lr in runs:
             image, truth = pairs[0]
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
                 keep_if_worse=False,
             )
             result = train([image], [truth.astype(np.int32)], settings, model="nuclei-2d")
-            after = score(result.model, result.config, pairs[1:])[0]
+            after = score(result.model, result.config, pairs[1:])
             gains[share, lr].append(after - before)
             cells.append(f"{after:.3f} ({after - before:+.3f})")
         print(f"{group:>10}  {before:.3f}  " + "  ".join(cells), flush=True)
