@@ -20,6 +20,7 @@ than the others, fine-tuning learns its outlines, which the others' annotations 
     python benchmarks/finetune_gain.py               # 2 minutes per source
     python benchmarks/finetune_gain.py --minutes 2 --sources nih3t3 dsb-360x360
     python benchmarks/finetune_gain.py --corrections  # nuclei sources, corrected predictions
+    python benchmarks/finetune_gain.py --draws 4      # fine-tune on each of the first 4 images in turn
 
 With ``--corrections`` the image is not fine-tuned on its full annotation but on what a user who
 corrects the starting model's prediction hands over: the predicted objects that match a true one
@@ -27,6 +28,11 @@ corrects the starting model's prediction hands over: the predicted objects that 
 and a true object the model split into two or more (most of each inside it) drawn whole.
 That is the widget's loop, and it teaches no new outlines where the model's were good enough.
 Results go to ``benchmarks/results/finetune_gain_corrections.json``.
+
+With ``--draws N`` each source is fine-tuned N times, each time on another of its first N images,
+and the source's other images are scored; a row per draw and the mean gain per source tell whether
+a gain or loss belongs to the source or to the one image drawn. Results go to
+``benchmarks/results/finetune_gain_draws.json`` (the one-draw table keeps its own file).
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 RESULTS = REPO / "benchmarks" / "results" / "finetune_gain.json"
 CORRECTIONS_RESULTS = REPO / "benchmarks" / "results" / "finetune_gain_corrections.json"
+DRAWS_RESULTS = REPO / "benchmarks" / "results" / "finetune_gain_draws.json"
 MAX_SCORED = 8
 
 
@@ -133,6 +140,49 @@ def score_with_outline(model, config, pairs, pixels: bool = False) -> tuple[floa
     return float(np.mean(values)), outline(predicted_area, true_area)
 
 
+def fine_tune_and_score(name: str, model_name: str, pairs, args) -> dict:
+    """Fine-tune ``model_name`` on ``pairs[0]`` for ``args.minutes`` and score ``pairs[1:]`` before and after."""
+    from segtune.core.models.store import load_model
+    from segtune.core.train.trainer import TrainConfig, held_out_summary, train
+
+    model, config = load_model(model_name)
+    pixels = model_name == "membranes-2d"
+    before, outline_before = score_with_outline(model, config, pairs[1:], pixels)
+    image, truth = pairs[0]
+    first = predict_labels(model, config, image, pixels)
+    outline_trained_image = outline(np.count_nonzero(first), np.count_nonzero(truth))
+    if args.corrections:
+        truth = corrected(first, truth)
+    start = time.monotonic()
+    settings = TrainConfig(epochs=10_000, max_minutes=args.minutes, patience=None, device="cpu", seed=args.seed)
+    result = train([image], [truth.astype(np.int32)], settings, model=model_name)
+    seconds = time.monotonic() - start
+    after, outline_after = score_with_outline(result.model, result.config, pairs[1:], pixels)
+    row = {
+        "source": name,
+        "model": model_name,
+        "scored_images": len(pairs) - 1,
+        "before": round(before, 4),
+        "after": round(after, 4),
+        "gain": round(after - before, 4),
+        "kept_start": result.kept_start,
+        "outline_trained_image": round(outline_trained_image, 3),
+        "outline_before": round(outline_before, 3),
+        "outline_after": round(outline_after, 3),
+        "held_out": held_out_summary(result),
+        "epochs": len(result.history),
+        "seconds": round(seconds),
+    }
+    print(
+        f"{name:>18}  {model_name:<12} {len(pairs) - 1} images  before {before:.3f}  after {after:.3f}  "
+        f"gain {after - before:+.3f}  outline {outline_before:.2f} -> {outline_after:.2f} "
+        f"(trained image {outline_trained_image:.2f})  "
+        f"({row['epochs']} epochs, {seconds:.0f} s; {row['held_out']})",
+        flush=True,
+    )
+    return row
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=(REPO / ".." / "shared" / "data").resolve())
@@ -144,60 +194,44 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="fine-tune on the starting model's corrected prediction instead of the full annotation (nuclei only)",
     )
+    parser.add_argument(
+        "--draws", type=int, default=1, help="fine-tune on each of the first N images in turn (default 1: the first)"
+    )
     args = parser.parse_args(argv)
 
-    from segtune.core.models.store import load_model
-    from segtune.core.train.trainer import TrainConfig, held_out_summary, train
-
     rows = []
-    for name, (model_name, pairs) in sources(args.data).items():
+    for name, (model_name, all_pairs) in sources(args.data).items():
         if (args.sources and name not in args.sources) or (args.corrections and model_name == "membranes-2d"):
             continue
-        model, config = load_model(model_name)
-        pixels = model_name == "membranes-2d"
-        before, outline_before = score_with_outline(model, config, pairs[1:], pixels)
-        image, truth = pairs[0]
-        first = predict_labels(model, config, image, pixels)
-        outline_trained_image = outline(np.count_nonzero(first), np.count_nonzero(truth))
-        if args.corrections:
-            truth = corrected(first, truth)
-        start = time.monotonic()
-        settings = TrainConfig(epochs=10_000, max_minutes=args.minutes, patience=None, device="cpu", seed=args.seed)
-        result = train([image], [truth.astype(np.int32)], settings, model=model_name)
-        seconds = time.monotonic() - start
-        after, outline_after = score_with_outline(result.model, result.config, pairs[1:], pixels)
-        row = {
-            "source": name,
-            "model": model_name,
-            "scored_images": len(pairs) - 1,
-            "before": round(before, 4),
-            "after": round(after, 4),
-            "gain": round(after - before, 4),
-            "kept_start": result.kept_start,
-            "outline_trained_image": round(outline_trained_image, 3),
-            "outline_before": round(outline_before, 3),
-            "outline_after": round(outline_after, 3),
-            "held_out": held_out_summary(result),
-            "epochs": len(result.history),
-            "seconds": round(seconds),
-        }
-        rows.append(row)
-        print(
-            f"{name:>18}  {model_name:<12} {len(pairs) - 1} images  before {before:.3f}  after {after:.3f}  "
-            f"gain {after - before:+.3f}  outline {outline_before:.2f} -> {outline_after:.2f} "
-            f"(trained image {outline_trained_image:.2f})  "
-            f"({row['epochs']} epochs, {seconds:.0f} s; {row['held_out']})",
-            flush=True,
-        )
+        gains = []
+        for draw in range(min(args.draws, len(all_pairs))):
+            # the image fine-tuned on first, then the source's others (scored)
+            pairs = [all_pairs[draw], *all_pairs[:draw], *all_pairs[draw + 1 :]]
+            row = fine_tune_and_score(name, model_name, pairs, args)
+            row["draw"] = draw
+            rows.append(row)
+            gains.append(row["gain"])
+        if len(gains) > 1:
+            print(
+                f"{name:>18}  mean gain over {len(gains)} draws {np.mean(gains):+.3f}  "
+                f"(min {min(gains):+.3f}, max {max(gains):+.3f})",
+                flush=True,
+            )
     load = os.getloadavg()[0]
     print(
         f"load average {load:.1f} on {os.cpu_count()} cores (a loaded machine trains fewer steps in the same minutes)"
     )
-    results = CORRECTIONS_RESULTS if args.corrections else RESULTS
+    results = DRAWS_RESULTS if args.draws > 1 else CORRECTIONS_RESULTS if args.corrections else RESULTS
     results.parent.mkdir(parents=True, exist_ok=True)
     results.write_text(
         json.dumps(
-            {"minutes": args.minutes, "corrections": args.corrections, "load_average": round(load, 1), "rows": rows},
+            {
+                "minutes": args.minutes,
+                "corrections": args.corrections,
+                "draws": args.draws,
+                "load_average": round(load, 1),
+                "rows": rows,
+            },
             indent=1,
         )
         + "\n"
