@@ -1144,6 +1144,13 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         if name not in MODELS:
             parser.error(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+    if args.loss is not None:
+        from segtune.core.train.losses import parse_loss
+
+        try:
+            parse_loss(args.loss)
+        except ValueError as e:
+            parser.error(f"--loss: {e}")
     for name in names:
         if args.write_replay:
             print(name, write_replay(name, args.data, PRETRAINED / name), flush=True)

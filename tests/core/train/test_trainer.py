@@ -155,9 +155,7 @@ def test_resume_continues_exactly_where_it_stopped(tmp_path):
 def _fine_tune_straight_and_resumed(tmp_path, config, again=None, edit_checkpoint=None):
     """Fine-tune a small model for 3 epochs straight, and again stopped after epoch 2 and resumed
     (with ``again``'s settings; ``edit_checkpoint`` may first change the checkpoint's state)."""
-    from safetensors.torch import save_file
-
-    from segtune.core.train.checkpoint import load_checkpoint
+    from segtune.core.train.checkpoint import load_checkpoint, write_checkpoint
 
     images, labels = _data()
     torch.manual_seed(0)
@@ -174,8 +172,7 @@ def _fine_tune_straight_and_resumed(tmp_path, config, again=None, edit_checkpoin
     if edit_checkpoint is not None:
         tensors, state = load_checkpoint(out)
         edit_checkpoint(state)
-        path = out / CHECKPOINT_DIR / CHECKPOINT_NAME
-        save_file(tensors, str(path), metadata={"format": "segtune-checkpoint", "state": json.dumps(state)})
+        write_checkpoint(out, tensors, state)
     # as `segtune train --from M --resume` asks: the starting model is given again
     resumed = train(images, labels, again or config, model=copy.deepcopy(start), out=out, resume=True)
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3]

@@ -27,6 +27,7 @@ __all__ = [
     "restore_optimizer",
     "restore_rng",
     "save_checkpoint",
+    "write_checkpoint",
 ]
 
 CHECKPOINT_DIR = "checkpoint"
@@ -44,8 +45,6 @@ def save_checkpoint(
 ) -> None:
     """``start_state``: a fine-tune's starting weights, kept so that a resumed run still pulls
     toward them (L2-SP) and can still fall back to them (``keep_if_worse``)."""
-    from safetensors.torch import save
-
     tensors: dict[str, torch.Tensor] = {
         f"model/{k}": v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()
     }
@@ -73,7 +72,14 @@ def save_checkpoint(
         "python_rng": [python_state[0], list(python_state[1]), python_state[2]],
         "saved": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    data = save(tensors, metadata={"format": "segtune-checkpoint", "state": json.dumps(json_safe(header))})
+    write_checkpoint(folder, tensors, header)
+
+
+def write_checkpoint(folder: Path, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+    """Write the checkpoint file of ``folder`` from tensors and a JSON state, as :func:`load_checkpoint` reads them."""
+    from safetensors.torch import save
+
+    data = save(tensors, metadata={"format": "segtune-checkpoint", "state": json.dumps(json_safe(state))})
     (folder / CHECKPOINT_DIR).mkdir(exist_ok=True)
     atomic_write_bytes(folder / CHECKPOINT_DIR / CHECKPOINT_NAME, data)
 
