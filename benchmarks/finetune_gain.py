@@ -29,6 +29,9 @@ and a true object the model split into two or more (most of each inside it) draw
 That is the widget's loop, and it teaches no new outlines where the model's were good enough.
 Results go to ``benchmarks/results/finetune_gain_corrections.json``.
 
+With ``--no-keep-start`` the fine-tuned model is scored even where the held-out strip kept the
+starting one (results in a ``_no_keep_start`` file beside the others): was keeping it right?
+
 With ``--draws N`` each source is fine-tuned N times, each time on another of its first N images,
 and the source's other images are scored; a row per draw and the mean gain per source tell whether
 a gain or loss belongs to the source or to the one image drawn. Results go to
@@ -154,7 +157,14 @@ def fine_tune_and_score(name: str, model_name: str, pairs, args) -> dict:
     if args.corrections:
         truth = corrected(first, truth)
     start = time.monotonic()
-    settings = TrainConfig(epochs=10_000, max_minutes=args.minutes, patience=None, device="cpu", seed=args.seed)
+    settings = TrainConfig(
+        epochs=10_000,
+        max_minutes=args.minutes,
+        patience=None,
+        device="cpu",
+        seed=args.seed,
+        keep_if_worse=not args.no_keep_start,
+    )
     result = train([image], [truth.astype(np.int32)], settings, model=model_name)
     seconds = time.monotonic() - start
     after, outline_after = score_with_outline(result.model, result.config, pairs[1:], pixels)
@@ -195,6 +205,11 @@ def main(argv: list[str] | None = None) -> int:
         help="fine-tune on the starting model's corrected prediction instead of the full annotation (nuclei only)",
     )
     parser.add_argument(
+        "--no-keep-start",
+        action="store_true",
+        help="return the fine-tuned model even where the held-out strip scored it below the starting model",
+    )
+    parser.add_argument(
         "--draws", type=int, default=1, help="fine-tune on each of the first N images in turn (default 1: the first)"
     )
     args = parser.parse_args(argv)
@@ -222,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
         f"load average {load:.1f} on {os.cpu_count()} cores (a loaded machine trains fewer steps in the same minutes)"
     )
     results = DRAWS_RESULTS if args.draws > 1 else CORRECTIONS_RESULTS if args.corrections else RESULTS
+    if args.no_keep_start:
+        results = results.with_name(results.stem + "_no_keep_start.json")
     results.parent.mkdir(parents=True, exist_ok=True)
     results.write_text(
         json.dumps(
@@ -229,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
                 "minutes": args.minutes,
                 "corrections": args.corrections,
                 "draws": args.draws,
+                "keep_start": not args.no_keep_start,
                 "load_average": round(load, 1),
                 "rows": rows,
             },
