@@ -148,8 +148,10 @@ def fine_tune_and_score(name: str, model_name: str, pairs, args) -> dict:
     from segtune.core.models.store import load_model
     from segtune.core.train.trainer import TrainConfig, held_out_summary, train
 
-    model, config = load_model(model_name)
     pixels = model_name == "membranes-2d"
+    if args.start is not None and not pixels:
+        model_name = str(args.start)  # a model folder of the user's instead of nuclei-2d
+    model, config = load_model(model_name)
     before, outline_before = score_with_outline(model, config, pairs[1:], pixels)
     image, truth = pairs[0]
     first = predict_labels(model, config, image, pixels)
@@ -210,6 +212,14 @@ def main(argv: list[str] | None = None) -> int:
         help="return the fine-tuned model even where the held-out strip scored it below the starting model",
     )
     parser.add_argument(
+        "--start",
+        type=Path,
+        default=None,
+        help="a model folder to fine-tune on the nuclei sources instead of nuclei-2d "
+        "(e.g. one trained without a DSB lab: scripts/train_pretrained.py --leave-out)",
+    )
+    parser.add_argument("--out", type=Path, default=None, help="results file (default: by mode, in benchmarks/results)")
+    parser.add_argument(
         "--draws", type=int, default=1, help="fine-tune on each of the first N images in turn (default 1: the first)"
     )
     args = parser.parse_args(argv)
@@ -239,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     results = DRAWS_RESULTS if args.draws > 1 else CORRECTIONS_RESULTS if args.corrections else RESULTS
     if args.no_keep_start:
         results = results.with_name(results.stem + "_no_keep_start.json")
+    results = args.out or results
     results.parent.mkdir(parents=True, exist_ok=True)
     results.write_text(
         json.dumps(
@@ -247,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
                 "corrections": args.corrections,
                 "draws": args.draws,
                 "keep_start": not args.no_keep_start,
+                "start": str(args.start) if args.start else None,
                 "load_average": round(load, 1),
                 "rows": rows,
             },

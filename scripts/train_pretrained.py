@@ -148,13 +148,24 @@ def dsb_split(data: Path) -> dict[str, Any]:
 
 
 def dsb_pairs(
-    data: Path, part: str, kinds: tuple[str, ...] = ("fluorescence",), diameter: float | None = None
+    data: Path,
+    part: str,
+    kinds: tuple[str, ...] = ("fluorescence",),
+    diameter: float | None = None,
+    leave_out: str | None = None,
 ) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
-    """DSB images of ``part`` ("train" or "validation"), zoomed so nuclei are ``diameter`` px (None: native)."""
+    """DSB images of ``part`` ("train" or "validation"), zoomed so nuclei are ``diameter`` px (None: native);
+    ``leave_out`` ("360x360"): without the images of that size, which in this set stands for a lab."""
+    import csv
+
     split = dsb_split(data)
+    rows = csv.DictReader(open(data / DSB_FOLDER / "index.csv", newline=""))
+    left_out = {r["name"] for r in rows if f"{r['height']}x{r['width']}" == leave_out}
     images, labels, names = [], [], []
     for kind in kinds:
         for name in split[part].get(kind, []):
+            if name in left_out:
+                continue
             image, mask = _dsb_read(data, name)
             if diameter is not None:
                 factor = float(np.clip(diameter / split["diameters"][name], 0.25, 4.0))
@@ -166,14 +177,15 @@ def dsb_pairs(
 
 
 def nuclei_2d_data(
-    data: Path, seed: int = 0, synthetic: bool = True
+    data: Path, seed: int = 0, synthetic: bool = True, leave_out: str | None = None
 ) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
-    """DSB 2018 fluorescence training images (instance labels) and the NIH3T3 training images,
-    each zoomed so its median nucleus is ``NUCLEI_2D_DIAMETER`` px, plus synthetic nuclei."""
+    """DSB 2018 fluorescence training images (instance labels; ``leave_out``: see :func:`dsb_pairs`)
+    and the NIH3T3 training images, each zoomed so its median nucleus is ``NUCLEI_2D_DIAMETER`` px,
+    plus synthetic nuclei."""
     from segtune.core.diameter import labels_diameter
     from segtune.core.synthetic import random_nuclei_parameters, synthetic_nuclei
 
-    images, labels, names = dsb_pairs(data, "train", diameter=NUCLEI_2D_DIAMETER)
+    images, labels, names = dsb_pairs(data, "train", diameter=NUCLEI_2D_DIAMETER, leave_out=leave_out)
     folder = data / "nuclei_nih3t3"
     for path in sorted((folder / "images").glob("*.png")):
         if path.name in NIH3T3_HELD_OUT:
@@ -460,6 +472,7 @@ def train_one(
     patch: int | None = None,
     batch_size: int | None = None,
     loss: str | None = None,
+    leave_out: str | None = None,
 ) -> tuple[Any, dict[str, Any], float]:
     """Train ``name`` from scratch (or from the model folder ``start``); returns (model, config, seconds).
 
@@ -470,10 +483,10 @@ def train_one(
     started = time.monotonic()
     validation = None
     if name == "nuclei-2d":
-        images, labels, names = nuclei_2d_data(data, seed)
+        images, labels, names = nuclei_2d_data(data, seed, leave_out=leave_out)
         # the best epoch is chosen on a third of the DSB validation split (every 3rd image): validating
         # all 78 images each epoch would cost more than the epoch on 2 CPU cores
-        val_images, val_labels, _ = dsb_pairs(data, "validation", diameter=NUCLEI_2D_DIAMETER)
+        val_images, val_labels, _ = dsb_pairs(data, "validation", diameter=NUCLEI_2D_DIAMETER, leave_out=leave_out)
         validation = (val_images[::3], val_labels[::3])
     elif name == "nuclei-he-2d":
         images, labels, names = dsb_pairs(data, "train", kinds=STAINED_KINDS, diameter=NUCLEI_2D_DIAMETER)
@@ -1109,6 +1122,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--patch", type=int, default=None, help="training patch side in pixels (default: per model)")
     parser.add_argument("--batch-size", type=int, default=None, help="patches per step (default: per model)")
     parser.add_argument("--loss", default=None, help="training loss, e.g. focal+dice (default: per model)")
+    parser.add_argument(
+        "--leave-out",
+        default=None,
+        metavar="HxW",
+        help="nuclei-2d: train and choose the best epoch without the DSB images of this size (one lab), "
+        "to make a source the model never saw (benchmarks/finetune_gain.py --start RUN); never installed",
+    )
     parser.add_argument("--work", type=Path, default=None, help=f"the run's folder (default {WORK}/NAME)")
     parser.add_argument("--resume", action="store_true", help="continue the interrupted run in --work")
     parser.add_argument(
@@ -1144,6 +1164,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         if name not in MODELS:
             parser.error(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+    if args.leave_out is not None and (names != ["nuclei-2d"] or not args.no_install):
+        parser.error("--leave-out: only for nuclei-2d with --no-install (a model that skipped a lab is not shipped)")
     if args.loss is not None:
         from segtune.core.train.losses import parse_loss
 
@@ -1204,6 +1226,7 @@ def main(argv: list[str] | None = None) -> int:
             patch=args.patch,
             batch_size=args.batch_size,
             loss=args.loss,
+            leave_out=args.leave_out,
         )
         if args.no_install:
             work = args.work or WORK / name
