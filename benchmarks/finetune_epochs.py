@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import json
 import os
 import sys
@@ -64,7 +63,7 @@ def run_draw(data: Path, draw: str, variant: str) -> dict:
 
     group, first = draw.split(":")
     split = tp.dsb_split(data)
-    rows = {r["name"]: r for r in csv.DictReader(open(data / tp.DSB_FOLDER / "index.csv", newline=""))}
+    rows = tp.dsb_index(data)
     names = sorted(n for n in split["train"]["fluorescence"] if f"{rows[n]['height']}x{rows[n]['width']}" == group)
     pairs = [tp._dsb_read(data, n) for n in names[int(first) : int(first) + SCORED + 1]]
     model, config = load_model("nuclei-2d")

@@ -61,12 +61,11 @@ MAX_SCORED = 8
 
 def sources(data: Path) -> dict[str, tuple[str, list[tuple[np.ndarray, np.ndarray]]]]:
     """name -> (bundled model, [(image, truth), ...]); the first pair is fine-tuned on."""
-    import csv
 
     import train_pretrained as tp
 
     split = tp.dsb_split(data)
-    rows = {r["name"]: r for r in csv.DictReader(open(data / tp.DSB_FOLDER / "index.csv", newline=""))}
+    rows = tp.dsb_index(data)
     groups: dict[str, list[str]] = {}
     for name in split["validation"]["fluorescence"]:
         groups.setdefault(f"{rows[name]['height']}x{rows[name]['width']}", []).append(name)

@@ -26,7 +26,6 @@ images: how much a change of that size moves the score when it teaches nothing.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import sys
@@ -49,7 +48,7 @@ def draw_pairs(data: Path, draw: str) -> list[tuple[np.ndarray, np.ndarray]]:
 
     kind, group, first = draw.split(":")
     split = tp.dsb_split(data)
-    rows = {r["name"]: r for r in csv.DictReader(open(data / tp.DSB_FOLDER / "index.csv", newline=""))}
+    rows = tp.dsb_index(data)
     names = sorted(n for n in split["train"][kind] if f"{rows[n]['height']}x{rows[n]['width']}" == group)
     return [tp._dsb_read(data, n) for n in names[int(first) : int(first) + SCORED + 1]]
 

@@ -18,7 +18,6 @@ much fine-tuning on one image costs the others, with and without replay.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
 from pathlib import Path
@@ -51,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     from segtune.core.train.trainer import TrainConfig, train
 
     split = tp.dsb_split(args.data)
-    rows = {r["name"]: r for r in csv.DictReader(open(args.data / tp.DSB_FOLDER / "index.csv", newline=""))}
+    rows = tp.dsb_index(args.data)
     runs = [(share, lr) for lr in args.learning_rates for share in args.shares]
     names_of = {run: f"replay {run[0]:g}" + (f" lr {run[1]:g}" if run[1] else "") for run in runs}
     print(f"{'group':>10}  {'start':>6}  " + "  ".join(f"{names_of[run]:>15}" for run in runs))

@@ -107,19 +107,26 @@ def _dsb_read(data: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
     return image.astype(np.float32), iio.imread(folder / "labels" / f"{name}.png").astype(np.int32)
 
 
+def dsb_index(data: Path) -> dict[str, dict[str, str]]:
+    """The DSB folder's ``index.csv``: image name -> its row (kind, height, width, ...), in file order."""
+    import csv
+
+    with open(data / DSB_FOLDER / "index.csv", newline="") as handle:
+        return {row["name"]: row for row in csv.DictReader(handle)}
+
+
 def dsb_split(data: Path) -> dict[str, Any]:
     """The fixed train/validation split of the DSB 2018 images, by image, stratified by kind,
     image size and median nucleus diameter (terciles within each kind): within each stratum the
     images, sorted by name, are dealt so that every ``DSB_VAL_EVERY``-th validates. Written once to
     ``scripts/dsb2018_split.json`` (with each image's diameter) and read from there afterwards,
     so the split never changes with the code."""
-    import csv
 
     from segtune.core.diameter import labels_diameter
 
     if DSB_SPLIT_FILE.exists():
         return json.loads(DSB_SPLIT_FILE.read_text())
-    rows = list(csv.DictReader(open(data / DSB_FOLDER / "index.csv", newline="")))
+    rows = list(dsb_index(data).values())
     diameters = {r["name"]: round(labels_diameter(_dsb_read(data, r["name"])[1]), 2) for r in rows}
     strata: dict[tuple[str, str, int], list[str]] = {}
     for kind in sorted({r["kind"] for r in rows}):
@@ -156,11 +163,12 @@ def dsb_pairs(
 ) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
     """DSB images of ``part`` ("train" or "validation"), zoomed so nuclei are ``diameter`` px (None: native);
     ``leave_out`` ("360x360"): without the images of that size, which in this set stands for a lab."""
-    import csv
-
     split = dsb_split(data)
-    rows = csv.DictReader(open(data / DSB_FOLDER / "index.csv", newline=""))
-    left_out = {r["name"] for r in rows if f"{r['height']}x{r['width']}" == leave_out}
+    left_out = (
+        {name for name, r in dsb_index(data).items() if f"{r['height']}x{r['width']}" == leave_out}
+        if leave_out
+        else set()
+    )
     images, labels, names = [], [], []
     for kind in kinds:
         for name in split[part].get(kind, []):
