@@ -91,14 +91,13 @@ def corrected(predicted: np.ndarray, truth: np.ndarray) -> np.ndarray:
     from skimage.measure import label
     from skimage.segmentation import relabel_sequential
 
+    from segtune.core.metrics.matching import pair_overlaps
+
     truth = label(truth > 0) if truth.dtype == bool else truth.astype(np.int64)
     predicted = predicted.astype(np.int64)
     n_pred = int(predicted.max())
-    both = (truth > 0) & (predicted > 0)
-    keys, intersection = np.unique(truth[both] * (n_pred + 1) + predicted[both], return_counts=True)
-    t, p = np.divmod(keys, n_pred + 1)
-    union = np.bincount(truth.ravel())[t] + np.bincount(predicted.ravel())[p] - intersection
-    good = intersection / union > 0.5  # one-to-one above 0.5
+    t, p, intersection, iou = pair_overlaps(truth, int(truth.max()), predicted, n_pred)
+    good = iou > 0.5  # one-to-one above 0.5
     # a true object that holds most of two predicted ones was split: the user merges them (draws it)
     mostly_inside = intersection / np.bincount(predicted.ravel())[p] > 0.5
     split = np.bincount(t[mostly_inside], minlength=int(truth.max()) + 1) > 1

@@ -434,6 +434,29 @@ def test_threshold_above_half_is_unique_pairs():
     assert matched_metrics(pred, truth)["thresholds"]["0.75"]["tp"] == slow[0.75][0]
 
 
+@pytest.mark.parametrize("ids_offset", [0, 5000])  # small ids: dense counting; large: np.unique
+def test_pair_overlaps_counts_every_shared_pixel(ids_offset):
+    from segtune.core.metrics.matching import pair_overlaps
+
+    rng = np.random.default_rng(3)
+    truth = _random_instances(rng, (64, 64), 12).astype(np.int64)
+    pred = _perturb(rng, truth).astype(np.int64)
+    truth[truth > 0] += ids_offset
+    pred[pred > 0] += 2 * ids_offset
+    t, p, shared, iou = pair_overlaps(truth, int(truth.max()), pred, int(pred.max()))
+    expected = {}
+    for i in np.unique(truth[truth > 0]):
+        for j in np.unique(pred[truth == i]):
+            if j:
+                both = int(np.sum((truth == i) & (pred == j)))
+                expected[(i, j)] = (both, both / np.sum((truth == i) | (pred == j)))
+    assert len(expected) > 12  # the perturbation leaves objects overlapping more than one
+    got = {(a, b): (c, d) for a, b, c, d in zip(t.tolist(), p.tolist(), shared.tolist(), iou.tolist(), strict=True)}
+    assert got.keys() == expected.keys()
+    for key, (both, value) in expected.items():
+        assert got[key][0] == both and got[key][1] == pytest.approx(value)
+
+
 # --- evaluate_many ---------------------------------------------------------------------------
 
 

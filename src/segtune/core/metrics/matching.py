@@ -11,16 +11,20 @@ from scipy.optimize import linear_sum_assignment
 from segtune.core.labels import to_instances
 from segtune.core.metrics.pixel import check_pair, ratio
 
-__all__ = ["DEFAULT_THRESHOLDS", "matched_metrics"]
+__all__ = ["DEFAULT_THRESHOLDS", "matched_metrics", "pair_overlaps"]
 
 #: IoU thresholds of the matched metrics: 0.50, 0.55, ..., 0.95.
 DEFAULT_THRESHOLDS: tuple[float, ...] = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
 
 
-def _pair_overlaps(
+def pair_overlaps(
     truth: np.ndarray, n_truth: int, pred: np.ndarray, n_pred: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The overlapping (truth id, pred id) pairs and their IoU, from one pass over the pixels."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The overlapping (truth id, pred id) pairs, their shared pixel count and their IoU, from one pass.
+
+    ``truth`` and ``pred`` are non-negative integer label images of one shape whose largest ids are
+    ``n_truth`` and ``n_pred``; 0 is background and is never paired.
+    """
     truth_area = np.bincount(truth.ravel(), minlength=n_truth + 1)
     pred_area = np.bincount(pred.ravel(), minlength=n_pred + 1)
     both = (truth > 0) & (pred > 0)
@@ -28,7 +32,7 @@ def _pair_overlaps(
     p = pred[both].astype(np.int64)
     if t.size == 0:
         empty = np.zeros(0, dtype=np.int64)
-        return empty, empty, np.zeros(0)
+        return empty, empty, empty, np.zeros(0)
     key = t * (n_pred + 1) + p
     bins = (n_truth + 1) * (n_pred + 1)
     if bins <= max(4 * key.size, 1 << 22):
@@ -39,7 +43,7 @@ def _pair_overlaps(
         keys, intersection = np.unique(key, return_counts=True)
     ti, pi = np.divmod(keys, n_pred + 1)
     union = truth_area[ti] + pred_area[pi] - intersection
-    return ti, pi, intersection / union
+    return ti, pi, intersection, intersection / union
 
 
 def _match_at(ti: np.ndarray, pi: np.ndarray, iou: np.ndarray, threshold: float) -> tuple[int, float]:
@@ -77,7 +81,7 @@ def matched_from_instances(
     bad = [t for t in thresholds if not 0.0 < t <= 1.0]
     if bad:
         raise ValueError(f"IoU `thresholds` must lie in (0, 1], got {bad}")
-    ti, pi, iou = _pair_overlaps(truth, n_truth, pred, n_pred)
+    ti, pi, _, iou = pair_overlaps(truth, n_truth, pred, n_pred)
     both_empty = n_truth == 0 and n_pred == 0
     table: dict[str, dict[str, Any]] = {}
     for threshold in sorted({0.5, *thresholds}):
