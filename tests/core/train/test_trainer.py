@@ -149,6 +149,7 @@ def test_resume_continues_exactly_where_it_stopped(tmp_path):
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
     assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in straight.history]
     assert resumed.config["training"]["resumed"]
+    assert resumed.config["training"]["fine_tuned"] is False
     assert [int(r["epoch"]) for r in read_log(tmp_path / "b")] == [1, 2, 3]
 
 
@@ -196,6 +197,23 @@ def test_a_resumed_fine_tune_that_scores_worse_still_keeps_the_starting_model(tm
     for key, value in resumed.model.state_dict().items():
         assert torch.equal(value, straight.model.state_dict()[key]), key
     assert load_model(tmp_path / "b")[1]["training"]["kept_start"]
+
+
+def _written_before_the_fine_tuning_flag(state):
+    del state["fine_tuning"]
+
+
+@pytest.mark.parametrize("edit", [None, _written_before_the_fine_tuning_flag])
+def test_a_resumed_fine_tune_records_the_same_model_as_a_straight_one(tmp_path, edit):
+    # a model that sees images at their own scale (no object diameter, as membranes-2d) stays so;
+    # a resumed run once counted as training a new model and recorded the data's diameter
+    config = TrainConfig(epochs=3, schedule="none", **TINY)
+    straight, resumed = _fine_tune_straight_and_resumed(tmp_path, config, edit_checkpoint=edit)
+    assert straight.config.get("object_diameter") is None
+    for key in ("object_diameter", "input_scale", "auto_diameter", "lineage"):
+        assert resumed.config.get(key) == straight.config.get(key), key
+    assert resumed.config["training"]["fine_tuned"] and straight.config["training"]["fine_tuned"]
+    assert resumed.config["training"]["baseline"] == straight.config["training"]["baseline"]
 
 
 def test_resuming_a_fine_tune_checkpointed_before_the_optimizer_choice_continues_with_adamw(tmp_path):

@@ -91,8 +91,10 @@ class TrainingRun:
         head = config.head
         # --- model ---
         seed_everything(config.seed)
-        self.fine_tuning = fine_tuning = start.model is not None and checkpoint is None
-        config = auto_settings(config, fine_tuning=fine_tuning, diameter=data.model_diameter)
+        self.fine_tuning = fine_tuning = _is_fine_tune(start, checkpoint)
+        # a resumed run's settings are its checkpoint's; a setting one does not record predates it,
+        # when fine-tunes too ran with the new-model default (AdamW, no L2-SP, BatchNorm trained)
+        config = auto_settings(config, fine_tuning=fine_tuning and checkpoint is None, diameter=data.model_diameter)
         self.config = config
         model = start.model
         if model is None:
@@ -181,11 +183,12 @@ class TrainingRun:
         self.initial_state = _state_copy(model) if checkpoint is None else self._saved_start(checkpoint[0])
         # the starting model's score on the same held-out data: what fine-tuning has to beat
         self.baseline: dict[str, Any] = {}
-        if fine_tuning and self.val_samples:
-            self.baseline = json_safe(ddp.on_main(self.validate_now))
-            self.training_record["baseline"] = self.baseline
-        elif checkpoint is not None:
+        if checkpoint is not None:
             self.baseline = checkpoint[1].get("baseline") or {}
+        elif fine_tuning and self.val_samples:
+            self.baseline = json_safe(ddp.on_main(self.validate_now))
+        if self.baseline:
+            self.training_record["baseline"] = self.baseline
         budget = config.max_minutes * 60.0 if config.max_minutes else None
         self.budget, self.deadline = budget, (started + budget if budget else None)
         # under torchrun rank 0 reports, and a cancel is shared at each step so that every process stops alike
@@ -407,6 +410,7 @@ class TrainingRun:
             "started": self.training_record["started"],
             "resumed": self.training_record.get("resumed", []),
             "baseline": self.baseline,
+            "fine_tuning": self.fine_tuning,
         }
 
     # --- the end ---
@@ -471,6 +475,17 @@ class TrainingRun:
 INHERITED_KEYS = ("description", "split_instances", "dark_objects")
 
 
+def _is_fine_tune(start: Start, checkpoint: Any) -> bool:
+    """Whether this run trains on from a starting model, also when it resumes one that did (older
+    checkpoints do not say: they hold the starting weights, or their model's lineage names them)."""
+    if checkpoint is None:
+        return start.model is not None
+    tensors, state = checkpoint
+    if "fine_tuning" in state:
+        return bool(state["fine_tuning"])
+    return any(key.startswith("start/") for key in tensors) or bool(start.base_config.get("lineage"))
+
+
 def _record(
     config: TrainConfig,
     start: Start,
@@ -516,6 +531,7 @@ def _record(
         },
         "settings": config.to_dict(),
         "monitor": monitor,
+        "fine_tuned": fine_tuning,
         "device": str(device),
         **({"processes": dist.world_size} if dist.active else {}),
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
