@@ -119,7 +119,9 @@ def train(
     model
         None for a new model; a module, a ``(module, config)`` pair, a bundled model name or a
         model folder to fine-tune. A starting model's head, normalisation and object diameter
-        are kept: training images are zoomed to the object size it predicts at.
+        are kept: training images are zoomed to the object size it predicts at. A module given is
+        trained in place (``result.model`` is that module, moved to the training device); pass
+        ``copy.deepcopy(module)`` to keep the original, as the widget does.
     out
         The model folder to write while training (see the module docstring); None keeps the
         model in memory only.
