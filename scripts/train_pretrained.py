@@ -1009,6 +1009,27 @@ def _replay_lines(name: str, folder: Path) -> list[str]:
     ]
 
 
+STOP_WORDS = {
+    "time_budget": "stopped by its time budget",
+    "completed": "all epochs run",
+    "early_stopping": "stopped early: no better epoch for a while",
+    "cancelled": "cancelled",
+}
+
+
+def _stop_words(reason: str | None) -> str:
+    """How the card says why a run stopped (records edited by hand say it in words already)."""
+    return STOP_WORDS.get(reason or "", reason or "stop reason not recorded")
+
+
+def _selection_words(validation: list[str]) -> str:
+    """The images the best epoch was chosen on: given apart (train(validation=...), named
+    "validation N" in the record) or split off the training images inside the trainer."""
+    if validation and all(v.startswith("validation ") for v in validation):
+        return f"{len(validation)} images kept apart from the training images"
+    return f"{len(validation)} images of the training pool held out inside the trainer"
+
+
 def write_card(name: str, config: dict[str, Any]) -> Path:
     """MODEL_CARD.md from the config's training record and the measured validation numbers."""
     from segtune.core.models.store import atomic_write_text
@@ -1080,10 +1101,9 @@ def write_card(name: str, config: dict[str, Any]) -> Path:
         f"(flips, rotations, zoom +-{settings.get('augmentation', {}).get('zoom')}, brightness/contrast, blur, noise"
         f"{_elastic_text(settings.get('augmentation', {}))}). "
         f"Wall time on the project's shared 2-core CPU: {training.get('wall_seconds', float('nan')) / 60:.1f} min "
-        f"({training.get('epochs_run')} epochs, stopped by {training.get('stop_reason')}). "
-        f"Model selection used {len(training.get('data', {}).get('validation', []))} images of the training pool "
-        "held out "
-        f"inside the trainer; its best epoch: {json.dumps(best)}.",
+        f"({training.get('epochs_run')} epochs, {_stop_words(training.get('stop_reason'))}). "
+        f"Model selection used {_selection_words(training.get('data', {}).get('validation', []))}; its best epoch: "
+        f"{json.dumps(best)}.",
         "",
         "## Validation on data it was not trained on",
         "",
