@@ -93,6 +93,12 @@ def test_train_writes_a_model_folder_with_a_log_and_resumes(tmp_path, capsys):
     assert code == 0
     with open(out / "training_log.csv") as handle:
         assert [r["epoch"] for r in csv.DictReader(handle)] == ["1", "2", "3"]
+    # epochs are the whole run's: resuming a run that has run them all says so
+    capsys.readouterr()
+    again = ["train", "--images", str(images), "--labels", str(labels), "--out", str(out), "--epochs", "3"]
+    assert main([*again, "--resume", *TINY]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "all 3 epochs" in error and str(out) in error
 
 
 def test_fine_tune_from_a_model_folder(tmp_path):

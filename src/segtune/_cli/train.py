@@ -56,7 +56,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=float,
         default=None,
         help="training time: stops when spent, keeping the best model (default: 2 minutes when "
-        "fine-tuning with --from, 15 for a new model)",
+        "fine-tuning with --from, 15 for a new model; with --resume the whole run's, the time already "
+        "trained included, by default the run's own)",
     )
     parser.add_argument(
         "--epochs",
@@ -234,7 +235,9 @@ def _config(args: argparse.Namespace):
             raise ValueError("give --normalize or --contrast-stretch, not both")
         normalization, clip = (5.0, 98.0), True
     patch = None if args.patch is None else args.patch[0] if len(args.patch) == 1 else tuple(args.patch)
-    minutes = args.max_minutes if args.max_minutes is not None else (2.0 if args.start else 15.0)
+    minutes = args.max_minutes
+    if minutes is None and not args.resume:  # a resumed run keeps its own budget
+        minutes = 2.0 if args.start else 15.0
     return TrainConfig(
         spatial_dims=args.spatial_dims,
         head=args.head,

@@ -274,6 +274,25 @@ def test_time_budget_stops_training_and_keeps_the_best(tmp_path):
     assert config["training"]["stop_reason"] == "time_budget"
 
 
+def test_a_resumed_run_has_what_its_time_budget_left(tmp_path):
+    # the budget is the whole run's, as epochs are: a run stopped by its 6 s budget and resumed with
+    # 8 s trains about 2 s more (it once started a fresh 8 s, and stretched its schedule over 14)
+    images, labels = _data()
+    out = tmp_path / "m"
+
+    def config(seconds):
+        return TrainConfig(epochs=10_000, max_minutes=seconds / 60, patience=None, schedule="cosine", **TINY)
+
+    first = train(images, labels, config(6), out=out)
+    assert first.stop_reason == "time_budget"
+    used = first.history[-1]["elapsed"]
+    with pytest.raises(ValueError, match=r"has trained 0\.\d minutes, its whole [0-9.e-]+-minute budget"):
+        train(images, labels, config(used / 2), out=out, resume=True)
+    resumed = train(images, labels, config(8), out=out, resume=True)
+    assert resumed.stop_reason == "time_budget" and len(resumed.history) > len(first.history)
+    assert used < resumed.history[-1]["elapsed"] < 10 < used + 8 - 2
+
+
 def test_early_stopping_restores_the_best_weights():
     images, labels = _data()
     # a learning rate so small that no later epoch beats the first: stop after 1 + patience

@@ -103,11 +103,24 @@ def open_run(
             {
                 **saved.to_dict(),
                 "epochs": config.epochs,
-                "max_minutes": config.max_minutes,
+                "max_minutes": saved.max_minutes if config.max_minutes is None else config.max_minutes,
                 "patience": config.patience,
                 "device": config.device,
             }
         )
+        # epochs and minutes are the whole run's, as if it had never stopped: raise them to train on
+        state = checkpoint[1]
+        if int(state["epoch"]) >= config.epochs:
+            raise ValueError(
+                f"{out_folder} has run all {config.epochs} epochs it was given: "
+                "give more epochs (the whole run's) to train on"
+            )
+        used = float(state.get("elapsed", 0.0))
+        if config.max_minutes and used >= config.max_minutes * 60.0:
+            raise ValueError(
+                f"{out_folder} has trained {used / 60:.1f} minutes, its whole {config.max_minutes:g}-minute budget: "
+                "give a larger max_minutes (the whole run's) to train on"
+            )
     return config, out_folder, checkpoint
 
 

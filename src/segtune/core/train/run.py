@@ -189,8 +189,9 @@ class TrainingRun:
             self.baseline = json_safe(ddp.on_main(self.validate_now))
         if self.baseline:
             self.training_record["baseline"] = self.baseline
+        # the budget is the whole run's: a resumed run has what its earlier part left
         budget = config.max_minutes * 60.0 if config.max_minutes else None
-        self.budget, self.deadline = budget, (started + budget if budget else None)
+        self.budget, self.deadline = budget, (started + budget - self.elapsed_before if budget else None)
         # under torchrun rank 0 reports, and a cancel is shared at each step so that every process stops alike
         self.report = Reporter(
             progress if dist.is_main else None, None if dist.active else cancel, stage="train", total=self.total_steps
@@ -271,7 +272,7 @@ class TrainingRun:
                 config.learning_rate,
                 self.total_steps,
                 self.elapsed,
-                (self.elapsed_before + self.budget) if self.budget else None,
+                self.budget,
             )
         stop_reason, self.global_step = run_epochs(
             range(self.first_epoch, config.epochs + 1),
@@ -316,7 +317,7 @@ class TrainingRun:
     def after_step(self, epoch: int, step: int, global_step: int, mean_loss: float) -> bool:
         self.report.step(
             global_step,
-            total=projected_steps(global_step, self.total_steps, time.monotonic() - self.started, self.budget),
+            total=projected_steps(global_step, self.total_steps, self.elapsed(), self.budget),
             message=f"epoch {epoch}",
             epoch=epoch,
             step=step + 1,

@@ -128,8 +128,9 @@ def train(
     overwrite
         Allow ``out`` to exist already (its model is replaced).
     resume
-        Continue from ``out/checkpoint/`` (same data and settings; ``epochs`` and
-        ``max_minutes`` may be raised).
+        Continue from ``out/checkpoint/`` (same data and settings). ``epochs`` and
+        ``max_minutes`` are the whole run's, as if it had never stopped: raise them to train on
+        (``max_minutes`` None keeps the run's own budget).
     provenance
         Extra facts to record under ``config["training"]`` (the command line, file names).
     progress, cancel
