@@ -153,9 +153,10 @@ def test_resume_continues_exactly_where_it_stopped(tmp_path):
     assert [int(r["epoch"]) for r in read_log(tmp_path / "b")] == [1, 2, 3]
 
 
-def _fine_tune_straight_and_resumed(tmp_path, config, again=None, edit_checkpoint=None):
+def _fine_tune_straight_and_resumed(tmp_path, config, again=None, edit_checkpoint=None, edit_folder=None):
     """Fine-tune a small model for 3 epochs straight, and again stopped after epoch 2 and resumed
-    (with ``again``'s settings; ``edit_checkpoint`` may first change the checkpoint's state)."""
+    (with ``again``'s settings; ``edit_checkpoint`` may first change the checkpoint's state, and
+    ``edit_folder`` the interrupted model folder)."""
     from segtune.core.train.checkpoint import load_checkpoint, write_checkpoint
 
     images, labels = _data()
@@ -174,6 +175,8 @@ def _fine_tune_straight_and_resumed(tmp_path, config, again=None, edit_checkpoin
         tensors, state = load_checkpoint(out)
         edit_checkpoint(state)
         write_checkpoint(out, tensors, state)
+    if edit_folder is not None:
+        edit_folder(out)
     # as `segtune train --from M --resume` asks: the starting model is given again
     resumed = train(images, labels, again or config, model=copy.deepcopy(start), out=out, resume=True)
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
@@ -199,16 +202,20 @@ def test_a_resumed_fine_tune_that_scores_worse_still_keeps_the_starting_model(tm
     assert load_model(tmp_path / "b")[1]["training"]["kept_start"]
 
 
-def _written_before_the_fine_tuning_flag(state):
-    del state["fine_tuning"]
+def _recorded_before_the_fine_tuned_flag(folder):
+    from segtune.core.models.store import atomic_write_text, read_config
+
+    config = read_config(folder)
+    del config["training"]["fine_tuned"]
+    atomic_write_text(folder / "config.json", json.dumps(config))
 
 
-@pytest.mark.parametrize("edit", [None, _written_before_the_fine_tuning_flag])
+@pytest.mark.parametrize("edit", [None, _recorded_before_the_fine_tuned_flag])
 def test_a_resumed_fine_tune_records_the_same_model_as_a_straight_one(tmp_path, edit):
     # a model that sees images at their own scale (no object diameter, as membranes-2d) stays so;
     # a resumed run once counted as training a new model and recorded the data's diameter
     config = TrainConfig(epochs=3, schedule="none", **TINY)
-    straight, resumed = _fine_tune_straight_and_resumed(tmp_path, config, edit_checkpoint=edit)
+    straight, resumed = _fine_tune_straight_and_resumed(tmp_path, config, edit_folder=edit)
     assert straight.config.get("object_diameter") is None
     for key in ("object_diameter", "input_scale", "auto_diameter", "lineage"):
         assert resumed.config.get(key) == straight.config.get(key), key

@@ -411,7 +411,6 @@ class TrainingRun:
             "started": self.training_record["started"],
             "resumed": self.training_record.get("resumed", []),
             "baseline": self.baseline,
-            "fine_tuning": self.fine_tuning,
         }
 
     # --- the end ---
@@ -477,14 +476,15 @@ INHERITED_KEYS = ("description", "split_instances", "dark_objects")
 
 
 def _is_fine_tune(start: Start, checkpoint: Any) -> bool:
-    """Whether this run trains on from a starting model, also when it resumes one that did (older
-    checkpoints do not say: they hold the starting weights, or their model's lineage names them)."""
+    """Whether this run trains on from a starting model, also when it resumes one that did: the
+    interrupted run's own record says so (``training.fine_tuned``; older records do not, but their
+    checkpoint holds the starting weights or their lineage names a starting model)."""
     if checkpoint is None:
         return start.model is not None
-    tensors, state = checkpoint
-    if "fine_tuning" in state:
-        return bool(state["fine_tuning"])
-    return any(key.startswith("start/") for key in tensors) or bool(start.base_config.get("lineage"))
+    recorded = start.base_config.get("training", {}).get("fine_tuned")
+    if recorded is not None:
+        return bool(recorded)
+    return any(key.startswith("start/") for key in checkpoint[0]) or bool(start.base_config.get("lineage"))
 
 
 def _record(
