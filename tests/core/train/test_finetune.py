@@ -180,6 +180,36 @@ def test_one_sparse_image_holds_out_a_strip_with_objects_in_it():
     assert held_out[0].labels.shape[-1] == 40
 
 
+def test_one_image_whose_objects_lie_in_one_half_holds_out_a_strip_that_has_them():
+    """A DSB 603 x 1272 image has all its nuclei in its left 55 %: the strip at the far end of X,
+    even widened to 40 %, held none, and the held-out score read matched F1 1.000 -> 1.000 on an
+    empty region. The strip is now taken along the edge that holds the objects."""
+    from segtune.core.train.data import make_sample, split_samples
+
+    labels = np.zeros((60, 200), np.uint16)
+    for i, x in enumerate(range(8, 110, 12), start=1):  # 9 nuclei, all in the left 55 %
+        labels[25:35, x - 4 : x + 4] = i
+    image = np.random.default_rng(0).random((60, 200)).astype(np.float32)
+    (train_part,), (held_out,) = split_samples([make_sample(image, labels)], 0.2)
+    assert len(np.unique(held_out.labels)) - 1 >= 2  # ceil(0.2 * 9) objects to measure
+    assert held_out.labels.shape == (1, 60, 40)  # the plain 20 % strip, at the start of X
+    assert train_part.labels.shape == (1, 60, 160)
+    np.testing.assert_array_equal(held_out.labels[0], labels[:, :40])  # the two parts tile the image
+    np.testing.assert_array_equal(train_part.labels[0], labels[:, 40:])
+    # objects only in the middle of X, near the top: no strip along X can hold them, so it is cut along Y
+    top = np.zeros((100, 120), np.uint16)
+    for i, x in enumerate((52, 60, 68), start=1):
+        top[5:13, x - 3 : x + 3] = i
+    (_,), (held_out,) = split_samples([make_sample(np.ones((100, 120), np.float32), top)], 0.2)
+    assert held_out.labels.shape == (1, 20, 120) and len(np.unique(held_out.labels)) - 1 == 3
+    # and where held-out data has no objects at all (an empty image), the line says what its 1.000 means
+    empty = {"val_matched_f1": 1.0, "val_pq": 1.0, "val_loss": 0.2, "val_objects": 0}
+    line = held_out_summary(SimpleNamespace(best_metrics=empty, baseline_metrics=empty, kept_start=False))
+    assert line.endswith(
+        "(starting model -> trained, held-out data with no objects in it, so it only counts false ones; not trained on)"
+    )
+
+
 def test_a_fine_tuned_bundled_model_still_splits_touching_nuclei(tmp_path):
     """The bundled nuclei models split touching nuclei at distance peaks (config ``split_instances``);
     a model fine-tuned from one must predict the same way (it once lost the setting, and every

@@ -238,10 +238,13 @@ def split_samples(samples: Sequence[Sample], val_fraction: float, seed: int = 0)
     """Split into training and validation samples: by image, or by region when there is one image.
 
     With several images, ``round(val_fraction * n)`` of them (at least one, and at most
-    ``n - 1``) chosen at random by ``seed`` validate. With a single image, its last
-    ``val_fraction`` along the longer of Y and X validates and the rest trains; where objects
-    are sparse that strip is widened (up to 40 % of the image) until it holds at least
+    ``n - 1``) chosen at random by ``seed`` validate. With a single image, a strip along one of
+    its edges validates and the rest trains: the last ``val_fraction`` along the longer of Y and
+    X, widened where objects are sparse (up to 40 % of the image) until it holds at least
     ``val_fraction`` of the objects (by centre), so that the held-out score measures something.
+    Where that strip cannot hold them (the objects lie in one part of the image), the strip
+    along the other edges that can is taken (first the longer axis's start, then the shorter
+    axis's end and start), else the one holding the most objects.
     ``val_fraction = 0`` gives no validation set.
     """
     if not 0.0 <= val_fraction < 1.0:
@@ -251,16 +254,14 @@ def split_samples(samples: Sequence[Sample], val_fraction: float, seed: int = 0)
         return samples, []
     if len(samples) == 1:
         sample = samples[0]
-        axis = 1 if sample.labels.shape[1] >= sample.labels.shape[2] else 2
-        n = sample.labels.shape[axis]
-        cut = min(int(round(n * (1 - val_fraction))), _cut_holding_objects(sample.labels, axis, val_fraction))
-        cut = min(max(cut, 1), n - 1)
-        if n < 2:
+        axis, start, stop = _held_out_strip(sample.labels, val_fraction)
+        if stop - start < 1:
             return samples, []
+        n = sample.labels.shape[axis]
+        held = [slice(None)] * 3
+        held[axis] = slice(start, stop)
         take = [slice(None)] * 3
-        take[axis] = slice(0, cut)
-        rest = [slice(None)] * 3
-        rest[axis] = slice(cut, None)
+        take[axis] = slice(stop, n) if start == 0 else slice(0, start)
 
         def part(index: list[slice], suffix: str) -> Sample:
             return Sample(
@@ -270,7 +271,7 @@ def split_samples(samples: Sequence[Sample], val_fraction: float, seed: int = 0)
                 f"{sample.name}[{suffix}]",
             )
 
-        return [part(take, "train region")], [part(rest, "validation region")]
+        return [part(take, "train region")], [part(held, "validation region")]
     n_val = min(max(1, int(round(val_fraction * len(samples)))), len(samples) - 1)
     order = np.random.default_rng(seed).permutation(len(samples))
     val_index = set(order[:n_val].tolist())
@@ -279,22 +280,39 @@ def split_samples(samples: Sequence[Sample], val_fraction: float, seed: int = 0)
     return train, val
 
 
-def _cut_holding_objects(labels: np.ndarray, axis: int, fraction: float, widest: float = 0.4) -> int:
-    """The largest cut along ``axis`` whose far side holds at least ``fraction`` of the objects'
-    centres, but no less than ``1 - widest`` of the axis."""
+def _held_out_strip(labels: np.ndarray, fraction: float, widest: float = 0.4) -> tuple[int, int, int]:
+    """``(axis, start, stop)`` of the held-out strip of one ``(Z, Y, X)`` image (see
+    :func:`split_samples`): no wider than ``widest`` of the axis unless ``fraction`` is."""
     import math
 
-    n = labels.shape[axis]
     instances = np.concatenate([instances_from_labels(plane[None])[0].ravel() for plane in labels])
-    if not instances.any():
-        return n
-    coordinate = np.broadcast_to(np.arange(n).reshape([-1 if a == axis else 1 for a in range(3)]), labels.shape).ravel()
     counts = np.bincount(instances)
-    present = counts[1:] > 0
-    centres = np.bincount(instances, weights=coordinate)[1:][present] / counts[1:][present]
-    want = max(1, math.ceil(fraction * len(centres)))
-    cut = int(np.floor(np.sort(centres)[-want])) if len(centres) >= want else 0
-    return max(cut, int(round(n * (1 - widest))))
+    present = np.flatnonzero(counts[1:] > 0) + 1
+    longer = 1 if labels.shape[1] >= labels.shape[2] else 2
+    best = None
+    for axis in (longer, 3 - longer):
+        n = labels.shape[axis]
+        if n < 2:
+            continue
+        coordinate = np.broadcast_to(
+            np.arange(n).reshape([-1 if a == axis else 1 for a in range(3)]), labels.shape
+        ).ravel()
+        centres = np.sort(np.bincount(instances, weights=coordinate, minlength=len(counts))[present] / counts[present])
+        plain, most = n - int(round(n * (1 - fraction))), n - int(round(n * (1 - widest)))
+        if not len(centres):  # nothing to hold: the plain strip
+            return axis, n - min(max(1, plain), n - 1), n
+        want = max(1, math.ceil(fraction * len(centres)))
+        for far_end in (True, False):
+            # the narrowest strip along this edge that holds the centres of ``want`` objects
+            needed = n - math.floor(centres[-want]) if far_end else math.floor(centres[want - 1]) + 1
+            width = min(max(1, plain, min(needed, most)), n - 1)
+            held = int(np.count_nonzero(centres >= n - width if far_end else centres < width))
+            strip = (axis, n - width, n) if far_end else (axis, 0, width)
+            if held >= want:
+                return strip
+            if best is None or held > best[0]:
+                best = (held, strip)
+    return best[1] if best else (longer, 0, 0)
 
 
 def _read_image_array(path: Path, in_channels: int | None = None) -> np.ndarray:
