@@ -200,8 +200,14 @@ def test_one_image_whose_objects_lie_in_one_half_holds_out_a_strip_that_has_them
     top = np.zeros((100, 120), np.uint16)
     for i, x in enumerate((52, 60, 68), start=1):
         top[5:13, x - 3 : x + 3] = i
+        top[50:58, x - 3 : x + 3] = i + 3 if x != 60 else 0
     (_,), (held_out,) = split_samples([make_sample(np.ones((100, 120), np.float32), top)], 0.2)
     assert held_out.labels.shape == (1, 20, 120) and len(np.unique(held_out.labels)) - 1 == 3
+    # one object (a DSB image holds one nucleus at its left edge): it stays in the part that trains
+    one = np.zeros((60, 200), np.uint16)
+    one[20:30, 0:8] = 1
+    (train_part,), (held_out,) = split_samples([make_sample(np.ones((60, 200), np.float32), one)], 0.2)
+    assert train_part.labels.max() == 1 and held_out.labels.max() == 0
     # and where held-out data has no objects at all (an empty image), the line says what its 1.000 means
     empty = {"val_matched_f1": 1.0, "val_pq": 1.0, "val_loss": 0.2, "val_objects": 0}
     line = held_out_summary(SimpleNamespace(best_metrics=empty, baseline_metrics=empty, kept_start=False))

@@ -244,7 +244,8 @@ def split_samples(samples: Sequence[Sample], val_fraction: float, seed: int = 0)
     ``val_fraction`` of the objects (by centre), so that the held-out score measures something.
     Where that strip cannot hold them (the objects lie in one part of the image), the strip
     along the other edges that can is taken (first the longer axis's start, then the shorter
-    axis's end and start), else the one holding the most objects.
+    axis's end and start), else the one holding the most objects; the part that trains always
+    keeps an object.
     ``val_fraction = 0`` gives no validation set.
     """
     if not 0.0 <= val_fraction < 1.0:
@@ -308,6 +309,8 @@ def _held_out_strip(labels: np.ndarray, fraction: float, widest: float = 0.4) ->
             width = min(max(1, plain, min(needed, most)), n - 1)
             held = int(np.count_nonzero(centres >= n - width if far_end else centres < width))
             strip = (axis, n - width, n) if far_end else (axis, 0, width)
+            if len(centres) - held < 1:  # the training part keeps an object to learn from
+                continue
             if held >= want:
                 return strip
             if best is None or held > best[0]:
