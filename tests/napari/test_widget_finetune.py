@@ -179,7 +179,7 @@ def test_finetune_reports_the_held_out_score_before_and_after(widget, qtbot, sam
     panel = widget.finetune_panel
     panel.image_layer.set_layer(image)
     panel.labels_layer.set_layer(corrected)
-    quick_settings(panel, epochs=6, patch=64)
+    quick_settings(panel, epochs=10, patch=64)
     panel.steps_per_epoch.setValue(8)
     panel.batch_size.setValue(4)
     with qtbot.waitSignal(widget.predict_panel.finished, timeout=240_000):
