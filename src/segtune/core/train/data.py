@@ -290,7 +290,7 @@ def _held_out_strip(labels: np.ndarray, fraction: float, widest: float = 0.4) ->
     counts = np.bincount(instances)
     present = np.flatnonzero(counts[1:] > 0) + 1
     longer = 1 if labels.shape[1] >= labels.shape[2] else 2
-    best = None
+    best, first = None, None
     for axis in (longer, 3 - longer):
         n = labels.shape[axis]
         if n < 2:
@@ -309,13 +309,14 @@ def _held_out_strip(labels: np.ndarray, fraction: float, widest: float = 0.4) ->
             width = min(max(1, plain, min(needed, most)), n - 1)
             held = int(np.count_nonzero(centres >= n - width if far_end else centres < width))
             strip = (axis, n - width, n) if far_end else (axis, 0, width)
+            first = first or strip
             if len(centres) - held < 1:  # the training part keeps an object to learn from
                 continue
             if held >= want:
                 return strip
             if best is None or held > best[0]:
                 best = (held, strip)
-    return best[1] if best else (longer, 0, 0)
+    return best[1] if best else first or (longer, 0, 0)  # every strip would take all: the first one
 
 
 def _read_image_array(path: Path, in_channels: int | None = None) -> np.ndarray:
