@@ -62,9 +62,7 @@ def run_draw(data: Path, draw: str, variant: str) -> dict:
     from segtune.core.train.trainer import TrainConfig, train
 
     group, first = draw.split(":")
-    split = tp.dsb_split(data)
-    rows = tp.dsb_index(data)
-    names = sorted(n for n in split["train"]["fluorescence"] if f"{rows[n]['height']}x{rows[n]['width']}" == group)
+    names = tp.dsb_training_group(data, "fluorescence", group)
     pairs = [tp._dsb_read(data, n) for n in names[int(first) : int(first) + SCORED + 1]]
     model, config = load_model("nuclei-2d")
     before = score(model, config, pairs[1:])

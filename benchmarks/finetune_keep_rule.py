@@ -44,10 +44,9 @@ def draws(data: Path) -> dict[str, tuple[tuple[np.ndarray, np.ndarray], list]]:
     import train_pretrained as tp
     from finetune_optimizer import draw_pairs
 
-    split, rows = tp.dsb_split(data), tp.dsb_index(data)
     out = {}
     for size, count in SMALL_GROUPS.items():
-        names = sorted(n for n in split["train"]["fluorescence"] if f"{rows[n]['height']}x{rows[n]['width']}" == size)
+        names = tp.dsb_training_group(data, "fluorescence", size)
         if len(names) != count:
             raise SystemExit(f"DSB training split: {len(names)} fluorescence images of {size}, expected {count}")
         pairs = [tp._dsb_read(data, n) for n in names]

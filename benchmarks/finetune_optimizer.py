@@ -47,9 +47,7 @@ def draw_pairs(data: Path, draw: str) -> list[tuple[np.ndarray, np.ndarray]]:
     import train_pretrained as tp
 
     kind, group, first = draw.split(":")
-    split = tp.dsb_split(data)
-    rows = tp.dsb_index(data)
-    names = sorted(n for n in split["train"][kind] if f"{rows[n]['height']}x{rows[n]['width']}" == group)
+    names = tp.dsb_training_group(data, kind, group)
     return [tp._dsb_read(data, n) for n in names[int(first) : int(first) + SCORED + 1]]
 
 

@@ -49,14 +49,12 @@ def main(argv: list[str] | None = None) -> int:
     from segtune.core.models.store import load_model
     from segtune.core.train.trainer import TrainConfig, train
 
-    split = tp.dsb_split(args.data)
-    rows = tp.dsb_index(args.data)
     runs = [(share, lr) for lr in args.learning_rates for share in args.shares]
     names_of = {run: f"replay {run[0]:g}" + (f" lr {run[1]:g}" if run[1] else "") for run in runs}
     print(f"{'group':>10}  {'start':>6}  " + "  ".join(f"{names_of[run]:>15}" for run in runs))
     gains: dict[tuple, list[float]] = {run: [] for run in runs}
     for group in args.groups:
-        names = sorted(n for n in split["train"]["fluorescence"] if f"{rows[n]['height']}x{rows[n]['width']}" == group)
+        names = tp.dsb_training_group(args.data, "fluorescence", group)
         pairs = [tp._dsb_read(args.data, n) for n in names[: SCORED + 1]]
         model, config = load_model("nuclei-2d")
         before = score(model, config, pairs[1:])

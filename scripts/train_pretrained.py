@@ -115,6 +115,13 @@ def dsb_index(data: Path) -> dict[str, dict[str, str]]:
         return {row["name"]: row for row in csv.DictReader(handle)}
 
 
+def dsb_training_group(data: Path, kind: str, size: str) -> list[str]:
+    """The names, sorted, of the DSB training split's images of one ``kind`` and ``size``
+    ("HEIGHTxWIDTH"; a size stands for a lab and microscope): the development draws' groups."""
+    rows = dsb_index(data)
+    return sorted(n for n in dsb_split(data)["train"][kind] if f"{rows[n]['height']}x{rows[n]['width']}" == size)
+
+
 def dsb_split(data: Path) -> dict[str, Any]:
     """The fixed train/validation split of the DSB 2018 images, by image, stratified by kind,
     image size and median nucleus diameter (terciles within each kind): within each stratum the
